@@ -1,0 +1,227 @@
+"""Typed configuration: `params.yaml` parsed into one pydantic model per stage.
+
+Why typed: a typo in a key or a negative learning rate should stop the run before any work is
+done, with one line naming the key, instead of surfacing as a confusing failure an hour later.
+Every model forbids unknown keys; ranges are declared next to the field they guard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant to be shown to the user as one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SampleParams(_Section):
+    """The embedded synthetic data set (`longdoc sample`)."""
+
+    out: Path = Path("data/sample")
+    seed: int = 0
+    corpus_docs: PositiveInt = 240
+    min_words: PositiveInt = 1000
+    max_words: PositiveInt = 10000
+    imdb_train: PositiveInt = 400
+    imdb_test: PositiveInt = 200
+    task_train: PositiveInt = 64  # WikiHop, TriviaQA, HotpotQA, Hyperpartisan train sizes
+    task_dev: PositiveInt = 32
+    score_docs: PositiveInt = 40  # unlabeled reviews in the archive that `score` reads
+
+    @model_validator(mode="after")
+    def _word_range(self) -> SampleParams:
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must be <= max_words")
+        return self
+
+
+class IngestParams(_Section):
+    """Archive ingestion into the Parquet corpus (`longdoc ingest`)."""
+
+    sources: list[Path] = Field(default_factory=lambda: [Path("data/sample/corpus")], min_length=1)
+    out: Path = Path("data/corpus")
+    shard_max_docs: PositiveInt = 5000
+    min_chars: PositiveInt = 1
+    max_doc_chars: PositiveInt = 5_000_000
+    max_member_bytes: PositiveInt = 64 * 1024 * 1024  # per archive member, decompressed
+    spacy_model: str = "blank:en"  # "blank:en" = spacy.blank("en") + sentencizer
+
+
+class TokenizeParams(_Section):
+    """Tokenizer training and Arrow shards (`longdoc tokenize`)."""
+
+    corpus: Path = Path("data/corpus")
+    out: Path = Path("data/shards")
+    base_tokenizer: Path | None = None  # an HF tokenizer dir; None = train byte-level BPE
+    vocab_size: Annotated[int, Field(ge=300, le=1_000_000)] = 8000
+    min_frequency: PositiveInt = 2
+    seq_len: Annotated[int, Field(ge=16)] = 1024  # length of packed MLM sequences
+    val_fraction: Fraction = 0.05
+    seed: int = 0
+
+
+class KernelsParams(_Section):
+    """TVM attention kernels (`longdoc build-kernels`)."""
+
+    out: Path = Path("data/kernels")
+    dtypes: list[Literal["float32", "bfloat16"]] = Field(default_factory=lambda: ["float32"])
+    head_dims: list[PositiveInt] = Field(default_factory=lambda: [32])
+    targets: list[str] = Field(default_factory=lambda: ["llvm"])
+
+
+class ModelParams(_Section):
+    """Architecture of the long model built by `pretrain` when no base checkpoint is given."""
+
+    hidden_size: PositiveInt = 128
+    num_hidden_layers: PositiveInt = 2
+    num_attention_heads: PositiveInt = 4
+    intermediate_size: PositiveInt = 256
+    attention_window: PositiveInt = 64  # HF convention: full window, w/2 on each side
+    max_position_embeddings: Annotated[int, Field(ge=16)] = 4098
+    attention_backend: Literal["auto", "torch", "tvm", "dense"] = "auto"
+    dropout: Fraction = 0.1
+
+    @model_validator(mode="after")
+    def _shape(self) -> ModelParams:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.attention_window % 2:
+            raise ValueError("attention_window must be even (w/2 tokens on each side)")
+        return self
+
+
+class PretrainParams(_Section):
+    """Continued MLM pretraining (`longdoc pretrain`)."""
+
+    shards: Path = Path("data/shards")
+    base: Path | None = None  # an HF checkpoint to continue from; None = fresh init from `model`
+    out: Path = Path("data/checkpoints/pretrain")
+    steps: PositiveInt = 150
+    batch_size: PositiveInt = 4
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    warmup_steps: NonNegInt = 15
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    eval_batches: PositiveInt = 4
+    seed: int = 0
+
+
+class FinetuneParams(_Section):
+    """Fine-tuning on a task (`longdoc finetune`); issue 2 ships IMDB."""
+
+    task: Literal["imdb"] = "imdb"
+    data: Path = Path("data/sample/aclImdb")
+    base: Path = Path("data/checkpoints/pretrain")
+    out: Path = Path("data/checkpoints/imdb")
+    max_len: Annotated[int, Field(ge=16)] = 4096
+    baseline_max_len: Annotated[int, Field(ge=16)] = 512
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 4
+    lr: Annotated[float, Field(gt=0, le=1)] = 5e-4
+    warmup_ratio: Fraction = 0.1
+    max_train_samples: PositiveInt | None = None
+    max_eval_samples: PositiveInt | None = None
+    register: bool = True
+    seed: int = 0
+
+
+class ScoreParams(_Section):
+    """Batch scoring with a registered model (`longdoc score`)."""
+
+    source: Path = Path("data/sample/score/inbox.tar.gz")
+    model_uri: str = "models:/longdoc-imdb@champion"
+    out: Path = Path("data/predictions")
+    batch_size: PositiveInt = 8
+    max_len: Annotated[int, Field(ge=16)] = 4096
+
+
+class TrackingParams(_Section):
+    """MLflow tracking; MLFLOW_TRACKING_URI, when set, overrides `uri`."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "longdoc"
+
+
+class Params(_Section):
+    sample: SampleParams = Field(default_factory=SampleParams)
+    ingest: IngestParams = Field(default_factory=IngestParams)
+    tokenize: TokenizeParams = Field(default_factory=TokenizeParams)
+    kernels: KernelsParams = Field(default_factory=KernelsParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    score: ScoreParams = Field(default_factory=ScoreParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+
+
+def _one_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: {key}: {msg}{extra}"
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    try:  # YAML scalars: 3 -> int, 1e-3 -> float, null -> None, [a, b] -> list
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def load_params(path: Path | str | None = "params.yaml", overrides: list[str] = ()) -> Params:
+    """Read `path` (missing file = all defaults), apply `section.key=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if p.exists():
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{p}: not valid YAML: {exc}".splitlines()[0]) from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+            data = loaded
+        elif str(path) != "params.yaml":
+            raise ConfigError(f"{p}: params file not found")
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+        origin = f"{origin} + --set"
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, origin)) from None
+
+
+def params_dict(section: BaseModel) -> dict[str, Any]:
+    """JSON-friendly dict of a section (paths as strings), for manifests and MLflow params."""
+    return section.model_dump(mode="json")
