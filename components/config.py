@@ -108,6 +108,7 @@ class PretrainParams(_Section):
     shards: Path = Path("data/shards")
     base: Path | None = None  # an HF checkpoint to continue from; None = fresh init from `model`
     out: Path = Path("data/checkpoints/pretrain")
+    metrics: Path = Path("data/metrics/pretrain.json")  # DVC metrics file
     steps: PositiveInt = 150
     batch_size: PositiveInt = 4
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
@@ -125,6 +126,7 @@ class FinetuneParams(_Section):
     data: Path = Path("data/sample/aclImdb")
     base: Path = Path("data/checkpoints/pretrain")
     out: Path = Path("data/checkpoints/imdb")
+    metrics: Path = Path("data/metrics/finetune_imdb.json")  # DVC metrics file
     max_len: Annotated[int, Field(ge=16)] = 4096
     baseline_max_len: Annotated[int, Field(ge=16)] = 512
     epochs: PositiveInt = 3
@@ -133,7 +135,7 @@ class FinetuneParams(_Section):
     warmup_ratio: Fraction = 0.1
     max_train_samples: PositiveInt | None = None
     max_eval_samples: PositiveInt | None = None
-    register: bool = True
+    register_model: bool = True
     seed: int = 0
 
 

@@ -19,6 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class InputError(ValueError):
     """Bad user input (missing path, empty corpus...): shown to the user as one line."""
@@ -34,6 +37,8 @@ def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp creates 0600; give the file the usual 0644 & ~umask
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

@@ -1,0 +1,610 @@
+"""Container readers: turn directories, files and archives into a stream of documents.
+
+Why a separate module: ingest and score both need "give me every document in this archive", and
+both must treat hostile input the same way. Everything here is streaming and bounded:
+
+- archive members are read through `tarfile`/`zipfile` file objects, never extracted to paths
+  taken from the archive; member names that try to escape (`../x`, `/etc/passwd`) are rejected;
+- every read is capped (`max_member_bytes` per member, decompressed), so a zip bomb costs at most
+  that much memory before it is rejected;
+- a broken input (corrupt gzip, truncated tar, invalid JSON line, binary file) becomes a
+  `Rejected` item with a reason and the stream goes on, so callers can count and record it.
+
+Formats are looked up by file-name suffix in three small tables (`COMPRESSIONS`, `ARCHIVES`,
+`FORMATS`); adding a format is one function plus one table entry.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+import stat
+import tarfile
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "ARCHIVES",
+    "COMPRESSIONS",
+    "FORMATS",
+    "Document",
+    "Rejected",
+    "decode_bytes",
+    "html_to_text",
+    "iter_documents",
+    "supported_suffixes",
+]
+
+_CHUNK = 1 << 20
+MAX_NESTING = 4  # archives inside archives inside ...: deeper than this is rejected
+
+
+@dataclass
+class Document:
+    """One document found in a source: text extracted (HTML/JSON) and decoded, not normalised."""
+
+    source: str  # the source path as given (a directory, file or archive)
+    member: str  # path inside the source; `name.jsonl:<line>` / `name.json:<index>` for records
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rejected:
+    """An input that could not become a document, and why (for the quarantine file)."""
+
+    source: str
+    member: str
+    reason: str
+
+
+Item = Document | Rejected
+
+
+class _TooLarge(Exception):
+    """A member larger than max_member_bytes (decompressed): that member is rejected."""
+
+
+class _TotalLimit(Exception):
+    """The whole source passed max_total_bytes (decompressed): the source stops there."""
+
+
+@dataclass
+class _Ctx:
+    source: str
+    max_member_bytes: int
+    max_total_bytes: int | None
+    total_read: int = 0
+
+    def reject(self, member: str, reason: str) -> Rejected:
+        return Rejected(self.source, member, reason)
+
+
+# Errors that mean "these bytes are damaged": they become a Rejected item, never a crash.
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    NotImplementedError,  # zipfile: unsupported compression method
+    RuntimeError,  # zipfile: encrypted member
+)
+
+
+def _read_bounded(ctx: _Ctx, f: IO[bytes], limit: int | None = None) -> bytes:
+    """Read all of `f`, at most `limit` (default max_member_bytes) bytes; more raises _TooLarge."""
+    limit = ctx.max_member_bytes if limit is None else limit
+    parts: list[bytes] = []
+    n = 0
+    while True:
+        block = f.read(min(_CHUNK, limit + 1 - n))
+        if not block:
+            break
+        parts.append(block)
+        n += len(block)
+        _count_total(ctx, len(block))
+        if n > limit:
+            raise _TooLarge(f"larger than max_member_bytes={limit} when decompressed")
+    return b"".join(parts)
+
+
+def _count_total(ctx: _Ctx, n: int) -> None:
+    ctx.total_read += n
+    if ctx.max_total_bytes is not None and ctx.total_read > ctx.max_total_bytes:
+        raise _TotalLimit(f"source larger than max_total_bytes={ctx.max_total_bytes} decompressed")
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding bytes to text
+# --------------------------------------------------------------------------------------------
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def decode_bytes(data: bytes) -> tuple[str | None, str]:
+    """Decode `data` to text: (text, encoding), or (None, reason) for binary/undecodable bytes.
+
+    UTF-8 first (almost everything), a BOM if present, then a detected charset
+    (`charset_normalizer`) for legacy files. NUL bytes outside a UTF-16/32 BOM mean binary.
+    """
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(enc), enc
+            except UnicodeDecodeError:
+                return None, f"undecodable text (BOM says {enc})"
+    if b"\x00" in data:
+        return None, "binary content (NUL bytes)"
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes  # lazy: only legacy-encoded files pay for it
+
+    matches = list(from_bytes(data[: 4 * _CHUNK]))
+    if not matches:
+        return None, "binary or undecodable content (not UTF-8, no charset detected)"
+    # Detection is weak on short texts and often ties between single-byte code pages; like
+    # browsers (WHATWG maps latin-1 to windows-1252) prefer cp1252 when it is about as good.
+    best = matches[0]
+    for m in matches:
+        if m.encoding == "cp1252" and m.chaos <= best.chaos + 0.1:
+            best = m
+    encoding = best.encoding
+    try:
+        text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return None, f"undecodable content (detected {encoding} does not decode)"
+    if _control_ratio(text) > 0.05:
+        return None, f"binary content (mostly control characters as {encoding})"
+    return text, encoding
+
+
+def _control_ratio(text: str) -> float:
+    sample = text[:65536]
+    if not sample:
+        return 0.0
+    bad = sum(1 for ch in sample if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t\f")
+    return bad / len(sample)
+
+
+def _decode_or_reject(ctx: _Ctx, member: str, data: bytes) -> str | Rejected:
+    text, info = decode_bytes(data)
+    if text is None:
+        return ctx.reject(member, info)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Leaf formats: bytes -> documents
+# --------------------------------------------------------------------------------------------
+
+_BLOCK_TAGS = frozenset(
+    "address article aside blockquote dd details dialog div dl dt fieldset figcaption figure "
+    "footer form h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section summary table tbody "
+    "td tfoot th thead tr ul caption".split()
+)
+_SKIP_TAGS = frozenset("script style noscript template svg iframe object canvas math".split())
+
+
+class _TextExtractor(HTMLParser):
+    """Visible text of an HTML page: no script/style, block elements become paragraphs."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)  # decodes &amp; &#233; ... in text
+        self.parts: list[str] = []
+        self.title_parts: list[str] = []
+        self._skip = 0
+        self._in_title = False
+        self._pre = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP_TAGS:
+            self._skip += 1
+        elif tag == "title":
+            self._in_title = True
+        elif tag == "br":
+            self.parts.append("\n")
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+            if tag == "pre":
+                self._pre += 1
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "br":
+            self.parts.append("\n")
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP_TAGS:
+            self._skip = max(0, self._skip - 1)
+        elif tag == "title":
+            self._in_title = False
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+            if tag == "pre":
+                self._pre = max(0, self._pre - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        if self._in_title:
+            self.title_parts.append(data)
+        elif self._pre:
+            self.parts.append(data)
+        else:  # HTML collapses source whitespace (newlines included) to one space
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        out = "".join(self.parts)
+        out = re.sub(r"[ \t]*\n[ \t]*", "\n", out)
+        return re.sub(r"\n{3,}", "\n\n", out).strip()
+
+    def title(self) -> str:
+        return " ".join("".join(self.title_parts).split())
+
+
+def html_to_text(markup: str) -> tuple[str, str]:
+    """(visible text, title) of an HTML document; entities decoded, paragraphs blank-separated."""
+    parser = _TextExtractor()
+    parser.feed(markup)
+    parser.close()
+    return parser.text(), parser.title()
+
+
+def _read_text(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
+    text = _decode_or_reject(ctx, member, _read_bounded(ctx, f))
+    yield text if isinstance(text, Rejected) else Document(ctx.source, member, text, {})
+
+
+def _read_html(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
+    markup = _decode_or_reject(ctx, member, _read_bounded(ctx, f))
+    if isinstance(markup, Rejected):
+        yield markup
+        return
+    text, title = html_to_text(markup)
+    yield Document(ctx.source, member, text, {"title": title} if title else {})
+
+
+def _record(ctx: _Ctx, member: str, obj: Any) -> Item:
+    """A JSON record: a string, or an object with a string "text" (other scalars go to meta)."""
+    if isinstance(obj, str):
+        return Document(ctx.source, member, obj, {})
+    if not isinstance(obj, dict):
+        return ctx.reject(member, f"JSON record is a {type(obj).__name__}, not an object/string")
+    text = obj.get("text")
+    if not isinstance(text, str):
+        return ctx.reject(member, 'JSON record has no string "text" field')
+    meta = {
+        k: v
+        for k, v in obj.items()
+        if k != "text" and (v is None or isinstance(v, str | int | float | bool))
+    }
+    return Document(ctx.source, member, text, meta)
+
+
+def _read_json(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
+    raw = _decode_or_reject(ctx, member, _read_bounded(ctx, f))
+    if isinstance(raw, Rejected):
+        yield raw
+        return
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        yield ctx.reject(member, f"invalid JSON: {exc}")
+        return
+    if isinstance(data, list):
+        for i, obj in enumerate(data):
+            yield _record(ctx, f"{member}:{i}", obj)
+    else:
+        yield _record(ctx, member, data)
+
+
+def _read_jsonl(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
+    """One record per line, streamed; the size limit applies per line (each line is a member)."""
+    limit = ctx.max_member_bytes
+    lineno = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        lineno += 1
+        _count_total(ctx, len(line))
+        where = f"{member}:{lineno}"
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := f.readline(_CHUNK)) and not rest.endswith(b"\n"):
+                _count_total(ctx, len(rest))
+            yield ctx.reject(where, f"line larger than max_member_bytes={limit}")
+            continue
+        if not line.strip():  # blank lines are not records (but keep the line numbering)
+            continue
+        raw = _decode_or_reject(ctx, where, line)
+        if isinstance(raw, Rejected):
+            yield raw
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield ctx.reject(where, f"invalid JSON line: {exc}")
+            continue
+        yield _record(ctx, where, obj)
+
+
+def _read_xml(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
+    """One document per child of the root element (e.g. Hyperpartisan's `<article>`): its text
+    nodes as paragraphs, its attributes as meta. Parsed with defusedxml: entity declarations
+    (billion laughs) and external references are refused, not expanded."""
+    from xml.etree.ElementTree import ParseError
+
+    from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import iterparse
+
+    data = _read_bounded(ctx, f)
+    depth = 0
+    index = 0
+    try:
+        for event, elem in iterparse(io.BytesIO(data), events=("start", "end")):
+            if event == "start":
+                depth += 1
+                continue
+            depth -= 1
+            if depth != 1:
+                continue
+            paragraphs = [" ".join(t.split()) for t in elem.itertext() if t.strip()]
+            meta = {k: v for k, v in elem.attrib.items()}
+            meta.setdefault("tag", elem.tag)
+            yield Document(ctx.source, f"{member}:{index}", "\n\n".join(paragraphs), meta)
+            index += 1
+            elem.clear()
+    except DefusedXmlException as exc:
+        yield ctx.reject(member, f"unsafe XML refused ({type(exc).__name__}): {_msg(exc)}")
+    except ParseError as exc:
+        yield ctx.reject(member, f"invalid XML: {_msg(exc)}")
+
+
+Reader = Callable[[_Ctx, str, str, IO[bytes]], Iterator[Item]]
+
+#: leaf formats by suffix: reader(ctx, name, member, binary file object) -> items
+FORMATS: dict[str, Reader] = {
+    ".txt": _read_text,
+    ".text": _read_text,
+    ".md": _read_text,
+    ".html": _read_html,
+    ".htm": _read_html,
+    ".xhtml": _read_html,
+    ".json": _read_json,
+    ".jsonl": _read_jsonl,
+    ".ndjson": _read_jsonl,
+    ".xml": _read_xml,
+}
+
+#: single-stream compressions by suffix: opener(binary file object) -> decompressed file object
+COMPRESSIONS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
+    ".gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
+    ".bz2": lambda f: bz2.BZ2File(f, mode="rb"),
+    ".xz": lambda f: lzma.LZMAFile(f, mode="rb"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Archives: members -> dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why an archive member name must not be trusted, or None when it is a plain relative path."""
+    if not name:
+        return "empty member name"
+    if "\x00" in name:
+        return "member name contains NUL"
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        return f"absolute member path {name!r}"
+    if ".." in norm.split("/"):
+        return f"path traversal in member name {name!r}"
+    return None
+
+
+def _join(member: str, inner: str) -> str:
+    return f"{member}/{inner}" if member else inner
+
+
+def _read_tar(ctx: _Ctx, name: str, member: str, f: IO[bytes], depth: int) -> Iterator[Item]:
+    """Stream a tar (any compression) member by member: `r|*` never seeks, never extracts."""
+    archive = member or name
+    current = archive
+    try:
+        with tarfile.open(fileobj=f, mode="r|*") as tf:
+            for info in tf:
+                current = _join(member, info.name)
+                if info.isdir():
+                    continue
+                why = _unsafe_name(info.name)
+                if why is not None:
+                    yield ctx.reject(current, why)
+                    continue
+                if not info.isfile():
+                    kind = "symlink" if info.issym() else "link" if info.islnk() else "special"
+                    yield ctx.reject(current, f"not a regular file ({kind})")
+                    continue
+                if info.size > ctx.max_member_bytes:
+                    yield ctx.reject(
+                        current,
+                        f"member of {info.size} bytes > max_member_bytes={ctx.max_member_bytes}",
+                    )
+                    continue
+                fobj = tf.extractfile(info)
+                assert fobj is not None
+                yield from _guarded(ctx, current, _dispatch(ctx, info.name, current, fobj, depth))
+    except _READ_ERRORS as exc:
+        after = f" (after member {current!r})" if current != archive else ""
+        yield ctx.reject(archive, f"corrupt or truncated archive: {_msg(exc)}{after}")
+
+
+def _read_zip(ctx: _Ctx, name: str, member: str, f: IO[bytes], depth: int) -> Iterator[Item]:
+    """Zip needs random access: a top-level file is opened in place; a nested zip is buffered
+    (bounded by max_member_bytes) in memory."""
+    try:
+        seekable = f.seekable()
+    except (AttributeError, OSError):
+        seekable = False
+    if not seekable:
+        f = io.BytesIO(_read_bounded(ctx, f))
+    try:
+        zf = zipfile.ZipFile(f)
+    except _READ_ERRORS as exc:
+        yield ctx.reject(member or name, f"corrupt zip archive: {_msg(exc)}")
+        return
+    with zf:
+        for info in zf.infolist():
+            current = _join(member, info.filename)
+            if info.is_dir():
+                continue
+            why = _unsafe_name(info.filename)
+            if why is not None:
+                yield ctx.reject(current, why)
+                continue
+            mode = info.external_attr >> 16
+            if mode and stat.S_ISLNK(mode):
+                yield ctx.reject(current, "not a regular file (symlink)")
+                continue
+            if info.file_size > ctx.max_member_bytes:
+                yield ctx.reject(
+                    current,
+                    f"member of {info.file_size} bytes > max_member_bytes={ctx.max_member_bytes}",
+                )
+                continue
+
+            def items(info: zipfile.ZipInfo = info, current: str = current) -> Iterator[Item]:
+                with zf.open(info) as fobj:
+                    yield from _dispatch(ctx, info.filename, current, fobj, depth)
+
+            yield from _guarded(ctx, current, items())
+
+
+ARCHIVES_TAR = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
+
+#: archive formats by suffix: reader(ctx, name, member, file object, depth) -> items
+ARCHIVES: dict[str, Callable[..., Iterator[Item]]] = {
+    **dict.fromkeys(ARCHIVES_TAR, _read_tar),
+    ".zip": _read_zip,
+}
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(tuple(ARCHIVES))
+
+
+def supported_suffixes() -> list[str]:
+    """Every file-name suffix the readers understand (compressed leaf formats included)."""
+    leaf = sorted(FORMATS)
+    return sorted(ARCHIVES) + leaf + [s + c for s in leaf for c in sorted(COMPRESSIONS)]
+
+
+def _msg(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def _guarded(ctx: _Ctx, member: str, items: Iterator[Item]) -> Iterator[Item]:
+    """Turn read errors inside one member into a Rejected item; items already read are kept."""
+    try:
+        yield from items
+    except _TooLarge as exc:
+        yield ctx.reject(member, str(exc))
+    except _READ_ERRORS as exc:
+        yield ctx.reject(member, f"corrupt or truncated data: {_msg(exc)}")
+    except UnicodeDecodeError as exc:  # pragma: no cover - decode_bytes handles text
+        yield ctx.reject(member, f"undecodable: {_msg(exc)}")
+
+
+def _dispatch(ctx: _Ctx, name: str, member: str, f: IO[bytes], depth: int) -> Iterator[Item]:
+    """Route one named byte stream to its archive, compression or leaf reader by suffix."""
+    base = os.path.basename(name.replace("\\", "/"))
+    lower = base.lower()
+    for suffix in sorted(ARCHIVES, key=len, reverse=True):  # longest first: .tar.gz before .gz
+        if lower.endswith(suffix):
+            if depth >= MAX_NESTING:
+                yield ctx.reject(member, f"archives nested deeper than {MAX_NESTING} levels")
+                return
+            yield from ARCHIVES[suffix](ctx, base, member, f, depth + 1)
+            return
+    for suffix, opener in COMPRESSIONS.items():
+        if lower.endswith(suffix):
+            inner = base[: -len(suffix)]
+            with opener(f) as g:
+                yield from _dispatch(ctx, inner, member, g, depth)
+            return
+    ext = os.path.splitext(lower)[1]
+    reader = FORMATS.get(ext)
+    if reader is None:
+        yield ctx.reject(member, f"unsupported file type {ext or '(no extension)'!r}")
+        return
+    yield from reader(ctx, base, member, f)
+
+
+def iter_documents(
+    source: Path | str,
+    *,
+    max_member_bytes: int = 64 * 1024 * 1024,
+    max_total_bytes: int | None = None,
+    exclude: Iterable[Path | str] = (),
+) -> Iterator[Document | Rejected]:
+    """Every document in `source` (a directory, file or archive), in a deterministic order.
+
+    `member` is the path inside the source: the relative file path for directories (plus the
+    member path for archives inside them), the member name for archives, `name.jsonl:<line>`
+    (1-based) / `name.json:<index>` (0-based) for JSON records. Unreadable inputs come out as
+    `Rejected(source, member, reason)` and the stream continues. `max_member_bytes` caps each
+    member (and each JSON line) after decompression; `max_total_bytes`, when set, caps the
+    whole source (decompressed) and stops it with one Rejected item. Paths under `exclude` are
+    skipped when walking a directory (e.g. the output directory placed inside a source).
+    """
+    path = Path(source)
+    ctx = _Ctx(str(source), max_member_bytes, max_total_bytes)
+    if path.is_dir():
+        skip = [Path(e).resolve() for e in exclude]
+        files = sorted(
+            (
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(p.resolve().is_relative_to(e) for e in skip)
+            ),
+            key=lambda p: p.relative_to(path).parts,
+        )
+        entries = [(p, p.relative_to(path).as_posix()) for p in files]
+    else:
+        entries = [(path, "")]
+    for file, rel in entries:
+        label = rel or file.name
+        # Members of a top-level archive are named as inside it; anything else by its own name.
+        member = rel or ("" if _is_archive(file.name) else file.name)
+        try:
+            with open(file, "rb") as f:
+                yield from _guarded(ctx, label, _dispatch(ctx, file.name, member, f, 0))
+        except _TotalLimit as exc:
+            yield ctx.reject(label, str(exc))
+            return
+        except OSError as exc:
+            yield ctx.reject(label, f"cannot read file: {_msg(exc)}")

@@ -1,0 +1,73 @@
+"""The end-of-pipeline summary: where every output is, and what the long context bought."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components import tracking
+from components.config import Params
+
+
+def _manifest(out: Path) -> dict:
+    path = Path(out) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def pipeline_report(params: Params, results: dict) -> str:
+    """Read every stage's manifest (so skipped stages report too) into one summary."""
+    corpus = _manifest(params.ingest.out).get("counts", {})
+    shards = _manifest(params.tokenize.out).get("counts", {})
+    variants = _manifest(params.kernels.out).get("kernels", {}).get("variants", {})
+    pretrain = _manifest(params.pretrain.out).get("results", {})
+    finetune = _manifest(params.finetune.out).get("results", {})
+    scored = _manifest(params.score.out).get("counts", {})
+    reg = finetune.get("registered") or {}
+    uri = tracking.tracking_uri(params.tracking)
+    ran = ", ".join(f"{k} {'skipped' if v == 'skipped' else 'ran'}" for k, v in results.items())
+    rows = [
+        ("stages", ran),
+        ("sample data", f"{params.sample.out}"),
+        (
+            "corpus",
+            f"{params.ingest.out}  ({corpus.get('written')} documents, "
+            f"{corpus.get('duplicates')} duplicates, {corpus.get('quarantined')} quarantined)",
+        ),
+        (
+            "shards",
+            f"{params.tokenize.out}  ({shards.get('tokens_total')} tokens; "
+            f"tokenizer in {params.tokenize.out / 'tokenizer'})",
+        ),
+        ("kernels", f"{params.kernels.out}  ({len(variants)} compiled variants)"),
+        (
+            "pretrained",
+            f"{params.pretrain.out}  (eval loss {_fmt(pretrain.get('eval_loss'))}, "
+            f"bits/char {_fmt(pretrain.get('eval_bpc'))})",
+        ),
+        ("fine-tuned", f"{params.finetune.out}"),
+        ("MLflow runs", f"{uri}  (UI: mlflow ui --backend-store-uri {uri})"),
+        (
+            "registered",
+            f"models:/{reg.get('name')}/{reg.get('version')}"
+            f"{'  (now @champion)' if reg.get('champion') else ''}",
+        ),
+        (
+            "predictions",
+            f"{params.score.out / 'predictions.parquet'}  ({scored.get('scored')} scored, "
+            f"{scored.get('errors')} errors in errors.jsonl)",
+        ),
+    ]
+    long_acc = finetune.get("long", {}).get("accuracy")
+    base_acc = finetune.get("baseline", {}).get("accuracy")
+    lines = ["", "longdoc pipeline finished"]
+    lines += [f"  {name:<13}{value}" for name, value in rows]
+    lines += [
+        "",
+        f"IMDB test accuracy: long model ({params.finetune.max_len} tokens) {_fmt(long_acc)}"
+        f"  vs  {params.finetune.baseline_max_len}-token baseline {_fmt(base_acc)}",
+    ]
+    return "\n".join(lines)

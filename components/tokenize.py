@@ -1,0 +1,749 @@
+"""Tokenize: the ingested corpus into token-id shards and packed MLM sequences.
+
+Three streaming passes over the corpus, none of which holds the corpus in memory:
+
+1. ids only: the train/validation split (the validation set is the `val_fraction` of documents
+   with the smallest hash of their doc_id, so it is deterministic, independent of order and of
+   the seed, and never empty when there are two or more documents);
+2. per corpus shard, texts are encoded in batches by the Rust tokenizer (which uses every core)
+   and written as Arrow IPC record batches to `docs/part-NNNNN.arrow`, one per corpus shard, with
+   each sentence's first token index mapped from the corpus' char offsets;
+3. per split, documents are wrapped `<s> ... </s>`, concatenated in an order shuffled by `seed`,
+   and cut into `seq_len` rows of `packed/<split>.arrow`; the last partial row is dropped and
+   counted. Documents are read back zero-copy from the memory-mapped docs shards.
+
+Token accounting (checked before the manifest is written), per split s:
+    tokens[s] + 2 * documents[s] == seq_len * sequences[s] + dropped_tail_tokens[s]
+where tokens[s] is the sum of `n_tokens` (no special tokens) and the 2 per document are the
+`<s>`/`</s>` wrappers added when packing.
+
+Completed docs shards are checkpointed (`.tokenize-state.json`): a rerun after a crash with the
+same corpus and params reuses the saved tokenizer and the finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from components.config import TokenizeParams, params_dict
+from components.ingest import corpus_shards
+from components.io import (
+    InputError,
+    atomic_path,
+    atomic_write_json,
+    require_path,
+    sha256_bytes,
+    sha256_file,
+    sha256_tree,
+    versions,
+    write_manifest,
+)
+
+__all__ = [
+    "MODEL_MAX_LENGTH",
+    "SPECIAL_TOKENS",
+    "assign_splits",
+    "docs_schema",
+    "id_type",
+    "iter_packed",
+    "load_tokenizer",
+    "packed_schema",
+    "tokenize",
+    "train_tokenizer",
+]
+
+log = logging.getLogger(__name__)
+
+#: RoBERTa's special tokens, in id order: <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+MODEL_MAX_LENGTH = 4096  # what the long model is built for (max_position_embeddings 4098 - 2)
+LENGTH_THRESHOLDS = (512, 4096, 16384)
+STATE_FILE = ".tokenize-state.json"
+SPLITS = ("train", "validation")
+_ENCODE_DOCS = 64
+_ENCODE_CHARS = 8_000_000
+_PACK_ROWS = 1024  # packed rows per record batch
+_PROGRESS_EVERY_S = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas
+# --------------------------------------------------------------------------------------------
+
+
+def id_type(vocab_size: int) -> pa.DataType:
+    """uint16 when every id fits (vocab <= 65,536), else int32: halves shard size and I/O."""
+    return pa.uint16() if vocab_size <= 1 << 16 else pa.int32()
+
+
+def docs_schema(vocab_size: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("split", pa.string()),
+            ("input_ids", pa.list_(id_type(vocab_size))),
+            ("n_tokens", pa.int32()),
+            ("n_chars", pa.int64()),
+            ("sentence_token_starts", pa.list_(pa.int32())),
+        ]
+    )
+
+
+def packed_schema(vocab_size: int, seq_len: int) -> pa.Schema:
+    return pa.schema(
+        [("input_ids", pa.list_(id_type(vocab_size), seq_len))],
+        metadata={"seq_len": str(seq_len)},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def _split_key(doc_id: str) -> int:
+    return int(sha256_bytes(f"split:{doc_id}".encode())[:16], 16)
+
+
+def assign_splits(doc_ids: list[str], val_fraction: float) -> set[str]:
+    """The validation doc_ids: the round(val_fraction * n) with the smallest split hash.
+
+    At least one when val_fraction > 0 and n >= 2, and never all of them, so both splits exist
+    on tiny corpora. Depends only on the ids: same corpus, same split, whatever the seed.
+    """
+    n = len(doc_ids)
+    if val_fraction <= 0 or n < 2:
+        return set()
+    k = min(max(1, round(val_fraction * n)), n - 1)
+    return set(sorted(doc_ids, key=_split_key)[:k])
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def _iter_texts(corpus: Path, skip: set[str]) -> Iterator[list[str]]:
+    for path in corpus_shards(corpus):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64, columns=["doc_id", "text"]):
+            ids = batch.column("doc_id").to_pylist()
+            texts = batch.column("text").to_pylist()
+            yield [t for i, t in zip(ids, texts, strict=True) if i not in skip]
+
+
+def train_tokenizer(
+    texts: Iterator[list[str]] | Iterator[str],
+    vocab_size: int,
+    min_frequency: int = 2,
+    length: int | None = None,
+):
+    """A byte-level BPE with RoBERTa's special tokens and post-processor, as a fast HF tokenizer.
+
+    Byte-level means no <unk> in practice: every byte has a token, so any text round-trips.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer, length=length)
+    for i, t in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
+    # As in RoBERTa, "<mask>" absorbs the space before it ("a <mask>" masks the word " b").
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False)])
+    tok.post_processor = processors.RobertaProcessing(
+        sep=("</s>", 2), cls_token=("<s>", 0), trim_offsets=True, add_prefix_space=False
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, special=True),
+        model_max_length=MODEL_MAX_LENGTH,
+    )
+
+
+def _save_tokenizer(hf_tok, dest: Path) -> None:
+    """save_pretrained into a temp dir beside `dest`, then swap it in (a dir cannot be renamed
+    over atomically, but a reader never sees a half-written tokenizer under `dest`).
+
+    `tokenizer_class` is written as the generic PreTrainedTokenizerFast (tokenizer.json is loaded
+    as-is, by transformers 4 and 5 alike) and special_tokens_map.json is added for tools that
+    still look for it.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=dest.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the tokenizer is an ordinary output
+        hf_tok.save_pretrained(str(tmp))
+        cfg_path = tmp / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg["model_max_length"] = int(min(hf_tok.model_max_length, 10**9))
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        special = {
+            k: str(getattr(hf_tok, k))
+            for k in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
+            if getattr(hf_tok, k, None) is not None
+        }
+        if hf_tok.mask_token is not None:
+            special["mask_token"] = {
+                "content": str(hf_tok.mask_token),
+                "lstrip": True,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            }
+        (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+        old = dest.parent / f".tokenizer.old.{os.getpid()}"
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_hf_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # transformers raises many types; the user needs one line
+        msg = " ".join(str(exc).split())[:300]
+        raise InputError(f"cannot load tokenizer from {path}: {msg}") from None
+    if not getattr(tok, "is_fast", False):
+        raise InputError(f"tokenizer in {path} is not a fast tokenizer (need offset mappings)")
+    return tok
+
+
+def load_tokenizer(shards_dir: Path | str):
+    """The tokenizer the shards were made with (`shards_dir/tokenizer`, HF format)."""
+    path = require_path(Path(shards_dir) / "tokenizer", "tokenizer")
+    return _load_hf_tokenizer(path)
+
+
+def _wrapper_ids(hf_tok) -> tuple[int, int]:
+    bos = hf_tok.bos_token_id if hf_tok.bos_token_id is not None else hf_tok.cls_token_id
+    eos = hf_tok.eos_token_id if hf_tok.eos_token_id is not None else hf_tok.sep_token_id
+    if bos is None or eos is None:
+        raise InputError("tokenizer has no bos/cls and eos/sep tokens to separate documents")
+    return int(bos), int(eos)
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 2: documents
+# --------------------------------------------------------------------------------------------
+
+
+def _list_array(parts: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+
+
+def _encode_part(
+    backend,
+    shard: Path,
+    dest: Path,
+    schema: pa.Schema,
+    val_ids: set[str],
+    progress: dict[str, Any],
+) -> None:
+    """Encode one corpus shard into one docs shard (written atomically)."""
+    np_dtype = np.uint16 if schema.field("input_ids").type.value_type == pa.uint16() else np.int32
+    columns = ["doc_id", "text", "n_chars", "sentences"]
+    with atomic_path(dest) as tmp, ipc.new_file(str(tmp), schema) as writer:
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=_ENCODE_DOCS, columns=columns):
+            doc_ids = batch.column("doc_id").to_pylist()
+            texts = batch.column("text").to_pylist()
+            sents = batch.column("sentences")
+            sent_offsets = sents.offsets.to_numpy()
+            sent_starts = sents.values.field("start").to_numpy(zero_copy_only=False)
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            ids_list, starts_list = [], []
+            for j, enc in enumerate(encodings):
+                ids_list.append(np.asarray(enc.ids, dtype=np_dtype))
+                starts = sent_starts[sent_offsets[j] : sent_offsets[j + 1]]
+                if len(enc.ids):
+                    ends = np.maximum.accumulate(np.asarray(enc.offsets, dtype=np.int64)[:, 1])
+                    tok_starts = np.searchsorted(ends, starts, side="right")
+                    tok_starts = np.minimum(tok_starts, len(enc.ids) - 1)
+                else:
+                    tok_starts = np.zeros(len(starts), dtype=np.int64)
+                starts_list.append(tok_starts.astype(np.int32))
+            n_tokens = np.fromiter((len(a) for a in ids_list), dtype=np.int32, count=len(texts))
+            record = pa.RecordBatch.from_arrays(
+                [
+                    pa.array(doc_ids, pa.string()),
+                    pa.array(["validation" if i in val_ids else "train" for i in doc_ids]),
+                    _list_array(ids_list, schema.field("input_ids").type.value_type),
+                    pa.array(n_tokens, pa.int32()),
+                    batch.column("n_chars"),
+                    _list_array(starts_list, pa.int32()),
+                ],
+                schema=schema,
+            )
+            writer.write_batch(record)
+            progress["docs"] += len(texts)
+            progress["tokens"] += int(n_tokens.sum())
+            _maybe_log(progress)
+
+
+def _maybe_log(progress: dict[str, Any], force: bool = False) -> None:
+    now = time.monotonic()
+    if not force and now - progress["t_log"] < _PROGRESS_EVERY_S:
+        return
+    progress["t_log"] = now
+    dt = max(now - progress["t0"], 1e-9)
+    done, total = progress["docs"], progress["total"]
+    rate = done / dt
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    log.info(
+        "tokenize: %d/%d docs, %d tokens, %.0f tokens/s, ETA %.0fs",
+        done,
+        total,
+        progress["tokens"],
+        progress["tokens"] / dt,
+        eta,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 3: packing
+# --------------------------------------------------------------------------------------------
+
+
+class _DocStore:
+    """Zero-copy random access to per-document ids of memory-mapped docs shards."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.values: list[np.ndarray] = []
+        self.offsets: list[np.ndarray] = []
+        self.index: dict[str, list[tuple[str, int, int]]] = {s: [] for s in SPLITS}
+        for path in paths:
+            reader = ipc.open_file(pa.memory_map(str(path), "r"))
+            for b in range(reader.num_record_batches):
+                batch = reader.get_batch(b)
+                ids = batch.column("input_ids")
+                slot = len(self.values)
+                self.values.append(ids.values.to_numpy(zero_copy_only=False))
+                self.offsets.append(ids.offsets.to_numpy())
+                for row, (doc_id, split) in enumerate(
+                    zip(
+                        batch.column("doc_id").to_pylist(),
+                        batch.column("split").to_pylist(),
+                        strict=True,
+                    )
+                ):
+                    self.index[split].append((doc_id, slot, row))
+
+    def ids(self, slot: int, row: int) -> np.ndarray:
+        off = self.offsets[slot]
+        return self.values[slot][off[row] : off[row + 1]]
+
+
+def _pack_split(
+    store: _DocStore,
+    split: str,
+    dest: Path,
+    schema: pa.Schema,
+    seq_len: int,
+    seed: int,
+    bos: int,
+    eos: int,
+) -> dict[str, int]:
+    """Write `dest` with fixed-length rows; returns {documents, sequences, dropped_tail_tokens}."""
+    docs = sorted(store.index[split])  # by doc_id: independent of the corpus' shard layout
+    order = np.random.default_rng(seed).permutation(len(docs))
+    value_type = schema.field("input_ids").type.value_type
+    np_dtype = np.uint16 if value_type == pa.uint16() else np.int32
+    bos_a = np.asarray([bos], dtype=np_dtype)
+    eos_a = np.asarray([eos], dtype=np_dtype)
+    carry = np.zeros(0, dtype=np_dtype)
+    pending: list[np.ndarray] = []
+    pending_rows = 0
+    sequences = 0
+    with atomic_path(dest) as tmp, ipc.new_file(str(tmp), schema) as writer:
+
+        def flush() -> None:
+            nonlocal pending, pending_rows
+            if pending_rows:
+                flat = np.concatenate(pending).reshape(-1)
+                arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=value_type), seq_len)
+                writer.write_batch(pa.RecordBatch.from_arrays([arr], schema=schema))
+            pending, pending_rows = [], 0
+
+        for k in order:
+            _, slot, row = docs[k]
+            joined = np.concatenate([carry, bos_a, store.ids(slot, row), eos_a])
+            n_full = len(joined) // seq_len
+            if n_full:
+                pending.append(joined[: n_full * seq_len].reshape(n_full, seq_len))
+                pending_rows += n_full
+                sequences += n_full
+            carry = joined[n_full * seq_len :]
+            if pending_rows >= _PACK_ROWS:
+                flush()
+        flush()
+    return {"documents": len(docs), "sequences": sequences, "dropped_tail_tokens": len(carry)}
+
+
+def iter_packed(
+    shards_dir: Path | str, split: str, batch_size: int, *, drop_last: bool = False
+) -> Iterator[np.ndarray]:
+    """Packed MLM rows of `split` as arrays of shape (batch, seq_len), in file order.
+
+    Streams record batches from the memory-mapped IPC file (never the whole file in memory).
+    The dtype is the file's (uint16 or int32); convert with `.astype(np.int64)` for torch. The
+    last batch may be smaller unless `drop_last`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    path = require_path(Path(shards_dir) / "packed" / f"{split}.arrow", "packed shard")
+    reader = ipc.open_file(pa.memory_map(str(path), "r"))
+    seq_len = reader.schema.field("input_ids").type.list_size
+    buf: list[np.ndarray] = []
+    have = 0
+    for b in range(reader.num_record_batches):
+        arr = reader.get_batch(b).column("input_ids")
+        rows = arr.values.to_numpy(zero_copy_only=False).reshape(-1, seq_len)
+        start = 0
+        while start < len(rows):
+            take = min(batch_size - have, len(rows) - start)
+            buf.append(rows[start : start + take])
+            have += take
+            start += take
+            if have == batch_size:
+                yield np.concatenate(buf) if len(buf) > 1 else buf[0].copy()
+                buf, have = [], 0
+    if have and not drop_last:
+        yield np.concatenate(buf)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def _length_stats(n_tokens: np.ndarray) -> dict[str, Any]:
+    if len(n_tokens) == 0:
+        return {"documents": 0}
+    return {
+        "documents": int(len(n_tokens)),
+        "min": int(n_tokens.min()),
+        "median": float(np.median(n_tokens)),
+        "mean": round(float(n_tokens.mean()), 2),
+        "p90": float(np.percentile(n_tokens, 90)),
+        "max": int(n_tokens.max()),
+        **{f"over_{t}": int((n_tokens > t).sum()) for t in LENGTH_THRESHOLDS},
+    }
+
+
+def _histogram(n_tokens: np.ndarray, dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    lo, hi = max(int(n_tokens.min()), 1), max(int(n_tokens.max()), 2)
+    bins = np.unique(np.geomspace(lo, hi + 1, num=min(60, hi - lo + 2)).astype(int))
+    ax.hist(n_tokens, bins=bins, color="#4477aa")
+    ax.set_xscale("log")
+    for t in LENGTH_THRESHOLDS:
+        if t <= hi * 2:
+            ax.axvline(t, color="#cc3311", linestyle="--", linewidth=1)
+            ax.text(t, ax.get_ylim()[1] * 0.95, f" {t}", color="#cc3311", va="top", fontsize=8)
+    ax.set_xlabel("document length (tokens, log scale)")
+    ax.set_ylabel("documents")
+    ax.set_title(f"Document lengths: {len(n_tokens)} documents")
+    fig.tight_layout()
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def _clean_outputs(out: Path) -> None:
+    (out / "manifest.json").unlink(missing_ok=True)
+    (out / STATE_FILE).unlink(missing_ok=True)
+    (out / "length_histogram.png").unlink(missing_ok=True)
+    for sub in ("docs", "packed"):
+        if (out / sub).is_dir():
+            shutil.rmtree(out / sub)
+    for p in out.glob(".tokenizer.*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def tokenize(params: TokenizeParams) -> dict[str, Any]:
+    """Run the tokenize stage; returns the manifest (also written to `params.out/manifest.json`).
+
+    Raises InputError when the corpus is missing, unfinished or empty, or the base tokenizer
+    cannot be loaded.
+    """
+    t_start = time.monotonic()
+    corpus = Path(params.corpus)
+    shards = corpus_shards(corpus)  # InputError: missing / no manifest / no shards
+    corpus_manifest = json.loads((corpus / "manifest.json").read_text())
+    out = Path(params.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in out.glob(".*.tmp"):  # leftovers of a killed run
+        p.unlink(missing_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # from here on, the dir is unfinished
+
+    # Pass 1: ids -> split.
+    doc_ids: list[str] = []
+    for path in shards:
+        doc_ids.extend(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist())
+    if not doc_ids:
+        raise InputError(f"corpus is empty: no documents in {corpus}")
+    val_ids = assign_splits(doc_ids, params.val_fraction)
+
+    base_sha = None
+    if params.base_tokenizer is not None:
+        base_sha = sha256_tree(require_path(params.base_tokenizer, "base tokenizer"))
+    fingerprint = sha256_bytes(
+        json.dumps(
+            {
+                "params": params_dict(params),
+                "corpus": corpus_manifest.get("shards"),
+                "base_tokenizer": base_sha,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    state = _load_state(out, fingerprint)
+    if state is None:
+        _clean_outputs(out)
+        state = {"fingerprint": fingerprint, "parts": {}}
+
+    # Tokenizer.
+    t0 = time.monotonic()
+    tok_dir = out / "tokenizer"
+    if state.get("tokenizer_sha256"):
+        hf_tok = _load_hf_tokenizer(tok_dir)
+        tokenizer_source = state["tokenizer_source"]
+    elif params.base_tokenizer is not None:
+        base = require_path(params.base_tokenizer, "base tokenizer")
+        hf_tok = _load_hf_tokenizer(base)
+        _save_tokenizer(hf_tok, tok_dir)
+        tokenizer_source = f"base:{base}"
+    else:
+        n_train = len(doc_ids) - len(val_ids)
+        log.info(
+            "tokenize: training byte-level BPE (vocab %d) on %d docs", params.vocab_size, n_train
+        )
+        hf_tok = train_tokenizer(
+            _iter_texts(corpus, val_ids), params.vocab_size, params.min_frequency, length=n_train
+        )
+        _save_tokenizer(hf_tok, tok_dir)
+        tokenizer_source = "trained:byte-level-bpe"
+    tokenizer_s = time.monotonic() - t0
+    tokenizer_sha = sha256_file(tok_dir / "tokenizer.json")
+    state.update(tokenizer_sha256=tokenizer_sha, tokenizer_source=tokenizer_source)
+    atomic_write_json(out / STATE_FILE, state)
+
+    vocab_size = len(hf_tok)
+    bos, eos = _wrapper_ids(hf_tok)
+    backend = _plain_backend(hf_tok)
+    schema = docs_schema(vocab_size)
+
+    # Pass 2: documents, one docs shard per corpus shard (finished ones kept on resume).
+    t0 = time.monotonic()
+    docs_dir = out / "docs"
+    docs_dir.mkdir(exist_ok=True)
+    progress = {"docs": 0, "tokens": 0, "total": len(doc_ids), "t0": t0, "t_log": t0}
+    part_paths = []
+    for i, shard in enumerate(shards):
+        dest = docs_dir / f"part-{i:05d}.arrow"
+        part_paths.append(dest)
+        done = state["parts"].get(dest.name)
+        if done and dest.is_file() and sha256_file(dest) == done:
+            progress["docs"] += pq.ParquetFile(shard).metadata.num_rows
+            continue
+        _encode_part(backend, shard, dest, schema, val_ids, progress)
+        state["parts"][dest.name] = sha256_file(dest)
+        atomic_write_json(out / STATE_FILE, state)
+    for stale in docs_dir.glob("part-*.arrow"):
+        if stale not in part_paths:
+            stale.unlink()
+    _maybe_log(progress, force=True)
+    encode_s = time.monotonic() - t0
+
+    # Pass 3: packing.
+    t0 = time.monotonic()
+    store = _DocStore(part_paths)
+    pschema = packed_schema(vocab_size, params.seq_len)
+    packed = {
+        split: _pack_split(
+            store,
+            split,
+            out / "packed" / f"{split}.arrow",
+            pschema,
+            params.seq_len,
+            params.seed,
+            bos,
+            eos,
+        )
+        for split in SPLITS
+    }
+    del store
+    pack_s = time.monotonic() - t0
+
+    # Statistics from the docs shards (small columns only).
+    tables = [
+        ipc.open_file(pa.memory_map(str(p), "r"))
+        .read_all()
+        .select(["split", "n_tokens", "n_chars"])
+        for p in part_paths
+    ]
+    stats = pa.concat_tables(tables)
+    split_col = np.asarray(stats.column("split").to_pylist())
+    n_tokens = stats.column("n_tokens").to_numpy().astype(np.int64)
+    n_chars = stats.column("n_chars").to_numpy().astype(np.int64)
+    counts: dict[str, Any] = {
+        "documents": {s: int((split_col == s).sum()) for s in SPLITS},
+        "tokens": {s: int(n_tokens[split_col == s].sum()) for s in SPLITS},
+        "chars": {s: int(n_chars[split_col == s].sum()) for s in SPLITS},
+        "sequences": {s: packed[s]["sequences"] for s in SPLITS},
+        "dropped_tail_tokens": {s: packed[s]["dropped_tail_tokens"] for s in SPLITS},
+        "special_tokens_added": {s: 2 * packed[s]["documents"] for s in SPLITS},
+    }
+    counts["tokens_total"] = int(n_tokens.sum())
+    counts["chars_total"] = int(n_chars.sum())
+    counts["documents_total"] = int(len(n_tokens))
+    counts["packed_tokens"] = {s: params.seq_len * packed[s]["sequences"] for s in SPLITS}
+    for s in SPLITS:  # the accounting identity in the module docstring
+        lhs = counts["tokens"][s] + counts["special_tokens_added"][s]
+        rhs = counts["packed_tokens"][s] + counts["dropped_tail_tokens"][s]
+        if lhs != rhs or counts["documents"][s] != packed[s]["documents"]:
+            raise RuntimeError(f"tokenize accounting does not add up for {s}: {counts}")
+    if counts["documents_total"] != len(doc_ids):
+        raise RuntimeError("tokenize: docs shards do not match the corpus")
+    _histogram(n_tokens, out / "length_histogram.png")
+
+    def cpt(chars: int, tokens: int) -> float | None:
+        return round(chars / tokens, 6) if tokens else None
+
+    total_s = time.monotonic() - t_start
+    manifest = {
+        "stage": "tokenize",
+        "inputs": {
+            "corpus": str(corpus),
+            "corpus_shards": corpus_manifest.get("shards"),
+            "base_tokenizer": str(params.base_tokenizer) if params.base_tokenizer else None,
+            "base_tokenizer_sha256": base_sha,
+        },
+        "params": params_dict(params),
+        "tokenizer": {
+            "dir": "tokenizer",
+            "source": tokenizer_source,
+            "vocab_size": vocab_size,
+            "bos_id": bos,
+            "eos_id": eos,
+            "pad_id": hf_tok.pad_token_id,
+            "mask_id": hf_tok.mask_token_id,
+        },
+        "tokenizer_sha256": tokenizer_sha,
+        "vocab_size": vocab_size,
+        "id_dtype": str(id_type(vocab_size)),
+        "seq_len": params.seq_len,
+        "counts": counts,
+        "chars_per_token": cpt(counts["chars_total"], counts["tokens_total"]),
+        "chars_per_token_by_split": {
+            s: cpt(counts["chars"][s], counts["tokens"][s]) for s in SPLITS
+        },
+        "length_distribution": _length_stats(n_tokens),
+        "files": {
+            "docs": [
+                {"name": f"docs/{p.name}", "sha256": state["parts"][p.name]} for p in part_paths
+            ],
+            "packed": {
+                s: {
+                    "name": f"packed/{s}.arrow",
+                    "sha256": sha256_file(out / "packed" / f"{s}.arrow"),
+                }
+                for s in SPLITS
+            },
+            "histogram": "length_histogram.png",
+        },
+        "versions": versions("tokenizers", "transformers", "pyarrow", "numpy"),
+        "timings": {
+            "total_s": round(total_s, 3),
+            "tokenizer_s": round(tokenizer_s, 3),
+            "encode_s": round(encode_s, 3),
+            "pack_s": round(pack_s, 3),
+            "tokens_per_s": round(counts["tokens_total"] / max(encode_s, 1e-9), 1),
+        },
+    }
+    write_manifest(out, **manifest)
+    (out / STATE_FILE).unlink(missing_ok=True)
+    log.info(
+        "tokenize: %d docs, %d tokens, %s sequences of %d in %.1fs (%s)",
+        counts["documents_total"],
+        counts["tokens_total"],
+        counts["sequences"],
+        params.seq_len,
+        total_s,
+        out,
+    )
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _plain_backend(hf_tok):
+    """A copy of the Rust tokenizer with truncation/padding off (a base tokenizer.json may
+    carry them), so documents are encoded whole."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def _load_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("fingerprint") != fingerprint or not state.get("tokenizer_sha256"):
+        return None
+    tok_json = out / "tokenizer" / "tokenizer.json"
+    if not tok_json.is_file() or sha256_file(tok_json) != state["tokenizer_sha256"]:
+        return None
+    log.info("tokenize: resuming, %d docs shards already done", len(state.get("parts", {})))
+    return state

@@ -1,0 +1,192 @@
+"""`longdoc`: one subcommand per stage, each running its Prefect flow.
+
+Every subcommand takes `--params FILE` and repeatable `--set section.key=value`; the handful of
+per-command flags (`--out`, `--source`...) are shorthands for such overrides. Configuration and
+input errors end the process with one line on stderr and a non-zero exit, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from components.config import ConfigError, Params, load_params
+from components.io import InputError
+
+EXIT_CONFIG, EXIT_INPUT = 2, 1
+
+# (subcommand, flow name in flows.stages.STAGE_FLOWS, help, [(flag, dest key, help, repeatable)])
+COMMANDS = [
+    (
+        "sample",
+        "sample",
+        "write the embedded synthetic corpus and task data sets",
+        [
+            ("--out", "sample.out", "directory to write to (default data/sample)", False),
+            ("--seed", "sample.seed", "generator seed", False),
+        ],
+    ),
+    (
+        "ingest",
+        "ingest",
+        "read document archives into a deduplicated Parquet corpus",
+        [
+            ("--source", "ingest.sources", "a file, directory or archive (repeatable)", True),
+            ("--out", "ingest.out", "corpus directory (default data/corpus)", False),
+        ],
+    ),
+    (
+        "tokenize",
+        "tokenize",
+        "train/load a tokenizer; write token and packed MLM shards",
+        [
+            ("--corpus", "tokenize.corpus", "ingested corpus directory", False),
+            ("--out", "tokenize.out", "shards directory (default data/shards)", False),
+            ("--base-tokenizer", "tokenize.base_tokenizer", "use this HF tokenizer dir", False),
+        ],
+    ),
+    (
+        "build-kernels",
+        "build_kernels",
+        "compile the TVM attention kernels into the cache",
+        [
+            ("--out", "kernels.out", "kernel cache directory (default data/kernels)", False),
+        ],
+    ),
+    (
+        "pretrain",
+        "pretrain",
+        "continued MLM pretraining of the long model",
+        [
+            ("--shards", "pretrain.shards", "tokenize output directory", False),
+            ("--base", "pretrain.base", "HF checkpoint to continue from (default: fresh)", False),
+            ("--out", "pretrain.out", "checkpoint directory", False),
+            ("--steps", "pretrain.steps", "optimizer steps", False),
+        ],
+    ),
+    (
+        "finetune",
+        "finetune",
+        "fine-tune on a task next to a 512-token baseline; register",
+        [
+            ("--task", "finetune.task", "task name (imdb)", False),
+            ("--data", "finetune.data", "task data directory in its official layout", False),
+            ("--base", "finetune.base", "pretrained checkpoint directory", False),
+            ("--out", "finetune.out", "output checkpoint directory", False),
+        ],
+    ),
+    (
+        "score",
+        "score",
+        "score an archive or directory with a registered model",
+        [
+            ("--source", "score.source", "archive, file or directory of documents", False),
+            ("--model-uri", "score.model_uri", "MLflow model URI (default champion)", False),
+            ("--out", "score.out", "predictions directory", False),
+        ],
+    ),
+    ("pipeline", None, "run every stage in order, skipping unchanged ones", []),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longdoc",
+        description="Long-document transformer pipeline: ingest → tokenize → build-kernels → "
+        "pretrain → finetune → score, orchestrated by Prefect and tracked in MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, _flow, help_text, flags in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--params",
+            default="params.yaml",
+            metavar="FILE",
+            help="parameters file (default params.yaml; missing = built-in defaults)",
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one parameter, e.g. --set pretrain.steps=10 (repeatable)",
+        )
+        for flag, key, flag_help, repeatable in flags:
+            p.add_argument(
+                flag,
+                dest=f"opt:{key}",
+                action="append" if repeatable else "store",
+                metavar=flag.lstrip("-").upper().replace("-", "_"),
+                help=f"{flag_help} [{key}]",
+            )
+        if name == "pipeline":
+            p.add_argument(
+                "--force", action="store_true", help="rerun every stage even when unchanged"
+            )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.overrides)
+    for dest, value in vars(args).items():
+        if dest.startswith("opt:") and value is not None:
+            key = dest.removeprefix("opt:")
+            out.append(f"{key}={json.dumps(value) if isinstance(value, list) else value}")
+    return out
+
+
+class _QuietUserErrors(logging.Filter):
+    """Prefect logs a traceback for every failed run; for user errors the CLI's one line is the
+    whole story, so drop those records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, InputError | ConfigError)
+
+
+def _prepare_environment() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    quiet = _QuietUserErrors()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(quiet)
+
+
+def _print_summary(command: str, params: Params, result) -> None:
+    if command == "pipeline":
+        from components.report import pipeline_report
+
+        print(pipeline_report(params, result))
+    else:
+        print(json.dumps(result, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params, _overrides(args))
+    except ConfigError as exc:
+        print(f"longdoc: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _prepare_environment()
+    from flows import stages as flows  # imports Prefect: only after the config is known good
+
+    flow_name = next(f for n, f, _, _ in COMMANDS if n == args.command)
+    try:
+        if args.command == "pipeline":
+            result = flows.pipeline_flow(params, force=args.force)
+        else:
+            result = flows.STAGE_FLOWS[flow_name](params)
+    except (InputError, ConfigError) as exc:
+        print(f"longdoc: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    _print_summary(args.command, params, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

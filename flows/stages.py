@@ -1,0 +1,140 @@
+"""Prefect flows: one per stage, and `pipeline` chaining them. Orchestration only: each flow
+calls one component function inside a task and records the stage as done.
+
+Flows take the whole validated `Params` so every stage sees one consistent configuration; without
+one (a deployment run with no parameters) they read `params.yaml` from the working directory.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from components import finetune as finetune_mod
+from components import ingest as ingest_mod
+from components import kernel_cache, stages
+from components import pretrain as pretrain_mod
+from components import sample as sample_mod
+from components import score as score_mod
+from components import tokenize as tokenize_mod
+from components.config import ConfigError, Params, load_params
+from components.io import InputError
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry I/O hiccups, not user errors: a missing path stays missing on the second try."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, InputError | ConfigError)
+
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}
+
+
+def _finish(stage: str, params: Params, result: dict) -> dict:
+    stages.mark_done(stages.spec(stage, params))
+    return result
+
+
+@task(name="write-sample", **IO_RETRIES)
+def _sample(params: Params) -> dict:
+    return sample_mod.write_sample(params.sample)
+
+
+@task(name="ingest-archives", **IO_RETRIES)
+def _ingest(params: Params) -> dict:
+    return ingest_mod.ingest(params.ingest)
+
+
+@task(name="tokenize-corpus", **IO_RETRIES)
+def _tokenize(params: Params) -> dict:
+    return tokenize_mod.tokenize(params.tokenize)
+
+
+@task(name="compile-kernels")
+def _build_kernels(params: Params) -> dict:
+    return kernel_cache.build(params.kernels)
+
+
+@task(name="mlm-pretrain")
+def _pretrain(params: Params) -> dict:
+    kernel_cache.use(params.kernels)
+    return pretrain_mod.pretrain(params.pretrain, params.model, params.tracking)
+
+
+@task(name="finetune-task")
+def _finetune(params: Params) -> dict:
+    kernel_cache.use(params.kernels)
+    return finetune_mod.finetune(params.finetune, params.tracking)
+
+
+@task(name="score-documents", **IO_RETRIES)
+def _score(params: Params) -> dict:
+    kernel_cache.use(params.kernels)
+    return score_mod.score(params.score, params.tracking)
+
+
+@flow(name="sample")
+def sample_flow(params: Params | None = None) -> dict:
+    params = params or load_params()
+    return _finish("sample", params, _sample(params))
+
+
+@flow(name="ingest")
+def ingest_flow(params: Params | None = None) -> dict:
+    params = params or load_params()
+    return _finish("ingest", params, _ingest(params))
+
+
+@flow(name="tokenize")
+def tokenize_flow(params: Params | None = None) -> dict:
+    params = params or load_params()
+    return _finish("tokenize", params, _tokenize(params))
+
+
+@flow(name="build-kernels")
+def build_kernels_flow(params: Params | None = None) -> dict:
+    params = params or load_params()
+    return _finish("build_kernels", params, _build_kernels(params))
+
+
+@flow(name="pretrain")
+def pretrain_flow(params: Params | None = None) -> dict:
+    params = params or load_params()
+    return _finish("pretrain", params, _pretrain(params))
+
+
+@flow(name="finetune")
+def finetune_flow(params: Params | None = None) -> dict:
+    params = params or load_params()
+    return _finish("finetune", params, _finetune(params))
+
+
+@flow(name="score")
+def score_flow(params: Params | None = None) -> dict:
+    params = params or load_params()
+    return _finish("score", params, _score(params))
+
+
+STAGE_FLOWS = {
+    "sample": sample_flow,
+    "ingest": ingest_flow,
+    "tokenize": tokenize_flow,
+    "build_kernels": build_kernels_flow,
+    "pretrain": pretrain_flow,
+    "finetune": finetune_flow,
+    "score": score_flow,
+}
+
+
+@flow(name="pipeline")
+def pipeline_flow(params: Params | None = None, force: bool = False) -> dict:
+    """Every stage in order; a stage whose parameters and inputs are unchanged is skipped."""
+    params = params or load_params()
+    logger = get_run_logger()
+    results: dict[str, dict | str] = {}
+    for name in stages.STAGES:
+        if not force and stages.is_fresh(stages.spec(name, params)):
+            logger.info("%s: inputs and parameters unchanged, skipped", name)
+            results[name] = "skipped"
+            continue
+        results[name] = STAGE_FLOWS[name](params)
+    return results

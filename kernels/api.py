@@ -1,0 +1,111 @@
+"""``attention()``: input checks and backend dispatch.
+
+Backends:
+
+* ``dense``: masked full attention, any pattern; the oracle (O(seq^2) memory).
+* ``torch``: banded pure PyTorch, O(seq * window) memory, any device; ``SlidingWindow`` (with
+  dilation, per-head dilation, causal) and ``BlockLocal``.
+* ``tvm``: TVM-compiled sliding-window kernels (see ``kernels.tvm_backend``).
+* ``auto``: ``tvm`` only where it is eligible (compiled backward and faster than ``torch``: not
+  yet, see ``kernels.tvm_backend.AUTO_ELIGIBLE``) and its kernel is already cached for the
+  device/dtype/head_dim; else ``torch`` where the pattern allows (``SlidingWindow``,
+  ``BlockLocal``), else ``dense`` (``Strided``, ``Fixed``, ``Dense``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from . import torch_backend
+from .dense import dense_attention
+from .patterns import Pattern
+
+BACKENDS = ("auto", "dense", "torch", "tvm")
+
+
+def available_backends() -> tuple[str, ...]:
+    """Backends usable in this environment (``tvm`` only if the package is installed; checking
+    does not import it)."""
+    names = ["dense", "torch"]
+    if importlib.util.find_spec("tvm") is not None:
+        names.append("tvm")
+    return tuple(names)
+
+
+def _check_inputs(q, k, v, pattern, global_mask, key_padding_mask) -> None:
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a kernels pattern (SlidingWindow, ...), got {pattern!r}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a (batch, seq, heads, head_dim) tensor")
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"{name} has unsupported dtype {x.dtype}; use float32 or bfloat16")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {v.shape}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    b, n, h, _ = q.shape
+    if n < 1:
+        raise ValueError("sequence length must be >= 1")
+    if pattern.heads is not None and pattern.heads != h:
+        raise ValueError(f"{pattern} is defined for {pattern.heads} heads, the input has {h}")
+    for name, m in (("global_mask", global_mask), ("key_padding_mask", key_padding_mask)):
+        if m is None:
+            continue
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (b, n):
+            raise ValueError(f"{name} must be a bool tensor of shape (batch, seq) = ({b}, {n})")
+
+
+def select_backend(q: torch.Tensor, pattern: Pattern, needs_grad: bool) -> str:
+    """The backend ``auto`` picks for this call (exposed for logging and tests)."""
+    from . import tvm_backend
+
+    if tvm_backend.usable_cached(q, pattern, needs_grad):
+        return "tvm"
+    if torch_backend.supports(pattern):
+        return "torch"
+    return "dense"
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    *,
+    global_mask: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Local/sparse + global attention with scale ``1/sqrt(head_dim)``.
+
+    ``q, k, v``: ``(batch, seq, heads, head_dim)``, float32 or bfloat16, any ``seq >= 1``.
+    ``global_mask``, ``key_padding_mask``: bool ``(batch, seq)``, True = global / padding.
+    Query ``i`` may use key ``j`` iff (``pattern`` allows ``(i, j)`` for that head, or ``i`` or
+    ``j`` is global) and ``j`` is not padding; a query with no usable key outputs zeros.
+    Returns ``(batch, seq, heads, head_dim)`` in the input dtype; differentiable in q, k, v.
+    """
+    _check_inputs(q, k, v, pattern, global_mask, key_padding_mask)
+    if global_mask is not None:
+        global_mask = global_mask.to(q.device)
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.to(q.device)
+    if backend == "auto":
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        backend = select_backend(q, pattern, needs_grad)
+    if backend == "dense":
+        return dense_attention(q, k, v, pattern, global_mask, key_padding_mask)
+    if backend == "torch":
+        if not torch_backend.supports(pattern):
+            raise ValueError(
+                f"backend 'torch' does not support pattern {pattern}; use backend='dense' "
+                "(or 'auto', which falls back to it)"
+            )
+        return torch_backend.torch_attention(q, k, v, pattern, global_mask, key_padding_mask)
+    if backend == "tvm":
+        from . import tvm_backend
+
+        return tvm_backend.tvm_attention(q, k, v, pattern, global_mask, key_padding_mask)
+    raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")

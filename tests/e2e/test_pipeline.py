@@ -1,0 +1,47 @@
+"""The whole pipeline through Prefect on a tiny configuration, then a rerun that skips it all."""
+
+import json
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.e2e.conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_end_to_end_then_skips(tmp_path, tiny_params):
+    res = run(
+        [sys.executable, "-m", "flows.cli", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
+    )
+    out = res.stdout
+    assert "longdoc pipeline finished" in out
+    assert "IMDB test accuracy" in out
+
+    corpus = json.loads((tmp_path / "data/corpus/manifest.json").read_text())["counts"]
+    assert corpus["written"] > 0
+    assert corpus["inputs"] == corpus["written"] + corpus["duplicates"] + corpus["quarantined"]
+    assert (tmp_path / "data/shards/tokenizer/tokenizer.json").exists()
+    assert (tmp_path / "data/kernels").is_dir()
+    assert (tmp_path / "data/checkpoints/pretrain/config.json").exists()
+    assert list((tmp_path / "data/checkpoints/pretrain").glob("*.safetensors"))
+    assert (tmp_path / "data/checkpoints/imdb/config.json").exists()
+    metrics = json.loads((tmp_path / "data/metrics/finetune_imdb.json").read_text())
+    assert 0.0 <= metrics["long"]["accuracy"] <= 1.0
+    assert 0.0 <= metrics["baseline"]["accuracy"] <= 1.0
+
+    preds = pq.read_table(tmp_path / "data/predictions/predictions.parquet").to_pylist()
+    score = json.loads((tmp_path / "data/predictions/manifest.json").read_text())
+    assert len(preds) == score["counts"]["scored"] > 0
+    assert score["counts"]["inputs"] == score["counts"]["scored"] + score["counts"]["errors"]
+    assert {p["model_version"] for p in preds} == {"1"}
+    for p in preds:
+        assert p["label"] in {"pos", "neg"}
+        assert abs(sum(p["probabilities"]) - 1) < 1e-4
+
+    again = run(
+        [sys.executable, "-m", "flows.cli", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
+    )
+    for stage in ("sample", "ingest", "tokenize", "build_kernels", "pretrain", "finetune", "score"):
+        assert f"{stage}: skipped" in again.stdout, again.stdout
