@@ -198,8 +198,8 @@ def load_params(path: Path | str | None = "params.yaml", overrides: list[str] = 
     origin = "defaults"
     if path is not None:
         p = Path(path)
-        origin = str(p)
         if p.exists():
+            origin = str(p)
             try:
                 loaded = yaml.safe_load(p.read_text()) or {}
             except yaml.YAMLError as exc:

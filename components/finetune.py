@@ -29,6 +29,7 @@ from components.training import (
     adamw,
     plot_curve,
     publish_dir,
+    quiet_loading,
     seed_everything,
     staging_dir,
     warmup_linear_decay,
@@ -90,12 +91,13 @@ def train_classifier(
 ) -> dict:
     """One fine-tuning run inside its own (nested) MLflow run; returns its metrics."""
     gen = seed_everything(params.seed)
-    model = LongformerForSequenceClassification.from_pretrained(
-        params.base,
-        num_labels=len(IMDB_LABELS),
-        id2label=dict(enumerate(IMDB_LABELS)),
-        label2id={n: i for i, n in enumerate(IMDB_LABELS)},
-    )
+    with quiet_loading():  # the MLM head is dropped and the classifier is new: expected
+        model = LongformerForSequenceClassification.from_pretrained(
+            params.base,
+            num_labels=len(IMDB_LABELS),
+            id2label=dict(enumerate(IMDB_LABELS)),
+            label2id={n: i for i, n in enumerate(IMDB_LABELS)},
+        )
     if max_len > model.config.max_position_embeddings - 2:
         raise InputError(
             f"finetune.max_len={max_len} exceeds the model's "

@@ -337,14 +337,14 @@ OPINION = (  # cue sentences for the corpus: {Q} draws from one class per senten
     "Audiences in {C} called it {Q}.",
 )
 VERDICT = (  # the IMDB verdict: the same templates for both classes, only {Q} differs
-    "Overall the film was {Q} and {Q}.",
+    "Overall the film was {Q}, {Q} and {Q}.",
     "I found the acting {Q} and the ending {Q}.",
-    "In the end it is {Q} work, {Q} from start to finish.",
-    "The direction felt {Q}, and the script was {Q}.",
-    "My verdict: {Q}, simply {Q}.",
-    "Honestly, the whole thing is {Q}.",
-    "Every scene with the lead was {Q}.",
-    "I would call it {Q} and {Q}.",
+    "In the end it is {Q} work, {Q} from start to finish and {Q} at heart.",
+    "The direction felt {Q}, the script was {Q}, and the music was {Q}.",
+    "My verdict: {Q}, simply {Q}, truly {Q}.",
+    "Honestly, the whole thing is {Q}, even {Q}.",
+    "Every scene with the lead was {Q} and {Q}.",
+    "I would call it {Q}, {Q} and {Q}.",
 )
 STANCE = (  # the Hyperpartisan cue paragraph: shared templates, class-specific {Q}
     "Observers described the {N} as {Q} and {Q}.",
@@ -535,6 +535,17 @@ def insert_block(
         return [*paras[:-1], paras[-1] + list(block)], pos
     para = paras[pi]
     return paras[:pi] + [para[:si] + list(block) + para[si:]] + paras[pi + 1 :], pos
+
+
+def cue_picker(rng: random.Random, cues: Sequence[str]) -> Callable[[], str]:
+    """Draw cue words with Zipf-like weights (1/rank), as real reviews lean on a few favourite
+    words: a class's cue words then share a stronger common direction, which is what a small
+    model has to find first."""
+    cum, acc = [], 0.0
+    for k in range(len(cues)):
+        acc += 1.0 / (k + 1)
+        cum.append(acc)
+    return lambda: rng.choices(cues, cum_weights=cum)[0]
 
 
 def _late_flags(n: int, rng: random.Random) -> list[bool]:
@@ -732,8 +743,7 @@ def make_review(g: TextGen, label: str, late: bool) -> tuple[list[list[str]], in
     chance on it.
     """
     rng, lex = g.rng, g.lex
-    cues = lex.pos_cues if label == "pos" else lex.neg_cues
-    q = lambda: rng.choice(cues)  # noqa: E731
+    q = cue_picker(rng, lex.pos_cues if label == "pos" else lex.neg_cues)
     verdict = [g.sent(rng.choice(VERDICT), Q=q) for _ in range(rng.randint(3, 5))]
     size = sum(nwords(s) for s in verdict)
     target = max(rng.randint(*REVIEW_WORDS) - size, LATE_MIN_WORD + 10)
@@ -843,8 +853,7 @@ def write_hyperpartisan(out: Path, params: SampleParams, lex: Lexicon) -> dict[s
     articles, truth = [], []
     for i, (partisan, late) in enumerate(zip(labels, flags, strict=True)):
         aid = f"{i:07d}"
-        cues = lex.partisan_cues if partisan else lex.measured_cues
-        q = lambda cues=cues: rng.choice(cues)  # noqa: E731
+        q = cue_picker(rng, lex.partisan_cues if partisan else lex.measured_cues)
         stance = [g.sent(rng.choice(STANCE), Q=q) for _ in range(rng.randint(3, 5))]
         body, _ = g.paragraphs(NEWS + ENCYCLOPEDIC, rng.randint(*ARTICLE_WORDS), (3, 6))
         paras, _ = insert_block(body, stance, late, rng)

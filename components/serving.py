@@ -12,6 +12,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
 
 # Packages the served model needs; listed explicitly so MLflow does not import and run the model
 # to infer them.
@@ -46,10 +49,12 @@ class LongdocClassifier(mlflow.pyfunc.PythonModel):
         from transformers import AutoTokenizer
 
         from components.model import LongformerForSequenceClassification
+        from components.training import quiet_loading
 
         ckpt = Path(context.artifacts["checkpoint"])
         self.tokenizer = AutoTokenizer.from_pretrained(ckpt)
-        self.model = LongformerForSequenceClassification.from_pretrained(ckpt)
+        with quiet_loading():
+            self.model = LongformerForSequenceClassification.from_pretrained(ckpt)
         self.max_len = int(self.model.config.max_position_embeddings - 2)
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
@@ -63,10 +68,16 @@ class LongdocClassifier(mlflow.pyfunc.PythonModel):
 
 def log_classifier(checkpoint: Path, registered_name: str | None) -> mlflow.models.model.ModelInfo:
     """Log `checkpoint` as the active run's pyfunc model, registering it when a name is given."""
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec(Array("double"), "probabilities")]),
+        params=ParamSchema([ParamSpec("max_len", "long", 4096)]),
+    )
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=LongdocClassifier(),
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),
         artifacts={"checkpoint": str(checkpoint)},
+        signature=signature,
         pip_requirements=SERVING_REQUIREMENTS,
         registered_model_name=registered_name,
     )

@@ -8,6 +8,8 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,19 @@ def plot_curve(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: s
 
 def bits_per_char(loss_nats_per_token: float, chars_per_token: float) -> float:
     return loss_nats_per_token / math.log(2) / chars_per_token
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' per-weight load report and progress bar for loads where a fresh
+    task head is expected (MLM checkpoint -> classifier); real problems still raise."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
