@@ -131,7 +131,7 @@ class FinetuneParams(_Section):
     baseline_max_len: Annotated[int, Field(ge=16)] = 512
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 4
-    lr: Annotated[float, Field(gt=0, le=1)] = 5e-4
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
     warmup_ratio: Fraction = 0.1
     max_train_samples: PositiveInt | None = None
     max_eval_samples: PositiveInt | None = None
