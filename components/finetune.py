@@ -131,7 +131,7 @@ def train_classifier(
                 curve.append((step, loss.item()))
                 mlflow.log_metrics({"loss": loss.item(), "tokens_per_s": tps}, step=step)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}", refresh=False)
         bar.close()
         probs = predict_texts(
             model, tokenizer, [ex.text for ex in test], max_len, params.batch_size

@@ -157,7 +157,7 @@ def pretrain(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tps = speed.add(ids.numel())
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             curve["train"].append((step, loss.item()))
             mlflow.log_metrics(
                 {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps},
