@@ -44,10 +44,28 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     version = tracking.resolve_model_version(params.model_uri)
     model = mlflow.pyfunc.load_model(params.model_uri)
 
-    docs: list[tuple[str, Document]] = []
+    rows: dict[str, list] = {name: [] for name in PREDICTION_SCHEMA.names}
     errors: list[dict] = []
-    max_member_bytes = IngestParams().max_member_bytes
-    for item in iter_documents(source, max_member_bytes=max_member_bytes):
+
+    def flush(batch: list[tuple[str, Document]]) -> None:
+        pred = model.predict(
+            pd.DataFrame({"text": [t for t, _ in batch]}), params={"max_len": params.max_len}
+        )
+        for (text, doc), label, probs in zip(
+            batch, pred["label"], pred["probabilities"], strict=True
+        ):
+            rows["doc_id"].append(hashlib.sha256(text.encode()).hexdigest())
+            rows["source"].append(doc.source)
+            rows["member"].append(doc.member)
+            rows["label"].append(str(label))
+            rows["probabilities"].append([float(p) for p in probs])
+            rows["model_version"].append(version)
+        log.info("scored %d documents (%d errors so far)", len(rows["doc_id"]), len(errors))
+        batch.clear()
+
+    # Documents stream through in batches: an archive is never held in memory whole.
+    batch: list[tuple[str, Document]] = []
+    for item in iter_documents(source, max_member_bytes=IngestParams().max_member_bytes):
         if not isinstance(item, Document):
             errors.append({"source": item.source, "member": item.member, "reason": item.reason})
             continue
@@ -57,30 +75,18 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
                 {"source": item.source, "member": item.member, "reason": "empty document"}
             )
             continue
-        docs.append((text, item))
-
-    rows = {name: [] for name in PREDICTION_SCHEMA.names}
-    for start in range(0, len(docs), params.batch_size):
-        chunk = docs[start : start + params.batch_size]
-        pred = model.predict(
-            pd.DataFrame({"text": [t for t, _ in chunk]}), params={"max_len": params.max_len}
-        )
-        for (text, doc), label, probs in zip(
-            chunk, pred["label"], pred["probabilities"], strict=True
-        ):
-            rows["doc_id"].append(hashlib.sha256(text.encode()).hexdigest())
-            rows["source"].append(doc.source)
-            rows["member"].append(doc.member)
-            rows["label"].append(str(label))
-            rows["probabilities"].append([float(p) for p in probs])
-            rows["model_version"].append(version)
-        log.info("scored %d/%d documents", min(start + params.batch_size, len(docs)), len(docs))
+        batch.append((text, item))
+        if len(batch) == params.batch_size:
+            flush(batch)
+    if batch:
+        flush(batch)
 
     out = Path(params.out)
     with atomic_path(out / "predictions.parquet") as tmp:
         pq.write_table(pa.table(rows, schema=PREDICTION_SCHEMA), tmp)
     atomic_write_text(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
-    counts = {"inputs": len(docs) + len(errors), "scored": len(docs), "errors": len(errors)}
+    scored = len(rows["doc_id"])
+    counts = {"inputs": scored + len(errors), "scored": scored, "errors": len(errors)}
     label_counts = pd.Series(rows["label"], dtype="object").value_counts().to_dict()
     manifest = {
         "stage": "score",
