@@ -56,7 +56,15 @@ class IngestParams(_Section):
     min_chars: PositiveInt = 1
     max_doc_chars: PositiveInt = 5_000_000
     max_member_bytes: PositiveInt = 64 * 1024 * 1024  # per archive member, decompressed
+    max_total_bytes: PositiveInt | None = 256 * 1024**3  # per source, decompressed; None = no cap
     spacy_model: str = "blank:en"  # "blank:en" = spacy.blank("en") + sentencizer
+    text_field: str = "text"  # JSON/JSONL record field or Parquet/Arrow column (dotted path)
+    json_records_path: str | None = None  # dotted path of the record list in a .json object
+    xml_record_path: str | None = None  # e.g. "article"; None = every child of the root
+    near_dup_threshold: Annotated[float, Field(gt=0.0, le=1.0)] | None = None  # None = off
+    near_dup_num_perm: Annotated[int, Field(ge=16, le=1024)] = 128  # MinHash permutations
+    near_dup_shingle: Annotated[int, Field(ge=1, le=32)] = 5  # words per shingle
+    workers: NonNegInt | None = None  # sentence-splitting processes; None = auto
 
 
 class TokenizeParams(_Section):
@@ -64,7 +72,8 @@ class TokenizeParams(_Section):
 
     corpus: Path = Path("data/corpus")
     out: Path = Path("data/shards")
-    base_tokenizer: Path | None = None  # an HF tokenizer dir; None = train byte-level BPE
+    base_tokenizer: Path | None = None  # an HF tokenizer dir; None = train `tokenizer_model`
+    tokenizer_model: Literal["bpe", "unigram"] = "bpe"  # byte-level BPE or byte-level unigram
     vocab_size: Annotated[int, Field(ge=300, le=1_000_000)] = 8000
     min_frequency: PositiveInt = 2
     seq_len: Annotated[int, Field(ge=16)] = 1024  # length of packed MLM sequences
@@ -117,6 +126,30 @@ class PretrainParams(_Section):
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15
     eval_batches: PositiveInt = 4
     seed: int = 0
+    grad_accum: PositiveInt = 1  # micro-batches per optimizer step (per process)
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    bf16: bool = False  # bf16 autocast for the forward pass (CPU and CUDA)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    checkpoint_every: NonNegInt = 50  # resumable checkpoint every N steps; 0 = never
+    keep_checkpoints: PositiveInt = 2  # the newest N resumable checkpoints are kept
+
+
+class ConvertParams(_Section):
+    """Short -> long conversion of a RoBERTa checkpoint (`longdoc convert`)."""
+
+    base: Path | None = None  # a RoBERTa-architecture HF checkpoint dir (model + tokenizer)
+    out: Path = Path("data/checkpoints/long")
+    max_positions: Annotated[int, Field(ge=16)] = 4096  # tokens (RoBERTa's offset is added)
+    attention_window: PositiveInt | list[PositiveInt] = 512  # full window, per layer or all
+    attention_backend: Literal["auto", "torch", "tvm", "dense"] = "auto"
+    position_init: Literal["copy", "random"] = "copy"  # random: the paper's baseline
+
+    @model_validator(mode="after")
+    def _even(self) -> ConvertParams:
+        windows = self.attention_window
+        if any(w % 2 for w in (windows if isinstance(windows, list) else [windows])):
+            raise ValueError("attention_window must be even (w/2 tokens on each side)")
+        return self
 
 
 class FinetuneParams(_Section):
@@ -163,6 +196,7 @@ class Params(_Section):
     kernels: KernelsParams = Field(default_factory=KernelsParams)
     model: ModelParams = Field(default_factory=ModelParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    convert: ConvertParams = Field(default_factory=ConvertParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     score: ScoreParams = Field(default_factory=ScoreParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)

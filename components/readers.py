@@ -6,7 +6,10 @@ both must treat hostile input the same way. Everything here is streaming and bou
 - archive members are read through `tarfile`/`zipfile` file objects, never extracted to paths
   taken from the archive; member names that try to escape (`../x`, `/etc/passwd`) are rejected;
 - every read is capped (`max_member_bytes` per member, decompressed), so a zip bomb costs at most
-  that much memory before it is rejected;
+  that much memory before it is rejected; record formats (JSONL, XML) are streamed record by
+  record with the cap per record; `max_total_bytes` caps a whole source;
+- XML goes through defusedxml (no entity expansion, no external references); zstd frames are
+  decoded with a capped window; Parquet/Arrow inside archives are buffered within the cap;
 - a broken input (corrupt gzip, truncated tar, invalid JSON line, binary file) becomes a
   `Rejected` item with a reason and the stream goes on, so callers can count and record it.
 
@@ -80,17 +83,29 @@ class _TooLarge(Exception):
 class _TotalLimit(Exception):
     """The whole source passed max_total_bytes (decompressed): the source stops there."""
 
+    member: str | None = None  # the member being read when the cap was passed
+
 
 @dataclass
 class _Ctx:
     source: str
     max_member_bytes: int
     max_total_bytes: int | None
+    text_field: str = "text"
+    json_records_path: str | None = None
+    xml_record_path: str | None = None
     total_read: int = 0
 
     def reject(self, member: str, reason: str) -> Rejected:
         return Rejected(self.source, member, reason)
 
+
+try:
+    from zstandard import ZstdError
+
+    _ZSTD_ERRORS: tuple[type[BaseException], ...] = (ZstdError,)
+except ImportError:  # pragma: no cover
+    _ZSTD_ERRORS = ()
 
 # Errors that mean "these bytes are damaged": they become a Rejected item, never a crash.
 _READ_ERRORS = (
@@ -102,6 +117,7 @@ _READ_ERRORS = (
     zipfile.BadZipFile,
     NotImplementedError,  # zipfile: unsupported compression method
     RuntimeError,  # zipfile: encrypted member
+    *_ZSTD_ERRORS,
 )
 
 
@@ -287,20 +303,39 @@ def _read_html(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item
     yield Document(ctx.source, member, text, {"title": title} if title else {})
 
 
+def _lookup(obj: Any, dotted: str) -> Any:
+    """`obj["a"]["b"]` for "a.b" (list indices allowed: "items.0.text"); None when absent."""
+    for key in dotted.split("."):
+        if isinstance(obj, dict):
+            obj = obj.get(key)
+        elif isinstance(obj, list) and key.isdigit() and int(key) < len(obj):
+            obj = obj[int(key)]
+        else:
+            return None
+    return obj
+
+
 def _record(ctx: _Ctx, member: str, obj: Any) -> Item:
-    """A JSON record: a string, or an object with a string "text" (other scalars go to meta)."""
+    """A JSON/table record: a string, or an object whose `text_field` (a dotted path such as
+    "text" or "article.body") is a string; the record's other top-level scalars go to meta."""
     if isinstance(obj, str):
-        return Document(ctx.source, member, obj, {})
-    if not isinstance(obj, dict):
-        return ctx.reject(member, f"JSON record is a {type(obj).__name__}, not an object/string")
-    text = obj.get("text")
-    if not isinstance(text, str):
-        return ctx.reject(member, 'JSON record has no string "text" field')
-    meta = {
-        k: v
-        for k, v in obj.items()
-        if k != "text" and (v is None or isinstance(v, str | int | float | bool))
-    }
+        text, meta = obj, {}
+    elif not isinstance(obj, dict):
+        return ctx.reject(member, f"record is a {type(obj).__name__}, not an object/string")
+    else:
+        text = _lookup(obj, ctx.text_field)
+        if not isinstance(text, str):
+            return ctx.reject(member, f"record has no string {ctx.text_field!r} field")
+        top = ctx.text_field.split(".", 1)[0]
+        meta = {
+            k: v
+            for k, v in obj.items()
+            if k != top and (v is None or isinstance(v, str | int | float | bool))
+        }
+    if len(text) > ctx.max_member_bytes:  # chars, not bytes: a cheap upper-bound check
+        return ctx.reject(
+            member, f"record text larger than max_member_bytes={ctx.max_member_bytes}"
+        )
     return Document(ctx.source, member, text, meta)
 
 
@@ -314,6 +349,11 @@ def _read_json(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item
     except json.JSONDecodeError as exc:
         yield ctx.reject(member, f"invalid JSON: {exc}")
         return
+    if ctx.json_records_path:
+        data = _lookup(data, ctx.json_records_path)
+        if not isinstance(data, list):
+            yield ctx.reject(member, f"no list of records at {ctx.json_records_path!r}")
+            return
     if isinstance(data, list):
         for i, obj in enumerate(data):
             yield _record(ctx, f"{member}:{i}", obj)
@@ -351,36 +391,151 @@ def _read_jsonl(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Ite
         yield _record(ctx, where, obj)
 
 
+_INLINE_TAGS = frozenset(
+    "a abbr b bdi bdo big cite code del dfn em font i ins kbd mark q s samp small span strike "
+    "strong sub sup time tt u var".split()
+)
+
+
+def _local(tag: Any) -> str:
+    """Tag name without its `{namespace}` (comments and PIs have non-string tags)."""
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _xml_text(elem: Any) -> str:
+    """Text of an element: inline children (a, b, em, ...) flow into the sentence, any other
+    child element is its own paragraph; whitespace collapsed inside paragraphs."""
+    parts: list[str] = []
+
+    def walk(e: Any) -> None:
+        if e.text:
+            parts.append(e.text)
+        for child in e:
+            block = _local(child.tag) not in _INLINE_TAGS
+            if block:
+                parts.append("\n\n")
+            walk(child)
+            if block:
+                parts.append("\n\n")
+            if child.tail:
+                parts.append(child.tail)
+
+    walk(elem)
+    paragraphs = (" ".join(p.split()) for p in "".join(parts).split("\n\n"))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+class _CountingReader:
+    """A file wrapper that charges every byte read to the source's max_total_bytes."""
+
+    def __init__(self, ctx: _Ctx, f: IO[bytes]) -> None:
+        self.ctx, self.f = ctx, f
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(_CHUNK if n is None or n < 0 else min(n, _CHUNK))
+        _count_total(self.ctx, len(data))
+        return data
+
+
 def _read_xml(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
-    """One document per child of the root element (e.g. Hyperpartisan's `<article>`): its text
-    nodes as paragraphs, its attributes as meta. Parsed with defusedxml: entity declarations
-    (billion laughs) and external references are refused, not expanded."""
+    """One document per record element, streamed (a multi-GB file is fine; finished records are
+    dropped from the tree). Records are the elements matching `xml_record_path` (tag names
+    separated by "/", matched against the end of the element's path, e.g. "article" or
+    "articles/article" for Hyperpartisan), or by default every child of the root element.
+    A record's attributes (id, title, ...) go to meta. Parsed with defusedxml: entity
+    declarations (billion laughs) and external references are refused, not expanded."""
     from xml.etree.ElementTree import ParseError
 
     from defusedxml import DefusedXmlException
     from defusedxml.ElementTree import iterparse
 
-    data = _read_bounded(ctx, f)
-    depth = 0
+    want = [t for t in (ctx.xml_record_path or "").strip("/").split("/") if t]
+    path: list[str] = []
+    stack: list[Any] = []
+    in_record = 0  # depth of the record being collected (0: outside any record)
     index = 0
     try:
-        for event, elem in iterparse(io.BytesIO(data), events=("start", "end")):
+        for event, elem in iterparse(_CountingReader(ctx, f), events=("start", "end")):
             if event == "start":
-                depth += 1
+                path.append(_local(elem.tag))
+                stack.append(elem)
+                if not in_record:
+                    hit = path[-len(want) :] == want if want else len(path) == 2
+                    if hit:
+                        in_record = len(path)
                 continue
-            depth -= 1
-            if depth != 1:
-                continue
-            paragraphs = [" ".join(t.split()) for t in elem.itertext() if t.strip()]
-            meta = {k: v for k, v in elem.attrib.items()}
-            meta.setdefault("tag", elem.tag)
-            yield Document(ctx.source, f"{member}:{index}", "\n\n".join(paragraphs), meta)
-            index += 1
-            elem.clear()
+            depth = len(path)
+            path.pop()
+            stack.pop()
+            if in_record and depth == in_record:
+                in_record = 0
+                where = f"{member}:{index}"
+                index += 1
+                text = _xml_text(elem)
+                if len(text) > ctx.max_member_bytes:
+                    yield ctx.reject(
+                        where, f"record larger than max_member_bytes={ctx.max_member_bytes}"
+                    )
+                else:
+                    meta = dict(elem.attrib)
+                    meta.setdefault("tag", _local(elem.tag))
+                    yield Document(ctx.source, where, text, meta)
+            if not in_record and stack:  # finished and not inside a record: drop it
+                elem.clear()
+                stack[-1].remove(elem)
     except DefusedXmlException as exc:
         yield ctx.reject(member, f"unsafe XML refused ({type(exc).__name__}): {_msg(exc)}")
     except ParseError as exc:
-        yield ctx.reject(member, f"invalid XML: {_msg(exc)}")
+        after = f" (after {index} records)" if index else ""
+        yield ctx.reject(member, f"invalid XML: {_msg(exc)}{after}")
+
+
+def _table_source(ctx: _Ctx, f: IO[bytes]) -> Any:
+    """Parquet and Arrow files need random access: a plain file is read in place, an archive
+    member or decompressed stream is buffered in memory (bounded by max_member_bytes)."""
+    if isinstance(getattr(f, "raw", f), io.FileIO):  # a plain file on disk
+        return f
+    import pyarrow as pa
+
+    return pa.BufferReader(_read_bounded(ctx, f))
+
+
+def _table_batches(name: str, src: Any) -> Iterator[Any]:
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    if name.lower().endswith((".parquet", ".pq")):
+        yield from pq.ParquetFile(src).iter_batches(batch_size=256)
+        return
+    try:  # Arrow IPC file format (.arrow / .feather v2), else the stream format
+        reader = ipc.open_file(src)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+    except Exception:  # pyarrow.ArrowInvalid: not the file format
+        src.seek(0)
+        yield from ipc.open_stream(src)
+
+
+def _read_table(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
+    """Parquet / Arrow IPC: one document per row, its `text_field` column as the text (dotted
+    for a struct column), other scalar columns as meta; read in batches of 256 rows."""
+    import pyarrow as pa
+
+    top = ctx.text_field.split(".", 1)[0]
+    row = 0
+    try:
+        for batch in _table_batches(name, _table_source(ctx, f)):
+            if row == 0 and top not in batch.schema.names:
+                yield ctx.reject(member, f"no column {top!r} (columns: {batch.schema.names})")
+                return
+            for rec in batch.to_pylist():
+                text = _lookup(rec, ctx.text_field)
+                _count_total(ctx, len(text) if isinstance(text, str) else 0)
+                yield _record(ctx, f"{member}:{row}", rec)
+                row += 1
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        after = f" (after {row} rows)" if row else ""
+        yield ctx.reject(member, f"corrupt or unreadable table: {_msg(exc)}{after}")
 
 
 Reader = Callable[[_Ctx, str, str, IO[bytes]], Iterator[Item]]
@@ -397,14 +552,35 @@ FORMATS: dict[str, Reader] = {
     ".jsonl": _read_jsonl,
     ".ndjson": _read_jsonl,
     ".xml": _read_xml,
+    ".parquet": _read_table,
+    ".pq": _read_table,
+    ".arrow": _read_table,
+    ".feather": _read_table,
 }
+
+#: leaf formats read record by record: max_member_bytes limits each record, not the file
+STREAMING_FORMATS = frozenset({".jsonl", ".ndjson", ".xml"})
 
 #: single-stream compressions by suffix: opener(binary file object) -> decompressed file object
 COMPRESSIONS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
     ".gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
     ".bz2": lambda f: bz2.BZ2File(f, mode="rb"),
     ".xz": lambda f: lzma.LZMAFile(f, mode="rb"),
+    ".zst": lambda f: _open_zstd(f),
+    ".zstd": lambda f: _open_zstd(f),
 }
+
+
+def _open_zstd(f: IO[bytes]) -> IO[bytes]:
+    """Zstandard stream; the window is capped at 128 MiB so a hostile frame header cannot make
+    the decoder allocate gigabytes (it is rejected as corrupt instead)."""
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise NotImplementedError("zstandard is not installed (pip install zstandard)") from None
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
+    reader = dctx.stream_reader(f, read_across_frames=True, closefd=False)
+    return io.BufferedReader(reader, _CHUNK)  # adds readline (JSONL), which the reader lacks
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,7 +624,7 @@ def _read_tar(ctx: _Ctx, name: str, member: str, f: IO[bytes], depth: int) -> It
                     kind = "symlink" if info.issym() else "link" if info.islnk() else "special"
                     yield ctx.reject(current, f"not a regular file ({kind})")
                     continue
-                if info.size > ctx.max_member_bytes:
+                if info.size > ctx.max_member_bytes and not _streams_records(info.name):
                     yield ctx.reject(
                         current,
                         f"member of {info.size} bytes > max_member_bytes={ctx.max_member_bytes}",
@@ -489,7 +665,7 @@ def _read_zip(ctx: _Ctx, name: str, member: str, f: IO[bytes], depth: int) -> It
             if mode and stat.S_ISLNK(mode):
                 yield ctx.reject(current, "not a regular file (symlink)")
                 continue
-            if info.file_size > ctx.max_member_bytes:
+            if info.file_size > ctx.max_member_bytes and not _streams_records(info.filename):
                 yield ctx.reject(
                     current,
                     f"member of {info.file_size} bytes > max_member_bytes={ctx.max_member_bytes}",
@@ -512,6 +688,19 @@ ARCHIVES: dict[str, Callable[..., Iterator[Item]]] = {
 }
 
 
+def _streams_records(name: str) -> bool:
+    """A (possibly compressed) JSONL/XML file: read record by record, so a member larger than
+    max_member_bytes is fine; each record is still limited, and the source by max_total_bytes."""
+    lower = name.lower()
+    while True:
+        for suffix in COMPRESSIONS:
+            if lower.endswith(suffix):
+                lower = lower[: -len(suffix)]
+                break
+        else:
+            return os.path.splitext(lower)[1] in STREAMING_FORMATS
+
+
 def _is_archive(name: str) -> bool:
     return name.lower().endswith(tuple(ARCHIVES))
 
@@ -531,6 +720,10 @@ def _guarded(ctx: _Ctx, member: str, items: Iterator[Item]) -> Iterator[Item]:
     """Turn read errors inside one member into a Rejected item; items already read are kept."""
     try:
         yield from items
+    except _TotalLimit as exc:
+        if exc.member is None:  # the innermost member names where the source stopped
+            exc.member = member
+        raise
     except _TooLarge as exc:
         yield ctx.reject(member, str(exc))
     except _READ_ERRORS as exc:
@@ -570,19 +763,35 @@ def iter_documents(
     max_member_bytes: int = 64 * 1024 * 1024,
     max_total_bytes: int | None = None,
     exclude: Iterable[Path | str] = (),
+    text_field: str = "text",
+    json_records_path: str | None = None,
+    xml_record_path: str | None = None,
 ) -> Iterator[Document | Rejected]:
     """Every document in `source` (a directory, file or archive), in a deterministic order.
 
     `member` is the path inside the source: the relative file path for directories (plus the
     member path for archives inside them), the member name for archives, `name.jsonl:<line>`
-    (1-based) / `name.json:<index>` (0-based) for JSON records. Unreadable inputs come out as
+    (1-based) / `name.json:<index>`, `name.xml:<index>`, `name.parquet:<row>` (0-based) for
+    records. Unreadable inputs come out as
     `Rejected(source, member, reason)` and the stream continues. `max_member_bytes` caps each
     member (and each JSON line) after decompression; `max_total_bytes`, when set, caps the
     whole source (decompressed) and stops it with one Rejected item. Paths under `exclude` are
     skipped when walking a directory (e.g. the output directory placed inside a source).
+
+    Record formats: `text_field` is the (dotted) path of the text in a JSON/JSONL record or the
+    column of a Parquet/Arrow table; `json_records_path` the (dotted) path of the record list in
+    a .json file whose top level is an object; `xml_record_path` the element path of an XML
+    record (see `_read_xml`).
     """
     path = Path(source)
-    ctx = _Ctx(str(source), max_member_bytes, max_total_bytes)
+    ctx = _Ctx(
+        str(source),
+        max_member_bytes,
+        max_total_bytes,
+        text_field=text_field,
+        json_records_path=json_records_path,
+        xml_record_path=xml_record_path,
+    )
     if path.is_dir():
         skip = [Path(e).resolve() for e in exclude]
         files = sorted(
@@ -604,7 +813,7 @@ def iter_documents(
             with open(file, "rb") as f:
                 yield from _guarded(ctx, label, _dispatch(ctx, file.name, member, f, 0))
         except _TotalLimit as exc:
-            yield ctx.reject(label, str(exc))
+            yield ctx.reject(exc.member or label, str(exc))
             return
         except OSError as exc:
             yield ctx.reject(label, f"cannot read file: {_msg(exc)}")

@@ -35,7 +35,8 @@ def pipeline_report(params: Params, results: dict) -> str:
         (
             "corpus",
             f"{params.ingest.out}  ({corpus.get('written')} documents, "
-            f"{corpus.get('duplicates')} duplicates, {corpus.get('quarantined')} quarantined)",
+            f"{corpus.get('duplicates')} duplicates, {corpus.get('near_duplicates', 0)} near-"
+            f"duplicates, {corpus.get('quarantined')} quarantined)",
         ),
         (
             "shards",

@@ -40,8 +40,9 @@ def spec(stage: str, p: Params) -> StageSpec:
             inputs.append(p.tokenize.base_tokenizer)
         return StageSpec(stage, p.tokenize.out, params_dict(p.tokenize), tuple(inputs))
     if stage == "build_kernels":
-        source = Path(kernels.__file__).parent
-        return StageSpec(stage, p.kernels.out, params_dict(p.kernels), (source,))
+        # The kernel sources, not the directory: __pycache__ must not make the stage stale.
+        sources = tuple(sorted(Path(kernels.__file__).parent.glob("*.py")))
+        return StageSpec(stage, p.kernels.out, params_dict(p.kernels), sources)
     if stage == "pretrain":
         inputs = [p.pretrain.shards / "manifest.json"]
         if p.pretrain.base:

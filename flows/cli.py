@@ -68,6 +68,16 @@ COMMANDS = [
         ],
     ),
     (
+        "convert",
+        "convert",
+        "convert a RoBERTa checkpoint into a long model (tiled positions, global q/k/v)",
+        [
+            ("--base", "convert.base", "RoBERTa-architecture HF dir (model + tokenizer)", False),
+            ("--out", "convert.out", "long model directory", False),
+            ("--max-positions", "convert.max_positions", "tokens the long model takes", False),
+        ],
+    ),
+    (
         "finetune",
         "finetune",
         "fine-tune on a task next to a 512-token baseline; register",
@@ -179,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pipeline":
             result = flows.pipeline_flow(params, force=args.force)
+        elif args.command == "pretrain" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            result = flows.pretrain_ranks(params)  # torchrun: DDP, one process per rank
+            if "rank" in result:
+                return 0  # rank 0 prints the summary
         else:
             result = flows.STAGE_FLOWS[flow_name](params)
     except (InputError, ConfigError) as exc:

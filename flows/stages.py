@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
+from components import convert as convert_mod
 from components import finetune as finetune_mod
 from components import ingest as ingest_mod
 from components import kernel_cache, stages
@@ -60,6 +61,21 @@ def _pretrain(params: Params) -> dict:
     return pretrain_mod.pretrain(params.pretrain, params.model, params.tracking)
 
 
+def pretrain_ranks(params: Params) -> dict:
+    """Under torchrun: every rank trains (DDP) without a Prefect run per rank (N ephemeral
+    servers would race for one database); rank 0 records the stage as done."""
+    kernel_cache.use(params.kernels)
+    result = pretrain_mod.pretrain(params.pretrain, params.model, params.tracking)
+    if "rank" not in result:
+        stages.mark_done(stages.spec("pretrain", params))
+    return result
+
+
+@task(name="convert-checkpoint")
+def _convert(params: Params) -> dict:
+    return convert_mod.convert(params.convert)
+
+
 @task(name="finetune-task")
 def _finetune(params: Params) -> dict:
     kernel_cache.use(params.kernels)
@@ -102,6 +118,13 @@ def pretrain_flow(params: Params | None = None) -> dict:
     return _finish("pretrain", params, _pretrain(params))
 
 
+@flow(name="convert")
+def convert_flow(params: Params | None = None) -> dict:
+    """Not a pipeline stage (it runs once per base model): no freshness marker."""
+    params = params or load_params()
+    return _convert(params)
+
+
 @flow(name="finetune")
 def finetune_flow(params: Params | None = None) -> dict:
     params = params or load_params()
@@ -120,6 +143,7 @@ STAGE_FLOWS = {
     "tokenize": tokenize_flow,
     "build_kernels": build_kernels_flow,
     "pretrain": pretrain_flow,
+    "convert": convert_flow,
     "finetune": finetune_flow,
     "score": score_flow,
 }

@@ -276,7 +276,7 @@ def test_corrupt_gzip_rejected_and_run_goes_on(tmp_path: Path) -> None:
     (src / "good2.txt.gz").write_bytes(gzip.compress(b"Compressed and fine."))
     m = run(tmp_path, src)
     assert m["counts"] == {
-        "inputs": 4, "written": 2, "duplicates": 0, "quarantined": 2,
+        "inputs": 4, "written": 2, "duplicates": 0, "near_duplicates": 0, "quarantined": 2,
         "chars": m["counts"]["chars"], "sentences": m["counts"]["sentences"],
     }  # fmt: skip
     quarantine = [json.loads(x) for x in (tmp_path / "corpus/quarantine.jsonl").open()]
@@ -330,10 +330,11 @@ def test_ingest_counts_reconcile_and_schema(tmp_path: Path, mixed_sources) -> No
     assert (c["written"], c["duplicates"], c["quarantined"]) == (6, 2, 1)
     assert c["inputs"] == c["written"] + c["duplicates"] + c["quarantined"]
     for src, pc in m["per_source"].items():
-        assert pc["inputs"] == pc["written"] + pc["duplicates"] + pc["quarantined"], src
+        dropped = pc["duplicates"] + pc["near_duplicates"] + pc["quarantined"]
+        assert pc["inputs"] == pc["written"] + dropped, src
     assert sum(pc["inputs"] for pc in m["per_source"].values()) == c["inputs"]
     assert m["per_source"][str(mixed_sources[2])] == {
-        "inputs": 2, "written": 1, "duplicates": 1, "quarantined": 0
+        "inputs": 2, "written": 1, "duplicates": 1, "near_duplicates": 0, "quarantined": 0
     }  # fmt: skip
 
     out = tmp_path / "corpus"
@@ -513,3 +514,297 @@ def test_corpus_readers_require_finished_run(tmp_path: Path) -> None:
 def test_sentence_struct_type() -> None:
     field = CORPUS_SCHEMA.field("sentences")
     assert field.type == pa.list_(pa.struct([("start", pa.int32()), ("end", pa.int32())]))
+
+
+# ---------------------------------------------------------------------------------------------
+# more formats (issue 5): zstd/bz2/xz, nested archives, Parquet/Arrow, XML/JSON record paths
+# ---------------------------------------------------------------------------------------------
+
+
+def zst(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def tar_bytes(members: list[tuple[str, bytes]], mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, data in members:
+            add_member(tf, name, data)
+    return buf.getvalue()
+
+
+def zip_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_zst_bz2_xz_and_deeply_nested_archives(tmp_path: Path) -> None:
+    import bz2
+    import lzma
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl.zst").write_bytes(zst(b'{"text": "Zst one."}\n{"text": "Zst two."}\n'))
+    (src / "b.txt.bz2").write_bytes(bz2.compress(b"Bzip2 text."))
+    (src / "c.md.xz").write_bytes(lzma.compress(b"Xz text."))
+    (src / "bad.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage" * 10)
+    deep = zst(tar_bytes([("x.txt", b"Four levels down.")]))  # .tar.zst
+    inner_zip = zip_bytes([("deep.tar.zst", deep), ("y.txt.bz2", bz2.compress(b"In zip."))])
+    (src / "outer.tar.xz").write_bytes(lzma.compress(tar_bytes([("d/inner.zip", inner_zip)])))
+    found = items(src)
+    docs = docs_of(found)
+    assert docs["a.jsonl.zst:2"].text == "Zst two."
+    assert docs["b.txt.bz2"].text == "Bzip2 text."
+    assert docs["c.md.xz"].text == "Xz text."
+    assert docs["outer.tar.xz/d/inner.zip/deep.tar.zst/x.txt"].text == "Four levels down."
+    assert docs["outer.tar.xz/d/inner.zip/y.txt.bz2"].text == "In zip."
+    assert "corrupt" in rejected_of(found)["bad.txt.zst"]
+    assert len(found) == 7
+
+
+def test_parquet_and_arrow_text_column(tmp_path: Path) -> None:
+    import pyarrow.ipc as ipc
+
+    src = tmp_path / "src"
+    src.mkdir()
+    table = pa.table({"id": [1, 2], "body": ["Row one.", "Row two."], "tags": [["a"], []]})
+    pq.write_table(table, src / "t.parquet")
+    with ipc.new_file(str(src / "f.arrow"), table.schema) as w:
+        w.write_table(table)
+    stream = io.BytesIO()
+    with ipc.new_stream(stream, table.schema) as w:
+        w.write_table(table)
+    (src / "s.arrow").write_bytes(stream.getvalue())
+    member = io.BytesIO()
+    pq.write_table(table, member)
+    (src / "z.zip").write_bytes(zip_bytes([("in/t.parquet", member.getvalue())]))
+    pq.write_table(pa.table({"other": ["x"]}), src / "nocol.parquet")
+    (src / "broken.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    found = items(src, text_field="body")
+    docs = docs_of(found)
+    for name in ("t.parquet", "f.arrow", "s.arrow", "z.zip/in/t.parquet"):
+        assert docs[f"{name}:1"].text == "Row two."
+        assert docs[f"{name}:0"].meta == {"id": 1}  # lists are not meta
+    rej = rejected_of(found)
+    assert "no column 'body'" in rej["nocol.parquet"]
+    assert "corrupt or unreadable table" in rej["broken.parquet"]
+    assert len(found) == 10
+
+
+def test_xml_record_path_streams_hyperpartisan_style(tmp_path: Path) -> None:
+    records = "".join(
+        f'<article id="{i:07d}" published-at="2018-01-0{i}" title="Title {i}">'
+        f'<p>Paragraph <a href="http://x">with a link</a> of {i}.</p><p>Second.</p></article>'
+        for i in range(1, 6)
+    )
+    xml = '<?xml version="1.0"?><root><info><article>not a record</article></info>'
+    xml = (xml + f"<articles>{records}</articles></root>").encode()
+    t = tmp_path / "hp.tar.gz"
+    t.write_bytes(tar_bytes([("articles.xml", xml)], mode="w:gz"))
+    # The member is larger than max_member_bytes, but XML is read record by record.
+    found = items(t, max_member_bytes=400, xml_record_path="articles/article")
+    docs = docs_of(found)
+    assert len(docs) == 5 and not rejected_of(found)
+    d = docs["articles.xml:0"]
+    assert d.text == "Paragraph with a link of 1.\n\nSecond."
+    assert d.meta == {"id": "0000001", "published-at": "2018-01-01", "title": "Title 1",
+                      "tag": "article"}  # fmt: skip
+    # any "article" element: the one under <info> counts too
+    assert len(docs_of(items(t, max_member_bytes=400, xml_record_path="article"))) == 6
+    broken = tmp_path / "broken.xml"
+    broken.write_bytes(xml[: xml.index(b'<article id="0000003"') + 30])
+    found = items(broken, xml_record_path="article")
+    assert len(docs_of(found)) == 3  # the <info> one and two complete records are kept
+    assert "invalid XML" in rejected_of(found)["broken.xml"]
+
+
+def test_json_records_path_and_dotted_text_field(tmp_path: Path) -> None:
+    f = tmp_path / "export.json"
+    recs = [{"id": 1, "body": {"text": "Deep one."}}, {"id": 2, "body": {"html": "x"}}]
+    f.write_text(json.dumps({"version": 3, "data": {"items": recs}}))
+    found = items(f, json_records_path="data.items", text_field="body.text")
+    assert docs_of(found)["export.json:0"] == Document(str(f), "export.json:0", "Deep one.",
+                                                       {"id": 1})  # fmt: skip
+    assert "'body.text'" in rejected_of(found)["export.json:1"]
+    assert "no list of records" in rejected_of(items(f, json_records_path="data"))["export.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile input through the stage: every kind quarantined with a reason, counts reconcile
+# ---------------------------------------------------------------------------------------------
+
+
+def test_hostile_inputs_quarantined_and_counts_reconcile(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    good = "A fine document. It has two sentences."
+    (src / "good.txt").write_text(good)
+    gz = gzip.compress(b"Cut short. " * 500)
+    (src / "corrupt.txt.gz").write_bytes(gz[: len(gz) // 2])
+    tar = tar_bytes([("t1.txt", b"Tar member one."), ("t2.txt", b"Tar two. " * 3000)], "w:gz")
+    (src / "trunc.tar.gz").write_bytes(tar[: len(tar) * 2 // 3])
+    (src / "evil.zip").write_bytes(zip_bytes([("../../escape.txt", b"x"), ("ok.txt", b"Zip ok.")]))
+    (src / "bomb.zip").write_bytes(zip_bytes([("bomb.txt", b"0" * 300_000)]))
+    (src / "laughs.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "ha"><!ENTITY b "&a;&a;&a;&a;">]>'
+        "<r><x>&b;</x></r>"
+    )
+    (src / "lines.jsonl").write_text('{"text": "Json ok."}\n{"text": broken\n[1, 2]\n')
+    (src / "blob.txt").write_bytes(bytes(range(256)) * 4)
+    (src / "blank.md").write_text(" \n \t\n")
+    (src / "huge.txt").write_text("Too long here. " * 100)
+    m = run(tmp_path, src, max_member_bytes=100_000, max_doc_chars=1000)
+    c = m["counts"]
+    reasons = {
+        q["member"]: q["reason"]
+        for q in map(json.loads, (tmp_path / "corpus/quarantine.jsonl").open())
+    }
+    expected = {
+        "corrupt.txt.gz": "corrupt",
+        "trunc.tar.gz/t2.txt": "corrupt or truncated data",  # the member cut short ...
+        "trunc.tar.gz": "corrupt or truncated archive",  # ... and the archive after it
+        "evil.zip/../../escape.txt": "path traversal",
+        "bomb.zip/bomb.txt": "max_member_bytes",
+        "laughs.xml": "unsafe XML refused (EntitiesForbidden)",
+        "lines.jsonl:2": "invalid JSON line",
+        "lines.jsonl:3": "record is a list",
+        "blob.txt": "binary",
+        "blank.md": "empty or whitespace-only",
+        "huge.txt": "too long",
+    }
+    assert set(reasons) == set(expected)
+    for member, why in expected.items():
+        assert why in reasons[member], (member, reasons[member])
+    written = {r["member"] for r in read_corpus(tmp_path / "corpus")}
+    assert written == {"good.txt", "trunc.tar.gz/t1.txt", "evil.zip/ok.txt", "lines.jsonl:1"}
+    assert c["quarantined"] == len(expected) and c["written"] == 4
+    assert c["inputs"] == c["written"] + c["duplicates"] + c["near_duplicates"] + c["quarantined"]
+    assert m["quarantine_reasons"]["path traversal in member name"] == 1
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_total_decompressed_limit_from_params(tmp_path: Path) -> None:
+    """A zip of many members, each under max_member_bytes, that together inflate past
+    max_total_bytes: the source stops with one quarantine record; other sources go on."""
+    bomb = tmp_path / "many.zip"
+    bomb.write_bytes(zip_bytes([(f"m{i:02d}.txt", b"%d " % i * 20_000) for i in range(20)]))
+    other = tmp_path / "other.txt"
+    other.write_text("Another source, unaffected.")
+    m = run(tmp_path, bomb, other, max_member_bytes=100_000, max_total_bytes=200_000)
+    per = m["per_source"]
+    assert per[str(bomb)]["written"] == 5 and per[str(bomb)]["quarantined"] == 1
+    assert per[str(other)] == {"inputs": 1, "written": 1, "duplicates": 0,
+                               "near_duplicates": 0, "quarantined": 0}  # fmt: skip
+    q = [json.loads(x) for x in (tmp_path / "corpus/quarantine.jsonl").open()]
+    assert len(q) == 1 and "max_total_bytes=200000" in q[0]["reason"]
+    assert q[0]["member"] == "m05.txt"  # 5 x 40 kB read, the 6th passes the cap
+
+
+# ---------------------------------------------------------------------------------------------
+# near-duplicates
+# ---------------------------------------------------------------------------------------------
+
+
+def _essay(seed: int, n: int = 400) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    vocab = [f"w{rng.randrange(5000)}" for _ in range(3000)]
+    return [rng.choice(vocab) for _ in range(n)]
+
+
+def test_near_duplicates_removed_counted_and_resumable(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    base = _essay(1)
+    edited = list(base)
+    for i in range(0, len(edited), 80):
+        edited[i] = "edited"  # ~6% of the shingles change: Jaccard ~0.88
+    (src / "a.txt").write_text(" ".join(base) + ".")
+    (src / "b.txt").write_text(" ".join(edited) + ".")
+    (src / "c.txt").write_text(" ".join(_essay(2)) + ".")
+    (src / "d.txt").write_text(" ".join(base) + ".")  # exact duplicate of a
+    (src / "e.txt").write_text(" ".join(_essay(3)) + ".")
+    off = run(tmp_path, src, out=tmp_path / "off")
+    assert (off["counts"]["written"], off["counts"]["near_duplicates"]) == (4, 0)
+    on = run(tmp_path, src, out=tmp_path / "on", near_dup_threshold=0.8, shard_max_docs=1)
+    c = on["counts"]
+    assert (c["written"], c["duplicates"], c["near_duplicates"]) == (3, 1, 1)
+    assert c["inputs"] == c["written"] + c["duplicates"] + c["near_duplicates"] + c["quarantined"]
+    assert on["per_source"][str(src)]["near_duplicates"] == 1
+    dups = [json.loads(x) for x in (tmp_path / "on/duplicates.jsonl").open()]
+    near = [d for d in dups if d["kind"] == "near"]
+    ids = {r["member"]: r["doc_id"] for r in read_corpus(tmp_path / "on")}
+    assert near[0]["member"] == "b.txt" and near[0]["of"] == ids["a.txt"]
+    assert 0.8 <= near[0]["similarity"] <= 1.0
+    assert [d["kind"] for d in dups if d["member"] == "d.txt"] == ["exact"]
+
+    # killed after two shards: the rebuilt MinHash index gives the same decisions
+    monkeypatch.setattr(ingest_mod, "_SENT_BATCH_DOCS", 1)
+    real, calls = ingest_mod.normalize, {"n": 0}
+
+    def crashing(text: str) -> str:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return real(text)
+
+    monkeypatch.setattr(ingest_mod, "normalize", crashing)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, src, out=out, near_dup_threshold=0.8, shard_max_docs=1)
+    monkeypatch.setattr(ingest_mod, "normalize", real)
+    resumed = run(tmp_path, src, out=out, near_dup_threshold=0.8, shard_max_docs=1)
+    assert resumed["timings"]["resumed_after_inputs"] > 0
+    assert resumed["counts"] == c
+    assert (out / "duplicates.jsonl").read_text() == (tmp_path / "on/duplicates.jsonl").read_text()
+
+
+def test_lsh_bands_follow_threshold() -> None:
+    b_hi, r_hi = ingest_mod.lsh_bands(0.9, 128)
+    b_lo, r_lo = ingest_mod.lsh_bands(0.5, 128)
+    assert b_hi * r_hi <= 128 and b_lo * r_lo <= 128
+    assert (1 / b_hi) ** (1 / r_hi) > (1 / b_lo) ** (1 / r_lo)  # the LSH curve's midpoint moves
+
+
+def test_fast_sentencizer_matches_spacy_component() -> None:
+    """`SentenceSplitter` applies the sentencizer rule to token arrays; spaCy's own component
+    (run by `nlp(text)`) must give the same boundaries."""
+    import random
+
+    from components.ingest import SentenceSplitter, refine_spans
+
+    sp = SentenceSplitter()
+    rng = random.Random(0)
+    pieces = ["Hello", "world", ".", "!", "?", "...", "3.5", "Mr.", '"Quoted."', "(paren)", ",",
+              "\n\n", "\n", "  ", "e.g.", "U.S.A.", "\U0001f600", "\u65e5\u672c\u3002", "end?!",
+              "'s", "\u2014", "\u00ab", "\u00bb", '?"', ".)", "'", ""]  # fmt: skip
+    texts = [
+        "".join(rng.choice(pieces) + rng.choice(["", " ", " ", "\n"]) for _ in range(k))
+        for k in [rng.randint(0, 40) for _ in range(400)]
+    ]
+    got = sp.split(texts)
+    for text, (starts, ends) in zip(texts, got, strict=True):
+        ref = refine_spans(text, ((s.start_char, s.end_char) for s in sp.nlp(text).sents))
+        assert (starts.tolist(), ends.tolist()) == (ref[0].tolist(), ref[1].tolist()), text
+
+
+def test_record_paths_reach_the_stage(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.xml").write_text(
+        '<root><head>skip</head><articles><article id="7" title="T">'
+        "<p>Body of the article.</p></article></articles></root>"
+    )
+    (src / "b.jsonl").write_text(json.dumps({"id": 1, "doc": {"body": "From JSONL."}}) + "\n")
+    m = run(tmp_path, src, xml_record_path="article", text_field="doc.body")
+    assert m["counts"]["written"] == 2 and m["params"]["xml_record_path"] == "article"
+    rows = {r["member"]: r for r in read_corpus(tmp_path / "corpus")}
+    assert rows["a.xml:0"]["text"] == "Body of the article."
+    assert json.loads(rows["a.xml:0"]["meta"]) == {"id": "7", "title": "T", "tag": "article"}
+    assert rows["b.jsonl:1"]["text"] == "From JSONL."

@@ -293,3 +293,71 @@ def test_id_type_widens_for_large_vocab() -> None:
     assert id_type(65536) == pa.uint16()
     assert id_type(65537) == pa.int32()
     assert packed_schema(70000, 16).field("input_ids").type == pa.list_(pa.int32(), 16)
+
+
+def test_unigram_tokenizer_option(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "uni"
+    m = tokenize(
+        TokenizeParams(corpus=corpus, out=out, vocab_size=400, seq_len=SEQ_LEN,
+                       tokenizer_model="unigram")
+    )  # fmt: skip
+    assert m["tokenizer"]["source"] == "trained:byte-level-unigram"
+    assert m["params"]["tokenizer_model"] == "unigram"
+    tok = load_tokenizer(out)
+    assert json.loads((out / "tokenizer/tokenizer.json").read_text())["model"]["type"] == "Unigram"
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    text = "Unseen \u00fcber-words \u65e5\u672c \U0001f600 zzz!"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text and tok.unk_token_id not in ids
+    table = docs_table(out)
+    rows = {r["doc_id"]: r for r in table.to_pylist()}
+    for doc in read_corpus(corpus):
+        row = rows[doc["doc_id"]]
+        enc = tok(doc["text"], add_special_tokens=False, return_offsets_mapping=True)
+        assert row["input_ids"] == enc["input_ids"]
+        offsets = enc["offset_mapping"]
+        for sent, t in zip(doc["sentences"], row["sentence_token_starts"], strict=True):
+            assert offsets[t][0] <= sent["start"] < offsets[t][1]
+    c = m["counts"]
+    assert c["tokens_total"] + 2 * c["documents_total"] == sum(
+        SEQ_LEN * c["sequences"][s] + c["dropped_tail_tokens"][s] for s in ("train", "validation")
+    )
+
+
+def test_sentence_token_starts_fallback_matches_char_to_token() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "bb": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    enc = tok.encode("a bb  a bb")
+    starts = np.asarray([0, 2, 6, 8])
+    assert tok_mod._sentence_token_starts(enc, starts).tolist() == [0, 1, 2, 3]
+    # a start on a char that no token covers (a space) takes the next token
+    assert tok_mod._sentence_token_starts(enc, np.asarray([0, 4])).tolist() == [0, 2]
+    assert tok_mod._sentence_token_starts(tok.encode(""), np.asarray([0])).tolist() == [0]
+
+
+def test_byte_level_fast_path_matches_offsets(shards) -> None:
+    """The encode pass uses token byte lengths instead of offsets for byte-level tokenizers; a
+    document whose tokens do not tile its bytes (`<mask>` absorbs a space) falls back."""
+    out, _ = shards
+    backend = tok_mod._plain_backend(load_tokenizer(out))
+    lens = tok_mod.byte_level_lengths(backend)
+    assert lens is not None and lens[4] == len("<mask>")
+    text = "Caf\u00e9 \u65e5\u672c stone. Na\u00efve \U0001f600 house!\n\nRiver data."
+    starts = np.asarray([0, 17, 33])
+    enc = backend.encode(text, add_special_tokens=False)
+    ids = np.asarray(backend.encode_batch_fast([text], add_special_tokens=False)[0].ids)
+    assert ids.tolist() == enc.ids
+    fast = tok_mod._starts_from_bytes(text, ids, lens, starts)
+    assert fast is not None
+    assert fast.tolist() == tok_mod._sentence_token_starts(enc, starts).tolist()
+    masked = "one <mask> two"
+    mids = np.asarray(backend.encode(masked, add_special_tokens=False).ids)
+    assert tok_mod._starts_from_bytes(masked, mids, lens, np.asarray([0])) is None
+
+    from tokenizers import Tokenizer, models, normalizers
+
+    bert_like = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    bert_like.normalizer = normalizers.Lowercase()
+    assert tok_mod.byte_level_lengths(bert_like) is None  # -> encode_batch with offsets

@@ -21,7 +21,9 @@ def test_pipeline_end_to_end_then_skips(tmp_path, tiny_params):
 
     corpus = json.loads((tmp_path / "data/corpus/manifest.json").read_text())["counts"]
     assert corpus["written"] > 0
-    assert corpus["inputs"] == corpus["written"] + corpus["duplicates"] + corpus["quarantined"]
+    assert corpus["inputs"] == (
+        corpus["written"] + corpus["duplicates"] + corpus["near_duplicates"] + corpus["quarantined"]
+    )
     assert (tmp_path / "data/shards/tokenizer/tokenizer.json").exists()
     assert (tmp_path / "data/kernels").is_dir()
     assert (tmp_path / "data/checkpoints/pretrain/config.json").exists()

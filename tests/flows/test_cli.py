@@ -35,6 +35,7 @@ def test_every_subcommand_has_help():
         "tokenize",
         "build-kernels",
         "pretrain",
+        "convert",
         "finetune",
         "score",
         "pipeline",

@@ -1,0 +1,378 @@
+"""Ingest and tokenize throughput and memory on a generated corpus (issue 5, Performance).
+
+One run, side by side (the machine may be shared: the encode comparison alternates the three
+contenders `--reps` times in one process and reports each one's best and the median ratio):
+- ingest: text MB/s (decompressed), input MB/s (on disk), docs/s and peak RSS of the stage;
+- tokenize: the stage's encode pass (read corpus, encode, map sentence offsets, write Arrow) in
+  tokens/s, versus raw `tokenizer.encode_batch` on the same texts (target >= 0.85x; shown too:
+  `encode_batch_fast`, which the stage uses for byte-level tokenizers) and versus a
+  `datasets.Dataset.map(batched=True)` baseline with the same tokenizer (target >= 1.5x); peak
+  RSS of the whole stage (tokenizer training, encoding, packing).
+
+Every measurement runs in a fresh spawned process so its peak RSS is its own. The corpus is
+synthetic (Zipf-distributed made-up words, sentences and paragraphs, long-tailed document
+lengths, 2% exact duplicates) in two container kinds: gzipped JSONL and a tar.gz of .txt files.
+
+    .venv/bin/python benchmarks/data.py                 # 200 MB of text (the issue's size)
+    .venv/bin/python benchmarks/data.py --mb 40         # a quicker look
+    .venv/bin/python benchmarks/data.py --mb 200 --append-results
+
+`--append-results` appends the table, with the command, to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+_SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus generation
+# --------------------------------------------------------------------------------------------
+
+
+def _vocab(rng: np.random.Generator, n: int = 30_000) -> tuple[np.ndarray, np.ndarray]:
+    words = set()
+    while len(words) < n:
+        k = int(rng.integers(1, 5))
+        words.add("".join(rng.choice(_SYLLABLES, size=k)))
+    vocab = np.array(sorted(words))
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    p = 1.0 / ranks**1.07
+    return vocab[rng.permutation(n)], p / p.sum()
+
+
+def _document(rng: np.random.Generator, vocab: np.ndarray, p: np.ndarray) -> str:
+    n_words = int(np.clip(rng.lognormal(7.6, 0.9), 200, 60_000))  # median ~2k words, long tail
+    words = vocab[rng.choice(len(vocab), size=n_words, p=p)].tolist()
+    out: list[str] = []
+    i = 0
+    para: list[str] = []
+    while i < n_words:
+        n = int(rng.integers(6, 28))
+        sent = words[i : i + n]
+        i += n
+        sent[0] = sent[0].capitalize()
+        para.append(" ".join(sent) + (". " if rng.random() < 0.85 else "? "))
+        if rng.random() < 0.15:
+            out.append("".join(para).strip())
+            para = []
+    if para:
+        out.append("".join(para).strip())
+    return "\n\n".join(out)
+
+
+def generate(src: Path, mb: float, seed: int = 0) -> dict[str, Any]:
+    """Write about `mb` MB of text under `src`: 4 .jsonl.gz files and one .tar.gz of .txt."""
+    rng = np.random.default_rng(seed)
+    vocab, p = _vocab(rng)
+    src.mkdir(parents=True, exist_ok=True)
+    target = int(mb * 1e6)
+    jsonl = [gzip.open(src / f"part-{k}.jsonl.gz", "wt", compresslevel=3) for k in range(4)]
+    tar_buf = open(src / "pages.tar.gz", "wb")  # noqa: SIM115 - closed below
+    tar_gz = gzip.GzipFile(fileobj=tar_buf, mode="wb", compresslevel=3)
+    tar = tarfile.open(fileobj=tar_gz, mode="w|")
+    total = docs = dups = 0
+    recent: list[str] = []
+    t0 = time.monotonic()
+    while total < target:
+        if recent and rng.random() < 0.02:
+            text = recent[int(rng.integers(len(recent)))]
+            dups += 1
+        else:
+            text = _document(rng, vocab, p)
+            recent = (recent + [text])[-50:]
+        data = text.encode()
+        if docs % 10 < 3:
+            info = tarfile.TarInfo(f"pages/{docs // 1000:03d}/doc-{docs:07d}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        else:
+            rec = {"id": docs, "title": f"Document {docs}", "text": text}
+            jsonl[docs % 4].write(json.dumps(rec, ensure_ascii=False) + "\n")
+        total += len(data)
+        docs += 1
+    for f in jsonl:
+        f.close()
+    tar.close()
+    tar_gz.close()
+    tar_buf.close()
+    on_disk = sum(f.stat().st_size for f in src.iterdir())
+    return {
+        "docs": docs,
+        "exact_duplicates": dups,
+        "text_bytes": total,
+        "disk_bytes": on_disk,
+        "generate_s": round(time.monotonic() - t0, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements (each in a fresh process)
+# --------------------------------------------------------------------------------------------
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _run_ingest(src: str, out: str) -> dict[str, Any]:
+    from components.config import IngestParams
+    from components.ingest import ingest
+
+    t0 = time.monotonic()
+    m = ingest(IngestParams(sources=[src], out=out, shard_max_docs=2000))
+    return {"wall_s": time.monotonic() - t0, "manifest": m, "rss_mib": _peak_rss_mib()}
+
+
+def _run_tokenize(corpus: str, out: str, vocab: int, model: str) -> dict[str, Any]:
+    from components.config import TokenizeParams
+    from components.tokenize import tokenize
+
+    t0 = time.monotonic()
+    params = TokenizeParams(
+        corpus=corpus, out=out, vocab_size=vocab, seq_len=4096, tokenizer_model=model
+    )
+    m = tokenize(params)
+    return {"wall_s": time.monotonic() - t0, "manifest": m, "rss_mib": _peak_rss_mib()}
+
+
+def _raw(backend: Any, groups: list[list[str]], fast: bool = False) -> int:
+    encode = backend.encode_batch_fast if fast else backend.encode_batch
+    n_tokens = 0
+    for texts in groups:
+        for enc in encode(texts, add_special_tokens=False):
+            n_tokens += len(enc)
+    return n_tokens
+
+
+def _ours(backend: Any, corpus: str, schema: Any, dest: Path) -> int:
+    """The stage's encode pass itself (`components.tokenize._encode_part`): read the corpus
+    shards, encode, map sentence offsets, write the docs shards."""
+    from components.ingest import corpus_shards
+    from components.tokenize import _encode_part, byte_level_lengths
+
+    byte_lens = byte_level_lengths(backend)
+    t0 = time.monotonic()
+    progress = {"docs": 0, "tokens": 0, "total": 1, "t0": t0, "t_log": t0 + 1e9}
+    for k, shard in enumerate(corpus_shards(corpus)):
+        path = dest / f"part-{k:05d}.arrow"
+        _encode_part(backend, shard, path, schema, set(), progress, byte_lens)
+    return progress["tokens"]
+
+
+def _datasets_map(corpus: str, hf_tok: Any, cache: Path, rep: int) -> int:
+    """The common recipe: Dataset.from_parquet(...).map(tokenizer, batched=True)."""
+    import datasets
+
+    from components.ingest import corpus_shards
+
+    datasets.disable_progress_bars()
+    files = [str(p) for p in corpus_shards(corpus)]
+    ds = datasets.Dataset.from_parquet(files, columns=["doc_id", "text"], cache_dir=str(cache))
+
+    def enc(batch: dict[str, list]) -> dict[str, list]:
+        return hf_tok(batch["text"], add_special_tokens=False, truncation=False, verbose=False)
+
+    out = ds.map(
+        enc,
+        batched=True,
+        remove_columns=["text"],
+        cache_file_name=str(cache / f"map-{rep}.arrow"),
+        load_from_cache_file=False,
+    )
+    n_tokens = sum(len(x) for x in out["input_ids"])
+    out.cleanup_cache_files()
+    return n_tokens
+
+
+def _run_compare(
+    corpus: str, tokenizer_dir: str, reps: int, with_datasets: bool, work: str
+) -> dict[str, Any]:
+    """Raw encode_batch, our encode pass and datasets.map, alternated `reps` times in one
+    process (the machine is shared: alternating and keeping each one's best run compares them
+    under the same conditions)."""
+    from components.ingest import corpus_shards
+    from components.tokenize import _load_hf_tokenizer, _plain_backend, docs_schema, encode_batches
+
+    hf_tok = _load_hf_tokenizer(Path(tokenizer_dir))
+    backend = _plain_backend(hf_tok)
+    schema = docs_schema(len(hf_tok))
+    # raw gets the stage's batches, in memory: nothing but encoding is timed
+    groups = [
+        b.column("text").to_pylist() for path in corpus_shards(corpus) for b in encode_batches(path)
+    ]
+    dest = Path(work) / "compare"
+    dest.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[float]] = {"raw": [], "raw_fast": [], "ours": [], "datasets": []}
+    tokens: dict[str, int] = {}
+    for rep in range(reps):
+        for name in ("raw", "raw_fast", "ours", "datasets"):
+            if name == "datasets" and not with_datasets:
+                continue
+            t0 = time.monotonic()
+            if name in ("raw", "raw_fast"):
+                n = _raw(backend, groups, fast=name == "raw_fast")
+            elif name == "ours":
+                n = _ours(backend, corpus, schema, dest)
+            else:
+                n = _datasets_map(corpus, hf_tok, dest / "hf", rep)
+            runs[name].append(time.monotonic() - t0)
+            tokens[name] = n
+            print(f"  rep {rep + 1}: {name:8s} {n / runs[name][-1]:12,.0f} tokens/s", flush=True)
+    return {"runs": runs, "tokens": tokens, "rss_mib": _peak_rss_mib()}
+
+
+def _child(fn_name: str, args: tuple, queue: Any) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        queue.put(("ok", globals()[fn_name](*args)))
+    except BaseException as exc:  # report, then let the parent decide
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def in_fresh_process(fn_name: str, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn_name, args, queue))
+    proc.start()
+    status, value = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{fn_name} failed: {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _table(rows: list[tuple[str, str, str]]) -> str:
+    lines = ["| measurement | value | vs |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mb", type=float, default=200.0, help="text to generate, MB (default 200)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/longdoc-bench-data"))
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--tokenizer-model", choices=["bpe", "unigram"], default="bpe")
+    ap.add_argument("--reps", type=int, default=3, help="alternated rounds (best one counts)")
+    ap.add_argument("--no-datasets", action="store_true", help="skip the datasets.map baseline")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--append-results", action="store_true")
+    args = ap.parse_args(argv)
+
+    work = args.work
+    if work.exists():
+        shutil.rmtree(work)
+    src, corpus, shards = work / "src", work / "corpus", work / "shards"
+    print(f"generating ~{args.mb:g} MB of text in {src} ...", flush=True)
+    gen = generate(src, args.mb)
+    print(f"  {gen}", flush=True)
+
+    print("ingest ...", flush=True)
+    ing = in_fresh_process("_run_ingest", str(src), str(corpus))
+    im = ing["manifest"]
+    print("tokenize (train tokenizer + encode + pack) ...", flush=True)
+    tok = in_fresh_process(
+        "_run_tokenize", str(corpus), str(shards), args.vocab, args.tokenizer_model
+    )
+    tm = tok["manifest"]
+    tok_dir = str(shards / "tokenizer")
+    print(f"encode: raw encode_batch / ours / datasets.map, {args.reps} alternated rounds ...")
+    cmp_ = in_fresh_process(
+        "_run_compare", str(corpus), tok_dir, args.reps, not args.no_datasets, str(work)
+    )
+    n_tok = tm["counts"]["tokens_total"]
+    for name, n in cmp_["tokens"].items():
+        if n != n_tok:
+            raise RuntimeError(f"token counts differ: {name} {n} vs the stage's {n_tok}")
+    best = {k: n_tok / min(v) for k, v in cmp_["runs"].items() if v}
+    median = {k: n_tok / float(np.median(v)) for k, v in cmp_["runs"].items() if v}
+
+    text_mb = gen["text_bytes"] / 1e6
+    ingest_s = im["timings"]["total_s"]
+    stage_tps = n_tok / tm["timings"]["encode_s"]
+    ours, raw = best["ours"], best["raw"]
+    rows = [
+        ("generated text / on disk", f"{text_mb:.1f} MB / {gen['disk_bytes'] / 1e6:.1f} MB", ""),
+        ("documents in / written", f"{im['counts']['inputs']} / {im['counts']['written']}", ""),
+        ("ingest wall time", f"{ingest_s:.1f} s", f"{im['timings']['workers']} workers"),
+        ("ingest text MB/s", f"{text_mb / ingest_s:.2f}", ""),
+        ("ingest input (compressed) MB/s", f"{gen['disk_bytes'] / 1e6 / ingest_s:.2f}", ""),
+        ("ingest docs/s", f"{im['counts']['inputs'] / ingest_s:.0f}", ""),
+        ("ingest peak RSS", f"{ing['rss_mib']:.0f} MiB", ""),
+        ("tokenize: train tokenizer", f"{tm['timings']['tokenizer_s']:.1f} s",
+         f"{args.tokenizer_model}, vocab {tm['vocab_size']}"),
+        ("tokenize: tokens", f"{n_tok:,}", ""),
+        ("tokenize stage: encode pass (in the stage run)", f"{stage_tps:,.0f} tokens/s",
+         f"{stage_tps / raw:.2f}x best raw"),
+        (f"encode pass, ours (best of {args.reps})", f"{ours:,.0f} tokens/s",
+         f"{ours / raw:.2f}x raw (target >= 0.85x); median {median['ours'] / median['raw']:.2f}x"),
+        (f"raw encode_batch (best of {args.reps})", f"{raw:,.0f} tokens/s", "1.00x"),
+        (f"raw encode_batch_fast, no offsets (best of {args.reps})",
+         f"{best['raw_fast']:,.0f} tokens/s",
+         f"{best['raw_fast'] / raw:.2f}x raw; ours {ours / best['raw_fast']:.2f}x of it"),
+    ]  # fmt: skip
+    if "datasets" in best:
+        ds = best["datasets"]
+        rows.append(
+            (f"datasets.map(batched=True) (best of {args.reps})", f"{ds:,.0f} tokens/s",
+             f"ours {ours / ds:.2f}x (target >= 1.5x); median "
+             f"{median['ours'] / median['datasets']:.2f}x")
+        )  # fmt: skip
+    rows += [
+        ("tokenize: pack", f"{tm['timings']['pack_s']:.1f} s", ""),
+        ("tokenize stage wall time", f"{tok['wall_s']:.1f} s", ""),
+        ("tokenize peak RSS (whole stage)", f"{tok['rss_mib']:.0f} MiB", ""),
+        ("compare process peak RSS (all texts in memory)", f"{cmp_['rss_mib']:.0f} MiB", ""),
+    ]
+    table = _table(rows)
+    print()
+    print(table)
+    if args.append_results:
+        cmd = "python benchmarks/data.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        cpus = len(os.sched_getaffinity(0))
+        when = datetime.now(UTC).strftime("%Y-%m-%d")
+        section = (
+            f"\n## Ingest and tokenize throughput (issue 5, `benchmarks/data.py`)\n\n"
+            f"Command: `{cmd.strip()}`\n"
+            f"Machine: {cpus} cores ({platform.machine()}), {when}; "
+            f"generated corpus of {text_mb:.0f} MB text.\n\n{table}\n"
+        )
+        with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(section)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

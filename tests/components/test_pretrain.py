@@ -1,0 +1,185 @@
+"""Pretraining: resumable after kill -9 with the same subsequent losses, DDP on 2 CPU processes
+matching one process at the same global batch, gradient accumulation matching a big batch.
+
+The shards are made here directly (tokenizer + packed Arrow files + manifest) so these tests do
+not depend on the ingest/tokenize stages; the model is tiny and sequences are 32 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pyarrow import ipc
+
+from components import tokenize as tok
+from components.config import ModelParams, PretrainParams, TrackingParams, params_dict
+from components.pretrain import pretrain
+
+REPO = Path(__file__).resolve().parents[2]
+SEQ = 32
+MODEL = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    attention_window=16,
+    max_position_embeddings=64,
+    attention_backend="torch",
+)
+
+# The runner every subprocess uses: params as JSON on argv; optional pause (seconds) per step
+# after the first checkpoint, so the parent has time to kill -9 it mid-run.
+RUNNER = """
+import json, sys, time
+from components.config import ModelParams, PretrainParams, TrackingParams
+from components.pretrain import pretrain
+cfg = json.loads(sys.argv[1])
+pause = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+def on_step(step, loss):
+    if pause and step >= cfg["pretrain"]["checkpoint_every"]:
+        time.sleep(pause)
+pretrain(PretrainParams(**cfg["pretrain"]), ModelParams(**cfg["model"]),
+         TrackingParams(**cfg["tracking"]), on_step=on_step)
+"""
+
+
+def _write_packed(path: Path, rows: np.ndarray) -> None:
+    schema = tok.packed_schema(400, SEQ)
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), pa.uint16()), SEQ)
+    with ipc.new_file(str(path), schema) as w:
+        for i in range(0, len(rows), 8):  # several record batches, to cross their boundaries
+            w.write_batch(pa.record_batch([arr[i : i + 8]], schema=schema))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    texts = ["long documents need long models and patient readers"] * 20
+    tokenizer = tok.train_tokenizer(iter(texts), vocab_size=300, min_frequency=1)
+    tokenizer.save_pretrained(out / "tokenizer")
+    rng = np.random.default_rng(0)
+    (out / "packed").mkdir()
+    for split, n in (("train", 20), ("validation", 4)):
+        rows = rng.integers(5, len(tokenizer), size=(n, SEQ))
+        rows[:, 0] = 0
+        _write_packed(out / "packed" / f"{split}.arrow", rows)
+    (out / "manifest.json").write_text(json.dumps({"chars_per_token": 4.0}))
+    return out
+
+
+def _cfg(shards: Path, tmp: Path, name: str, db: str | None = None, **pretrain) -> dict:
+    p = PretrainParams(
+        shards=shards,
+        out=tmp / name / "ckpt",
+        metrics=tmp / name / "metrics.json",
+        steps=8,
+        batch_size=2,
+        warmup_steps=2,
+        eval_batches=1,
+        checkpoint_every=3,
+        seed=0,
+    ).model_copy(update=pretrain)
+    return {
+        "pretrain": params_dict(p),
+        "model": params_dict(ModelParams(**MODEL)),
+        "tracking": {"uri": f"sqlite:///{tmp / (db or name)}.db", "experiment": "t"},
+    }
+
+
+def _run(cfg: dict, pause: float = 0.0, torchrun: int = 0) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-c", RUNNER, json.dumps(cfg), str(pause)]
+    if torchrun:
+        script = Path(cfg["pretrain"]["out"]).parent / "runner.py"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(RUNNER)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={torchrun}",
+            str(script),
+            json.dumps(cfg),
+        ]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _in_process(cfg: dict) -> None:
+    pretrain(
+        PretrainParams(**cfg["pretrain"]),
+        ModelParams(**cfg["model"]),
+        TrackingParams(**cfg["tracking"]),
+    )
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out.decode()[-4000:]
+
+
+def _losses(cfg: dict) -> dict[int, float]:
+    log = Path(cfg["pretrain"]["out"]) / "train_log.jsonl"
+    return {e["step"]: e["loss"] for e in map(json.loads, log.read_text().splitlines())}
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_resume_after_kill_9_gives_the_same_losses(shards, tmp_path):
+    whole = _cfg(shards, tmp_path, "whole", db="inproc")
+    killed = _cfg(shards, tmp_path, "killed")
+    proc = _run(killed, pause=1.5)  # slow after its first checkpoint: room to kill it
+    _in_process(whole)  # the uninterrupted reference, meanwhile
+    ckpt_root = Path(killed["pretrain"]["out"]).with_name("ckpt.ckpt")
+    deadline = time.monotonic() + 180
+    while not (ckpt_root / "step-00000003" / "state.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, out.decode()[-3000:]
+    assert not Path(killed["pretrain"]["out"]).exists()  # nothing published
+    logged = [json.loads(x)["step"] for x in (ckpt_root / "log.jsonl").read_text().splitlines()]
+    assert 3 <= max(logged) < 8  # killed mid-run, after the first checkpoint
+
+    _in_process(killed)  # the rerun resumes from step 3
+    a, b = _losses(whole), _losses(killed)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in range(1, 9):
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
+    assert not ckpt_root.exists()  # a finished run cleans up its resumable checkpoints
+    assert json.loads(Path(killed["pretrain"]["metrics"]).read_text())["steps"] == 8
+
+
+def test_ddp_two_processes_match_one_process(shards, tmp_path):
+    """Same global batch of 4 rows: 1 process x 4, 2 processes x 2 (torchrun, gloo), and
+    1 process x 1 row x 4 accumulation steps; dropout off so only summation order differs."""
+    model = {**MODEL, "dropout": 0.0}
+    common = dict(steps=4, checkpoint_every=0)
+    one = _cfg(shards, tmp_path, "one", db="inproc", batch_size=4, **common)
+    two = _cfg(shards, tmp_path, "two", batch_size=2, **common)
+    accum = _cfg(shards, tmp_path, "accum", db="inproc", batch_size=1, grad_accum=4, **common)
+    for cfg in (one, two, accum):
+        cfg["model"] = params_dict(ModelParams(**model))
+    proc = _run(two, torchrun=2)
+    _in_process(one)
+    _in_process(accum)
+    _finish(proc)
+    a, b, c = _losses(one), _losses(two), _losses(accum)
+    assert sorted(a) == sorted(b) == sorted(c) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+        assert c[step] == pytest.approx(a[step], rel=1e-4), step
