@@ -6,7 +6,7 @@ Backends:
 * ``torch``: banded pure PyTorch, O(seq * window) memory, any device; ``SlidingWindow`` (with
   dilation, per-head dilation, causal) and ``BlockLocal``.
 * ``tvm``: TVM-compiled sliding-window kernels (see ``kernels.tvm_backend``).
-* ``auto``: ``tvm`` only where it is eligible (compiled backward and faster than ``torch``: not
+* ``auto``: ``tvm`` only where it is eligible (faster than ``torch`` for forward+backward: not
   yet, see ``kernels.tvm_backend.AUTO_ELIGIBLE``) and its kernel is already cached for the
   device/dtype/head_dim; else ``torch`` where the pattern allows (``SlidingWindow``,
   ``BlockLocal``), else ``dense`` (``Strided``, ``Fixed``, ``Dense``).

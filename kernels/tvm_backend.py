@@ -11,11 +11,12 @@ What it supports:
   refused with a clear error.
 * Forward: the compiled kernel (``kernels.tvm_source``) computes the band part and its
   log-sum-exp; global keys are merged exactly by log-sum-exp, global queries use the torch path.
-* **Backward: not compiled.** ``attention(..., backend="tvm")`` is wrapped in a
-  ``torch.autograd.Function`` whose backward *recomputes the forward through the ``torch``
-  backend* and differentiates that. Gradients are exact, but a training step with ``tvm`` costs
-  one more forward than with ``torch``; with the forward also slower than ``torch`` today,
-  ``auto`` does not pick ``tvm`` (see ``AUTO_ELIGIBLE``).
+* Backward: compiled too (FlashAttention-2 style, restricted to the band): ``_Band`` is a
+  ``torch.autograd.Function`` whose backward runs ``sliding_window_bwd_dq`` (rows = queries)
+  and ``sliding_window_bwd_dkdv`` (rows = keys) from q, k, v, out, lse and the output
+  gradient; it also takes the gradient of ``lse``, so the log-sum-exp merge of the global keys,
+  the dilation folding and the global rows (plain torch ops around it) differentiate exactly.
+  No seq x seq tensor and no torch recompute of the band.
 
 Build cache layout: ``<cache_dir>/<target-key>/<variant>.so`` plus ``manifest.json`` (TVM
 version, target, sha256 of the kernel source, compile seconds and file sha256 per variant). A
@@ -119,7 +120,7 @@ def resolve_target(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def variant_name(dtype: str, head_dim: int) -> str:
-    return f"sliding_window_fwd_{dtype}_d{head_dim}"
+    return f"sliding_window_{dtype}_d{head_dim}"
 
 
 # ---- build cache -----------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def _compile(target: dict, dtype: str, head_dim: int, path: Path) -> float:
     from . import tvm_source
 
     start = time.perf_counter()
-    lib = tvm.compile(tvm_source.sliding_window_fwd(head_dim), target=target)
+    lib = tvm.compile(tvm_source.sliding_window(head_dim), target=target)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".so")
     os.close(fd)
     try:
@@ -283,19 +284,24 @@ def build_kernels(
     return summary
 
 
-def _kernel(head_dim: int, target_name: str = "llvm"):
-    """The loaded ``sliding_window_fwd`` function, from the in-process table, the on-disk cache
-    (``tvm.runtime.load_module``) or a fresh compile, in that order."""
+def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
+    """The loaded kernel functions (``fwd``, ``dq``, ``dkdv``), from the in-process table, the
+    on-disk cache (``tvm.runtime.load_module``) or a fresh compile, in that order."""
     root = str(Path(cache_dir()).resolve())
     memo = (root, target_name, "float32", head_dim)
-    fn = _loaded.get(memo)
-    if fn is not None:
-        return fn
+    fns = _loaded.get(memo)
+    if fns is not None:
+        return fns
     res = ensure_variant(root, target_name, "float32", head_dim)
     tvm = _import_tvm()
-    fn = tvm.runtime.load_module(res["path"])["sliding_window_fwd"]
-    _loaded[memo] = fn
-    return fn
+    lib = tvm.runtime.load_module(res["path"])
+    fns = {
+        "fwd": lib["sliding_window_fwd"],
+        "dq": lib["sliding_window_bwd_dq"],
+        "dkdv": lib["sliding_window_bwd_dkdv"],
+    }
+    _loaded[memo] = fns
+    return fns
 
 
 def cached_variant_exists(head_dim: int, target_name: str = "llvm") -> bool:
@@ -324,11 +330,12 @@ def supports(pattern: Pattern) -> bool:
     return isinstance(pattern, SlidingWindow)
 
 
-#: ``auto`` may pick ``tvm`` only once it has a compiled backward *and* beats ``torch``. Today
-#: neither holds: the backward is a torch recompute, and at the model's shape (batch 2, seq 4096,
-#: 4 heads, head_dim 32, window 32, fp32, one core each, CPU time) the forward measured
-#: 45 ms for ``tvm`` against 28 ms for ``torch`` (whose chunks run in PyTorch's fused
-#: flash-attention CPU kernel).
+#: ``auto`` may pick ``tvm`` only where it beats ``torch`` for forward+backward (training is the
+#: main user). The backward is compiled now, but on this 2-core CPU ``tvm`` is still 1.7-1.9x
+#: slower than ``torch`` end to end at seq 4096 and 16384, heads 12, head_dim 64, window 256
+#: (``benchmarks/RESULTS.md``: fwd+bwd 702 vs 375 ms at 4096; ``torch``'s chunks run in
+#: PyTorch's fused flash-attention CPU kernel on MKL GEMMs, our kernels reach 12-20% of the
+#: matmul rate), so it stays off. Flip it only after measuring a win at the model's shapes.
 AUTO_ELIGIBLE = False
 
 
@@ -343,18 +350,171 @@ def usable_cached(q: torch.Tensor, pattern: Pattern, needs_grad: bool) -> bool:
     return cached_variant_exists(q.shape[-1])
 
 
-def _local_fn(fn, window: int, causal: bool):
-    from .tvm_source import KEY_TILE
+def _padded(x: torch.Tensor, left: int, right: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """``_pad_seq(x, left, right).permute(*dims).contiguous()`` in one pass: allocate the
+    permuted, padded buffer, zero only the pad rows and copy ``x`` into the middle (padding then
+    permuting would write every element twice, plus a zero fill of the whole buffer)."""
+    shape = list(x.shape)
+    shape[1] += left + right
+    out = x.new_empty([shape[i] for i in dims])
+    view = out.permute(*[dims.index(i) for i in range(len(dims))])  # back to x's dim order
+    view[:, :left].zero_()
+    view[:, shape[1] - right :].zero_()
+    view[:, left : shape[1] - right].copy_(x)
+    return out
 
-    def local(q, k, v, key_ok, gk, gv, g_ok):
+
+def _pad_seq(x: torch.Tensor, left: int, right: int, value: float = 0.0) -> torch.Tensor:
+    """Pad dim 1 (the sequence) of a ``(B, n, ...)`` tensor."""
+    pads = [0, 0] * (x.dim() - 2) + [left, right]
+    return F.pad(x, pads, value=value)
+
+
+#: The kernels read padded (and partly transposed) copies of their operands. For long inputs the
+#: heads are processed in groups so that each such copy stays under this many bytes: it bounds
+#: the extra memory of forward and backward at a few of these copies, whatever the length.
+CHUNK_BYTES = 8 << 20
+
+
+def _head_groups(x: torch.Tensor) -> list[slice]:
+    b, m, h, d = x.shape
+    per_head = max(1, b * m * d * 4)
+    hc = max(1, min(h, CHUNK_BYTES // per_head))
+    return [slice(h0, min(h, h0 + hc)) for h0 in range(0, h, hc)]
+
+
+def _pad_rows(x: torch.Tensor, rows: int, value: float = 0.0) -> torch.Tensor:
+    """``x`` with dim 1 padded to ``rows``, contiguous (no copy when it already is both)."""
+    if x.shape[1] == rows:
+        return x.contiguous()
+    return _pad_seq(x, 0, rows - x.shape[1], value).contiguous()
+
+
+class _Band(torch.autograd.Function):
+    """Banded attention on folded ``(B, m, H, D)`` float32 tensors by the compiled kernels.
+
+    Returns ``(out, lse)``; the backward handles gradients of both (``lse`` carries the band's
+    weight when global keys are merged in), so autograd through the torch code around it
+    (dilation folding, global keys and rows) is exact."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_ok, fns, window: int, causal: bool):
+        from .tvm_source import KEY_ROWS, KEY_TILE, QUERY_TILE
+
         b, m, h, d = q.shape
-        right = window + KEY_TILE
-        kt = F.pad(k, (0, 0, 0, 0, window, right)).permute(0, 2, 3, 1).contiguous()
-        vp = F.pad(v, (0, 0, 0, 0, window, right)).permute(0, 2, 1, 3).contiguous()
-        okp = F.pad(key_ok.to(torch.float32), (window, right))
-        out = torch.empty(b, m, h, d, dtype=torch.float32)
-        lse = torch.empty(b, m, h, dtype=torch.float32)
-        fn(q.contiguous(), kt, vp, okp, out, lse, int(window), int(causal))
+        w = int(window)
+        mq = -(-m // QUERY_TILE) * QUERY_TILE
+        right = mq - m + w + KEY_TILE + QUERY_TILE
+        okp = _pad_seq(key_ok.to(torch.float32), w, right)
+        out = torch.empty(b, mq, h, d, dtype=torch.float32)
+        lse = torch.empty(b, mq, h, dtype=torch.float32)
+        groups = _head_groups(q)
+        for hs in groups:
+            kt = _padded(k[:, :, hs], w, right, (0, 2, 3, 1))  # (B,H,D,NP)
+            vp = _padded(v[:, :, hs], w, right, (0, 2, 1, 3))  # (B,H,NP,D)
+            if len(groups) == 1:
+                o_c, l_c = out, lse
+            else:
+                o_c = torch.empty(b, mq, kt.shape[1], d, dtype=torch.float32)
+                l_c = torch.empty(b, mq, kt.shape[1], dtype=torch.float32)
+            fns["fwd"](_pad_rows(q[:, :, hs], mq), kt, vp, okp, o_c, l_c, w, int(causal))
+            del kt, vp
+            if len(groups) > 1:
+                out[:, :, hs] = o_c
+                lse[:, :, hs] = l_c
+        out, lse = out[:, :m], lse[:, :m]
+        ctx.save_for_backward(q, k, v, key_ok, out, lse)
+        ctx.fns, ctx.w, ctx.causal = fns, w, bool(causal)
+        ctx.tiles = (QUERY_TILE, KEY_ROWS, KEY_TILE)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, g_out, g_lse):
+        q, k, v, key_ok, out, lse = ctx.saved_tensors
+        fns, w, causal = ctx.fns, ctx.w, int(ctx.causal)
+        qt_, kr, kt_ = ctx.tiles
+        b, m, h, d = q.shape
+        if g_out is None:
+            g_out = torch.zeros_like(out)
+        g_out = g_out.to(torch.float32).contiguous()
+        delta = torch.einsum("bmhd,bmhd->bmh", g_out, out)  # rowsum(dO * O), no full temp
+        if g_lse is not None:
+            delta = delta - g_lse
+        live = torch.isfinite(lse)
+        delta = torch.where(live, delta, torch.zeros_like(delta))
+        lse_s = torch.where(live, lse, torch.full_like(lse, 3.0e38))
+        groups = _head_groups(q)
+        if len(groups) == 1:
+            dq = _bwd_dq(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, qt_, kt_)
+            dk, dv = _bwd_dkdv(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, kr, kt_)
+            return dq, dk, dv, None, None, None, None
+        dq, dk, dv = (torch.empty(b, m, h, d, dtype=torch.float32) for _ in range(3))
+        for hs in groups:
+            args = (q[:, :, hs], k[:, :, hs], v[:, :, hs], key_ok, g_out[:, :, hs])
+            more = (lse_s[:, :, hs], delta[:, :, hs], w, causal)
+            dq[:, :, hs] = _bwd_dq(fns, *args, *more, qt_, kt_)
+            dk[:, :, hs], dv[:, :, hs] = _bwd_dkdv(fns, *args, *more, kr, kt_)
+        return dq, dk, dv, None, None, None, None
+
+
+def _bwd_dq(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, qt_, kt_):
+    """dq by ``sliding_window_bwd_dq``: rows = queries, band = keys (padded left by ``w``).
+    A function of its own so its padded copies are freed before the dk/dv pass (peak memory)."""
+    b, m, h, d = q.shape
+    mq = -(-m // qt_) * qt_
+    right = mq - m + w + kt_ + qt_
+    kp = _padded(k, w, right, (0, 2, 1, 3))  # (B, H, NP, D)
+    vt = _padded(v, w, right, (0, 2, 3, 1))  # (B, H, D, NP)
+    okp = _pad_seq(key_ok.to(torch.float32), w, right)
+    dq = torch.empty(b, mq, h, d, dtype=torch.float32)
+    fns["dq"](
+        _pad_rows(q, mq),
+        _pad_rows(g_out, mq),
+        _pad_rows(lse_s, mq, 3.0e38),
+        _pad_rows(delta, mq),
+        kp.transpose(2, 3).contiguous(),
+        vt,
+        kp,
+        okp,
+        dq,
+        w,
+        causal,
+    )
+    return dq[:, :m]
+
+
+def _bwd_dkdv(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, kr, kt_):
+    """dk, dv by ``sliding_window_bwd_dkdv``: rows = keys, band = queries (padded left by w)."""
+    b, m, h, d = q.shape
+    mk = -(-m // kr) * kr
+    right = mk - m + w + kt_ + kr
+    qp = _padded(q, w, right, (0, 2, 1, 3))  # (B, H, NQ, D)
+    dop = _padded(g_out, w, right, (0, 2, 1, 3))
+    lsep = _pad_seq(lse_s, w, right, 3.0e38).permute(0, 2, 1).contiguous()
+    deltap = _padded(delta, w, right, (0, 2, 1))
+    dk = torch.empty(b, mk, h, d, dtype=torch.float32)
+    dv = torch.empty(b, mk, h, d, dtype=torch.float32)
+    fns["dkdv"](
+        _pad_rows(k, mk),
+        _pad_rows(v, mk),
+        _pad_rows(key_ok.to(torch.float32), mk),
+        qp.transpose(2, 3).contiguous(),
+        dop.transpose(2, 3).contiguous(),
+        qp,
+        dop,
+        lsep,
+        deltap,
+        dk,
+        dv,
+        w,
+        causal,
+    )
+    return dk[:, :m], dv[:, :m]
+
+
+def _local_fn(fns, window: int, causal: bool):
+    def local(q, k, v, key_ok, gk, gv, g_ok):
+        out, lse = _Band.apply(q, k, v, key_ok, fns, window, causal)
         if gk is None:
             return out
         return _merge_global(q, out, lse, gk, gv, g_ok)
@@ -366,37 +526,21 @@ def _merge_global(q, out, lse, gk, gv, g_ok):
     """Add the global keys to the band softmax exactly: combine by log-sum-exp."""
     d = q.shape[-1]
     scores = torch.einsum("bmhd,bghd->bmhg", q, gk) / d**0.5
-    scores = scores.masked_fill(~g_ok.view(g_ok.shape[0], 1, 1, -1), -torch.inf)
-    lse_g = torch.logsumexp(scores, dim=-1)  # -inf where no usable global key
-    total = torch.logaddexp(lse, lse_g)
-    safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
-    w_band = torch.where(torch.isfinite(lse), torch.exp(lse - safe), torch.zeros_like(lse))
-    probs = torch.exp(scores - safe.unsqueeze(-1))  # exp(-inf) = 0 for unusable globals
+    usable = g_ok.view(g_ok.shape[0], 1, 1, -1)
+    # finite stand-ins (-1e30) for -inf keep every gradient finite (no inf - inf anywhere)
+    scores = scores.masked_fill(~usable, -1.0e30)
+    # logsumexp by hand: aten's costs ~80 ms here at seq 4096 for a last dim of 1
+    top = scores.amax(dim=-1, keepdim=True).detach()
+    lse_g = (scores - top).exp().sum(dim=-1).log() + top.squeeze(-1)
+    has_g = usable.any(dim=-1)
+    band_live = torch.isfinite(lse)  # -inf where the band has no usable key
+    lse_c = torch.where(band_live, lse, torch.full_like(lse, -1.0e30))
+    lse_gc = torch.where(has_g, lse_g, torch.full_like(lse_g, -1.0e30))
+    total = torch.logaddexp(lse_c, lse_gc)
+    w_band = torch.where(band_live, torch.exp(lse_c - total), torch.zeros_like(total))
+    probs = torch.exp(scores - total.unsqueeze(-1)) * usable.to(scores.dtype)
     out_g = torch.einsum("bmhg,bghd->bmhd", probs, gv)
     return out * w_band.unsqueeze(-1) + out_g
-
-
-class _TVMAttention(torch.autograd.Function):
-    """Forward: compiled kernel. Backward: recompute through the torch backend (exact)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, pattern, global_mask, key_padding_mask, fn):
-        ctx.save_for_backward(q, k, v)
-        ctx.args = (pattern, global_mask, key_padding_mask)
-        local = _local_fn(fn, pattern.window, pattern.causal)
-        return torch_backend.torch_attention(
-            q, k, v, pattern, global_mask, key_padding_mask, local=local
-        )
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v = ctx.saved_tensors
-        pattern, global_mask, key_padding_mask = ctx.args
-        with torch.enable_grad():
-            qr, kr, vr = (x.detach().requires_grad_() for x in (q, k, v))
-            out = torch_backend.torch_attention(qr, kr, vr, pattern, global_mask, key_padding_mask)
-            gq, gk, gv = torch.autograd.grad(out, (qr, kr, vr), grad)
-        return gq, gk, gv, None, None, None, None
 
 
 def tvm_attention(
@@ -419,8 +563,11 @@ def tvm_attention(
         )
     if tvm_version() is None:
         raise ValueError("backend 'tvm' needs the apache-tvm package, which is not installed")
-    fn = _kernel(q.shape[-1])
+    fns = _kernel(q.shape[-1])
     dtype = q.dtype
     q32, k32, v32 = (x.to(torch.float32) for x in (q, k, v))
-    out = _TVMAttention.apply(q32, k32, v32, pattern, global_mask, key_padding_mask, fn)
+    local = _local_fn(fns, pattern.window, pattern.causal)
+    out = torch_backend.torch_attention(
+        q32, k32, v32, pattern, global_mask, key_padding_mask, local=local
+    )
     return out.to(dtype)

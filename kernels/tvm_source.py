@@ -1,23 +1,32 @@
-"""TVM kernel source: sliding-window attention forward, written as low-level TVMScript (tirx).
+"""TVM kernel source: sliding-window attention forward and backward, as low-level TVMScript (tirx).
 
 This module imports TVM at import time; only ``kernels.tvm_backend`` imports it, and only when a
 kernel is built. Its text is hashed into the build manifest: editing it invalidates every cached
 library.
 
-Kernel ``sliding_window_fwd`` (one build per head_dim ``D``; batch, sequence length and heads
-symbolic, window and causality runtime arguments):
+One build per head_dim ``D`` holds three functions (batch, sequence length and heads symbolic;
+window ``w`` and ``causal`` runtime arguments). Keys/queries on the "band" side are padded on
+the left by ``w`` so that row ``i`` of a tile starting at ``i0`` finds its band at padded
+positions ``i0 + c*KT + t`` (``rel = c*KT + t - a`` in ``[0, nkeys)`` for row ``a`` of the tile,
+``nkeys = 2w+1``, or ``w+1`` when causal); the caller pads the right far enough that tile reads
+never leave the buffers.
 
-* inputs ``q (B, n, H, D)``, ``kt (B, H, D, NP)`` (keys transposed, left-padded by ``w``),
-  ``v (B, H, NP, D)`` (same padding), ``ok (B, NP)`` float 1/0 (key usable in the band);
-  ``NP >= n + 2w + KEY_TILE`` so tile reads never leave the buffers;
-* outputs ``o (B, n, H, D)`` softmax-normalised over the band keys and ``lse (B, n, H)``, their
-  log-sum-exp (``-inf`` where the row has no usable key, whose ``o`` is 0), which lets the caller
-  merge the band with extra keys (the global tokens) exactly.
+* ``sliding_window_fwd(q (B,nq,H,D), kt (B,H,D,NP), v (B,H,NP,D), ok (B,NP), o, lse, w, causal)``:
+  softmax over the band keys with an online (flash-style) softmax; ``o (B,nq,H,D)`` and its
+  log-sum-exp ``lse (B,nq,H)`` (``-inf`` where the row has no usable key, whose ``o`` is 0), so
+  the caller can merge extra keys (the global tokens) exactly and differentiate through ``lse``.
+* ``sliding_window_bwd_dq(q, do, lse, delta, kt, vt, kp, ok, dq, w, causal)``: FlashAttention-2
+  style: recompute ``p = exp(s - lse)``, ``ds = p * (do.v - delta)``, ``dq = scale * ds @ k``.
+  ``lse`` must be finite (the caller puts ``+BIG`` on rows with no key, so their ``p`` is 0).
+* ``sliding_window_bwd_dkdv(k, v, okk, qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal)``: the
+  same band seen from the keys: key ``j`` gets ``dv = p^T do`` and ``dk = scale * ds^T q`` over
+  the queries whose band holds it (``i - j`` in ``[-w, w]``, or ``[0, w]`` when causal); query
+  tensors padded on the left by ``w``.
 
-Schedule: one parallel loop over all ``B*n*H`` rows; each row streams its ``2w+1`` keys in tiles
-of ``KEY_TILE`` with an online (flash-style) softmax; scores of a tile are a ``KEY_TILE``-lane
-vector accumulated by ``D`` broadcast-FMAs over contiguous transposed keys, and the value update
-is vectorised over ``D``.
+Schedule: one parallel loop over ``(batch, head, row tile)``. A tile of ``QT`` rows streams the
+band in tiles of ``KT`` positions, so each loaded key (or query) vector serves ``QT`` rows:
+scores are ``QT x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous transposed
+operands, and accumulators are vectorised over ``D``.
 """
 
 from __future__ import annotations
@@ -27,13 +36,54 @@ import math
 import tvm
 from tvm.script import tirx as T
 
-KEY_TILE = 16
+KEY_TILE = 16  # KT: band positions per inner tile (one AVX-512 vector of fp32)
+QUERY_TILE = 2  # QT: rows per tile in the forward and dq kernels
+KEY_ROWS = 2  # rows (keys) per tile in the dk/dv kernel (two accumulators per row)
 NEG = -3.0e38
+BIG = 3.0e38
 
 
-def sliding_window_fwd(head_dim: int) -> tvm.IRModule:
+def _exp(x):
+    """``exp(x)`` for float32 ``x <= 88`` as inline vectorisable arithmetic (Cephes ``expf``:
+    ``x = n ln2 + r``, a degree-6 polynomial for ``exp(r)``, ``2^n`` built in the exponent
+    bits; about 1 ulp). LLVM would otherwise scalarise ``T.exp`` into one ``expf`` call per
+    lane, which costs more than the ``4*D`` flops each (query, key) pair does. Inputs below
+    -87 return ~0 (``x`` is clamped; callers mask the truly excluded pairs themselves)."""
+    f32 = T.float32
+    x = T.max(T.min(x, f32(88.0)), f32(-87.0))
+    n = T.floor(x * f32(1.4426950408889634) + f32(0.5))
+    r = x - n * f32(0.693359375) + n * f32(2.12194440e-4)
+    p = f32(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + f32(c)
+    p = p * r * r + r + f32(1.0)
+    two_n = T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+    return p * two_n
+
+
+def _tree(op, buf, start, count: int):
+    """``op``-reduction of ``buf[start : start + count]`` as a balanced tree: depth log2(count)
+    instead of a ``count``-long dependency chain per row and tile."""
+    items = [buf[start + t] for t in range(count)]
+    while len(items) > 1:
+        items = [
+            op(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
+            for i in range(0, len(items), 2)
+        ]
+    return items[0]
+
+
+def _add(x, y):
+    return x + y
+
+
+def sliding_window(
+    head_dim: int, key_tile: int = KEY_TILE, query_tile: int = QUERY_TILE, key_rows: int = KEY_ROWS
+) -> tvm.IRModule:
     D = head_dim
-    KT = KEY_TILE
+    KT = key_tile
+    QT = query_tile
+    KR = key_rows
     scale = 1.0 / math.sqrt(D)
 
     @T.prim_func
@@ -59,53 +109,316 @@ def sliding_window_fwd(head_dim: int) -> tvm.IRModule:
         o = T.match_buffer(o_h, (B, n, H, D), "float32")
         lse = T.match_buffer(lse_h, (B, n, H), "float32")
         nkeys = 2 * w + 1 - causal * w
-        ntiles = (nkeys + KT - 1) // KT
-        for r in T.parallel(B * n * H):
-            s = T.alloc_buffer((KT,), "float32", scope="local")
-            p = T.alloc_buffer((KT,), "float32", scope="local")
-            acc = T.alloc_buffer((D,), "float32", scope="local")
-            st = T.alloc_buffer((4,), "float32", scope="local")  # max, sum, tile max, alpha
-            b = r // (n * H)
-            i = r // H % n
-            h = r % H
-            for d in T.vectorized(D):
-                acc[d] = T.float32(0)
-            st[0] = T.float32(NEG)
-            st[1] = T.float32(0)
+        ntiles = (nkeys + QT - 1 + KT - 1) // KT
+        nt = n // QT
+        for r in T.parallel(B * H * nt):
+            s = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            p = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            acc = T.alloc_buffer((QT * D,), "float32", scope="local")
+            m = T.alloc_buffer((QT,), "float32", scope="local")
+            lsum = T.alloc_buffer((QT,), "float32", scope="local")
+            mn = T.alloc_buffer((QT,), "float32", scope="local")
+            al = T.alloc_buffer((QT,), "float32", scope="local")
+            b = r // (H * nt)
+            h = r // nt % H
+            i0 = r % nt * QT
+            for x in T.vectorized(QT * D):
+                acc[x] = T.float32(0)
+            for a in T.unroll(QT):
+                m[a] = T.float32(NEG)
+                lsum[a] = T.float32(0)
             for c in T.serial(ntiles):
-                for t in T.vectorized(KT):
-                    s[t] = T.float32(0)
-                for d in T.unroll(D):
+                for x in T.vectorized(QT * KT):
+                    s[x] = T.float32(0)
+                    p[x] = T.float32(0)
+                # two partial sums (even/odd d): twice the independent FMA chains
+                for d2 in T.unroll(D // 2):
+                    for a in T.unroll(QT):
+                        for t in T.vectorized(KT):
+                            s[a * KT + t] = (
+                                s[a * KT + t]
+                                + q[b, i0 + a, h, 2 * d2] * kt[b, h, 2 * d2, i0 + c * KT + t]
+                            )
+                            p[a * KT + t] = (
+                                p[a * KT + t]
+                                + q[b, i0 + a, h, 2 * d2 + 1]
+                                * kt[b, h, 2 * d2 + 1, i0 + c * KT + t]
+                            )
+                for dl in T.unroll(D % 2):  # odd head_dim: the last d
+                    for a in T.unroll(QT):
+                        for t in T.vectorized(KT):
+                            s[a * KT + t] = (
+                                s[a * KT + t]
+                                + q[b, i0 + a, h, D - 1 + dl]
+                                * kt[b, h, D - 1 + dl, i0 + c * KT + t]
+                            )
+                for a in T.unroll(QT):
                     for t in T.vectorized(KT):
-                        s[t] = s[t] + q[b, i, h, d] * kt[b, h, d, i + c * KT + t]
-                for t in T.vectorized(KT):
-                    s[t] = T.if_then_else(
-                        c * KT + t < nkeys and ok[b, i + c * KT + t] > T.float32(0),
-                        s[t] * T.float32(scale),
-                        T.float32(NEG),
-                    )
-                st[2] = st[0]
+                        s[a * KT + t] = T.if_then_else(
+                            c * KT + t - a >= 0
+                            and c * KT + t - a < nkeys
+                            and ok[b, i0 + c * KT + t] > T.float32(0),
+                            (s[a * KT + t] + p[a * KT + t]) * T.float32(scale),
+                            T.float32(NEG),
+                        )
+                    mn[a] = T.max(m[a], _tree(T.max, s, a * KT, KT))
+                    al[a] = _exp(m[a] - mn[a])
+                    for t in T.vectorized(KT):
+                        p[a * KT + t] = T.if_then_else(
+                            s[a * KT + t] > T.float32(NEG),
+                            _exp(s[a * KT + t] - mn[a]),
+                            T.float32(0),
+                        )
+                    lsum[a] = lsum[a] * al[a] + _tree(_add, p, a * KT, KT)
+                    for dd in T.vectorized(D):
+                        acc[a * D + dd] = acc[a * D + dd] * al[a]
+                    m[a] = mn[a]
                 for t in T.serial(KT):
-                    st[2] = T.max(st[2], s[t])
-                st[3] = T.exp(st[0] - st[2])
-                for t in T.vectorized(KT):
-                    p[t] = T.if_then_else(s[t] > T.float32(NEG), T.exp(s[t] - st[2]), T.float32(0))
-                st[1] = st[1] * st[3]
-                for t in T.serial(KT):
-                    st[1] = st[1] + p[t]
-                for d in T.vectorized(D):
-                    acc[d] = acc[d] * st[3]
-                for t in T.serial(KT):
-                    for d in T.vectorized(D):
-                        acc[d] = acc[d] + p[t] * v[b, h, i + c * KT + t, d]
-                st[0] = st[2]
-            if st[1] > T.float32(0):
-                for d in T.vectorized(D):
-                    o[b, i, h, d] = acc[d] / st[1]
-                lse[b, i, h] = st[0] + T.log(st[1])
-            else:
-                for d in T.vectorized(D):
-                    o[b, i, h, d] = T.float32(0)
-                lse[b, i, h] = T.float32(-math.inf)
+                    for a in T.unroll(QT):
+                        for dd in T.vectorized(D):
+                            acc[a * D + dd] = (
+                                acc[a * D + dd] + p[a * KT + t] * v[b, h, i0 + c * KT + t, dd]
+                            )
+            for a in T.unroll(QT):
+                if lsum[a] > T.float32(0):
+                    for dd in T.vectorized(D):
+                        o[b, i0 + a, h, dd] = acc[a * D + dd] / lsum[a]
+                    lse[b, i0 + a, h] = m[a] + T.log(lsum[a])
+                else:
+                    for dd in T.vectorized(D):
+                        o[b, i0 + a, h, dd] = T.float32(0)
+                    lse[b, i0 + a, h] = T.float32(-math.inf)
 
-    return tvm.IRModule({"sliding_window_fwd": fwd})
+    @T.prim_func
+    def bwd_dq(
+        q_h: T.handle,
+        do_h: T.handle,
+        lse_h: T.handle,
+        delta_h: T.handle,
+        kt_h: T.handle,
+        vt_h: T.handle,
+        kp_h: T.handle,
+        ok_h: T.handle,
+        dq_h: T.handle,
+        w: T.int32,
+        causal: T.int32,
+    ):
+        T.func_attr({"global_symbol": "sliding_window_bwd_dq", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        H = T.int32()
+        NP = T.int32()
+        q = T.match_buffer(q_h, (B, n, H, D), "float32")
+        do = T.match_buffer(do_h, (B, n, H, D), "float32")
+        lse = T.match_buffer(lse_h, (B, n, H), "float32")
+        delta = T.match_buffer(delta_h, (B, n, H), "float32")
+        kt = T.match_buffer(kt_h, (B, H, D, NP), "float32")
+        vt = T.match_buffer(vt_h, (B, H, D, NP), "float32")
+        kp = T.match_buffer(kp_h, (B, H, NP, D), "float32")
+        ok = T.match_buffer(ok_h, (B, NP), "float32")
+        dq = T.match_buffer(dq_h, (B, n, H, D), "float32")
+        nkeys = 2 * w + 1 - causal * w
+        ntiles = (nkeys + QT - 1 + KT - 1) // KT
+        nt = n // QT
+        for r in T.parallel(B * H * nt):
+            s = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            dp = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            s2 = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            dp2 = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            acc = T.alloc_buffer((QT * D,), "float32", scope="local")
+            ls = T.alloc_buffer((QT,), "float32", scope="local")
+            de = T.alloc_buffer((QT,), "float32", scope="local")
+            b = r // (H * nt)
+            h = r // nt % H
+            i0 = r % nt * QT
+            for x in T.vectorized(QT * D):
+                acc[x] = T.float32(0)
+            for a in T.unroll(QT):
+                ls[a] = lse[b, i0 + a, h]
+                de[a] = delta[b, i0 + a, h]
+            for c in T.serial(ntiles):
+                for x in T.vectorized(QT * KT):
+                    s[x] = T.float32(0)
+                    dp[x] = T.float32(0)
+                    s2[x] = T.float32(0)
+                    dp2[x] = T.float32(0)
+                for d2 in T.unroll(D // 2):  # even/odd partial sums: more independent chains
+                    for a in T.unroll(QT):
+                        for t in T.vectorized(KT):
+                            s[a * KT + t] = (
+                                s[a * KT + t]
+                                + q[b, i0 + a, h, 2 * d2] * kt[b, h, 2 * d2, i0 + c * KT + t]
+                            )
+                            dp[a * KT + t] = (
+                                dp[a * KT + t]
+                                + do[b, i0 + a, h, 2 * d2] * vt[b, h, 2 * d2, i0 + c * KT + t]
+                            )
+                            s2[a * KT + t] = (
+                                s2[a * KT + t]
+                                + q[b, i0 + a, h, 2 * d2 + 1]
+                                * kt[b, h, 2 * d2 + 1, i0 + c * KT + t]
+                            )
+                            dp2[a * KT + t] = (
+                                dp2[a * KT + t]
+                                + do[b, i0 + a, h, 2 * d2 + 1]
+                                * vt[b, h, 2 * d2 + 1, i0 + c * KT + t]
+                            )
+                for dl in T.unroll(D % 2):  # odd head_dim: the last d
+                    for a in T.unroll(QT):
+                        for t in T.vectorized(KT):
+                            s2[a * KT + t] = (
+                                s2[a * KT + t]
+                                + q[b, i0 + a, h, D - 1 + dl]
+                                * kt[b, h, D - 1 + dl, i0 + c * KT + t]
+                            )
+                            dp2[a * KT + t] = (
+                                dp2[a * KT + t]
+                                + do[b, i0 + a, h, D - 1 + dl]
+                                * vt[b, h, D - 1 + dl, i0 + c * KT + t]
+                            )
+                for a in T.unroll(QT):
+                    for t in T.vectorized(KT):
+                        s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
+                        dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
+                        s[a * KT + t] = T.if_then_else(
+                            c * KT + t - a >= 0
+                            and c * KT + t - a < nkeys
+                            and ok[b, i0 + c * KT + t] > T.float32(0),
+                            _exp(s[a * KT + t] * T.float32(scale) - ls[a]),
+                            T.float32(0),
+                        )
+                        dp[a * KT + t] = s[a * KT + t] * (dp[a * KT + t] - de[a])
+                for t in T.serial(KT):
+                    for a in T.unroll(QT):
+                        for dd in T.vectorized(D):
+                            acc[a * D + dd] = (
+                                acc[a * D + dd] + dp[a * KT + t] * kp[b, h, i0 + c * KT + t, dd]
+                            )
+            for a in T.unroll(QT):
+                for dd in T.vectorized(D):
+                    dq[b, i0 + a, h, dd] = acc[a * D + dd] * T.float32(scale)
+
+    @T.prim_func
+    def bwd_dkdv(
+        k_h: T.handle,
+        v_h: T.handle,
+        okk_h: T.handle,
+        qt_h: T.handle,
+        dot_h: T.handle,
+        qp_h: T.handle,
+        dop_h: T.handle,
+        lsep_h: T.handle,
+        deltap_h: T.handle,
+        dk_h: T.handle,
+        dv_h: T.handle,
+        w: T.int32,
+        causal: T.int32,
+    ):
+        T.func_attr({"global_symbol": "sliding_window_bwd_dkdv", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        H = T.int32()
+        NQ = T.int32()
+        k = T.match_buffer(k_h, (B, n, H, D), "float32")
+        v = T.match_buffer(v_h, (B, n, H, D), "float32")
+        okk = T.match_buffer(okk_h, (B, n), "float32")
+        qt = T.match_buffer(qt_h, (B, H, D, NQ), "float32")
+        dot = T.match_buffer(dot_h, (B, H, D, NQ), "float32")
+        qp = T.match_buffer(qp_h, (B, H, NQ, D), "float32")
+        dop = T.match_buffer(dop_h, (B, H, NQ, D), "float32")
+        lsep = T.match_buffer(lsep_h, (B, H, NQ), "float32")
+        deltap = T.match_buffer(deltap_h, (B, H, NQ), "float32")
+        dk = T.match_buffer(dk_h, (B, n, H, D), "float32")
+        dv = T.match_buffer(dv_h, (B, n, H, D), "float32")
+        nq = 2 * w + 1 - causal * w
+        ntiles = (nq + KR - 1 + KT - 1) // KT
+        nt = n // KR
+        for r in T.parallel(B * H * nt):
+            s = T.alloc_buffer((KR * KT,), "float32", scope="local")
+            dp = T.alloc_buffer((KR * KT,), "float32", scope="local")
+            s2 = T.alloc_buffer((KR * KT,), "float32", scope="local")
+            dp2 = T.alloc_buffer((KR * KT,), "float32", scope="local")
+            ak = T.alloc_buffer((KR * D,), "float32", scope="local")
+            av = T.alloc_buffer((KR * D,), "float32", scope="local")
+            b = r // (H * nt)
+            h = r // nt % H
+            j0 = r % nt * KR
+            base = j0 + causal * w
+            for x in T.vectorized(KR * D):
+                ak[x] = T.float32(0)
+                av[x] = T.float32(0)
+            for c in T.serial(ntiles):
+                for x in T.vectorized(KR * KT):
+                    s[x] = T.float32(0)
+                    dp[x] = T.float32(0)
+                    s2[x] = T.float32(0)
+                    dp2[x] = T.float32(0)
+                for d2 in T.unroll(D // 2):  # even/odd partial sums: more independent chains
+                    for a in T.unroll(KR):
+                        for t in T.vectorized(KT):
+                            s[a * KT + t] = (
+                                s[a * KT + t]
+                                + k[b, j0 + a, h, 2 * d2] * qt[b, h, 2 * d2, base + c * KT + t]
+                            )
+                            dp[a * KT + t] = (
+                                dp[a * KT + t]
+                                + v[b, j0 + a, h, 2 * d2] * dot[b, h, 2 * d2, base + c * KT + t]
+                            )
+                            s2[a * KT + t] = (
+                                s2[a * KT + t]
+                                + k[b, j0 + a, h, 2 * d2 + 1]
+                                * qt[b, h, 2 * d2 + 1, base + c * KT + t]
+                            )
+                            dp2[a * KT + t] = (
+                                dp2[a * KT + t]
+                                + v[b, j0 + a, h, 2 * d2 + 1]
+                                * dot[b, h, 2 * d2 + 1, base + c * KT + t]
+                            )
+                for dl in T.unroll(D % 2):  # odd head_dim: the last d
+                    for a in T.unroll(KR):
+                        for t in T.vectorized(KT):
+                            s2[a * KT + t] = (
+                                s2[a * KT + t]
+                                + k[b, j0 + a, h, D - 1 + dl]
+                                * qt[b, h, D - 1 + dl, base + c * KT + t]
+                            )
+                            dp2[a * KT + t] = (
+                                dp2[a * KT + t]
+                                + v[b, j0 + a, h, D - 1 + dl]
+                                * dot[b, h, D - 1 + dl, base + c * KT + t]
+                            )
+                for a in T.unroll(KR):
+                    for t in T.vectorized(KT):
+                        s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
+                        dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
+                        s[a * KT + t] = T.if_then_else(
+                            c * KT + t - a >= 0
+                            and c * KT + t - a < nq
+                            and okk[b, j0 + a] > T.float32(0),
+                            _exp(s[a * KT + t] * T.float32(scale) - lsep[b, h, base + c * KT + t]),
+                            T.float32(0),
+                        )
+                        dp[a * KT + t] = s[a * KT + t] * (
+                            dp[a * KT + t] - deltap[b, h, base + c * KT + t]
+                        )
+                for t in T.serial(KT):
+                    for a in T.unroll(KR):
+                        for dd in T.vectorized(D):
+                            av[a * D + dd] = (
+                                av[a * D + dd] + s[a * KT + t] * dop[b, h, base + c * KT + t, dd]
+                            )
+                            ak[a * D + dd] = (
+                                ak[a * D + dd] + dp[a * KT + t] * qp[b, h, base + c * KT + t, dd]
+                            )
+            for a in T.unroll(KR):
+                for dd in T.vectorized(D):
+                    dk[b, j0 + a, h, dd] = ak[a * D + dd] * T.float32(scale)
+                    dv[b, j0 + a, h, dd] = av[a * D + dd]
+
+    return tvm.IRModule(
+        {
+            "sliding_window_fwd": fwd,
+            "sliding_window_bwd_dq": bwd_dq,
+            "sliding_window_bwd_dkdv": bwd_dkdv,
+        }
+    )
