@@ -146,16 +146,44 @@ def _run_ingest(src: str, out: str) -> dict[str, Any]:
     return {"wall_s": time.monotonic() - t0, "manifest": m, "rss_mib": _peak_rss_mib()}
 
 
-def _run_tokenize(corpus: str, out: str, vocab: int, model: str) -> dict[str, Any]:
+def _run_tokenize(
+    corpus: str, out: str, vocab: int, model: str, base: str | None = None
+) -> dict[str, Any]:
     from components.config import TokenizeParams
     from components.tokenize import tokenize
 
     t0 = time.monotonic()
     params = TokenizeParams(
-        corpus=corpus, out=out, vocab_size=vocab, seq_len=4096, tokenizer_model=model
+        corpus=corpus,
+        out=out,
+        vocab_size=vocab,
+        seq_len=4096,
+        tokenizer_model=model,
+        base_tokenizer=base,
     )
     m = tokenize(params)
     return {"wall_s": time.monotonic() - t0, "manifest": m, "rss_mib": _peak_rss_mib()}
+
+
+def _train_sample_tokenizer(corpus: str, dest: str, vocab: int, model: str, mb: float) -> dict:
+    """A tokenizer trained on the first `mb` MB of the corpus, for `--tokenizer-sample-mb`:
+    on a multi-GB corpus training on everything costs more time than the memory check needs."""
+    from components.ingest import iter_corpus_batches
+    from components.tokenize import _save_tokenizer, train_tokenizer
+
+    def texts() -> Any:
+        seen = 0
+        for batch in iter_corpus_batches(corpus, ["text"]):
+            chunk = batch.column("text").to_pylist()
+            yield chunk
+            seen += sum(len(t) for t in chunk)
+            if seen >= mb * 1e6:
+                return
+
+    t0 = time.monotonic()
+    tok = train_tokenizer(texts(), vocab, model=model)
+    _save_tokenizer(tok, Path(dest))
+    return {"train_s": time.monotonic() - t0}
 
 
 def _raw(backend: Any, groups: list[list[str]], fast: bool = False) -> int:
@@ -285,6 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer-model", choices=["bpe", "unigram"], default="bpe")
     ap.add_argument("--reps", type=int, default=3, help="alternated rounds (best one counts)")
     ap.add_argument("--no-datasets", action="store_true", help="skip the datasets.map baseline")
+    ap.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the encode comparison (it holds every text in memory: for multi-GB RSS runs)",
+    )
+    ap.add_argument(
+        "--tokenizer-sample-mb",
+        type=float,
+        default=None,
+        help="train the tokenizer on this many MB of the corpus first and give the stage it as "
+        "its base tokenizer (default: the stage trains on the whole corpus)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args(argv)
@@ -300,27 +340,48 @@ def main(argv: list[str] | None = None) -> int:
     print("ingest ...", flush=True)
     ing = in_fresh_process("_run_ingest", str(src), str(corpus))
     im = ing["manifest"]
+    base = None
+    if args.tokenizer_sample_mb:
+        base = str(work / "base-tokenizer")
+        print(f"training the tokenizer on {args.tokenizer_sample_mb:g} MB ...", flush=True)
+        sample = in_fresh_process(
+            "_train_sample_tokenizer",
+            str(corpus),
+            base,
+            args.vocab,
+            args.tokenizer_model,
+            args.tokenizer_sample_mb,
+        )
+        print(f"  {sample}", flush=True)
     print("tokenize (train tokenizer + encode + pack) ...", flush=True)
     tok = in_fresh_process(
-        "_run_tokenize", str(corpus), str(shards), args.vocab, args.tokenizer_model
+        "_run_tokenize", str(corpus), str(shards), args.vocab, args.tokenizer_model, base
     )
     tm = tok["manifest"]
-    tok_dir = str(shards / "tokenizer")
-    print(f"encode: raw encode_batch / ours / datasets.map, {args.reps} alternated rounds ...")
-    cmp_ = in_fresh_process(
-        "_run_compare", str(corpus), tok_dir, args.reps, not args.no_datasets, str(work)
-    )
     n_tok = tm["counts"]["tokens_total"]
-    for name, n in cmp_["tokens"].items():
-        if n != n_tok:
-            raise RuntimeError(f"token counts differ: {name} {n} vs the stage's {n_tok}")
-    best = {k: n_tok / min(v) for k, v in cmp_["runs"].items() if v}
-    median = {k: n_tok / float(np.median(v)) for k, v in cmp_["runs"].items() if v}
+    best: dict[str, float] = {}
+    median: dict[str, float] = {}
+    cmp_: dict[str, Any] = {}
+    if not args.no_compare:
+        tok_dir = str(shards / "tokenizer")
+        print(f"encode: raw encode_batch / ours / datasets.map, {args.reps} alternated rounds ...")
+        cmp_ = in_fresh_process(
+            "_run_compare", str(corpus), tok_dir, args.reps, not args.no_datasets, str(work)
+        )
+        for name, n in cmp_["tokens"].items():
+            if n != n_tok:
+                raise RuntimeError(f"token counts differ: {name} {n} vs the stage's {n_tok}")
+        best = {k: n_tok / min(v) for k, v in cmp_["runs"].items() if v}
+        median = {k: n_tok / float(np.median(v)) for k, v in cmp_["runs"].items() if v}
 
     text_mb = gen["text_bytes"] / 1e6
     ingest_s = im["timings"]["total_s"]
     stage_tps = n_tok / tm["timings"]["encode_s"]
-    ours, raw = best["ours"], best["raw"]
+    tok_from = (
+        f"sample of {args.tokenizer_sample_mb:g} MB, given as base"
+        if base
+        else f"{tm['timings']['tokenizer_s']:.1f} s"
+    )
     rows = [
         ("generated text / on disk", f"{text_mb:.1f} MB / {gen['disk_bytes'] / 1e6:.1f} MB", ""),
         ("documents in / written", f"{im['counts']['inputs']} / {im['counts']['written']}", ""),
@@ -329,18 +390,25 @@ def main(argv: list[str] | None = None) -> int:
         ("ingest input (compressed) MB/s", f"{gen['disk_bytes'] / 1e6 / ingest_s:.2f}", ""),
         ("ingest docs/s", f"{im['counts']['inputs'] / ingest_s:.0f}", ""),
         ("ingest peak RSS", f"{ing['rss_mib']:.0f} MiB", ""),
-        ("tokenize: train tokenizer", f"{tm['timings']['tokenizer_s']:.1f} s",
+        ("tokenize: train tokenizer", tok_from,
          f"{args.tokenizer_model}, vocab {tm['vocab_size']}"),
         ("tokenize: tokens", f"{n_tok:,}", ""),
-        ("tokenize stage: encode pass (in the stage run)", f"{stage_tps:,.0f} tokens/s",
-         f"{stage_tps / raw:.2f}x best raw"),
-        (f"encode pass, ours (best of {args.reps})", f"{ours:,.0f} tokens/s",
-         f"{ours / raw:.2f}x raw (target >= 0.85x); median {median['ours'] / median['raw']:.2f}x"),
-        (f"raw encode_batch (best of {args.reps})", f"{raw:,.0f} tokens/s", "1.00x"),
-        (f"raw encode_batch_fast, no offsets (best of {args.reps})",
-         f"{best['raw_fast']:,.0f} tokens/s",
-         f"{best['raw_fast'] / raw:.2f}x raw; ours {ours / best['raw_fast']:.2f}x of it"),
     ]  # fmt: skip
+    if best:
+        ours, raw = best["ours"], best["raw"]
+        rows += [
+            ("tokenize stage: encode pass (in the stage run)", f"{stage_tps:,.0f} tokens/s",
+             f"{stage_tps / raw:.2f}x best raw"),
+            (f"encode pass, ours (best of {args.reps})", f"{ours:,.0f} tokens/s",
+             f"{ours / raw:.2f}x raw (target >= 0.85x); median "
+             f"{median['ours'] / median['raw']:.2f}x"),
+            (f"raw encode_batch (best of {args.reps})", f"{raw:,.0f} tokens/s", "1.00x"),
+            (f"raw encode_batch_fast, no offsets (best of {args.reps})",
+             f"{best['raw_fast']:,.0f} tokens/s",
+             f"{best['raw_fast'] / raw:.2f}x raw; ours {ours / best['raw_fast']:.2f}x of it"),
+        ]  # fmt: skip
+    else:
+        rows.append(("tokenize stage: encode pass", f"{stage_tps:,.0f} tokens/s", "no compare"))
     if "datasets" in best:
         ds = best["datasets"]
         rows.append(
@@ -352,8 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         ("tokenize: pack", f"{tm['timings']['pack_s']:.1f} s", ""),
         ("tokenize stage wall time", f"{tok['wall_s']:.1f} s", ""),
         ("tokenize peak RSS (whole stage)", f"{tok['rss_mib']:.0f} MiB", ""),
-        ("compare process peak RSS (all texts in memory)", f"{cmp_['rss_mib']:.0f} MiB", ""),
     ]
+    if cmp_:
+        rows.append(
+            ("compare process peak RSS (all texts in memory)", f"{cmp_['rss_mib']:.0f} MiB", "")
+        )
     table = _table(rows)
     print()
     print(table)

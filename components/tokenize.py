@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -79,6 +80,7 @@ _ENCODE_DOCS = 1024  # documents per encode_batch call, at most ...
 _ENCODE_CHARS = 4_000_000  # ... and about this many chars (bounds the Rust encodings' memory)
 _READ_DOCS = 64  # corpus rows per Parquet read
 _PACK_ROWS = 1024  # packed rows per record batch
+_RELEASE_BYTES = 128 * 1024 * 1024  # mapped docs bytes read between page drops (_DocStore)
 _PROGRESS_EVERY_S = 5.0
 
 
@@ -479,14 +481,28 @@ def _maybe_log(progress: dict[str, Any], force: bool = False) -> None:
 
 
 class _DocStore:
-    """Zero-copy random access to per-document ids of memory-mapped docs shards."""
+    """Zero-copy random access to per-document ids of memory-mapped docs shards.
+
+    Why the madvise: packing visits documents in shuffled order, so over a split it touches
+    every page of the docs shards, and touched pages of a file mapping count as the process's
+    resident memory. On a multi-GB corpus that alone would pass 1 GiB. Every
+    `_RELEASE_BYTES` read, the mapped pages are dropped (MADV_DONTNEED on a read-only file
+    mapping only forgets them; a later access reads them again from the page cache), so peak
+    RSS stays bounded whatever the corpus size. `ids()` results must be copied before the next
+    call (the packer concatenates them at once).
+    """
 
     def __init__(self, paths: list[Path]) -> None:
         self.values: list[np.ndarray] = []
         self.offsets: list[np.ndarray] = []
         self.index: dict[str, list[tuple[str, int, int]]] = {s: [] for s in SPLITS}
+        self._maps: list[mmap.mmap] = []
+        self._read = 0
         for path in paths:
-            reader = ipc.open_file(pa.memory_map(str(path), "r"))
+            with open(path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps.append(mm)
+            reader = ipc.open_file(pa.BufferReader(pa.py_buffer(mm)))
             for b in range(reader.num_record_batches):
                 batch = reader.get_batch(b)
                 ids = batch.column("input_ids")
@@ -501,10 +517,22 @@ class _DocStore:
                     )
                 ):
                     self.index[split].append((doc_id, slot, row))
+        self.release()
 
     def ids(self, slot: int, row: int) -> np.ndarray:
         off = self.offsets[slot]
-        return self.values[slot][off[row] : off[row + 1]]
+        out = self.values[slot][off[row] : off[row + 1]]
+        self._read += out.nbytes
+        if self._read >= _RELEASE_BYTES:
+            self.release()
+        return out
+
+    def release(self) -> None:
+        """Drop the resident pages of every mapping (they stay valid; see the class doc)."""
+        self._read = 0
+        if hasattr(mmap, "MADV_DONTNEED"):  # Linux and macOS; elsewhere RSS is the OS's call
+            for mm in self._maps:
+                mm.madvise(mmap.MADV_DONTNEED)
 
 
 def _pack_split(

@@ -361,3 +361,28 @@ def test_byte_level_fast_path_matches_offsets(shards) -> None:
     bert_like = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
     bert_like.normalizer = normalizers.Lowercase()
     assert tok_mod.byte_level_lengths(bert_like) is None  # -> encode_batch with offsets
+
+
+def test_packing_with_page_release_is_identical(shards, corpus: Path, tmp_path: Path,
+                                                monkeypatch) -> None:  # fmt: skip
+    """Dropping the mapped pages of the docs shards after every document read (the RSS bound
+    on multi-GB corpora) must not change a single packed id."""
+    out, _ = shards
+    released = []
+    real_release = tok_mod._DocStore.release
+
+    def counting_release(self) -> None:
+        released.append(1)
+        real_release(self)
+
+    monkeypatch.setattr(tok_mod, "_RELEASE_BYTES", 1)
+    monkeypatch.setattr(tok_mod._DocStore, "release", counting_release)
+    params = TokenizeParams(
+        corpus=corpus, out=tmp_path / "rel", base_tokenizer=out / "tokenizer",
+        vocab_size=400, seq_len=SEQ_LEN, val_fraction=0.2,
+    )  # fmt: skip
+    tokenize(params)
+    assert len(released) > 10  # once at load, then after every document
+    for split in ("train", "validation"):
+        a = (out / f"packed/{split}.arrow").read_bytes()
+        assert (tmp_path / f"rel/packed/{split}.arrow").read_bytes() == a
