@@ -137,7 +137,43 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--force", action="store_true", help="rerun every stage even when unchanged"
             )
+    _add_evaluate(sub)
     return parser
+
+
+def _add_evaluate(sub) -> None:
+    """`evaluate` scores a prediction file; it reads no params (nothing in params.yaml bears on
+    an official metric), so it is not in COMMANDS."""
+    from components.tasks import TASKS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a predictions file with a task's official metrics (prints JSON)",
+        description="Score predictions in a task's official format against its gold data. "
+        "--gold: wikihop dev.json; triviaqa qa/<domain>-dev.json or the root holding qa/; "
+        "hotpotqa hotpot_dev_distractor_v1.json; imdb the aclImdb dir (test/) or a split dir; "
+        "hyperpartisan a ground-truth-*-byarticle*.xml or the data dir (its dev split).",
+    )
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--gold", required=True, metavar="PATH", help="gold file or directory")
+    p.add_argument("--predictions", required=True, metavar="FILE", help="predictions file")
+    p.add_argument("--out", metavar="FILE", help="also write the metrics JSON here")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """No Prefect flow here, on purpose: scoring is a pure function of two files that takes
+    moments, produces no pipeline output and must work for predictions from any system without
+    starting a Prefect server (an ephemeral one costs ~16 s cold) or reading params.yaml."""
+    from components.evaluate import evaluate_file
+
+    logging.basicConfig(level=logging.WARNING, format="longdoc: warning: %(message)s")
+    try:
+        metrics = evaluate_file(args.task, args.gold, args.predictions, args.out)
+    except InputError as exc:
+        print(f"longdoc: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(json.dumps(metrics, indent=2))
+    return 0
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -177,6 +213,8 @@ def _print_summary(command: str, params: Params, result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
     try:
         params = load_params(args.params, _overrides(args))
     except ConfigError as exc:

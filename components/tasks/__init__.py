@@ -9,11 +9,30 @@ Each task module exposes:
                                   and reported (file, index, reason), never fatal
     evaluate(gold, predictions) -> dict   gold: the dev LoadResult's examples; predictions in the
                                   official prediction-file format (a dict)
+    load_gold(path) -> LoadResult the gold examples for scoring, from the path a user gives
+                                  `longdoc evaluate --gold` (the dev file, or the task root)
+    load_predictions(path) -> dict    a prediction file, validated against the official format
+    write_predictions(path, predictions)  validate, then write atomically
+
+`task_module(name)` returns the module for a task name; `TASKS` lists the names.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from types import ModuleType
+
+TASKS = ("wikihop", "triviaqa", "hotpotqa", "imdb", "hyperpartisan")
+
+
+def task_module(name: str) -> ModuleType:
+    """The module implementing task `name` (imported lazily: each pulls in only what it needs)."""
+    if name not in TASKS:
+        from components.io import InputError
+
+        raise InputError(f"unknown task {name!r}; expected one of: {', '.join(TASKS)}")
+    return importlib.import_module(f"components.tasks.{name}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,9 @@ class SpanExample:
     question: str
     documents: tuple[Document, ...]
     answers: tuple[str, ...]  # Value first, then the aliases (all count as correct)
+    # what the official script scores against: NormalizedAliases (+ normalized HumanAnswers);
+    # empty = normalize `answers`
+    normalized: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,3 +100,6 @@ class Skipped:
 class LoadResult:
     examples: list = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # records kept despite a problem worth knowing (e.g. a HotpotQA supporting fact that names a
+    # sentence outside the context, as a few in the real train set do)
+    notes: list[Skipped] = field(default_factory=list)
