@@ -4,12 +4,13 @@ Backends:
 
 * ``dense``: masked full attention, any pattern; the oracle (O(seq^2) memory).
 * ``torch``: banded pure PyTorch, O(seq * window) memory, any device; ``SlidingWindow`` (with
-  dilation, per-head dilation, causal) and ``BlockLocal``.
+  dilation, per-head dilation, causal) and ``BlockLocal``; ``Strided`` and ``Fixed`` as a band or
+  block plus their long-range part (O(seq * (s + seq/s)) memory, never seq x seq).
 * ``tvm``: TVM-compiled sliding-window kernels (see ``kernels.tvm_backend``).
 * ``auto``: ``tvm`` only where it is eligible (faster than ``torch`` for forward+backward: not
   yet, see ``kernels.tvm_backend.AUTO_ELIGIBLE``) and its kernel is already cached for the
   device/dtype/head_dim; else ``torch`` where the pattern allows (``SlidingWindow``,
-  ``BlockLocal``), else ``dense`` (``Strided``, ``Fixed``, ``Dense``).
+  ``BlockLocal``, ``Strided``, ``Fixed``), else ``dense`` (``Dense``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ How it avoids the ``seq x seq`` matrix:
   window and global is counted once.
 * Global queries see every non-padding key: their ``G`` rows are computed against the whole
   sequence (``O(G * seq)``) and written over the local result.
+* ``Strided`` and ``Fixed`` (Sparse Transformer) are a band or block (chunked as above) plus a
+  long-range part (same residue mod ``stride``, folded like dilation; the ``summary`` columns,
+  gathered once). Each part returns its output and log-sum-exp and the parts are merged exactly
+  (one softmax over the union, no key counted twice): memory ``O(seq * (s + seq/s))``.
 
 Everything is a handful of batched tensor ops (a loop only over the few distinct dilations), so
 autograd gives the backward pass.
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .dense import compute_dtype
-from .patterns import BlockLocal, Pattern, SlidingWindow
+from .patterns import BlockLocal, Fixed, Pattern, SlidingWindow, Strided
 
 LocalFn = Callable[..., torch.Tensor]
 
@@ -38,7 +42,7 @@ MIN_CHUNK = 16
 
 
 def supports(pattern: Pattern) -> bool:
-    return isinstance(pattern, (SlidingWindow, BlockLocal))
+    return isinstance(pattern, (SlidingWindow, BlockLocal, Strided, Fixed))
 
 
 def _global_index(
@@ -207,6 +211,16 @@ def torch_attention(
         gk, gv = kt.gather(1, ix), vt.gather(1, ix)
         g_ok = valid & ~pad.gather(1, order)
 
+    if isinstance(pattern, (Strided, Fixed)):
+        sparse = _strided if isinstance(pattern, Strided) else _fixed
+        parts = sparse(qt, kt, vt, key_ok, pattern)
+        if gk is not None:
+            parts.append(_global_part(qt, gk, gv, g_ok))
+        out = _merge(parts)
+        if gidx is not None:
+            out = _global_rows(qt, kt, vt, out, order, valid, pad, global_mask)
+        return out.to(q.dtype)
+
     if isinstance(pattern, SlidingWindow):
         groups: dict[int, list[int]] = {}
         for head, dil in enumerate(pattern.dilations(heads)):
@@ -290,3 +304,144 @@ def _global_rows(qt, kt, vt, out, order, valid, pad, global_mask):
     # nonzero() lists (b, position) in the same order as the valid slots of ``order``
     bi, pi = global_mask.nonzero(as_tuple=True)
     return out.index_put((bi, pi), og[valid])
+
+
+# ---- Sparse Transformer patterns (Strided, Fixed) ----------------------------------------------
+#
+# Both patterns are the union of a *local* part (a band or a block) and a *long-range* part that
+# has far fewer keys per query than the sequence (every ``stride``-th key; the ``summary`` columns
+# of every block). Each part is computed on its own as ``(out, lse)`` with explicit scores over
+# only its own keys, and the parts (plus the global keys) are merged exactly by log-sum-exp: the
+# result is one softmax over the union, with every key counted once because each part excludes
+# the keys another part already covers. Nothing is ``seq x seq``: see ``_strided`` and ``_fixed``
+# for the sizes.
+
+#: log-sum-exp of a part with no usable key: finite (no ``inf - inf`` in any gradient) and so far
+#: below any real score that its weight in the merge is exactly 0.
+_EMPTY_LSE = -1.0e30
+
+
+def _part(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked attention over one part's keys with its log-sum-exp.
+
+    ``q``: ``(..., H, c, D)``; ``k, v``: ``(..., H, K, D)``; ``allowed`` broadcastable to the
+    ``(..., H, c, K)`` scores. Returns ``out (..., H, c, D)`` (0 on rows with no allowed key) and
+    ``lse (..., H, c)`` (``_EMPTY_LSE`` on those rows).
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, _neg(scores.dtype))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    has_any = allowed.any(dim=-1).expand(lse.shape)
+    out = torch.matmul(probs, v) * has_any.unsqueeze(-1).to(q.dtype)
+    return out, torch.where(has_any, lse, torch.full_like(lse, _EMPTY_LSE))
+
+
+def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """One softmax over the union of the parts' key sets: ``parts`` are ``(out (B, n, H, D),
+    lse (B, n, H))`` over disjoint key sets."""
+    total = torch.logsumexp(torch.stack([lse for _, lse in parts]), dim=0)
+    out = sum(o * torch.exp(lse - total).unsqueeze(-1) for o, lse in parts)
+    return out
+
+
+def _local_part(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_ok: torch.Tensor,
+    chunk: int,
+    left: int,
+    right: int,
+    band: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked band of ``_banded`` as ``(out, lse)`` (explicit scores instead of SDPA, which
+    does not return the log-sum-exp). Scores are ``(B, nc, H, chunk, (left+1+right)*chunk)``."""
+    b, m, h, d = q.shape
+    nc = -(-m // chunk)
+    mp = nc * chunk
+    span = left + 1 + right
+    width = span * chunk
+    pads = (0, 0, 0, 0, left * chunk, mp - m + right * chunk)
+    kp, vp = (F.pad(x, pads).view(b, nc + span - 1, chunk, h, d) for x in (k, v))
+    kw = _Windows.apply(kp, span).permute(0, 1, 3, 2, 4)  # (B, nc, H, W, D)
+    vw = _Windows.apply(vp, span).permute(0, 1, 3, 2, 4)
+    okp = F.pad(key_ok, (left * chunk, mp - m + right * chunk), value=False)
+    okp = okp.view(b, nc + span - 1, chunk)
+    kok = torch.cat([okp[:, s : s + nc] for s in range(span)], dim=2)  # (B, nc, W)
+    allowed = band.view(1, 1, 1, chunk, width) & kok.view(b, nc, 1, 1, width)
+    qc = F.pad(q, (0, 0, 0, 0, 0, mp - m)).view(b, nc, chunk, h, d).permute(0, 1, 3, 2, 4)
+    out, lse = _part(qc, kw, vw, allowed)  # (B, nc, H, c, D), (B, nc, H, c)
+    out = out.permute(0, 1, 3, 2, 4).reshape(b, mp, h, d)[:, :m]
+    lse = lse.permute(0, 1, 3, 2).reshape(b, mp, h)[:, :m]
+    return out, lse
+
+
+def _global_part(q, gk, gv, g_ok) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query against the ``G`` global keys: ``(B, n, H, D)``, ``(B, n, H)``."""
+    out, lse = _part(
+        q.transpose(1, 2),
+        gk.transpose(1, 2),
+        gv.transpose(1, 2),
+        g_ok.view(-1, 1, 1, g_ok.shape[1]),
+    )
+    return out.transpose(1, 2), lse.transpose(1, 2)
+
+
+def _strided(q, k, v, key_ok, pattern: Strided) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``Strided(s)``: band ``|i-j| <= s`` + every key with ``(i-j) % s == 0`` outside the band.
+
+    The long-range part lives within one residue class mod ``s``: folding by ``s`` (as dilation
+    is folded) makes it attention among the ``m = ceil(n/s)`` members of each class, excluding
+    folded distance <= 1 (original distance <= s: the band's). Scores: ``n * 3c`` for the band
+    (chunk ``c >= s``) plus ``n * m`` for the classes: ``O(n * (s + n/s))``, ``O(n^1.5)`` at the
+    usual ``s ~ sqrt(n)``.
+    """
+    b, n, h, d = q.shape
+    s, causal = pattern.stride, pattern.causal
+    c = max(1, min(max(s, MIN_CHUNK), n))
+    nc = -(-n // c)
+    reach = min(-(-s // c), nc - 1)
+    left, right = reach, 0 if causal else reach
+    band = _window_band(s, c, left, right, causal, q.device)
+    local = _local_part(q, k, v, key_ok, c, left, right, band)
+
+    m = -(-n // s)
+    qf, kf, vf = (_fold(x, s).transpose(1, 2) for x in (q, k, v))  # (B*s, H, m, D)
+    okf = _fold(key_ok, s)  # (B*s, m); the fold's padding is False: never a key
+    u = torch.arange(m, device=q.device)
+    far = (u.view(-1, 1) - u.view(1, -1)).abs() >= 2
+    if causal:
+        far = far & (u.view(-1, 1) >= u.view(1, -1))
+    out, lse = _part(qf, kf, vf, far.view(1, 1, m, m) & okf.view(-1, 1, 1, m))
+    strided = (_unfold(out.transpose(1, 2), s, n), _unfold(lse.transpose(1, 2), s, n))
+    return [local, strided]
+
+
+def _fixed(q, k, v, key_ok, pattern: Fixed) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``Fixed(block, summary)``: the query's own block + the last ``summary`` positions of every
+    *other* block (earlier blocks only when causal).
+
+    The summary columns are the same ``M = ceil(n/block) * summary`` keys for every query, so they
+    are gathered once: scores ``n * block`` for the blocks plus ``n * M`` for the summaries,
+    ``O(n^1.5)`` at the usual ``block ~ sqrt(n)`` and small ``summary``.
+    """
+    b, n, h, d = q.shape
+    blk, summ, causal = pattern.block, pattern.summary, pattern.causal
+    a = torch.arange(blk, device=q.device)
+    own = (a.view(-1, 1) >= a.view(1, -1)) if causal else torch.ones(blk, blk, dtype=torch.bool)
+    local = _local_part(q, k, v, key_ok, blk, 0, 0, own.to(q.device))
+
+    pos = torch.arange(n, device=q.device)
+    cols = pos[pos % blk >= blk - summ]  # (M,) summary key positions
+    qb = (pos // blk).view(-1, 1)
+    kb = (cols // blk).view(1, -1)
+    allowed = (kb < qb) if causal else (kb != qb)  # other blocks (own block: the local part)
+    allowed = allowed.view(1, 1, n, -1) & key_ok[:, cols].view(b, 1, 1, -1)
+    out, lse = _part(
+        q.transpose(1, 2), k[:, cols].transpose(1, 2), v[:, cols].transpose(1, 2), allowed
+    )
+    return [local, (out.transpose(1, 2), lse.transpose(1, 2))]

@@ -34,7 +34,7 @@ PATTERNS = [
 # backend -> pattern types it must serve; asking for anything else is a clear ValueError
 SUPPORTED = {
     "dense": (SlidingWindow, BlockLocal, Strided, Fixed, Dense),
-    "torch": (SlidingWindow, BlockLocal),
+    "torch": (SlidingWindow, BlockLocal, Strided, Fixed),
     "tvm": (SlidingWindow,),
 }
 HAVE_TVM = "tvm" in kernels.available_backends()
@@ -127,6 +127,10 @@ LONG = [
     (SlidingWindow(8, dilation=(1, 2, 1, 4)), 513),
     (SlidingWindow(12, causal=True), 513),
     (BlockLocal(32, neighbors=1), 1000),
+    (Strided(32), 1000),
+    (Strided(23, causal=False), 513),
+    (Fixed(32, 4), 513),
+    (Fixed(24, 3, causal=False), 1000),
 ]
 
 
@@ -182,8 +186,10 @@ def test_global_token_in_band_counted_once():
 
 def test_errors_are_clear():
     q = torch.randn(1, 8, 4, 8)
-    with pytest.raises(ValueError, match="torch.*Strided"):
-        attention(q, q, q, Strided(4), backend="torch")
+    with pytest.raises(ValueError, match="torch.*Dense"):
+        attention(q, q, q, Dense(), backend="torch")
+    with pytest.raises(ValueError, match="tvm.*Strided"):
+        attention(q, q, q, Strided(4), backend="tvm")
     with pytest.raises(ValueError, match="tvm.*BlockLocal"):
         attention(q, q, q, BlockLocal(4), backend="tvm")
     with pytest.raises(ValueError, match="unknown attention backend"):
@@ -200,15 +206,16 @@ def test_errors_are_clear():
 
 def test_auto_selection():
     q = torch.randn(1, 8, 4, 32)
-    assert kernels.select_backend(q, Strided(4), needs_grad=True) == "dense"
+    assert kernels.select_backend(q, Strided(4), needs_grad=True) == "torch"
+    assert kernels.select_backend(q, Fixed(4, 1), needs_grad=True) == "torch"
     assert kernels.select_backend(q, Dense(), needs_grad=False) == "dense"
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=True) == "torch"
     # tvm is not auto-eligible (see kernels.tvm_backend.AUTO_ELIGIBLE)
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == "torch"
     assert kernels.select_backend(q[..., :24], SlidingWindow(4), needs_grad=False) == "torch"
     assert kernels.select_backend(q, BlockLocal(4), needs_grad=False) == "torch"
-    out = attention(q, q, q, Fixed(4, 1))  # auto falls back to dense for Fixed
-    ref = reference_attention(q, q, q, Fixed(4, 1))
+    out = attention(q, q, q, Dense(causal=True))  # auto falls back to dense for Dense
+    ref = reference_attention(q, q, q, Dense(causal=True))
     assert rel_err(out, ref) <= 1e-4
 
 
@@ -242,6 +249,12 @@ patterns = st.one_of(
     ),
     st.builds(BlockLocal, block=st.integers(1, 6), neighbors=st.integers(0, 2)),
     st.builds(Strided, stride=st.integers(1, 6), causal=st.booleans()),
+    st.builds(
+        lambda block, summary, causal: Fixed(block, min(summary, block), causal),
+        block=st.integers(1, 6),
+        summary=st.integers(1, 3),
+        causal=st.booleans(),
+    ),
     st.builds(Dense, causal=st.booleans()),
 )
 
@@ -313,3 +326,28 @@ def test_tvm_head_groups_match_reference(monkeypatch):
     monkeypatch.setattr(tvm_backend, "CHUNK_BYTES", 1)  # one head per group
     assert len(tvm_backend._head_groups(torch.empty(1, 5, 3, 8))) == 3
     check("tvm", SlidingWindow(4, dilation=(1, 2, 1)), 2, 61, 3, 8, torch.float32, seed=11)
+
+
+@pytest.mark.parametrize("pattern", [Strided(32), Strided(32, causal=False), Fixed(32, 2)], ids=str)
+def test_torch_sparse_patterns_never_build_seq_by_seq(pattern):
+    """The torch path for the Sparse Transformer patterns keeps O(n * (s + n/s)) scores: no
+    tensor it saves for backward (or returns) has ``seq * seq`` elements per head."""
+    b, n, h, d = 1, 1024, 2, 8
+    q, k, v = (torch.randn(b, n, h, d, requires_grad=True) for _ in range(3))
+    largest = [0]
+
+    def pack(t):
+        largest[0] = max(largest[0], t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = attention(q, k, v, pattern, backend="torch")
+    out.sum().backward()
+    # a seq x seq score matrix would be b * h * n * n = 2M elements; the band and the
+    # long-range part each hold about n * 3s and n * n/s (x heads)
+    assert largest[0] <= b * h * n * n // 4, largest[0]
+
+
+@pytest.mark.parametrize("pattern", [Strided(16), Fixed(16, 2, causal=False)], ids=str)
+def test_torch_sparse_patterns_bfloat16(pattern):
+    check("torch", pattern, 2, 301, 4, 16, torch.bfloat16, seed=5)
