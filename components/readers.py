@@ -34,7 +34,6 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import IO, Any
 
@@ -157,11 +156,12 @@ _BOMS = (
 )
 
 
-def decode_bytes(data: bytes) -> tuple[str | None, str]:
+def decode_bytes(data: bytes, declared: str | None = None) -> tuple[str | None, str]:
     """Decode `data` to text: (text, encoding), or (None, reason) for binary/undecodable bytes.
 
-    UTF-8 first (almost everything), a BOM if present, then a detected charset
-    (`charset_normalizer`) for legacy files. NUL bytes outside a UTF-16/32 BOM mean binary.
+    A BOM if present, then UTF-8 (almost everything), then the `declared` charset (an HTML
+    `<meta charset>`) when it decodes, then a detected charset (`charset_normalizer`) for legacy
+    files. NUL bytes outside a UTF-16/32 BOM mean binary.
     """
     for bom, enc in _BOMS:
         if data.startswith(bom):
@@ -175,6 +175,14 @@ def decode_bytes(data: bytes) -> tuple[str | None, str]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
+    if declared:
+        try:
+            codec = codecs.lookup(declared).name
+            # WHATWG: a page labelled latin-1/ascii is decoded as windows-1252
+            codec = "cp1252" if codec in ("latin-1", "iso8859-1", "ascii") else codec
+            return data.decode(codec), codec
+        except (LookupError, UnicodeDecodeError):
+            pass  # a wrong or unknown label: detect instead
     from charset_normalizer import from_bytes  # lazy: only legacy-encoded files pay for it
 
     matches = list(from_bytes(data[: 4 * _CHUNK]))
@@ -204,8 +212,19 @@ def _control_ratio(text: str) -> float:
     return bad / len(sample)
 
 
-def _decode_or_reject(ctx: _Ctx, member: str, data: bytes) -> str | Rejected:
-    text, info = decode_bytes(data)
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+
+
+def _declared_charset(data: bytes) -> str | None:
+    """The charset an HTML page declares in a <meta> within its first 4 KiB (the prescan)."""
+    m = _META_CHARSET.search(data[:4096])
+    return m.group(1).decode("ascii") if m else None
+
+
+def _decode_or_reject(
+    ctx: _Ctx, member: str, data: bytes, declared: str | None = None
+) -> str | Rejected:
+    text, info = decode_bytes(data, declared)
     if text is None:
         return ctx.reject(member, info)
     return text
@@ -215,78 +234,77 @@ def _decode_or_reject(ctx: _Ctx, member: str, data: bytes) -> str | Rejected:
 # Leaf formats: bytes -> documents
 # --------------------------------------------------------------------------------------------
 
-_BLOCK_TAGS = frozenset(
-    "address article aside blockquote dd details dialog div dl dt fieldset figcaption figure "
-    "footer form h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section summary table tbody "
-    "td tfoot th thead tr ul caption".split()
+# Visible text: lxml parses (libxml2's forgiving HTML parser: broken markup recovered, entities
+# decoded, no network, no DTD entity expansion) and html-text (Zyte's extractor, built on lxml's
+# Cleaner) removes scripts/styles/comments/embeds and lays the rest out like a browser would:
+# block elements become line breaks, paragraphs, headings and lists blank-line separated.
+# We drop a few more invisible elements first and take the <title> out into meta.
+_INVISIBLE_TAGS = (
+    "head", "script", "style", "noscript", "template", "svg", "math", "iframe", "object",
+    "embed", "canvas", "audio", "video", "select", "option", "datalist", "button",
+)  # fmt: skip
+_NEWLINE_TAGS = frozenset(
+    "article aside br dd details dialog div dt fieldset figcaption footer form header hr "
+    "legend li main nav section summary table tr td th caption address".split()
 )
-_SKIP_TAGS = frozenset("script style noscript template svg iframe object canvas math".split())
+_DOUBLE_NEWLINE_TAGS = frozenset(
+    "blockquote dl figure h1 h2 h3 h4 h5 h6 ol p pre ul hgroup".split()
+)
 
-
-class _TextExtractor(HTMLParser):
-    """Visible text of an HTML page: no script/style, block elements become paragraphs."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)  # decodes &amp; &#233; ... in text
-        self.parts: list[str] = []
-        self.title_parts: list[str] = []
-        self._skip = 0
-        self._in_title = False
-        self._pre = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip += 1
-        elif tag == "title":
-            self._in_title = True
-        elif tag == "br":
-            self.parts.append("\n")
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n")
-            if tag == "pre":
-                self._pre += 1
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "br":
-            self.parts.append("\n")
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip = max(0, self._skip - 1)
-        elif tag == "title":
-            self._in_title = False
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n")
-            if tag == "pre":
-                self._pre = max(0, self._pre - 1)
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        if self._in_title:
-            self.title_parts.append(data)
-        elif self._pre:
-            self.parts.append(data)
-        else:  # HTML collapses source whitespace (newlines included) to one space
-            self.parts.append(re.sub(r"\s+", " ", data))
-
-    def text(self) -> str:
-        out = "".join(self.parts)
-        out = re.sub(r"[ \t]*\n[ \t]*", "\n", out)
-        return re.sub(r"\n{3,}", "\n\n", out).strip()
-
-    def title(self) -> str:
-        return " ".join("".join(self.title_parts).split())
+_HIDDEN_XPATH = (
+    "//*[@hidden or contains(translate(@style, ' ', ''), 'display:none')"
+    " or contains(translate(@style, ' ', ''), 'visibility:hidden')]"
+)
 
 
 def html_to_text(markup: str) -> tuple[str, str]:
-    """(visible text, title) of an HTML document; entities decoded, paragraphs blank-separated."""
-    parser = _TextExtractor()
-    parser.feed(markup)
-    parser.close()
-    return parser.text(), parser.title()
+    """(visible text, title) of an HTML document; entities decoded, blocks on their own lines,
+    paragraphs blank-line separated, no script/style/noscript/template or hidden content.
+
+    Raises ValueError when the parser had to stop before the end (the text would be cut short
+    without anyone knowing); broken but recoverable markup is fine.
+    """
+    import html_text
+    import lxml.etree
+    import lxml.html
+
+    parser = lxml.html.HTMLParser(
+        recover=True,
+        encoding="utf-8",
+        no_network=True,
+        remove_comments=True,
+        remove_pis=True,
+        # Lifts libxml2's 256-level depth and 10 MB text-node limits, which real pages (runs of
+        # unclosed <div>/<font>) pass; input size is already capped by max_member_bytes.
+        huge_tree=True,
+    )
+    body = markup.replace("\x00", "").strip().encode("utf-8", "surrogatepass")
+    try:
+        root = lxml.etree.fromstring(body or b"<html/>", parser=parser)
+    except (lxml.etree.ParserError, lxml.etree.XMLSyntaxError) as exc:
+        raise ValueError(f"unparseable HTML: {_msg(exc)}") from None
+    fatal = [e for e in parser.error_log if e.level_name == "FATAL"]
+    if fatal:  # libxml2 stopped early (e.g. nesting past 2048): the text would be cut short
+        raise ValueError(f"HTML parser stopped early: {_msg(Exception(fatal[0].message))}")
+    if root is None:  # nothing parseable (e.g. only a comment): no visible text
+        return "", ""
+    title = " ".join(" ".join(t.text_content().split()) for t in root.iter("title")).strip()
+    lxml.etree.strip_elements(root, *_INVISIBLE_TAGS, "title", with_tail=False)
+    for el in root.xpath(_HIDDEN_XPATH):  # hidden by attribute or inline style; tail is kept
+        if el.getparent() is not None:
+            el.drop_tree()
+    try:
+        root = html_text.cleaner.clean_html(root)
+    except AssertionError:  # lxml bug 1838497 (html-text works around it the same way)
+        pass
+    text = html_text.etree_to_text(
+        root,
+        guess_punct_space=True,
+        guess_layout=True,
+        newline_tags=_NEWLINE_TAGS,
+        double_newline_tags=_DOUBLE_NEWLINE_TAGS,
+    )
+    return text, title
 
 
 def _read_text(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
@@ -295,11 +313,16 @@ def _read_text(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item
 
 
 def _read_html(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
-    markup = _decode_or_reject(ctx, member, _read_bounded(ctx, f))
+    data = _read_bounded(ctx, f)
+    markup = _decode_or_reject(ctx, member, data, _declared_charset(data))
     if isinstance(markup, Rejected):
         yield markup
         return
-    text, title = html_to_text(markup)
+    try:
+        text, title = html_to_text(markup)
+    except ValueError as exc:
+        yield ctx.reject(member, str(exc))
+        return
     yield Document(ctx.source, member, text, {"title": title} if title else {})
 
 
