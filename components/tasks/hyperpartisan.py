@@ -42,7 +42,8 @@ PRIMARY_METRIC = "f1"
 LABELS = ("false", "true")  # index 1 = hyperpartisan, the positive class
 POSITIVE = "true"
 DEV_FRACTION = 1 / 3  # of the training part, when no official dev part is present
-_ARTICLE_BLOCK = re.compile(rb"<article\b.*?(?:/>|</article\s*>)", re.S)
+# one <article> record: self-closing, or up to its closing tag (fallback for broken files)
+_ARTICLE_BLOCK = re.compile(rb"<article\b(?:[^>]*?/>|[^>]*>.*?</article\s*>)", re.S)
 
 
 def _local(tag: Any) -> str:
