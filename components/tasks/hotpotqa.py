@@ -147,8 +147,8 @@ def check_predictions(obj: object, where: str) -> dict:
     if not isinstance(obj["sp"], dict):
         raise InputError(f'{where}: "sp" must be an object {{_id: [[title, sent_id], ...]}}')
     for key, facts in obj["sp"].items():
-        ok = isinstance(facts, list) and all(
-            isinstance(f, list)
+        ok = isinstance(facts, list | tuple) and all(
+            isinstance(f, list | tuple)  # tuples: predictions built in Python, not read from JSON
             and len(f) == 2
             and isinstance(f[0], str)
             and isinstance(f[1], int)

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from components.io import InputError, require_path
-from components.tasks import Document, LoadResult, SpanExample
+from components.tasks import Document, LoadResult, Skipped, SpanExample
 from components.tasks.official import (
     RecordError,
     check_str_map,
@@ -176,7 +176,7 @@ def load(root: Path | str, split: str, domain: str = "wikipedia") -> LoadResult:
     """Questions of `qa/<domain>-<split>.json` with their evidence text. A question whose record
     is malformed or whose evidence file is missing is skipped and reported (file, index, why);
     a question whose answer appears in none of its documents is kept (it still counts in the
-    official score; span training finds nothing to learn from it)."""
+    official score; span training finds nothing to learn from it) and listed in `notes`."""
     if split not in SPLITS:
         raise InputError(f"TriviaQA split must be one of {', '.join(SPLITS)}, got {split!r}")
     if domain not in DOMAINS:
@@ -185,6 +185,7 @@ def load(root: Path | str, split: str, domain: str = "wikipedia") -> LoadResult:
     path = require_path(root / "qa" / f"{domain}-{split}.json", f"TriviaQA {domain} {split} file")
     items, file_domain = _data(path)
     evidence = _Evidence(root)
+    result = LoadResult()
 
     def parse(index: int, raw: object) -> list[SpanExample]:
         qid = field(raw, "QuestionId", str)
@@ -194,11 +195,12 @@ def load(root: Path | str, split: str, domain: str = "wikipedia") -> LoadResult:
         if not pages:
             raise RecordError(f"{qid}: no evidence pages")
         docs = [(n, Document(title, evidence.read(folder, n))) for folder, n, title in pages]
+        if answers and not any(a in d.text for a in answers for _, d in docs):
+            result.notes.append(Skipped(str(path), index, f"{qid}: no answer alias in evidence"))
         if file_domain == "Wikipedia":
             return [SpanExample(qid, question, tuple(d for _, d in docs), answers, official)]
         return [SpanExample(f"{qid}--{n}", question, (d,), answers, official) for n, d in docs]
 
-    result = LoadResult()
     result.examples = [ex for group in records(items, path, parse, result.skipped) for ex in group]
     return result
 

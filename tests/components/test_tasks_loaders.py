@@ -147,6 +147,7 @@ def test_triviaqa_wikipedia_loader(tmp_path):
     assert "evidence/wikipedia/Missing_Page.txt not found" in res.skipped[0].reason
     assert "outside evidence/wikipedia/" in res.skipped[1].reason
     assert "'QuestionId'" in res.skipped[2].reason
+    assert [(s.index, s.reason) for s in res.notes] == [(1, "tq_2: no answer alias in evidence")]
 
 
 def test_triviaqa_web_domain_is_per_question_document(tmp_path):

@@ -146,6 +146,12 @@ def test_hotpot_answer_sp_and_joint_by_hand():
     assert (m["n"], m["missing_answer"], m["missing_sp"]) == (5, 1, 1)
 
 
+def test_hotpot_accepts_tuples_from_python():
+    gold = [_hp("q1", "no", [("A", 0)])]
+    m = hotpotqa.evaluate(gold, {"answer": {"q1": "no"}, "sp": {"q1": (("A", 0),)}})
+    assert m["joint_em"] == 1.0
+
+
 def test_hotpot_joint_em_is_product():
     gold = [_hp("q1", "no", [("A", 0)]), _hp("q2", "Ohio", [("A", 0)])]
     preds = {"answer": {"q1": "No.", "q2": "ohio"}, "sp": {"q1": [["A", 0]], "q2": [["A", 1]]}}
