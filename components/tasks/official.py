@@ -43,11 +43,13 @@ def records(
     file: Path | str,
     parse: Callable[[int, Any], Any],
     skipped: list[Skipped],
+    indexes: Iterable[int] | None = None,
 ) -> list[Any]:
     """Apply `parse(index, raw)` to each record; a record that raises RecordError, KeyError,
-    TypeError or ValueError is reported as Skipped(file, index, reason) and left out."""
+    TypeError or ValueError is reported as Skipped(file, index, reason) and left out. `indexes`:
+    the records' positions in the file when `items` is a selection of them (default 0, 1, ...)."""
     out = []
-    for i, raw in enumerate(items):
+    for i, raw in zip(range(1 << 62) if indexes is None else indexes, items, strict=False):
         try:
             out.append(parse(i, raw))
         except RecordError as exc:

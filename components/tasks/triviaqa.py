@@ -21,6 +21,7 @@ the denominator; we count it in `missing`). Predictions: `{QuestionId: answer}`.
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections import Counter
@@ -38,6 +39,8 @@ from components.tasks.official import (
     str_list,
     write_json_predictions,
 )
+
+log = logging.getLogger(__name__)
 
 NAME = "triviaqa"
 PRIMARY_METRIC = "f1"
@@ -142,11 +145,37 @@ def _domain(data: dict, path: Path) -> str:
     return domain
 
 
-def _data(path: Path) -> tuple[list, str]:
+def _data(path: Path) -> tuple[list, list[int], str]:
+    """(records, their positions in the file, domain)."""
     data = read_json(path, "TriviaQA qa file")
     if not isinstance(data, dict) or not isinstance(data.get("Data"), list):
         raise InputError(f"{path}: expected a TriviaQA qa file: an object with a 'Data' array")
-    return data["Data"], _domain(data, path)
+    domain = _domain(data, path)
+    if data.setdefault("Version", None) != 1.0:
+        log.warning("%s: TriviaQA version %r, the evaluation expects 1.0", path, data["Version"])
+    items = list(enumerate(data["Data"]))
+    if data.get("VerifiedEval"):
+        items = [(i, _verified(d, domain)) for i, d in items if _in_verified(d)]
+    return [d for _, d in items], [i for i, _ in items], domain
+
+
+def _in_verified(datum: object) -> bool:
+    """A verified file (verified-*-dev.json) is scored on its verified questions only, and in the
+    Web domain on their verified documents only (dataset_utils.read_triviaqa_data). A record
+    without the flag is kept, so the loader reports it if it is malformed otherwise."""
+    return not isinstance(datum, dict) or datum.get("QuestionPartOfVerifiedEval", True) is not False
+
+
+def _verified(datum: object, domain: str) -> object:
+    if domain != "Web" or not isinstance(datum, dict):
+        return datum
+    datum = dict(datum)
+    for key in ("EntityPages", "SearchResults"):
+        if isinstance(datum.get(key), list):
+            datum[key] = [
+                p for p in datum[key] if not isinstance(p, dict) or p.get("DocPartOfVerifiedEval")
+            ]
+    return datum
 
 
 class _Evidence:
@@ -183,7 +212,7 @@ def load(root: Path | str, split: str, domain: str = "wikipedia") -> LoadResult:
         raise InputError(f"TriviaQA domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
     root = require_path(root, "TriviaQA root")
     path = require_path(root / "qa" / f"{domain}-{split}.json", f"TriviaQA {domain} {split} file")
-    items, file_domain = _data(path)
+    items, indexes, file_domain = _data(path)
     evidence = _Evidence(root)
     result = LoadResult()
 
@@ -201,7 +230,8 @@ def load(root: Path | str, split: str, domain: str = "wikipedia") -> LoadResult:
             return [SpanExample(qid, question, tuple(d for _, d in docs), answers, official)]
         return [SpanExample(f"{qid}--{n}", question, (d,), answers, official) for n, d in docs]
 
-    result.examples = [ex for group in records(items, path, parse, result.skipped) for ex in group]
+    groups = records(items, path, parse, result.skipped, indexes)
+    result.examples = [ex for group in groups for ex in group]
     return result
 
 
@@ -212,7 +242,7 @@ def load_gold(path: Path | str) -> LoadResult:
     path = require_path(path, "TriviaQA gold")
     if path.is_dir():
         path = require_path(path / "qa" / "wikipedia-dev.json", "TriviaQA dev file")
-    items, domain = _data(path)
+    items, indexes, domain = _data(path)
 
     def parse(index: int, raw: object) -> list[SpanExample]:
         qid = field(raw, "QuestionId", str)
@@ -224,7 +254,8 @@ def load_gold(path: Path | str) -> LoadResult:
         return [SpanExample(f"{qid}--{n}", "", (), answers, official) for _, n, _ in _pages(raw)]
 
     result = LoadResult()
-    result.examples = [ex for group in records(items, path, parse, result.skipped) for ex in group]
+    groups = records(items, path, parse, result.skipped, indexes)
+    result.examples = [ex for group in groups for ex in group]
     return result
 
 

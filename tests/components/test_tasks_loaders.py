@@ -268,3 +268,21 @@ def test_evaluate_file_and_prediction_round_trip(tmp_path):
     _write(preds, json.dumps(["b", "a"]))
     with pytest.raises(InputError, match=r"preds\.json: expected a JSON object"):
         evaluate_file("wikihop", gold, preds)
+
+
+def test_triviaqa_verified_file_scores_verified_questions_and_web_documents(tmp_path):
+    root = _trivia_root(tmp_path)
+    q1 = _trivia_datum("v1", "Thames", ["Thames"], ["London.txt"], QuestionPartOfVerifiedEval=True)
+    q1["EntityPages"][0]["DocPartOfVerifiedEval"] = False
+    q1["SearchResults"] = [{"Filename": "3/3_1.txt", "Title": "t", "DocPartOfVerifiedEval": True}]
+    q2 = _trivia_datum("v2", "X", ["X"], ["London.txt"], QuestionPartOfVerifiedEval=False)
+    doc = {"Data": [q2, q1], "Domain": "Web", "VerifiedEval": True, "Version": 1.0}
+    path = _write(root / "qa" / "verified-web-dev.json", json.dumps(doc))
+    gold = triviaqa.load_gold(path)
+    assert [g.id for g in gold.examples] == ["v1--3/3_1.txt"]
+    # positions in the file survive the selection: a broken verified record is reported as [1]
+    q1["QuestionId"] = 7
+    _write(path, json.dumps(doc))
+    assert [(s.index, s.reason) for s in triviaqa.load_gold(path).skipped] == [
+        (1, "field 'QuestionId' must be str, got int")
+    ]
