@@ -674,6 +674,16 @@ def _clean_outputs(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Temp files and dirs of a killed run (torn shards, a half-saved tokenizer): never part of
+    a finished output, and a rerun does not reuse them, so they go before anything else."""
+    for sub in (out, out / "docs", out / "packed"):
+        for p in sub.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+    for p in out.glob(".tokenizer.*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def tokenize(params: TokenizeParams) -> dict[str, Any]:
     """Run the tokenize stage; returns the manifest (also written to `params.out/manifest.json`).
 
@@ -686,9 +696,8 @@ def tokenize(params: TokenizeParams) -> dict[str, Any]:
     corpus_manifest = json.loads((corpus / "manifest.json").read_text())
     out = Path(params.out)
     out.mkdir(parents=True, exist_ok=True)
-    for p in out.glob(".*.tmp"):  # leftovers of a killed run
-        p.unlink(missing_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # from here on, the dir is unfinished
+    _remove_leftovers(out)
 
     # Pass 1: ids -> split.
     doc_ids: list[str] = []
