@@ -16,9 +16,12 @@ training part: the last third of its article records in file order (files in nam
 the first two thirds train. (The record position decides, not the id, so the split does not move
 when a record is malformed; `longdoc sample` writes its train articles first, then its dev ones.)
 
-Metrics: accuracy, and precision/recall/F1 of the positive class hyperpartisan=true (as the
-SemEval evaluator). Predictions: `{article id: "true" | "false"}` (JSON booleans accepted); the
-SemEval run format, one `<article id> <true|false> [confidence]` line per article, is read too.
+Metrics: accuracy, and precision/recall/F1 of the positive class hyperpartisan=true, counted as
+the SemEval evaluator counts them: over the gold articles that have a prediction (a missing one
+is left out of every count and reported as `missing`).
+
+Predictions: `{article id: "true" | "false"}` (JSON booleans accepted); the SemEval run format,
+one `<article id> <true|false> [confidence]` line per article, is read too.
 """
 
 from __future__ import annotations
@@ -235,6 +238,6 @@ def write_predictions(path: Path | str, predictions: dict) -> Path:
 
 
 def evaluate(gold: list[ClassificationExample], predictions: dict) -> dict:
-    """Accuracy, and precision/recall/F1 of hyperpartisan=true, over every gold article."""
+    """Accuracy, and precision/recall/F1 of hyperpartisan=true (see the module docstring)."""
     predictions = _coerce(predictions, "Hyperpartisan predictions")
     return binary_metrics(classification_gold(gold, LABELS), predictions, POSITIVE)

@@ -144,26 +144,25 @@ def accuracy(gold: Mapping[str, str], predictions: Mapping[str, str]) -> dict[st
 def binary_metrics(
     gold: Mapping[str, str], predictions: Mapping[str, str], positive: str
 ) -> dict[str, float | int]:
-    """Accuracy plus precision, recall and F1 of the `positive` class.
-
-    A missing prediction is wrong for accuracy and a false negative when the gold is positive
-    (it never counts as a false positive). Precision/recall/F1 with a zero denominator are 0.0.
-    """
+    """Accuracy plus precision, recall and F1 of the `positive` class, as the SemEval-2019 Task 4
+    evaluator (semeval-pan-2019-evaluator.py) counts them: over the gold items that have a
+    prediction. A gold item without one is left out of every count (the evaluator only warns
+    "Missing N predictions"; we report it as `missing`). Zero denominators give 0.0."""
     tp = fp = tn = fn = 0
     for key, label in gold.items():
-        pred = predictions.get(key)
+        if key not in predictions:
+            continue
+        hit = predictions[key] == positive
         if label == positive:
-            tp += pred == positive
-            fn += pred != positive
+            tp, fn = tp + hit, fn + (not hit)
         else:
-            fp += pred == positive
-            tn += pred is not None and pred != positive
-    n = len(gold)
+            fp, tn = fp + hit, tn + (not hit)
+    scored = tp + fp + tn + fn
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "accuracy": (tp + tn) / n if n else 0.0,
+        "accuracy": (tp + tn) / scored if scored else 0.0,
         "precision": precision,
         "recall": recall,
         "f1": f1,
@@ -171,8 +170,8 @@ def binary_metrics(
         "false_positives": fp,
         "true_negatives": tn,
         "false_negatives": fn,
-        "n": n,
-        "missing": sum(k not in predictions for k in gold),
+        "n": len(gold),
+        "missing": len(gold) - scored,
         "extra": sum(k not in gold for k in predictions),
     }
 

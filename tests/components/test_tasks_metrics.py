@@ -206,17 +206,20 @@ def test_imdb_accuracy_and_label_check():
 
 def test_hyperpartisan_precision_recall_f1_positive_class_true():
     t, f = 1, 0
-    gold = [ClassificationExample(k, "t", y) for k, y in zip("abcde", (t, t, f, f, t), strict=True)]
-    preds = {"a": "true", "b": False, "c": True, "d": "false", "z": "true"}  # e missing
+    gold = [
+        ClassificationExample(k, "t", y) for k, y in zip("abcdef", (t, t, f, f, t, t), strict=True)
+    ]
+    preds = {"a": "true", "b": False, "c": "false", "d": "false", "f": True, "z": "true"}
     m = hyperpartisan.evaluate(gold, preds)
-    # tp a; fn b, e (missing counts as a miss); fp c; tn d
-    assert (m["true_positives"], m["false_negatives"], m["false_positives"]) == (1, 2, 1)
-    assert m["true_negatives"] == 1
-    assert m["accuracy"] == approx(2 / 5)
-    assert m["precision"] == approx(1 / 2)
-    assert m["recall"] == approx(1 / 3)
-    assert m["f1"] == approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))  # = 0.4
-    assert (m["missing"], m["extra"]) == (1, 1)
+    # e has no prediction: left out of every count, as the SemEval evaluator does
+    # tp a, f; fn b; tn c, d; fp none
+    assert (m["true_positives"], m["false_negatives"], m["false_positives"]) == (2, 1, 0)
+    assert m["true_negatives"] == 2
+    assert m["accuracy"] == approx(4 / 5)
+    assert m["precision"] == approx(1.0)
+    assert m["recall"] == approx(2 / 3)
+    assert m["f1"] == approx(2 * 1 * (2 / 3) / (1 + 2 / 3))  # = 0.8
+    assert (m["n"], m["missing"], m["extra"]) == (6, 1, 1)
 
 
 def test_binary_metrics_zero_denominators():
