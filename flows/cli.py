@@ -1,4 +1,5 @@
-"""`longdoc`: one subcommand per stage, each running its Prefect flow.
+"""`longdoc`: one subcommand per stage, each running its Prefect flow (plus `evaluate`, which
+scores a predictions file and is neither a stage nor a flow: see `_evaluate`).
 
 Every subcommand takes `--params FILE` and repeatable `--set section.key=value`; the handful of
 per-command flags (`--out`, `--source`...) are shorthands for such overrides. Configuration and
