@@ -201,11 +201,16 @@ class _Evidence:
         return self.cache[path]
 
 
-def load(root: Path | str, split: str, domain: str = "wikipedia") -> LoadResult:
+def load(
+    root: Path | str, split: str, domain: str = "wikipedia", limit: int | None = None
+) -> LoadResult:
     """Questions of `qa/<domain>-<split>.json` with their evidence text. A question whose record
     is malformed or whose evidence file is missing is skipped and reported (file, index, why);
     a question whose answer appears in none of its documents is kept (it still counts in the
-    official score; span training finds nothing to learn from it) and listed in `notes`."""
+    official score; span training finds nothing to learn from it) and listed in `notes`.
+
+    `limit`: only the first `limit` question records (a debug cap, like max_train_samples): the
+    evidence of the others, gigabytes for the full train set, is never read."""
     if split not in SPLITS:
         raise InputError(f"TriviaQA split must be one of {', '.join(SPLITS)}, got {split!r}")
     if domain not in DOMAINS:
@@ -213,6 +218,8 @@ def load(root: Path | str, split: str, domain: str = "wikipedia") -> LoadResult:
     root = require_path(root, "TriviaQA root")
     path = require_path(root / "qa" / f"{domain}-{split}.json", f"TriviaQA {domain} {split} file")
     items, indexes, file_domain = _data(path)
+    if limit is not None:
+        items, indexes = items[:limit], indexes[:limit]
     evidence = _Evidence(root)
     result = LoadResult()
 

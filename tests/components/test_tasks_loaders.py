@@ -150,6 +150,13 @@ def test_triviaqa_wikipedia_loader(tmp_path):
     assert [(s.index, s.reason) for s in res.notes] == [(1, "tq_2: no answer alias in evidence")]
 
 
+def test_triviaqa_limit_reads_only_the_first_records(tmp_path):
+    root = _trivia_root(tmp_path)
+    res = triviaqa.load(root, "dev", limit=3)  # tq_3's evidence is missing: counted, skipped
+    assert [e.id for e in res.examples] == ["tq_1", "tq_2"]
+    assert [s.index for s in res.skipped] == [2]
+
+
 def test_triviaqa_web_domain_is_per_question_document(tmp_path):
     root = _trivia_root(tmp_path)
     res = triviaqa.load(root, "dev", domain="web")

@@ -123,3 +123,18 @@ def test_help_and_task_choices():
     assert exit_.value.code == 2
     args = parser.parse_args(["evaluate", "--task", "imdb", "--gold", "g", "--predictions", "p"])
     assert (args.task, args.gold, args.predictions, args.out) == ("imdb", "g", "p", None)
+
+
+def test_malformed_gold_record_is_a_warning_and_counted(tmp_path):
+    gold = _hotpot_gold(tmp_path)
+    records = json.loads(gold.read_text())
+    records.append({"_id": "broken", "answer": "x"})  # no question, no context
+    gold.write_text(json.dumps(records))
+    preds = tmp_path / "pred.json"
+    preds.write_text(json.dumps({"answer": {"h1": "yes", "h2": "Ohio"}, "sp": {}}))
+    res = run_cli("--task", "hotpotqa", "--gold", str(gold), "--predictions", str(preds),
+                  cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    m = json.loads(res.stdout)
+    assert (m["n"], m["gold_skipped"], m["em"], m["missing_sp"]) == (2, 1, 1.0, 2)
+    assert f"gold record skipped: {gold}[2]: missing field 'context'" in res.stderr
