@@ -45,8 +45,10 @@ PRIMARY_METRIC = "f1"
 LABELS = ("false", "true")  # index 1 = hyperpartisan, the positive class
 POSITIVE = "true"
 DEV_FRACTION = 1 / 3  # of the training part, when no official dev part is present
-# one <article> record: self-closing, or up to its closing tag (fallback for broken files)
-_ARTICLE_BLOCK = re.compile(rb"<article\b(?:[^>]*?/>|[^>]*>.*?</article\s*>)", re.S)
+# fallback for files that are not well-formed: a record runs from one "<article" to the next
+# (or to the closing </articles>), so a truncated or broken record is still counted and reported
+_ARTICLE_START = re.compile(rb"<article\b")
+_CONTAINER_END = re.compile(rb"\s*</articles\s*>\s*$")
 
 
 def _local(tag: Any) -> str:
@@ -65,9 +67,9 @@ def _text(article: Any) -> str:
 def _parse_articles(path: Path) -> tuple[list[tuple[int, Any]], list[Skipped]]:
     """(record index, <article> element) for each article of `path`.
 
-    The whole file is parsed with defusedxml first. If it is not well-formed (one broken
-    record makes the whole document invalid XML), each `<article ...>...</article>` block is
-    parsed on its own so that only the broken records are lost, each reported by index.
+    The whole file is parsed with defusedxml first. If it is not well-formed (one broken or
+    truncated record makes the whole document invalid XML), each `<article ...>` record is
+    parsed on its own so that only the broken ones are lost, each reported by index.
     """
     from defusedxml import DefusedXmlException
     from defusedxml.ElementTree import ParseError, fromstring
@@ -80,9 +82,12 @@ def _parse_articles(path: Path) -> tuple[list[tuple[int, Any]], list[Skipped]]:
     except ParseError as exc:
         skipped: list[Skipped] = []
         out = []
-        blocks = _ARTICLE_BLOCK.findall(data)
-        if not blocks:
+        starts = [m.start() for m in _ARTICLE_START.finditer(data)]
+        if not starts:
             raise InputError(f"{path}: not well-formed XML, no <article> records ({exc})") from exc
+        ends = starts[1:] + [len(data)]
+        blocks = [data[a:b] for a, b in zip(starts, ends, strict=True)]
+        blocks[-1] = _CONTAINER_END.sub(b"", blocks[-1])
         for i, block in enumerate(blocks):
             try:
                 out.append((i, fromstring(block)))

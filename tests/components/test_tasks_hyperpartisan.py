@@ -73,6 +73,17 @@ def test_malformed_record_is_skipped_with_index_and_the_rest_kept(tmp_path):
     assert any("0000004: label without article" in s.reason for s in train.notes)
 
 
+def test_truncated_file_keeps_the_complete_records(tmp_path, monkeypatch):
+    arts, labels = _simple(4)
+    path = _write_part(tmp_path, "training", arts, labels)
+    text = path.read_text()
+    path.write_text(text[: text.rindex("article 3.")])  # a download cut in the last record
+    monkeypatch.setattr(hp, "DEV_FRACTION", 0.0)  # every record in train
+    res = hp.load(tmp_path, "train")
+    assert [e.id for e in res.examples] == ["0000000", "0000001", "0000002"]
+    assert [(s.index, s.reason.split(":")[0]) for s in res.skipped] == [(3, "malformed XML")]
+
+
 def test_missing_label_and_duplicates_and_bad_label(tmp_path):
     arts, labels = _simple(4)
     arts.append(_article("0000001", "<p>again</p>"))
