@@ -716,9 +716,18 @@ class LongformerForMaskedLM(LongformerPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        labelled_logits_only: bool = False,
         **kwargs: Any,
     ) -> tuple | LongformerMaskedLMOutput:
-        """`labels`: token ids to predict, -100 where no loss is taken."""
+        """`labels`: token ids to predict, -100 where no loss is taken.
+
+        `labelled_logits_only=True` (an extension; needs `labels`) runs the vocabulary projection
+        only at the labelled positions and returns their logits as `(n_labelled, vocab)`, in
+        row-major order of `labels != -100`. The loss is the same; for MLM at 15% masking this
+        avoids ~85% of the largest activation in training (seq x vocab logits and their softmax).
+        """
+        if labelled_logits_only and labels is None:
+            raise ValueError("labelled_logits_only=True needs labels")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.longformer(
             input_ids,
@@ -731,11 +740,18 @@ class LongformerForMaskedLM(LongformerPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=False,
         )
-        logits = self.lm_head(outputs[0])
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        sequence_output = outputs[0]
+        if labelled_logits_only:
+            labels = labels.to(sequence_output.device)
+            keep = labels != -100
+            logits = self.lm_head(sequence_output[keep])
+            loss = CrossEntropyLoss()(logits, labels[keep])
+        else:
+            logits = self.lm_head(sequence_output)
+            loss = None
+            if labels is not None:
+                labels = labels.to(logits.device)
+                loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
         if not return_dict:
             out = (logits,) + _rest(outputs)
             return ((loss,) + out) if loss is not None else out

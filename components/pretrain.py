@@ -158,8 +158,11 @@ def evaluate(model, tokenizer, shards: Path, batch_size: int, max_batches: int, 
         if i >= max_batches:
             break
         inputs, labels = _masked(torch.from_numpy(batch.astype(np.int64)), tokenizer, model, gen)
-        out = model(input_ids=inputs.to(device), labels=labels.to(device))
         n = int((labels != -100).sum())
+        if n == 0:
+            continue
+        inputs, labels = inputs.to(device), labels.to(device)
+        out = model(input_ids=inputs, labels=labels, labelled_logits_only=True)
         total += float(out.loss) * n
         count += n
     model.train()
@@ -498,13 +501,14 @@ def _train(
                 for k, (x, y) in enumerate(micro):
                     sync = world == 1 or k == accum - 1
                     with contextlib.nullcontext() if sync else ddp.no_sync():
+                        y = y.to(env.device)
                         with _autocast(params, env.device):
-                            logits = ddp(input_ids=x.to(env.device)).logits
+                            # the vocabulary projection only at the masked positions
+                            logits = ddp(
+                                input_ids=x.to(env.device), labels=y, labelled_logits_only=True
+                            ).logits
                         loss_sum = torch.nn.functional.cross_entropy(
-                            logits.float().view(-1, logits.shape[-1]),
-                            y.to(env.device).view(-1),
-                            ignore_index=-100,
-                            reduction="sum",
+                            logits.float(), y[y != -100], reduction="sum"
                         )
                         (loss_sum * world / max(count, 1.0)).backward()
                     total += loss_sum.detach()

@@ -307,6 +307,31 @@ def test_masked_lm_learning_and_tuple_outputs():
         model(**b, output_attentions=True)
 
 
+def test_labelled_logits_only_gives_the_same_loss_and_gradients():
+    """The pretraining path projects to the vocabulary only at masked positions: same loss,
+    same gradients, logits of the labelled positions in row-major order."""
+    torch.manual_seed(0)
+    model = M.LongformerForMaskedLM(our_config())
+    b = batch(40)
+    labels = torch.full_like(b["input_ids"], -100)
+    labels[0, 3:9] = b["input_ids"][0, 3:9]
+    labels[1, 20:23] = b["input_ids"][1, 20:23]
+    full = model(**b, labels=labels)
+    full.loss.backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    part = model(**b, labels=labels, labelled_logits_only=True)
+    part.loss.backward()
+    assert part.logits.shape == (9, VOCAB)
+    torch.testing.assert_close(part.logits, full.logits[labels != -100])
+    torch.testing.assert_close(part.loss, full.loss)
+    for k, p in model.named_parameters():
+        if k in want:
+            torch.testing.assert_close(p.grad, want[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(**b, labelled_logits_only=True)
+
+
 # --------------------------------------------------------------------------- compute paths
 
 
