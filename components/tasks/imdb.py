@@ -45,6 +45,7 @@ def load(root: Path | str, split: str) -> LoadResult:
 
 def _load_dir(split_dir: Path) -> LoadResult:
     result = LoadResult()
+    found: list[tuple[int, int, ClassificationExample]] = []
     for label, name in enumerate(LABELS):
         folder = split_dir / name
         if not folder.is_dir():
@@ -66,11 +67,13 @@ def _load_dir(split_dir: Path) -> LoadResult:
             if reason:
                 result.skipped.append(Skipped(str(path), index, reason))
                 continue
-            result.examples.append(
-                ClassificationExample(f"{split_dir.name}/{name}/{m.group(1)}", text, label)
-            )
-    if not result.examples:
+            ex = ClassificationExample(f"{split_dir.name}/{name}/{m.group(1)}", text, label)
+            found.append((int(m.group(1)), label, ex))
+    if not found:
         raise InputError(f"{split_dir}: no usable reviews under pos/ or neg/")
+    # interleaved by review id (neg 0, pos 0, neg 1, ...) rather than all neg then all pos, so
+    # the first N examples (a max_train_samples cap) hold both classes
+    result.examples = [ex for *_, ex in sorted(found, key=lambda t: t[:2])]
     return result
 
 

@@ -246,8 +246,16 @@ def test_imdb_loader(tmp_path):
     _write(root / "test" / "neg" / "0_2.txt", "Awful.")
     _write(root / "test" / "neg" / "1_1.txt", "   ")
     _write(root / "test" / "neg" / "2_4.txt", b"\xff\xfe\xfa bytes")
+    _write(root / "test" / "neg" / "10_3.txt", "Dull.")
+    _write(root / "test" / "pos" / "7_8.txt", "Fine.")
     res = imdb.load(root, "dev")
-    assert [(e.id, e.label) for e in res.examples] == [("test/neg/0", 0), ("test/pos/0", 1)]
+    # interleaved by id, so a cap on the first N keeps both classes
+    assert [(e.id, e.label) for e in res.examples] == [
+        ("test/neg/0", 0),
+        ("test/pos/0", 1),
+        ("test/pos/7", 1),
+        ("test/neg/10", 0),
+    ]
     assert res.examples[1].text == "Great.\n\nLoved it."
     reasons = {Path(s.file).name: s.reason for s in res.skipped}
     assert reasons["1_3.txt"] == "rating 3 contradicts the 'pos' folder"
@@ -256,7 +264,7 @@ def test_imdb_loader(tmp_path):
     assert "not UTF-8" in reasons["2_4.txt"]
     with pytest.raises(InputError, match="IMDB train split"):
         imdb.load(root, "train")
-    assert [e.id for e in imdb.load_gold(root / "test").examples] == ["test/neg/0", "test/pos/0"]
+    assert len(imdb.load_gold(root / "test").examples) == 4
 
 
 # --- evaluate_file over what the loaders read ----------------------------------------------------
