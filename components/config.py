@@ -53,11 +53,14 @@ class IngestParams(_Section):
     sources: list[Path] = Field(default_factory=lambda: [Path("data/sample/corpus")], min_length=1)
     out: Path = Path("data/corpus")
     shard_max_docs: PositiveInt = 5000
+    shard_max_chars: PositiveInt = 256 * 1024 * 1024  # text chars per shard (size bound)
     min_chars: PositiveInt = 1
     max_doc_chars: PositiveInt = 5_000_000
     max_member_bytes: PositiveInt = 64 * 1024 * 1024  # per archive member, decompressed
     max_total_bytes: PositiveInt | None = 256 * 1024**3  # per source, decompressed; None = no cap
     spacy_model: str = "blank:en"  # "blank:en" = spacy.blank("en") + sentencizer
+    whitespace: Literal["paragraphs", "single_space", "keep"] = "paragraphs"
+    decode_entities: bool = True  # &amp; &#8217; ... left in text/JSON/table records
     text_field: str = "text"  # JSON/JSONL record field or Parquet/Arrow column (dotted path)
     json_records_path: str | None = None  # dotted path of the record list in a .json object
     xml_record_path: str | None = None  # e.g. "article"; None = every child of the root

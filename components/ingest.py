@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ __all__ = [
     "Rejected",
     "SentenceSplitter",
     "corpus_shards",
+    "decode_entities",
     "NearDupIndex",
     "ingest",
     "iter_corpus_batches",
@@ -105,22 +107,43 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ufeff]")  # \t \n kept; \r
 _HSPACE = re.compile(r"[^\S\n]+")  # spaces, tabs, NBSP and other horizontal whitespace
 _NL_SPACE = re.compile(r" ?\n ?")
 _MANY_NL = re.compile(r"\n{3,}")
+_ANY_SPACE = re.compile(r"\s+")
 
 
-def normalize(text: str) -> str:
+WHITESPACE_MODES = ("paragraphs", "single_space", "keep")
+
+
+def normalize(text: str, whitespace: str = "paragraphs") -> str:
     """Canonical form of a document's text; the dedupe hash and all offsets refer to it.
 
-    Unicode NFC; line breaks unified to `\\n` (CR, CRLF, form feed, U+2028/9); other control
-    characters removed; runs of horizontal whitespace (spaces, tabs, NBSP...) collapsed to one
-    space; spaces around line breaks dropped; more than one blank line collapsed to one; stripped.
+    Always: Unicode NFC; line breaks unified to `\\n` (CR, CRLF, form feed, U+2028/9); other
+    control characters removed; leading/trailing whitespace stripped. Then, by `whitespace`:
+    - "paragraphs" (default): runs of horizontal whitespace (spaces, tabs, NBSP...) collapsed to
+      one space, spaces around line breaks dropped, more than one blank line collapsed to one
+      (blank lines stay: they are paragraph and sentence boundaries);
+    - "single_space": every run of whitespace, line breaks included, becomes one space (one
+      paragraph per document, as many web corpora are distributed);
+    - "keep": nothing more (indentation and layout matter, e.g. code or verse).
     """
     text = unicodedata.normalize("NFC", text)
     text = _NEWLINES.sub("\n", text)
     text = _CONTROLS.sub("", text)
-    text = _HSPACE.sub(" ", text)
-    text = _NL_SPACE.sub("\n", text)
-    text = _MANY_NL.sub("\n\n", text)
+    if whitespace == "paragraphs":
+        text = _HSPACE.sub(" ", text)
+        text = _NL_SPACE.sub("\n", text)
+        text = _MANY_NL.sub("\n\n", text)
+    elif whitespace == "single_space":
+        text = _ANY_SPACE.sub(" ", text)
+    elif whitespace != "keep":
+        raise ValueError(f"whitespace must be one of {WHITESPACE_MODES}, not {whitespace!r}")
     return text.strip()
+
+
+def decode_entities(text: str) -> str:
+    """HTML character references left in text (`&amp;`, `&#8217;`, `&eacute;`) decoded: scraped
+    text and JSON corpora often carry them. Documents whose reader already decoded them (HTML,
+    XML) are not decoded twice, which would turn an escaped `&amp;lt;` into `<`."""
+    return html.unescape(text) if "&" in text else text
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,12 +404,17 @@ def _table(rows: list[_Row], spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.T
 
 
 class _ShardWriter:
-    """Parquet shards of at most `max_docs` rows, each written to a temp name and renamed when
-    complete; `on_shard` is called after each rename (the resume checkpoint)."""
+    """Parquet shards of at most `max_docs` rows and about `max_chars` chars of text (a shard
+    closes after the document that reaches either bound), each written to a temp name and
+    renamed when complete; `on_shard` is called after each rename (the resume checkpoint)."""
 
-    def __init__(self, out: Path, max_docs: int, first_index: int, on_shard: Any) -> None:
+    def __init__(
+        self, out: Path, max_docs: int, max_chars: int, first_index: int, on_shard: Any
+    ) -> None:
         self.out = out
         self.max_docs = max_docs
+        self.max_chars = max_chars
+        self._shard_chars = 0
         self.index = first_index
         self.on_shard = on_shard
         self.shards: list[dict[str, Any]] = []
@@ -405,7 +433,8 @@ class _ShardWriter:
         self._buf.append(row)
         self._buf_spans.append(spans)
         self._buf_chars += len(row.text)
-        if self._rows + len(self._buf) >= self.max_docs:
+        self._shard_chars += len(row.text)
+        if self._rows + len(self._buf) >= self.max_docs or self._shard_chars >= self.max_chars:
             self._flush()
             self._close_shard(last_index=row.index)
         elif len(self._buf) >= _ROW_GROUP_DOCS or self._buf_chars >= _ROW_GROUP_CHARS:
@@ -429,7 +458,7 @@ class _ShardWriter:
         path = self.out / self.name
         self.shards.append({"name": self.name, "rows": self._rows, "sha256": sha256_file(path)})
         self.on_shard(self.shards, last_index + 1)
-        self._writer, self._ctx, self._rows = None, None, 0
+        self._writer, self._ctx, self._rows, self._shard_chars = None, None, 0, 0
         self.index += 1
 
     def finish(self, last_index: int) -> None:
@@ -585,7 +614,9 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
         state = {"fingerprint": fingerprint, "shards": shards, "consumed": consumed_upto}
         atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
 
-    writer = _ShardWriter(out, params.shard_max_docs, len(done_shards), checkpoint)
+    writer = _ShardWriter(
+        out, params.shard_max_docs, params.shard_max_chars, len(done_shards), checkpoint
+    )
     writer.shards = list(done_shards)
     n_workers = _resolve_workers(workers if workers is not None else params.workers, sources)
     pool: ProcessPoolExecutor | None = None
@@ -604,6 +635,7 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
         quarantined=len(old_quarantine), duplicates=len(old_duplicates), written=len(seen)
     )  # "duplicates" here counts exact and near ones (the log line only)
     index = 0  # reader items seen in this pass (including the skipped, already-done ones)
+    source_s: Counter[str] = Counter()  # wall seconds per source in this pass
     chars_in = 0
     pending: list[_Row] = []
     pending_chars = 0
@@ -638,7 +670,11 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
             live["quarantined"] += 1
 
         try:
+            t_item = time.monotonic()
             for item in _iter_all(sources, params, out):
+                now = time.monotonic()  # reading this item + handling the previous one
+                source_s[item.source] += now - t_item
+                t_item = now
                 i = index
                 index += 1
                 if i < consumed:
@@ -646,7 +682,10 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
                 if isinstance(item, Rejected):
                     quarantine(i, item.source, item.member, item.reason)
                     continue
-                text = normalize(item.text)
+                text = item.text
+                if params.decode_entities and not item.entities_decoded:
+                    text = decode_entities(text)
+                text = normalize(text, params.whitespace)
                 chars_in += len(text)
                 if not text:
                     quarantine(i, item.source, item.member, "empty or whitespace-only document")
@@ -756,6 +795,11 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
             "mchars_per_s": round(chars_in / max(loop_s, 1e-9) / 1e6, 3),
             "workers": n_workers,
             "resumed_after_inputs": consumed,
+            # wall seconds reading and processing each source in this run (a resumed run
+            # counts only its own pass); they add up to about read_split_write_s
+            "per_source_s": {
+                src: round(source_s[src], 3) for src in dict.fromkeys(str(x) for x in sources)
+            },
         },
     }
     write_manifest(out, **manifest)
@@ -803,6 +847,7 @@ def _per_source(
     duplicates: list[dict[str, Any]],
     sources: list[Path],
 ) -> dict[str, dict[str, int]]:
+    """Counts per source; they reconcile like the totals."""
     written: Counter[str] = Counter()
     for shard in shards:
         col = pq.read_table(out / shard["name"], columns=["source"]).column("source")

@@ -61,6 +61,9 @@ class Document:
     member: str  # path inside the source; `name.jsonl:<line>` / `name.json:<index>` for records
     text: str
     meta: dict[str, Any] = field(default_factory=dict)
+    # True when the reader's parser already decoded character references (HTML, XML): a
+    # consumer that decodes entities left in plain text must not decode these twice.
+    entities_decoded: bool = False
 
 
 @dataclass
@@ -323,7 +326,7 @@ def _read_html(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item
     except ValueError as exc:
         yield ctx.reject(member, str(exc))
         return
-    yield Document(ctx.source, member, text, {"title": title} if title else {})
+    yield Document(ctx.source, member, text, {"title": title} if title else {}, True)
 
 
 def _lookup(obj: Any, dotted: str) -> Any:
@@ -502,7 +505,7 @@ def _read_xml(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]
                 else:
                     meta = dict(elem.attrib)
                     meta.setdefault("tag", _local(elem.tag))
-                    yield Document(ctx.source, where, text, meta)
+                    yield Document(ctx.source, where, text, meta, True)
             if not in_record and stack:  # finished and not inside a record: drop it
                 elem.clear()
                 stack[-1].remove(elem)

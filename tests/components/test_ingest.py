@@ -465,11 +465,11 @@ def test_resume_after_crash_keeps_finished_shards(tmp_path: Path, monkeypatch) -
     calls = {"n": 0}
     real = ingest_mod.normalize
 
-    def crashing(text: str) -> str:
+    def crashing(text: str, whitespace: str = "paragraphs") -> str:
         calls["n"] += 1
         if calls["n"] == 7:
             raise KeyboardInterrupt("simulated kill")
-        return real(text)
+        return real(text, whitespace)
 
     monkeypatch.setattr(ingest_mod, "normalize", crashing)
     out = tmp_path / "corpus"
@@ -748,11 +748,11 @@ def test_near_duplicates_removed_counted_and_resumable(tmp_path: Path, monkeypat
     monkeypatch.setattr(ingest_mod, "_SENT_BATCH_DOCS", 1)
     real, calls = ingest_mod.normalize, {"n": 0}
 
-    def crashing(text: str) -> str:
+    def crashing(text: str, whitespace: str = "paragraphs") -> str:
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt("simulated kill")
-        return real(text)
+        return real(text, whitespace)
 
     monkeypatch.setattr(ingest_mod, "normalize", crashing)
     out = tmp_path / "resumed"
