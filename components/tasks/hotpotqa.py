@@ -223,8 +223,12 @@ def _load_file(path: Path) -> LoadResult:
         for title, sid in facts:  # kept as-is: the official score compares them verbatim
             if title not in sentences or not 0 <= sid < len(sentences[title]):
                 result.notes.append(
-                    Skipped(str(path), index, f"{ex_id}: supporting fact [{title!r}, {sid}] "
-                            "is not a sentence of the context")
+                    Skipped(
+                        str(path),
+                        index,
+                        f"{ex_id}: supporting fact [{title!r}, {sid}] "
+                        "is not a sentence of the context",
+                    )
                 )
         if answer is not None and answer not in SPECIAL:
             if not any(answer in s for _, sents in context for s in sents):
