@@ -375,6 +375,9 @@ def _read_json(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item
     except json.JSONDecodeError as exc:
         yield ctx.reject(member, f"invalid JSON: {exc}")
         return
+    except RecursionError:  # "[[[[..." a million deep: hostile, not a crash
+        yield ctx.reject(member, "invalid JSON: nested too deeply")
+        return
     if ctx.json_records_path:
         data = _lookup(data, ctx.json_records_path)
         if not isinstance(data, list):
@@ -413,6 +416,9 @@ def _read_jsonl(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Ite
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             yield ctx.reject(where, f"invalid JSON line: {exc}")
+            continue
+        except RecursionError:  # one hostile line; the lines after it are still read
+            yield ctx.reject(where, "invalid JSON line: nested too deeply")
             continue
         yield _record(ctx, where, obj)
 
