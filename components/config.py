@@ -179,10 +179,19 @@ class ScoreParams(_Section):
     """Batch scoring with a registered model (`longdoc score`)."""
 
     source: Path = Path("data/sample/score/inbox.tar.gz")
+    inputs: list[Path] = Field(default_factory=list)  # when given (--input), scored, not source
     model_uri: str = "models:/longdoc-imdb@champion"
     out: Path = Path("data/predictions")
-    batch_size: PositiveInt = 8
     max_len: Annotated[int, Field(ge=16)] = 4096
+    batch_tokens: PositiveInt = 16384  # rows x longest row per forward pass
+    chunk_docs: PositiveInt = 256  # documents per Parquet part (and per resume checkpoint)
+    bf16: bool = False
+    device: str = "auto"  # auto = cuda when present, else cpu
+    text_field: str = "text"  # JSON/JSONL field or Parquet column of the text
+    question_field: str | None = None  # QA models: the record field holding the question
+
+    def sources(self) -> list[Path]:
+        return list(self.inputs) or [self.source]
 
 
 class TrackingParams(_Section):

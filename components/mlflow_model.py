@@ -3,6 +3,6 @@ load, so the model is rebuilt from code instead of unpickled (no cloudpickle of 
 
 import mlflow
 
-from components.serving import LongdocClassifier
+from components.serving import LongdocModel
 
-mlflow.models.set_model(LongdocClassifier())
+mlflow.models.set_model(LongdocModel())

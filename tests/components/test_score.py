@@ -1,27 +1,53 @@
-"""Scoring reads any archive ingest reads, loads the registered champion through MLflow, and puts
-every unreadable member in errors.jsonl with its reason; counts reconcile."""
+"""Scoring reads any archive ingest reads, loads the registered champion through MLflow, puts
+every unreadable member in errors.jsonl with its reason, batches by a token budget without
+changing any prediction, answers questions with QA models, and resumes after kill -9 scoring
+each document exactly once."""
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
 
 import mlflow
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from components import tracking
 from components.config import ModelParams, ScoreParams, TrackingParams
-from components.model import LongformerForSequenceClassification, make_config
-from components.serving import log_classifier
+from components.model import (
+    LongformerForQuestionAnswering,
+    LongformerForSequenceClassification,
+    make_config,
+)
+from components.serving import (
+    CLASSIFICATION,
+    InferenceEngine,
+    log_classifier,
+    log_longdoc_model,
+    token_budget_batches,
+)
 from components.tokenize import train_tokenizer
 
+REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["the film was brilliant and long", "a dreadful tedious plot", "quiet rain on the hill"]
 
 
-@pytest.fixture
-def champion(tmp_path):
-    tracking_params = TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t")
+def make_checkpoint(path: Path, kind: str = "classification", seed: int = 0) -> Path:
+    """A tiny random-init checkpoint (model + tokenizer) of `kind` at `path`."""
     tokenizer = train_tokenizer(iter(TEXTS * 20), vocab_size=300, min_frequency=1)
+    extra = (
+        {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+        if kind == "classification"
+        else {}
+    )
     config = make_config(
         ModelParams(
             hidden_size=16,
@@ -35,19 +61,44 @@ def champion(tmp_path):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        num_labels=2,
-        id2label={0: "neg", 1: "pos"},
-        label2id={"neg": 0, "pos": 1},
+        **extra,
     )
-    ckpt = tmp_path / "ckpt"
-    LongformerForSequenceClassification(config).save_pretrained(ckpt)
-    tokenizer.save_pretrained(ckpt)
-    tracking.setup(tracking_params)
+    torch.manual_seed(seed)
+    cls = (
+        LongformerForSequenceClassification
+        if kind == "classification"
+        else LongformerForQuestionAnswering
+    )
+    cls(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def register(tmp_path: Path, name: str, kind: str = "classification", seed: int = 0) -> str:
+    """Log + register a tiny model as `name`, make it champion; returns its version."""
+    ckpt = make_checkpoint(tmp_path / f"ckpt-{name}-{seed}", kind, seed)
     with mlflow.start_run():
-        info = log_classifier(ckpt, "longdoc-test")
-    mlflow.MlflowClient().set_registered_model_alias(
-        "longdoc-test", "champion", info.registered_model_version
-    )
+        info = log_classifier(ckpt, name) if kind == "classification" else None
+        if info is None:
+            info = log_longdoc_model(ckpt, name)
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+    return version
+
+
+def own_store(tmp_path: Path, monkeypatch) -> TrackingParams:
+    """A fresh MLflow store in tmp_path. MLflow's set_tracking_uri also exports
+    MLFLOW_TRACKING_URI (which wins over params), so pin it here; monkeypatch restores it."""
+    tracking_params = TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_params.uri)
+    tracking.setup(tracking_params)
+    return tracking_params
+
+
+@pytest.fixture
+def champion(tmp_path, monkeypatch):
+    tracking_params = own_store(tmp_path, monkeypatch)
+    register(tmp_path, "longdoc-test")
     return tracking_params
 
 
@@ -57,6 +108,10 @@ def _tar(path, members):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def _errors(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
 
 
 def test_score_archive_with_bad_members(tmp_path, champion):
@@ -72,28 +127,130 @@ def test_score_archive_with_bad_members(tmp_path, champion):
             ("c.txt", TEXTS[2].encode()),
         ],
     )
+    records = tmp_path / "more.jsonl"
+    records.write_text(
+        json.dumps({"text": " ".join(TEXTS * 40)}) + "\n" + "{not json\n" + json.dumps({"x": 1})
+    )
     params = ScoreParams(
-        source=src,
+        inputs=[src, records],
         model_uri="models:/longdoc-test@champion",
         out=tmp_path / "pred",
-        batch_size=2,
+        chunk_docs=2,
+        batch_tokens=64,
         max_len=64,
     )
     from components.score import score
 
     manifest = score(params, champion)
     rows = pq.read_table(tmp_path / "pred/predictions.parquet").to_pylist()
-    errors = [
-        json.loads(line) for line in (tmp_path / "pred/errors.jsonl").read_text().splitlines()
+    errors = _errors(tmp_path / "pred")
+    assert sorted(r["member"] for r in rows) == ["a.txt", "b.html", "c.txt", "more.jsonl:1"]
+    assert sorted(e["member"] for e in errors) == [
+        "../escape.txt",
+        "bin.txt",
+        "blank.txt",
+        "more.jsonl:2",
+        "more.jsonl:3",
     ]
-    assert sorted(r["member"] for r in rows) == ["a.txt", "b.html", "c.txt"]
-    assert sorted(e["member"] for e in errors) == ["../escape.txt", "bin.txt", "blank.txt"]
-    assert all(e["reason"] for e in errors)
-    assert manifest["counts"] == {"inputs": 6, "scored": 3, "errors": 3}
+    assert all(e["reason"] and e["source"] for e in errors)
+    assert manifest["counts"] == {"inputs": 9, "scored": 4, "errors": 5}
+    assert manifest["per_source"][str(src)] == {"scored": 3, "errors": 3}
     assert manifest["model_version"] == "1"
+    assert sum(manifest["labels"].values()) == 4
     for r in rows:
         assert r["label"] in {"neg", "pos"} and r["model_version"] == "1"
+        assert r["model_name"] == "longdoc-test" and r["scored_at"] is not None
         assert abs(sum(r["probabilities"]) - 1) < 1e-5
+        assert r["answer"] is None and r["score"] is None
+        assert len(r["doc_id"]) == 64
+    long_doc = next(r for r in rows if r["member"] == "more.jsonl:1")
+    assert long_doc["truncated"] and long_doc["tokens"] == 64
+    assert not any(r["truncated"] for r in rows if r is not long_doc)
+
+    # The same inputs, model version and parameters again: nothing is rescored.
+    parts = sorted(p.stat().st_mtime_ns for p in (tmp_path / "pred/predictions.parquet").iterdir())
+    again = score(params, champion)
+    assert again["counts"] == manifest["counts"] and again["runs"] == 1
+    assert parts == sorted(
+        p.stat().st_mtime_ns for p in (tmp_path / "pred/predictions.parquet").iterdir()
+    )
+
+    # A new champion makes the old predictions stale: everything is scored again with it.
+    register(tmp_path, "longdoc-test", seed=1)
+    fresh = score(params, champion)
+    assert fresh["model_version"] == "2" and fresh["counts"] == manifest["counts"]
+    rows = pq.read_table(tmp_path / "pred/predictions.parquet").to_pylist()
+    assert len(rows) == 4 and {r["model_version"] for r in rows} == {"2"}
+    assert len(_errors(tmp_path / "pred")) == 5
+
+
+def test_token_budget_batches_cover_each_index_once():
+    lengths = [5, 300, 17, 17, 64, 1, 900, 33, 2, 250]
+    batches = token_budget_batches(lengths, batch_tokens=128)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) == 1 or len(b) * longest <= 128
+        assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
+    # sorted by length, so padding waste is what the budget forces, not the input order
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(abs(x - y) for x, y in zip(a["probabilities"], b["probabilities"], strict=True))
+
+
+def test_batched_predictions_equal_one_at_a_time(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    engine = InferenceEngine.from_checkpoint(ckpt, max_len=48)
+    assert engine.kind == CLASSIFICATION
+    texts = [TEXTS[i % 3] * (1 + i % 5) for i in range(9)] + [" ".join(TEXTS * 9)]
+    batched = engine.predict_texts(texts, batch_tokens=200)
+    single = [engine.predict_texts([t], batch_tokens=1)[0] for t in texts]
+    for a, b in zip(batched, single, strict=True):
+        assert a["label"] == b["label"]
+        assert _max_diff(a, b) < 1e-5
+    encoded = engine.encode(texts)
+    full = [len(engine.tokenizer(t)["input_ids"]) for t in texts]
+    assert [e.truncated for e in encoded] == [n > 48 for n in full]
+    assert any(n > 48 for n in full) and any(n <= 48 for n in full)
+    assert [len(e.input_ids) for e in encoded] == [min(n, 48) for n in full]
+    assert len(encoded[-1].input_ids) == 48
+    # the truncated ids are what truncating at max_len gives
+    ref = engine.tokenizer(texts[-1], truncation=True, max_length=48)["input_ids"]
+    assert encoded[-1].input_ids == list(ref)
+    bf16 = InferenceEngine.from_checkpoint(ckpt, max_len=48, bf16=True).predict_texts(texts)
+    for a, b in zip(bf16, single, strict=True):
+        assert _max_diff(a, b) < 0.05
+
+
+def test_score_qa_model_with_question_field(tmp_path, monkeypatch):
+    tp = own_store(tmp_path, monkeypatch)
+    register(tmp_path, "longdoc-qa", kind="qa")
+    src = tmp_path / "qa.jsonl"
+    lines = [
+        {"text": "the film was brilliant and long", "question": "what was the film?"},
+        {"text": "quiet rain on the hill", "question": "where was the rain?"},
+        {"text": "a dreadful tedious plot"},
+    ]
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    from components.io import InputError
+    from components.score import score
+
+    params = ScoreParams(
+        inputs=[src], model_uri="models:/longdoc-qa@champion", out=tmp_path / "qa", max_len=64
+    )
+    with pytest.raises(InputError, match="question_field"):
+        score(params, tp)
+    manifest = score(params.model_copy(update={"question_field": "question"}), tp)
+    assert manifest["counts"] == {"inputs": 3, "scored": 2, "errors": 1}
+    assert manifest["model"]["kind"] == "qa"
+    rows = pq.read_table(tmp_path / "qa/predictions.parquet").to_pylist()
+    for r, line in zip(sorted(rows, key=lambda r: r["member"]), lines, strict=False):
+        assert r["answer"] and r["answer"] in line["text"]
+        assert 0 < r["score"] <= 1 and r["label"] is None
+    assert _errors(tmp_path / "qa")[0]["member"] == "qa.jsonl:3"
+    assert "question" in _errors(tmp_path / "qa")[0]["reason"]
 
 
 def test_score_missing_source(tmp_path, champion):
@@ -101,14 +258,92 @@ def test_score_missing_source(tmp_path, champion):
     from components.score import score
 
     params = ScoreParams(source=tmp_path / "nope.tar.gz", out=tmp_path / "pred")
-    with pytest.raises(InputError, match="score source not found"):
+    with pytest.raises(InputError, match="score input not found"):
         score(params, champion)
+
+
+# The driver scores in a child process whose input stream stops after PAUSE_AT items (the test
+# then kills it with SIGKILL): a deterministic "mid-way", with two parts written and a chunk
+# still in memory.
+_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from components import score as score_mod
+    from components.config import ScoreParams, TrackingParams
+
+    src, out, uri, marker, pause_at = sys.argv[1:6]
+    real = score_mod._stream
+
+    def paused(params, sources):
+        for i, item in enumerate(real(params, sources)):
+            if i == int(pause_at):
+                Path(marker).write_text("paused")
+                time.sleep(600)
+            yield item
+
+    score_mod._stream = paused
+    params = ScoreParams(inputs=[src], model_uri="models:/longdoc-test@champion", out=out,
+                         chunk_docs=4, max_len=32)
+    score_mod.score(params, TrackingParams(uri=uri, experiment="t"))
+    """
+)
+
+
+def test_resume_after_kill_scores_each_document_once(tmp_path, champion):
+    src = tmp_path / "inbox.tar.gz"
+    members = [(f"doc{i:02d}.txt", f"{TEXTS[i % 3]} number {i}".encode()) for i in range(14)]
+    members.insert(5, ("bad.txt", b"\x00\x01binary\x00"))
+    _tar(src, members)
+    out, marker = tmp_path / "pred", tmp_path / "paused"
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(src), str(out), champion.uri, str(marker), "10"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the scoring child never reached the pause"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    state = json.loads((out / ".score-state.json").read_text())
+    assert state["consumed"] == 9 and state["parts"] == ["part-00000.parquet", "part-00001.parquet"]
+    assert not (out / "manifest.json").exists()
+
+    from components.score import score
+
+    params = ScoreParams(
+        inputs=[src],
+        model_uri="models:/longdoc-test@champion",
+        out=out,
+        chunk_docs=4,
+        max_len=32,
+    )
+    manifest = score(params, champion)
+    rows = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert Counter(r["member"] for r in rows) == Counter(m for m, _ in members if m != "bad.txt")
+    assert [e["member"] for e in _errors(out)] == ["bad.txt"]
+    assert manifest["counts"] == {"inputs": 15, "scored": 14, "errors": 1}
+    assert manifest["runs"] == 2 and manifest["this_run"]["resumed_after_items"] == 9
+    assert manifest["this_run"]["scored"] == 6
 
 
 def test_champion_moves_only_to_a_better_model(tmp_path, champion):
     from components.finetune import _register
 
-    ckpt = tmp_path / "ckpt"
+    ckpt = tmp_path / "ckpt-longdoc-test-0"
     results = []
     for accuracy in (0.7, 0.6, 0.9):
         with mlflow.start_run():
