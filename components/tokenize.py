@@ -619,16 +619,25 @@ def iter_packed(
 
 
 def _length_stats(n_tokens: np.ndarray) -> dict[str, Any]:
+    """Document lengths in tokens: summary, counts over the model-relevant lengths (512 = a
+    short model's window, 4,096 = ours, 16,384 = the long end), and power-of-two bucket counts
+    (`bucket_edges[i] <= n < bucket_edges[i + 1]`), the histogram in numbers."""
     if len(n_tokens) == 0:
         return {"documents": 0}
+    top = max(int(n_tokens.max()), 1)
+    edges = [0] + [1 << k for k in range(int(np.ceil(np.log2(top + 1))) + 1)]
+    counts, _ = np.histogram(n_tokens, bins=np.asarray(edges, dtype=np.int64))
     return {
         "documents": int(len(n_tokens)),
         "min": int(n_tokens.min()),
         "median": float(np.median(n_tokens)),
         "mean": round(float(n_tokens.mean()), 2),
         "p90": float(np.percentile(n_tokens, 90)),
+        "p99": float(np.percentile(n_tokens, 99)),
         "max": int(n_tokens.max()),
         **{f"over_{t}": int((n_tokens > t).sum()) for t in LENGTH_THRESHOLDS},
+        "bucket_edges": edges,
+        "bucket_counts": counts.astype(int).tolist(),
     }
 
 

@@ -386,3 +386,15 @@ def test_packing_with_page_release_is_identical(shards, corpus: Path, tmp_path: 
     for split in ("train", "validation"):
         a = (out / f"packed/{split}.arrow").read_bytes()
         assert (tmp_path / f"rel/packed/{split}.arrow").read_bytes() == a
+
+
+def test_length_stats_thresholds_and_buckets() -> None:
+    n = np.array([0, 3, 511, 512, 513, 4096, 4097, 16384, 16385, 70000])
+    s = tok_mod._length_stats(n)
+    assert (s["over_512"], s["over_4096"], s["over_16384"]) == (6, 4, 2)
+    assert (s["min"], s["max"], s["documents"]) == (0, 70000, 10)
+    edges, counts = s["bucket_edges"], s["bucket_counts"]
+    assert edges[:3] == [0, 1, 2] and edges[-1] > 70000 and sum(counts) == len(n)
+    for lo, hi, c in zip(edges, edges[1:], counts, strict=False):
+        assert c == int(((n >= lo) & (n < hi)).sum())
+    assert tok_mod._length_stats(np.zeros(0, dtype=np.int64)) == {"documents": 0}
