@@ -81,9 +81,15 @@ COMMANDS = [
     (
         "finetune",
         "finetune",
-        "fine-tune on a task next to a 512-token baseline; register",
+        "fine-tune on a task next to a truncated 512-token baseline; register",
         [
-            ("--task", "finetune.task", "task name (imdb)", False),
+            (
+                "--task",
+                "finetune.task",
+                "wikihop, triviaqa, hotpotqa, imdb or hyperpartisan",
+                False,
+            ),
+            ("--max-len", "finetune.max_len", "tokens per window of the long model", False),
             ("--data", "finetune.data", "task data directory in its official layout", False),
             ("--base", "finetune.base", "pretrained checkpoint directory", False),
             ("--out", "finetune.out", "output checkpoint directory", False),
@@ -92,10 +98,12 @@ COMMANDS = [
     (
         "score",
         "score",
-        "score an archive or directory with a registered model",
+        "score archives, directories or record files with a registered model",
         [
-            ("--source", "score.source", "archive, file or directory of documents", False),
-            ("--model-uri", "score.model_uri", "MLflow model URI (default champion)", False),
+            ("--input", "score.inputs", "archive, file or directory (repeatable)", True),
+            ("--source", "score.source", "the default input when no --input is given", False),
+            ("--model", "score.model_uri", "MLflow model URI (default the champion)", False),
+            ("--model-uri", "score.model_uri", "same as --model", False),
             ("--out", "score.out", "predictions directory", False),
         ],
     ),
@@ -164,7 +172,8 @@ def _add_evaluate(sub) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     """No Prefect flow here, on purpose: scoring is a pure function of two files that takes
     moments, produces no pipeline output and must work for predictions from any system without
-    starting a Prefect server (an ephemeral one costs ~16 s cold) or reading params.yaml."""
+    starting a Prefect server (a flow run took 20-32 s here against 0.4 s for this call, see
+    benchmarks/RESULTS.md) or reading params.yaml."""
     from components.evaluate import evaluate_file
 
     logging.basicConfig(level=logging.WARNING, format="longdoc: warning: %(message)s")
