@@ -137,6 +137,26 @@ def score_flow(params: Params | None = None) -> dict:
     return _finish("score", params, _score(params))
 
 
+@flow(name="batch-score")
+def batch_score_flow(
+    input: str | list[str],  # noqa: A002 (the deployment parameter's documented name)
+    model_uri: str | None = None,
+    output: str | None = None,
+) -> dict:
+    """Score archives with a registered model: the `batch-score` deployment's entry point.
+
+    Takes plain parameters (paths, a model URI) so a deployment run, schedule or trigger can
+    pass them; everything else comes from the score section of params.yaml. Not a pipeline
+    stage: no freshness marker (the output directory's own state makes reruns resume)."""
+    params = load_params()
+    params.score.inputs = [input] if isinstance(input, str) else list(input)
+    if model_uri:
+        params.score.model_uri = model_uri
+    if output:
+        params.score.out = output
+    return _score(params)
+
+
 STAGE_FLOWS = {
     "sample": sample_flow,
     "ingest": ingest_flow,
