@@ -36,6 +36,7 @@ def evaluate_file(
     if not gold_set.examples:
         raise InputError(f"{gold}: no usable {task} gold records to score against")
     preds = mod.load_predictions(Path(predictions))
+    _warn_on_ids(task, [ex.id for ex in gold_set.examples], preds)
     metrics = {
         "task": task,
         **mod.evaluate(gold_set.examples, preds),
@@ -44,3 +45,28 @@ def evaluate_file(
     if out is not None:
         atomic_write_json(out, metrics)
     return metrics
+
+
+def _warn_on_ids(task: str, gold_ids: list[str], predictions: dict) -> None:
+    """Say when predictions miss gold ids or name ids the gold set lacks: a file keyed the wrong
+    way (IMDB ids without their folder, TriviaQA Web ids without `--Filename`) otherwise just
+    scores 0 with no hint why."""
+    if task == "hotpotqa":
+        pred_ids = set(predictions["answer"]) | set(predictions["sp"])
+    else:
+        pred_ids = set(predictions)
+    gold = set(gold_ids)
+    missing, extra = len(gold - pred_ids), sorted(pred_ids - gold)
+    if missing:
+        log.warning(
+            "%d of %d gold ids have no prediction (scored as the task's script does)",
+            missing,
+            len(gold),
+        )
+    if extra:
+        log.warning(
+            "%d prediction ids are not in the gold set (ignored), e.g. %r; gold ids look like %r",
+            len(extra),
+            extra[0],
+            gold_ids[0],
+        )

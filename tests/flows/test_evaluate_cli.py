@@ -138,3 +138,20 @@ def test_malformed_gold_record_is_a_warning_and_counted(tmp_path):
     m = json.loads(res.stdout)
     assert (m["n"], m["gold_skipped"], m["em"], m["missing_sp"]) == (2, 1, 1.0, 2)
     assert f"gold record skipped: {gold}[2]: missing field 'context'" in res.stderr
+
+
+def test_mismatched_ids_are_explained_on_stderr(tmp_path):
+    root = tmp_path / "aclImdb" / "test"
+    for label, name in (("pos", "0_9.txt"), ("neg", "0_2.txt"), ("neg", "1_1.txt")):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / name).write_text("a review")
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"0": "pos", "test/neg/0": "neg"}))  # "0": folder missing
+    res = run_cli("--task", "imdb", "--gold", str(tmp_path / "aclImdb"), "--predictions",
+                  str(preds), cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    m = json.loads(res.stdout)
+    assert (m["accuracy"], m["missing"], m["extra"]) == (pytest.approx(1 / 3), 2, 1)
+    assert "2 of 3 gold ids have no prediction" in res.stderr
+    assert "1 prediction ids are not in the gold set (ignored), e.g. '0'" in res.stderr
+    assert "gold ids look like 'test/neg/0'" in res.stderr
