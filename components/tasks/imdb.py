@@ -27,6 +27,7 @@ NAME = "imdb"
 PRIMARY_METRIC = "accuracy"
 LABELS = ("neg", "pos")
 FOLDERS = {"train": "train", "dev": "test"}
+RATINGS = {"neg": range(1, 5), "pos": range(7, 11)}  # aclImdb has no 5s or 6s
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 
 
@@ -55,7 +56,7 @@ def _load_dir(split_dir: Path) -> LoadResult:
             reason = None
             if not m:
                 reason = "expected an IMDB file name <id>_<rating>.txt"
-            elif not 1 <= int(m.group(2)) <= 10 or (int(m.group(2)) >= 7) != (label == 1):
+            elif int(m.group(2)) not in RATINGS[name]:
                 reason = f"rating {m.group(2)} contradicts the '{name}' folder"
             else:
                 try:

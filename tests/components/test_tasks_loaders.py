@@ -247,6 +247,7 @@ def test_imdb_loader(tmp_path):
     _write(root / "test" / "neg" / "1_1.txt", "   ")
     _write(root / "test" / "neg" / "2_4.txt", b"\xff\xfe\xfa bytes")
     _write(root / "test" / "neg" / "10_3.txt", "Dull.")
+    _write(root / "test" / "neg" / "11_6.txt", "a 6 is in neither folder's range")
     _write(root / "test" / "pos" / "7_8.txt", "Fine.")
     res = imdb.load(root, "dev")
     # interleaved by id, so a cap on the first N keeps both classes
@@ -259,6 +260,7 @@ def test_imdb_loader(tmp_path):
     assert res.examples[1].text == "Great.\n\nLoved it."
     reasons = {Path(s.file).name: s.reason for s in res.skipped}
     assert reasons["1_3.txt"] == "rating 3 contradicts the 'pos' folder"
+    assert reasons["11_6.txt"] == "rating 6 contradicts the 'neg' folder"
     assert "<id>_<rating>.txt" in reasons["notes.txt"]
     assert reasons["1_1.txt"] == "empty review"
     assert "not UTF-8" in reasons["2_4.txt"]
