@@ -155,16 +155,56 @@ class ConvertParams(_Section):
         return self
 
 
-class FinetuneParams(_Section):
-    """Fine-tuning on a task (`longdoc finetune`); issue 2 ships IMDB."""
+TaskName = Literal["wikihop", "triviaqa", "hotpotqa", "imdb", "hyperpartisan"]
 
-    task: Literal["imdb"] = "imdb"
-    data: Path = Path("data/sample/aclImdb")
+
+class FinetuneTask(_Section):
+    """Where one task's data is and where its fine-tuned model and metrics go."""
+
+    data: Path  # the task's files in their official layout
+    out: Path  # checkpoint directory
+    metrics: Path  # DVC metrics file; prediction files are written beside it
+    epochs: PositiveInt | None = None  # None = finetune.epochs
+
+
+def _default_tasks() -> dict[str, FinetuneTask]:
+    data = {
+        "wikihop": "qangaroo_v1.1/wikihop",
+        "triviaqa": "triviaqa",
+        "hotpotqa": "hotpotqa",
+        "imdb": "aclImdb",
+        "hyperpartisan": "hyperpartisan",
+    }
+    epochs = {"wikihop": 6, "triviaqa": 6, "hotpotqa": 6, "imdb": None, "hyperpartisan": 6}
+    return {
+        t: FinetuneTask(
+            data=Path("data/sample") / d,
+            out=Path(f"data/checkpoints/{t}"),
+            metrics=Path(f"data/metrics/finetune_{t}.json"),
+            epochs=epochs[t],
+        )
+        for t, d in data.items()
+    }
+
+
+class FinetuneParams(_Section):
+    """Fine-tuning on a task (`longdoc finetune`) next to a truncated baseline.
+
+    `task` picks the task one command runs; the pipeline (and `dvc repro`) runs every task in
+    `tasks`. `data`/`out`/`metrics` left null resolve to `tasks[task]`'s; set they override it
+    for this run only (the `--data/--out` flags).
+    """
+
+    task: TaskName = "imdb"
+    tasks: dict[TaskName, FinetuneTask] = Field(default_factory=_default_tasks)
+    data: Path | None = None
+    out: Path | None = None
+    metrics: Path | None = None
     base: Path = Path("data/checkpoints/pretrain")
-    out: Path = Path("data/checkpoints/imdb")
-    metrics: Path = Path("data/metrics/finetune_imdb.json")  # DVC metrics file
     max_len: Annotated[int, Field(ge=16)] = 4096
-    baseline_max_len: Annotated[int, Field(ge=16)] = 512
+    windows: bool = True  # inputs over max_len: overlapping windows (true) or truncation
+    window_overlap: NonNegInt = 256  # tokens shared by neighbouring windows
+    baseline_max_len: Annotated[int, Field(ge=16)] | None = 512  # truncated; null = no baseline
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 4
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
@@ -173,6 +213,36 @@ class FinetuneParams(_Section):
     max_eval_samples: PositiveInt | None = None
     register_model: bool = True
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _resolve_task_paths(self) -> FinetuneParams:
+        entry = self.tasks.get(self.task)
+        if entry is None and self.data is None:
+            raise ValueError(
+                f"task {self.task!r} is not in finetune.tasks: add it there or set finetune.data"
+            )
+        # __dict__: plain assignment would re-run this validator (validate_assignment)
+        if self.data is None:
+            self.__dict__["data"] = entry.data
+        if self.out is None:
+            self.__dict__["out"] = entry.out if entry else Path(f"data/checkpoints/{self.task}")
+        if self.metrics is None:
+            default = Path(f"data/metrics/finetune_{self.task}.json")
+            self.__dict__["metrics"] = entry.metrics if entry else default
+        return self
+
+    def for_task(self, task: str) -> FinetuneParams:
+        """These parameters for another task: its paths from `tasks`, everything else shared.
+        Explicit data/out/metrics overrides belong to the task they were given for."""
+        if task == self.task:
+            return self
+        fields = self.model_dump(exclude={"data", "out", "metrics"})
+        return FinetuneParams.model_validate({**fields, "task": task})
+
+    @property
+    def task_epochs(self) -> int:
+        entry = self.tasks.get(self.task)
+        return entry.epochs if entry is not None and entry.epochs else self.epochs
 
 
 class ScoreParams(_Section):

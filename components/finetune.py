@@ -1,8 +1,14 @@
-"""Fine-tuning the long model on a document-classification task, next to a 512-token baseline.
+"""Fine-tuning the long model on one of the five tasks, next to a truncated baseline.
 
 The baseline is the same model, data and recipe with inputs truncated to `baseline_max_len`
-tokens: the comparison shows what the long context buys. The long model is registered as
-`longdoc-<task>` and becomes `champion` when it beats the current champion's accuracy.
+tokens: the comparison shows what the long context buys. The long model reads inputs longer than
+`max_len` as overlapping windows (components.windows) unless `windows` is off. Both runs write
+their dev predictions in the task's official format beside the metrics file, and the long model
+is registered as `longdoc-<task>`; it becomes `champion` only when its dev metric (the task's
+PRIMARY_METRIC) beats the current champion's.
+
+Task-specific encoding, heads, losses and window aggregation live in components.finetune_tasks;
+this module is the recipe: load, encode once, train, predict, score, track, register.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +28,15 @@ from transformers import AutoTokenizer
 
 from components import tracking
 from components.config import FinetuneParams, TrackingParams, params_dict
+from components.finetune_tasks import EncodeError, TaskAdapter, adapter_for, n_tokens, steps_for
 from components.io import InputError, atomic_write_json, require_path, write_manifest
-from components.model import LongformerForSequenceClassification
-from components.serving import log_classifier, predict_texts
+from components.serving import log_classifier
+from components.tasks import LoadResult, task_module
 from components.training import (
     Throughput,
     adamw,
     plot_curve,
     publish_dir,
-    quiet_loading,
     seed_everything,
     staging_dir,
     warmup_linear_decay,
@@ -49,7 +56,10 @@ class Example:
 
 
 def load_imdb(root: Path, split: str) -> list[Example]:
-    """The aclImdb layout: `<split>/{pos,neg}/<id>_<rating>.txt`, `<br />` as line breaks."""
+    """All-or-nothing IMDB reading (raises on the first bad file), kept for callers that want
+    that; fine-tuning uses components.tasks.imdb, which skips and reports bad files.
+
+    The aclImdb layout: `<split>/{pos,neg}/<id>_<rating>.txt`, `<br />` as line breaks."""
     split_dir = require_path(Path(root) / split, f"IMDB {split} split")
     examples = []
     for label, name in enumerate(IMDB_LABELS):
@@ -67,124 +77,239 @@ def load_imdb(root: Path, split: str) -> list[Example]:
     return examples
 
 
-def _batches(encoded: list[list[int]], labels: list[int], batch_size: int, gen, pad_id: int):
-    order = torch.randperm(len(encoded), generator=gen).tolist()
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-            mask[row, : len(encoded[i])] = 1
-        yield ids, mask, torch.tensor([labels[i] for i in idx])
+def _report_skipped(task: str, split: str, result: LoadResult, limit: int = 20) -> None:
+    for s in result.skipped[:limit]:
+        log.warning("%s %s: skipped %s record %d: %s", task, split, s.file, s.index, s.reason)
+    if len(result.skipped) > limit:
+        log.warning("%s %s: ... and %d more skipped", task, split, len(result.skipped) - limit)
 
 
-def train_classifier(
-    params: FinetuneParams,
-    train: list[Example],
-    test: list[Example],
+def _encode_all(
+    adapter: TaskAdapter,
+    examples: list,
     max_len: int,
-    tokenizer,
+    overlap: int,
+    max_windows: int | None,
+    train: bool,
+    skipped: list[dict],
+) -> list:
+    encoded = []
+    for ex in examples:
+        try:
+            encoded.append(adapter.encode(ex, max_len, overlap, max_windows, train))
+        except EncodeError as exc:
+            skipped.append({"id": ex.id, "reason": str(exc)})
+            log.warning("example %s not encoded: %s", ex.id, exc)
+    return encoded
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_task(
+    params: FinetuneParams,
+    adapter: TaskAdapter,
+    train: list,
+    dev: list,
+    max_len: int,
+    windows: bool,
     out: Path | None,
     run_name: str,
+    predictions_path: Path | None = None,
 ) -> dict:
-    """One fine-tuning run inside its own (nested) MLflow run; returns its metrics."""
+    """One fine-tuning run inside its own (nested) MLflow run: encode, train, predict on dev,
+    score with the task's official metric. Returns the metrics and run facts."""
     gen = seed_everything(params.seed)
-    with quiet_loading():  # the MLM head is dropped and the classifier is new: expected
-        model = LongformerForSequenceClassification.from_pretrained(
-            params.base,
-            num_labels=len(IMDB_LABELS),
-            id2label=dict(enumerate(IMDB_LABELS)),
-            label2id={n: i for i, n in enumerate(IMDB_LABELS)},
-        )
+    model = adapter.build_model(params.base)
     if max_len > model.config.max_position_embeddings - 2:
         raise InputError(
             f"finetune.max_len={max_len} exceeds the model's "
             f"{model.config.max_position_embeddings - 2} positions"
         )
-    encoded = [tokenizer(ex.text, truncation=True, max_length=max_len)["input_ids"] for ex in train]
-    labels = [ex.label for ex in train]
-    steps = params.epochs * -(-len(train) // params.batch_size)
+    device = _device()
+    model.to(device)
+    max_windows = None if windows else 1
+    overlap = params.window_overlap
+    skipped: list[dict] = []
+    train_enc = _encode_all(adapter, train, max_len, overlap, max_windows, True, skipped)
+    dev_enc = _encode_all(adapter, dev, max_len, overlap, max_windows, False, skipped)
+    if not train_enc:
+        raise InputError(f"finetune {params.task}: no training example could be encoded")
+    epochs = params.task_epochs
+    steps = steps_for(len(train_enc), params.batch_size, epochs)
     optimizer = adamw(model, params.lr, 0.01)
     scheduler = warmup_linear_decay(optimizer, int(params.warmup_ratio * steps), steps)
     curve: list[tuple[int, float]] = []
+    epoch_losses: list[float] = []
     with mlflow.start_run(run_name=run_name, nested=True) as run:
-        mlflow.log_params({"max_len": max_len, "n_train": len(train), "n_test": len(test)})
-        mlflow.log_params({k: v for k, v in params_dict(params).items() if k != "max_len"})
-        model.train()
-        speed = Throughput()
-        step = 0
-        bar = tqdm(total=steps, desc=f"finetune {run_name}", unit="step", mininterval=2)
-        for _epoch in range(params.epochs):
-            for ids, mask, y in _batches(
-                encoded, labels, params.batch_size, gen, model.config.pad_token_id
-            ):
-                loss = model(input_ids=ids, attention_mask=mask, labels=y).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tps = speed.add(int(mask.sum()))
-                curve.append((step, loss.item()))
-                mlflow.log_metrics({"loss": loss.item(), "tokens_per_s": tps}, step=step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-        bar.close()
-        probs = predict_texts(
-            model, tokenizer, [ex.text for ex in test], max_len, params.batch_size
+        mlflow.log_params(
+            {
+                "max_len": max_len,
+                "windows": windows,
+                "n_train": len(train_enc),
+                "n_dev": len(dev_enc),
+                "train_windows": sum(len(e.windows) for e in train_enc),
+                "epochs_run": epochs,
+            }
         )
-        correct = sum(int(p[1] > p[0]) == ex.label for p, ex in zip(probs, test, strict=True))
-        metrics = {"accuracy": correct / len(test), "final_train_loss": curve[-1][1]}
+        mlflow.log_params(
+            {k: v for k, v in params_dict(params).items() if k not in ("max_len", "tasks")}
+        )
+        speed = Throughput()
+        started = time.perf_counter()
+        step = 0
+        bar = tqdm(
+            total=steps, desc=f"finetune {params.task} {run_name}", unit="step", mininterval=2
+        )
+        for _epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(train_enc), generator=gen).tolist()
+            total, counted = 0.0, 0
+            for start in range(0, len(order), params.batch_size):
+                batch = [train_enc[i] for i in order[start : start + params.batch_size]]
+                batch_loss, used, tokens = 0.0, 0, 0
+                for enc in batch:
+                    loss = adapter.loss(model, enc)
+                    if loss is None:  # nothing to learn from (e.g. answer not in the evidence)
+                        continue
+                    (loss / len(batch)).backward()
+                    batch_loss += loss.item()
+                    used += 1
+                    tokens += n_tokens(enc)
+                if used:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                if not used:
+                    continue
+                mean = batch_loss / used
+                total, counted = total + batch_loss, counted + used
+                tps = speed.add(tokens)
+                curve.append((step, mean))
+                mlflow.log_metrics({"loss": mean, "tokens_per_s": tps}, step=step)
+                bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            epoch_losses.append(total / max(1, counted))
+            mlflow.log_metric("epoch_loss", epoch_losses[-1], step=len(epoch_losses))
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        model.eval()
+        with torch.no_grad():
+            predictions = {enc.id: adapter.predict(model, enc) for enc in dev_enc}
+        prediction_file = adapter.prediction_file(predictions)
+        dev_metrics = adapter.task.evaluate(dev, prediction_file)
+        metrics = {
+            **{k: float(v) for k, v in dev_metrics.items() if isinstance(v, int | float)},
+            "first_epoch_loss": epoch_losses[0],
+            "final_epoch_loss": epoch_losses[-1],
+            "train_seconds": train_seconds,
+        }
         mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = plot_curve({run_name: curve}, Path(tmp) / "loss_curve.png", "loss")
-            mlflow.log_artifact(str(png), "plots")
-        result = {"run_id": run.info.run_id, "max_len": max_len, **metrics}
+        if predictions_path is not None:
+            adapter.task.write_predictions(predictions_path, prediction_file)
+            mlflow.log_artifact(str(predictions_path), "predictions")
+        if curve:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = plot_curve({run_name: curve}, Path(tmp) / "loss_curve.png", "loss")
+                mlflow.log_artifact(str(png), "plots")
+        result = {
+            "run_id": run.info.run_id,
+            "max_len": max_len,
+            "windows": windows,
+            "epochs": epochs,
+            "epoch_losses": epoch_losses,
+            "tokens_per_s": speed.add(0),
+            "not_encoded": skipped,
+            "predictions": None if predictions_path is None else str(predictions_path),
+            **metrics,
+        }
         if out is not None:
             staging = staging_dir(out)
             model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+            adapter.tokenizer.save_pretrained(staging)
             publish_dir(staging, out)
     return result
 
 
+def prediction_paths(metrics: Path) -> tuple[Path, Path]:
+    """Where the long model's and the baseline's dev predictions go: beside the metrics file."""
+    metrics = Path(metrics)
+    return (
+        metrics.with_name(f"{metrics.stem}.predictions.json"),
+        metrics.with_name(f"{metrics.stem}.baseline_predictions.json"),
+    )
+
+
 def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
-    """Fine-tune the long model and the truncated baseline; register the long one."""
-    if params.task != "imdb":
-        raise InputError(f"finetune.task={params.task!r}: only 'imdb' is available so far")
+    """Fine-tune the long model and the truncated baseline on `params.task`; register the long
+    one. Malformed records are reported (file, index, reason) and skipped."""
+    task = params.task
+    module = task_module(task)
     require_path(params.base, "base checkpoint")
-    train = load_imdb(params.data, "train")[: params.max_train_samples]
-    test = load_imdb(params.data, "test")[: params.max_eval_samples]
+    train_res = module.load(params.data, "train")
+    dev_res = module.load(params.data, "dev")
+    for split, res in (("train", train_res), ("dev", dev_res)):
+        _report_skipped(task, split, res)
+    train = train_res.examples[: params.max_train_samples]
+    dev = dev_res.examples[: params.max_eval_samples]
+    if not train or not dev:
+        raise InputError(
+            f"{params.data}: {task} has {len(train)} train and {len(dev)} dev examples; "
+            "need at least one of each"
+        )
     tokenizer = AutoTokenizer.from_pretrained(params.base)
+    adapter = adapter_for(task, module, tokenizer)
     out = Path(params.out)
+    long_preds, base_preds = prediction_paths(params.metrics)
+    primary = module.PRIMARY_METRIC
 
     tracking.setup(tracking_params)
-    name = tracking.registered_name(params.task)
-    with mlflow.start_run(run_name=f"finetune-{params.task}") as parent:
+    name = tracking.registered_name(task)
+    with mlflow.start_run(run_name=f"finetune-{task}") as parent:
         mlflow.set_tag("stage", "finetune")
-        mlflow.set_tag("task", params.task)
-        long_run = train_classifier(params, train, test, params.max_len, tokenizer, out, "long")
-        base_run = train_classifier(
-            params, train, test, params.baseline_max_len, tokenizer, None, "baseline"
+        mlflow.set_tag("task", task)
+        long_run = train_task(
+            params, adapter, train, dev, params.max_len, params.windows, out, "long", long_preds
         )
-        mlflow.log_metrics(
-            {"accuracy": long_run["accuracy"], "baseline_accuracy": base_run["accuracy"]}
-        )
+        base_run = None
+        if params.baseline_max_len is not None:
+            base_max = params.baseline_max_len
+            base_run = train_task(
+                params, adapter, train, dev, base_max, False, None, "baseline", base_preds
+            )
+            mlflow.log_metric(f"baseline_{primary}", base_run[primary])
         registered = None
         if params.register_model:
-            registered = _register(name, out, long_run["accuracy"])
+            is_classifier = adapter.kind == "classification"
+            registered = _register(name, out, long_run[primary], primary, is_classifier)
+        else:
+            mlflow.log_metric(primary, long_run[primary])
         summary = {
-            "task": params.task,
+            "task": task,
+            "primary_metric": primary,
             "run_id": parent.info.run_id,
             "long": long_run,
             "baseline": base_run,
             "registered": registered,
             "checkpoint": str(out),
+            "skipped": {
+                "train": len(train_res.skipped),
+                "dev": len(dev_res.skipped),
+                "records": [vars(s) for s in (train_res.skipped + dev_res.skipped)[:100]],
+            },
         }
-    atomic_write_json(params.metrics, {"long": long_run, "baseline": base_run})
+    atomic_write_json(
+        params.metrics,
+        {
+            "task": task,
+            "primary_metric": primary,
+            "long": long_run,
+            "baseline": base_run,
+        },
+    )
     write_manifest(
         out,
         stage="finetune",
@@ -195,21 +320,45 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
     return summary
 
 
-def _register(name: str, checkpoint: Path, accuracy: float) -> dict:
-    """Log + register the model from the parent run; promote it when it beats the champion."""
-    previous = tracking.champion_metric(name, "accuracy")
-    mlflow.log_metric("accuracy", accuracy)
-    info = log_classifier(checkpoint, name)
-    version = str(info.registered_model_version)
-    promoted = previous is None or accuracy > previous
+def _register(
+    name: str,
+    checkpoint: Path,
+    value: float,
+    metric: str = "accuracy",
+    classifier: bool = True,
+) -> dict:
+    """Log + register the model from the active (parent) run; promote it to champion only when
+    its `metric` beats the current champion's.
+
+    Classifiers are logged as the pyfunc model `score` serves (components.serving); the QA and
+    WikiHop models, which no pyfunc wrapper serves yet, are registered as their HF checkpoint
+    directory (load it with the classes in components.model / components.heads).
+    """
+    previous = tracking.champion_metric(name, metric)
+    mlflow.log_metric(metric, value)
+    if classifier:
+        version = str(log_classifier(checkpoint, name).registered_model_version)
+    else:
+        mlflow.log_artifacts(str(checkpoint), "checkpoint")
+        run_id = mlflow.active_run().info.run_id
+        version = str(mlflow.register_model(f"runs:/{run_id}/checkpoint", name).version)
+    promoted = previous is None or value > previous
     if promoted:
         MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, version)
     log.info(
-        "registered %s version %s (accuracy %.3f; champion before: %s)%s",
+        "registered %s version %s (%s %.3f; champion before: %s)%s",
         name,
         version,
-        accuracy,
+        metric,
+        value,
         "none" if previous is None else f"{previous:.3f}",
         " -> champion" if promoted else "",
     )
-    return {"name": name, "version": version, "champion": promoted, "previous": previous}
+    return {
+        "name": name,
+        "version": version,
+        "metric": metric,
+        "value": value,
+        "champion": promoted,
+        "previous": previous,
+    }

@@ -127,8 +127,28 @@ def convert_flow(params: Params | None = None) -> dict:
 
 @flow(name="finetune")
 def finetune_flow(params: Params | None = None) -> dict:
+    """One task: `finetune.task` (the CLI's --task)."""
     params = params or load_params()
     return _finish("finetune", params, _finetune(params))
+
+
+def _for_task(params: Params, task: str) -> Params:
+    return params.model_copy(update={"finetune": params.finetune.for_task(task)})
+
+
+def finetune_tasks(params: Params, force: bool = False) -> dict | str:
+    """The pipeline's finetune step: every task in `finetune.tasks`, each skipped when its own
+    inputs and parameters are unchanged; "skipped" when all were."""
+    logger = get_run_logger()
+    results: dict[str, dict | str] = {}
+    for name in params.finetune.tasks:
+        task_params = _for_task(params, name)
+        if not force and stages.is_fresh(stages.spec("finetune", task_params)):
+            logger.info("finetune %s: inputs and parameters unchanged, skipped", name)
+            results[name] = "skipped"
+            continue
+        results[name] = finetune_flow(task_params)
+    return "skipped" if all(r == "skipped" for r in results.values()) else results
 
 
 @flow(name="score")
@@ -176,6 +196,9 @@ def pipeline_flow(params: Params | None = None, force: bool = False) -> dict:
     logger = get_run_logger()
     results: dict[str, dict | str] = {}
     for name in stages.STAGES:
+        if name == "finetune":  # one run per task listed in params.yaml
+            results[name] = finetune_tasks(params, force)
+            continue
         if not force and stages.is_fresh(stages.spec(name, params)):
             logger.info("%s: inputs and parameters unchanged, skipped", name)
             results[name] = "skipped"

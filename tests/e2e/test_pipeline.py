@@ -5,13 +5,24 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from components.config import FinetuneParams
 from tests.e2e.conftest import run
 
 pytestmark = pytest.mark.slow
 
 
+def one_epoch_tasks() -> dict:
+    """Every task at its default paths, trained for one epoch (the e2e test checks wiring)."""
+    tasks = FinetuneParams().tasks.items()
+    return {name: {**t.model_dump(mode="json"), "epochs": 1} for name, t in tasks}
+
+
 def test_pipeline_end_to_end_then_skips(tmp_path, tiny_params):
+    params = yaml.safe_load(tiny_params.read_text())
+    params["finetune"]["tasks"] = one_epoch_tasks()
+    tiny_params.write_text(yaml.safe_dump(params))
     res = run(
         [sys.executable, "-m", "flows.cli", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
     )
@@ -32,6 +43,11 @@ def test_pipeline_end_to_end_then_skips(tmp_path, tiny_params):
     metrics = json.loads((tmp_path / "data/metrics/finetune_imdb.json").read_text())
     assert 0.0 <= metrics["long"]["accuracy"] <= 1.0
     assert 0.0 <= metrics["baseline"]["accuracy"] <= 1.0
+    for task in ("wikihop", "triviaqa", "hotpotqa", "hyperpartisan"):
+        m = json.loads((tmp_path / f"data/metrics/finetune_{task}.json").read_text())
+        assert m["primary_metric"] in m["long"] and m["primary_metric"] in m["baseline"]
+        assert json.loads((tmp_path / m["long"]["predictions"]).read_text())
+        assert (tmp_path / f"data/checkpoints/{task}/config.json").exists()
 
     preds = pq.read_table(tmp_path / "data/predictions/predictions.parquet").to_pylist()
     score = json.loads((tmp_path / "data/predictions/manifest.json").read_text())

@@ -1,0 +1,263 @@
+"""Windowing, span mapping and decoding, and the cross-window aggregation of each task head, on
+examples built here with a tiny randomly initialised model."""
+
+import pytest
+import torch
+
+from components.config import ModelParams
+from components.finetune_tasks import (
+    ClassificationAdapter,
+    HotpotQAAdapter,
+    TriviaQAAdapter,
+    WikiHopAdapter,
+    _span_text,
+)
+from components.model import LongformerForMaskedLM, make_config
+from components.tasks import (
+    ChoiceExample,
+    ClassificationExample,
+    Document,
+    HotpotExample,
+    SpanExample,
+    task_module,
+)
+from components.tokenize import train_tokenizer
+from components.windows import (
+    best_span,
+    char_span_to_tokens,
+    find_occurrences,
+    marginal_span_loss,
+    window_starts,
+)
+
+FILLER = " ".join(["the cat sat on the mat near the old mill."] * 10)
+TEXTS = [
+    FILLER,
+    "who designed the bridge? it was designed by Ada Lovelace and Lovelace alone",
+    "Kalen Dorvash was born in Tessia in 1900. Were they the same? yes no",
+]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    tokenizer = train_tokenizer(iter(TEXTS * 40), vocab_size=300, min_frequency=1)
+    config = make_config(
+        ModelParams(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            attention_window=8,
+            max_position_embeddings=258,
+        ),
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    path = tmp_path_factory.mktemp("base")
+    torch.manual_seed(0)
+    LongformerForMaskedLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, tokenizer
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+@pytest.mark.parametrize(("n", "width", "overlap"), [(10, 4, 1), (100, 32, 8), (33, 32, 0)])
+def test_windows_cover_everything_with_the_overlap(n, width, overlap):
+    starts = window_starts(n, width, overlap)
+    assert starts[0] == 0 and starts[-1] + width == n  # flush with both ends
+    covered = set()
+    for a, b in zip(starts, starts[1:], strict=False):
+        assert 0 < b - a <= width - overlap  # neighbours share at least `overlap` tokens
+    for s in starts:
+        covered.update(range(s, s + width))
+    assert covered == set(range(n))
+
+
+def test_short_input_is_one_window_and_truncation_keeps_the_first():
+    assert window_starts(5, 8, 2) == [0]
+    assert window_starts(0, 8, 2) == [0]
+    assert window_starts(100, 8, 2, max_windows=1) == [0]
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts(100, 8, 8)
+
+
+def test_char_spans_map_to_tokens_through_leading_space_offsets():
+    offsets = [(0, 3), (3, 7), (7, 11), (11, 12)]  # "The", " big", " cat", "."
+    assert char_span_to_tokens(offsets, 4, 11) == (1, 2)  # "big cat"
+    assert char_span_to_tokens(offsets, 8, 11) == (2, 2)
+    assert char_span_to_tokens(offsets, 20, 25) is None
+
+
+def test_every_occurrence_of_every_alias_on_word_boundaries():
+    text = "Tessik River runs. The tessik river, not Tessikland, meets River Tessik."
+    spans = find_occurrences(text, ["Tessik River", "River Tessik", "Tessik"])
+    found = sorted(text[a:b] for a, b in spans)
+    assert found == ["River Tessik", "Tessik", "Tessik", "Tessik River", "tessik", "tessik river"]
+    assert find_occurrences(text, ["", "absent"]) == []
+
+
+def test_best_span_respects_length_and_allowed_tokens():
+    start = torch.tensor([9.0, 0.0, 5.0, 0.0, 0.0, 0.0])
+    end = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 8.0])
+    allowed = torch.tensor([False, True, True, True, True, True])  # token 0 is the question
+    score, s, e = best_span(start, end, allowed, max_answer_len=4)
+    assert (s, e) == (2, 5) and score == pytest.approx(13.0)
+    score, s, e = best_span(start, end, allowed, max_answer_len=2)  # 2..5 is now too long
+    assert e - s < 2 and allowed[s] and allowed[e]
+    assert best_span(start, end, torch.zeros(6, dtype=torch.bool), 4)[0] == float("-inf")
+
+
+def test_marginal_span_loss_is_shared_across_windows():
+    allowed = torch.ones(2, 4, dtype=torch.bool)
+    gold = torch.zeros(2, 4, dtype=torch.bool)
+    gold[1, 2] = True
+    flat = torch.zeros(2, 4)
+    peaked = flat.clone()
+    peaked[1, 2] = 5.0
+    assert marginal_span_loss(flat, flat, allowed, gold, gold).item() == pytest.approx(
+        torch.log(torch.tensor(8.0)).item()  # uniform over the 8 tokens of both windows
+    )
+    assert marginal_span_loss(peaked, peaked, allowed, gold, gold) < 0.1
+    two = gold.clone()
+    two[0, 1] = True  # a second occurrence: more gold mass, lower loss
+    assert marginal_span_loss(flat, flat, allowed, two, two) < marginal_span_loss(
+        flat, flat, allowed, gold, gold
+    )
+    nothing = torch.zeros_like(gold)
+    assert marginal_span_loss(flat, flat, allowed, nothing, nothing).item() == 0.0
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def test_classification_windows_average_logits(base):
+    path, tok = base
+    adapter = ClassificationAdapter(task_module("imdb"), tok)
+    ex = ClassificationExample("a", FILLER + " brilliant", 1)
+    enc = adapter.encode(ex, 32, 8, None, train=True)
+    assert len(enc.windows) > 2
+    assert all(len(w.ids) <= 32 and w.ids[0] == tok.cls_token_id for w in enc.windows)
+    assert all(w.global_positions == [0] for w in enc.windows)
+    assert len(adapter.encode(ex, 32, 8, 1, train=True).windows) == 1  # truncation
+    model = adapter.build_model(path).eval()
+    with torch.no_grad():
+        per_window = [
+            model(
+                input_ids=torch.tensor([w.ids]),
+                global_attention_mask=torch.tensor([[1] + [0] * (len(w.ids) - 1)]),
+            ).logits[0]
+            for w in enc.windows
+            if len(w.ids) == len(enc.windows[0].ids)
+        ]
+        if len(per_window) == len(enc.windows):
+            assert torch.allclose(
+                adapter.logits(model, enc), torch.stack(per_window).mean(0), atol=1e-5
+            )
+        assert adapter.predict(model, enc) in ("neg", "pos")
+
+
+def test_wikihop_prefix_repeats_and_scores_average_over_windows(base):
+    path, tok = base
+    adapter = WikiHopAdapter(task_module("wikihop"), tok)
+    ex = ChoiceExample(
+        "w1",
+        "country_of_citizenship kalen dorvash",
+        ("tessia", "mill"),
+        (FILLER, "Kalen Dorvash was born in Tessia in 1900.", FILLER),
+        0,
+    )
+    enc = adapter.encode(ex, 96, 16, None, train=True)
+    assert len(enc.windows) > 1 and enc.n_items == 2
+    first = enc.windows[0]
+    prefix_len = first.context[0]
+    for w in enc.windows:  # query + candidates repeat in front of every window, all global
+        assert w.ids[:prefix_len] == first.ids[:prefix_len]
+        assert w.global_positions == list(range(prefix_len))
+        assert w.items == first.items
+    cand = tok.decode([first.ids[i] for i in first.items[0]]).strip()
+    assert cand == "tessia"
+    model = adapter.build_model(path).eval()
+    with torch.no_grad():
+        scores = adapter.scores(model, enc)
+        singles = []
+        for w in enc.windows:
+            one = type(enc)(enc.id, [w], n_items=2, label=0, item_keys=enc.item_keys)
+            singles.append(adapter.scores(model, one))
+    assert torch.allclose(scores, torch.stack(singles).mean(0), atol=1e-4)
+    assert adapter.predict(model, enc) in ex.candidates
+
+
+def test_triviaqa_golds_are_every_alias_occurrence_in_every_document(base):
+    path, tok = base
+    adapter = TriviaQAAdapter(task_module("triviaqa"), tok)
+    ex = SpanExample(
+        "q1",
+        "Who designed the bridge?",
+        (
+            Document("Bridge", FILLER + " It was designed by Ada Lovelace. " + FILLER),
+            Document("Mill", FILLER + " Lovelace visited it."),
+            Document("Other", "nothing here at all"),
+        ),
+        ("Ada Lovelace", "Lovelace"),
+    )
+    enc = adapter.encode(ex, 64, 16, None, train=True)
+    golds = [
+        _span_text(enc, w, s, e)
+        for w in enc.windows
+        for s, e in zip(w.gold_starts, w.gold_ends, strict=True)
+    ]
+    # "Ada Lovelace" and the "Lovelace" inside it in doc 0, "Lovelace" in doc 1, each counted in
+    # every window that holds the whole span
+    assert set(golds) == {"Ada Lovelace", "Lovelace"}
+    docs_with_gold = {w.offsets[0][0] for w in enc.windows if w.gold_starts}
+    assert docs_with_gold == {0, 1}
+    assert not adapter.encode(ex, 64, 16, None, train=False).has_span_target
+    model = adapter.build_model(path).eval()
+    with torch.no_grad():
+        answer = adapter.predict(model, enc)
+    assert isinstance(answer, str) and answer  # a span of some document's text
+    assert any(answer in d.text for d in ex.documents)
+    # answer absent from every document: nothing to train on, but still predicted
+    absent = SpanExample("q2", "Who?", (Document("X", FILLER),), ("Nobody",))
+    enc2 = adapter.encode(absent, 64, 16, None, train=True)
+    assert adapter.loss(model, enc2) is None
+
+
+def test_hotpot_sentences_types_and_prediction_format(base):
+    path, tok = base
+    adapter = HotpotQAAdapter(task_module("hotpotqa"), tok)
+    context = (
+        ("Cat", ("The cat sat.", " On the mat.")),
+        ("Mill", ("The old mill.", " Ada Lovelace was there.", " " + FILLER)),
+    )
+    span_ex = HotpotExample(
+        "h1", "Who was there?", context, "Ada Lovelace", (("Mill", 1),), "bridge", "hard"
+    )
+    yes_ex = HotpotExample("h2", "Same?", context, "yes", (("Cat", 0),), "comparison", "hard")
+    enc = adapter.encode(span_ex, 64, 16, None, train=True)
+    assert len(enc.windows) > 1 and enc.label == 0 and enc.n_items == 5
+    assert enc.item_keys[3] == ("Mill", 1) and enc.item_labels[3] == 1.0
+    assert sum(enc.item_labels) == 1.0
+    golds = {
+        _span_text(enc, w, s, e)
+        for w in enc.windows
+        for s, e in zip(w.gold_starts, w.gold_ends, strict=True)
+    }
+    assert golds == {"Ada Lovelace"}
+    # the long filler sentence is cut by windows: every window that holds part of it pools it
+    assert sum(4 in w.items for w in enc.windows) > 1
+    yes = adapter.encode(yes_ex, 64, 16, None, train=True)
+    assert yes.label == 1 and not yes.has_span_target
+    model = adapter.build_model(path).eval()
+    with torch.no_grad():
+        preds = {e.id: adapter.predict(model, e) for e in (enc, yes)}
+        assert adapter.loss(model, yes) is not None
+    file = adapter.prediction_file(preds)
+    assert set(file) == {"answer", "sp"} and set(file["answer"]) == {"h1", "h2"}
+    for sp in file["sp"].values():
+        assert len(sp) >= 2 and all(isinstance(t, str) and isinstance(i, int) for t, i in sp)
+    task_module("hotpotqa").evaluate([span_ex, yes_ex], file)  # the official scorer accepts it
