@@ -214,6 +214,8 @@ def _coerce(obj: Any, where: str) -> dict[str, str]:
 def load_predictions(path: Path | str) -> dict[str, str]:
     """JSON `{id: "true"|"false"}` or the SemEval run format (`id true|false [confidence]`)."""
     path = require_path(path, "predictions file")
+    if not path.is_file():
+        raise InputError(f"predictions file is not a file: {path}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -8,6 +8,7 @@ user scoring another system's output gets the same kind of message whatever the 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ def records(
     TypeError or ValueError is reported as Skipped(file, index, reason) and left out. `indexes`:
     the records' positions in the file when `items` is a selection of them (default 0, 1, ...)."""
     out = []
-    for i, raw in zip(range(1 << 62) if indexes is None else indexes, items, strict=False):
+    for i, raw in zip(itertools.count() if indexes is None else indexes, items, strict=False):
         try:
             out.append(parse(i, raw))
         except RecordError as exc:

@@ -150,6 +150,8 @@ def test_predictions_json_bool_and_semeval_run_format(tmp_path):
     run.write_text("1 true\n1 false\n")
     with pytest.raises(InputError, match="second prediction for article 1"):
         hp.load_predictions(run)
+    with pytest.raises(InputError, match="predictions file is not a file"):
+        hp.load_predictions(tmp_path)
     out = tmp_path / "w.json"
     hp.write_predictions(out, {"1": False})
     assert json.loads(out.read_text()) == {"1": "false"}
