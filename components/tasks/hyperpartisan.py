@@ -217,7 +217,7 @@ def load_predictions(path: Path | str) -> dict[str, str]:
     if not path.is_file():
         raise InputError(f"predictions file is not a file: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: predictions file is not UTF-8 text ({exc.reason})") from exc
     if text.lstrip().startswith("{"):

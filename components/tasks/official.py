@@ -29,7 +29,7 @@ def read_json(path: Path | str, what: str) -> Any:
     if not path.is_file():
         raise InputError(f"{what} is not a file: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM from a Windows editor is fine
             return json.load(f)
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: {what} is not UTF-8 text ({exc.reason})") from exc

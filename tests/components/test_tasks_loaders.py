@@ -282,6 +282,8 @@ def test_evaluate_file_and_prediction_round_trip(tmp_path):
     assert m["accuracy"] == 0.5 and m["missing"] == 1 and m["gold_skipped"] == 0
     assert json.loads((tmp_path / "m.json").read_text()) == m
     assert evaluate_file("wikihop", gold.parent, preds)["accuracy"] == 0.5
+    _write(preds, "\ufeff" + json.dumps({"WH_dev_0": "b"}))  # a BOM (Windows editors) is fine
+    assert wikihop.load_predictions(preds) == {"WH_dev_0": "b"}
     _write(preds, json.dumps(["b", "a"]))
     with pytest.raises(InputError, match=r"preds\.json: expected a JSON object"):
         evaluate_file("wikihop", gold, preds)
