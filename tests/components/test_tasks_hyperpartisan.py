@@ -164,3 +164,19 @@ def test_gold_from_ground_truth_file(tmp_path):
     assert [(g.id, g.label) for g in gold] == [("0000000", 1), ("0000001", 0), ("0000002", 1)]
     m = hp.evaluate(gold, {"0000000": "true", "0000001": "true", "0000002": "true"})
     assert (m["precision"], m["recall"], m["accuracy"]) == (pytest.approx(2 / 3), 1.0, 2 / 3)
+
+
+def test_several_training_files_split_over_their_concatenation(tmp_path):
+    first = [_article(f"A{i}", f"<p>first file {i}</p>") for i in range(4)]
+    second = [_article(f"B{i}", f"<p>second file {i}</p>") for i in range(2)]
+    for suffix, arts in (("-1", first), ("-2", second)):
+        ids = [a.split('"')[1] for a in arts]
+        (tmp_path / f"articles-training-byarticle{suffix}.xml").write_text(
+            HEAD + "<articles>" + "".join(arts) + "</articles>"
+        )
+        (tmp_path / f"ground-truth-training-byarticle{suffix}.xml").write_text(
+            _truth(dict.fromkeys(ids, True))
+        )
+    # 6 records in name order A0..A3, B0, B1: the last third (B0, B1) is dev
+    assert [e.id for e in hp.load(tmp_path, "train").examples] == ["A0", "A1", "A2", "A3"]
+    assert [e.id for e in hp.load(tmp_path, "dev").examples] == ["B0", "B1"]
