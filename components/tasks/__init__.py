@@ -6,7 +6,8 @@ Each task module exposes:
     NAME: str                     the task name used on the CLI and in `longdoc-<task>`
     PRIMARY_METRIC: str           the dev metric that decides champion promotion
     load(root, split) -> LoadResult   split is "train" or "dev"; malformed records are skipped
-                                  and reported (file, index, reason), never fatal
+                                  and reported (file, index, reason), never fatal (triviaqa's
+                                  also takes domain="wikipedia"|"web" and limit=N)
     evaluate(gold, predictions) -> dict   gold: the dev LoadResult's examples; predictions in the
                                   official prediction-file format (a dict)
     load_gold(path) -> LoadResult the gold examples for scoring, from the path a user gives
