@@ -1,0 +1,192 @@
+"""The README's deployment walk-through, for real, on 127.0.0.1: a Prefect server with its own
+PREFECT_HOME, the `longdoc` process pool, `prefect deploy`, a worker, and
+`prefect deployment run 'batch-score/default' --param input=... --watch` on a tiny archive with
+a tiny model registered in the test's own MLflow store. Every process the test starts is stopped
+by its PID (its process group: the server and the worker start children), also on failure."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from components import tracking
+from components.config import TrackingParams
+from tests.components.test_score import TEXTS, register
+from tests.e2e.conftest import BIN, cli_env, copy_repo
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Processes started in their own session, so one killpg(pid) stops each with its children."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], cwd: Path, env: dict) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.started.append((name, proc))
+        return proc
+
+    def tail(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(self.started):
+            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if proc.stdout:
+                proc.stdout.close()
+        for _name, proc in self.started:  # and the group is gone, children included
+            with pytest.raises(ProcessLookupError):
+                os.killpg(proc.pid, 0)
+
+
+def wait_healthy(url: str, procs: Processes, server: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"prefect server exited {server.returncode}\n{procs.tail('server')}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"prefect server not healthy after {timeout} s\n{procs.tail('server')}")
+
+
+def prefect(args: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
+    res = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if res.returncode != 0:
+        pytest.fail(f"prefect {' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}")
+    return res.stdout + res.stderr
+
+
+def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    copy_repo(repo)
+    store = TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e2e")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    tracking.setup(store)
+    version = register(tmp_path, "longdoc-e2e")
+
+    archive = tmp_path / "inbox.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in [
+            ("a.txt", TEXTS[0].encode()),
+            ("b.txt", TEXTS[1].encode()),
+            ("empty.txt", b"  "),
+            ("c.txt", TEXTS[2].encode()),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "predictions"
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = cli_env(tmp_path)
+    env.update(
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_UI_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        MLFLOW_TRACKING_URI=store.uri,
+    )
+    (tmp_path / "logs").mkdir()
+    procs = Processes(tmp_path / "logs")
+    try:
+        server = procs.start(
+            "server",
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            repo,
+            env,
+        )
+        wait_healthy(api, procs, server, timeout=180)
+        prefect(["work-pool", "create", "longdoc", "--type", "process"], repo, env)
+        prefect(["--no-prompt", "deploy", "--name", "default"], repo, env)
+        listed = prefect(["deployment", "ls"], repo, env)
+        assert "batch-score/default" in listed
+        worker = procs.start(
+            "worker",
+            [str(BIN / "prefect"), "worker", "start", "--pool", "longdoc", "--limit", "1"],
+            repo,
+            env,
+        )
+        res = subprocess.run(
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "batch-score/default",
+                "--param",
+                f"input={archive}",
+                "--param",
+                "model_uri=models:/longdoc-e2e@champion",
+                "--param",
+                f"output={out}",
+                "--watch",
+                "--watch-timeout",
+                "400",
+            ],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=450,
+        )
+        detail = f"{res.stdout[-3000:]}\n--- worker log ---\n{procs.tail('worker')}"
+        assert res.returncode == 0, detail
+        assert "Completed" in res.stdout, detail
+        assert worker.poll() is None, detail
+    finally:
+        procs.stop_all()
+
+    rows = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert sorted(r["member"] for r in rows) == ["a.txt", "b.txt", "c.txt"]
+    assert {r["model_name"] for r in rows} == {"longdoc-e2e"}
+    assert {r["model_version"] for r in rows} == {version}
+    assert all(r["label"] in {"neg", "pos"} for r in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"inputs": 4, "scored": 3, "errors": 1}
+    errors = (out / "errors.jsonl").read_text().splitlines()
+    assert [json.loads(e)["member"] for e in errors] == ["empty.txt"]
