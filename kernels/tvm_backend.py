@@ -299,6 +299,8 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
         "fwd": lib["sliding_window_fwd"],
         "dq": lib["sliding_window_bwd_dq"],
         "dkdv": lib["sliding_window_bwd_dkdv"],
+        "pack_t": lib["pack_t"],
+        "pack_p": lib["pack_p"],
     }
     _loaded[memo] = fns
     return fns
@@ -350,29 +352,16 @@ def usable_cached(q: torch.Tensor, pattern: Pattern, needs_grad: bool) -> bool:
     return cached_variant_exists(q.shape[-1])
 
 
-def _padded(x: torch.Tensor, left: int, right: int, dims: tuple[int, ...]) -> torch.Tensor:
-    """``_pad_seq(x, left, right).permute(*dims).contiguous()`` in one pass: allocate the
-    permuted, padded buffer, zero only the pad rows and copy ``x`` into the middle (padding then
-    permuting would write every element twice, plus a zero fill of the whole buffer)."""
-    shape = list(x.shape)
-    shape[1] += left + right
-    out = x.new_empty([shape[i] for i in dims])
-    view = out.permute(*[dims.index(i) for i in range(len(dims))])  # back to x's dim order
-    view[:, :left].zero_()
-    view[:, shape[1] - right :].zero_()
-    view[:, left : shape[1] - right].copy_(x)
-    return out
-
-
 def _pad_seq(x: torch.Tensor, left: int, right: int, value: float = 0.0) -> torch.Tensor:
     """Pad dim 1 (the sequence) of a ``(B, n, ...)`` tensor."""
     pads = [0, 0] * (x.dim() - 2) + [left, right]
     return F.pad(x, pads, value=value)
 
 
-#: The kernels read padded (and partly transposed) copies of their operands. For long inputs the
-#: heads are processed in groups so that each such copy stays under this many bytes: it bounds
-#: the extra memory of forward and backward at a few of these copies, whatever the length.
+#: The kernels read padded (and partly transposed) copies of their band-side operands. For long
+#: inputs the heads are processed in groups so that each such copy stays under this many bytes:
+#: it bounds the extra memory of forward and backward at a few of these copies, whatever the
+#: length. Row-side operands and outputs are never copied: the kernels index them at ``h0``.
 CHUNK_BYTES = 8 << 20
 
 
@@ -383,11 +372,30 @@ def _head_groups(x: torch.Tensor) -> list[slice]:
     return [slice(h0, min(h, h0 + hc)) for h0 in range(0, h, hc)]
 
 
-def _pad_rows(x: torch.Tensor, rows: int, value: float = 0.0) -> torch.Tensor:
-    """``x`` with dim 1 padded to ``rows``, contiguous (no copy when it already is both)."""
-    if x.shape[1] == rows:
-        return x.contiguous()
-    return _pad_seq(x, 0, rows - x.shape[1], value).contiguous()
+def _band_len(m: int, rows: int, w: int) -> int:
+    """Length ``NP`` of a band-side packed buffer: ``w`` zero rows on the left, then the ``m``
+    positions, then zeros far enough that the last tile (``rows`` rows, reading whole key tiles
+    of ``KEY_TILE``) stays inside; a multiple of ``KEY_TILE`` (the pack kernels' block)."""
+    from .tvm_source import KEY_TILE
+
+    mt = -(-m // rows) * rows
+    need = mt + 2 * w + KEY_TILE
+    return -(-need // KEY_TILE) * KEY_TILE
+
+
+def _pack(fns, x: torch.Tensor, hs: slice, length: int, w: int, transposed: bool) -> torch.Tensor:
+    """Heads ``hs`` of ``x (B, m, H, D)``, padded to ``length`` positions (``w`` on the left), as
+    ``(B, h, D, length)`` if ``transposed`` else ``(B, h, length, D)``, by the compiled (parallel)
+    pack kernels: one pass, zeros written only where they belong."""
+    b, _, _, d = x.shape
+    hg = hs.stop - hs.start
+    if transposed:
+        out = torch.empty(b, hg, d, length, dtype=torch.float32)
+        fns["pack_t"](x, out, hs.start, w)
+    else:
+        out = torch.empty(b, hg, length, d, dtype=torch.float32)
+        fns["pack_p"](x, out, hs.start, w)
+    return out
 
 
 class _Band(torch.autograd.Function):
@@ -399,40 +407,30 @@ class _Band(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, key_ok, fns, window: int, causal: bool):
-        from .tvm_source import KEY_ROWS, KEY_TILE, QUERY_TILE
+        from .tvm_source import QUERY_TILE
 
+        q, k, v = (x.contiguous() for x in (q, k, v))
         b, m, h, d = q.shape
         w = int(window)
-        mq = -(-m // QUERY_TILE) * QUERY_TILE
-        right = mq - m + w + KEY_TILE + QUERY_TILE
-        okp = _pad_seq(key_ok.to(torch.float32), w, right)
-        out = torch.empty(b, mq, h, d, dtype=torch.float32)
-        lse = torch.empty(b, mq, h, dtype=torch.float32)
-        groups = _head_groups(q)
-        for hs in groups:
-            kt = _padded(k[:, :, hs], w, right, (0, 2, 3, 1))  # (B,H,D,NP)
-            vp = _padded(v[:, :, hs], w, right, (0, 2, 1, 3))  # (B,H,NP,D)
-            if len(groups) == 1:
-                o_c, l_c = out, lse
-            else:
-                o_c = torch.empty(b, mq, kt.shape[1], d, dtype=torch.float32)
-                l_c = torch.empty(b, mq, kt.shape[1], dtype=torch.float32)
-            fns["fwd"](_pad_rows(q[:, :, hs], mq), kt, vp, okp, o_c, l_c, w, int(causal))
+        length = _band_len(m, QUERY_TILE, w)
+        okp = _pad_seq(key_ok.to(torch.float32), w, length - w - m).contiguous()
+        out = torch.empty(b, m, h, d, dtype=torch.float32)
+        lse = torch.empty(b, m, h, dtype=torch.float32)
+        for hs in _head_groups(q):
+            kt = _pack(fns, k, hs, length, w, transposed=True)
+            vp = _pack(fns, v, hs, length, w, transposed=False)
+            fns["fwd"](q, kt, vp, okp, out, lse, w, int(causal), hs.start)
             del kt, vp
-            if len(groups) > 1:
-                out[:, :, hs] = o_c
-                lse[:, :, hs] = l_c
-        out, lse = out[:, :m], lse[:, :m]
         ctx.save_for_backward(q, k, v, key_ok, out, lse)
         ctx.fns, ctx.w, ctx.causal = fns, w, bool(causal)
-        ctx.tiles = (QUERY_TILE, KEY_ROWS, KEY_TILE)
         return out, lse
 
     @staticmethod
     def backward(ctx, g_out, g_lse):
+        from .tvm_source import BIG, DQ_TILE, KEY_ROWS
+
         q, k, v, key_ok, out, lse = ctx.saved_tensors
         fns, w, causal = ctx.fns, ctx.w, int(ctx.causal)
-        qt_, kr, kt_ = ctx.tiles
         b, m, h, d = q.shape
         if g_out is None:
             g_out = torch.zeros_like(out)
@@ -441,75 +439,31 @@ class _Band(torch.autograd.Function):
         if g_lse is not None:
             delta = delta - g_lse
         live = torch.isfinite(lse)
-        delta = torch.where(live, delta, torch.zeros_like(delta))
-        lse_s = torch.where(live, lse, torch.full_like(lse, 3.0e38))
-        groups = _head_groups(q)
-        if len(groups) == 1:
-            dq = _bwd_dq(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, qt_, kt_)
-            dk, dv = _bwd_dkdv(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, kr, kt_)
-            return dq, dk, dv, None, None, None, None
+        delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
+        lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
+        okf = key_ok.to(torch.float32).contiguous()
+        len_q = _band_len(m, DQ_TILE, w)
+        len_k = _band_len(m, KEY_ROWS, w)
+        okp = _pad_seq(okf, w, len_q - w - m).contiguous()
         dq, dk, dv = (torch.empty(b, m, h, d, dtype=torch.float32) for _ in range(3))
-        for hs in groups:
-            args = (q[:, :, hs], k[:, :, hs], v[:, :, hs], key_ok, g_out[:, :, hs])
-            more = (lse_s[:, :, hs], delta[:, :, hs], w, causal)
-            dq[:, :, hs] = _bwd_dq(fns, *args, *more, qt_, kt_)
-            dk[:, :, hs], dv[:, :, hs] = _bwd_dkdv(fns, *args, *more, kr, kt_)
+        for hs in _head_groups(q):
+            # dq: rows = queries, band = keys. Its packed copies are freed before dk/dv's.
+            kt = _pack(fns, k, hs, len_q, w, transposed=True)
+            vt = _pack(fns, v, hs, len_q, w, transposed=True)
+            kp = _pack(fns, k, hs, len_q, w, transposed=False)
+            fns["dq"](q, g_out, lse_s, delta, kt, vt, kp, okp, dq, w, causal, hs.start)
+            del kt, vt, kp
+            # dk, dv: rows = keys, band = queries (with their lse and delta)
+            qt = _pack(fns, q, hs, len_k, w, transposed=True)
+            dot = _pack(fns, g_out, hs, len_k, w, transposed=True)
+            qp = _pack(fns, q, hs, len_k, w, transposed=False)
+            dop = _pack(fns, g_out, hs, len_k, w, transposed=False)
+            right = len_k - w - m
+            lsep = _pad_seq(lse_s[:, :, hs], w, right, BIG).permute(0, 2, 1).contiguous()
+            deltap = _pad_seq(delta[:, :, hs], w, right).permute(0, 2, 1).contiguous()
+            fns["dkdv"](k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal, hs.start)
+            del qt, dot, qp, dop
         return dq, dk, dv, None, None, None, None
-
-
-def _bwd_dq(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, qt_, kt_):
-    """dq by ``sliding_window_bwd_dq``: rows = queries, band = keys (padded left by ``w``).
-    A function of its own so its padded copies are freed before the dk/dv pass (peak memory)."""
-    b, m, h, d = q.shape
-    mq = -(-m // qt_) * qt_
-    right = mq - m + w + kt_ + qt_
-    kp = _padded(k, w, right, (0, 2, 1, 3))  # (B, H, NP, D)
-    vt = _padded(v, w, right, (0, 2, 3, 1))  # (B, H, D, NP)
-    okp = _pad_seq(key_ok.to(torch.float32), w, right)
-    dq = torch.empty(b, mq, h, d, dtype=torch.float32)
-    fns["dq"](
-        _pad_rows(q, mq),
-        _pad_rows(g_out, mq),
-        _pad_rows(lse_s, mq, 3.0e38),
-        _pad_rows(delta, mq),
-        kp.transpose(2, 3).contiguous(),
-        vt,
-        kp,
-        okp,
-        dq,
-        w,
-        causal,
-    )
-    return dq[:, :m]
-
-
-def _bwd_dkdv(fns, q, k, v, key_ok, g_out, lse_s, delta, w, causal, kr, kt_):
-    """dk, dv by ``sliding_window_bwd_dkdv``: rows = keys, band = queries (padded left by w)."""
-    b, m, h, d = q.shape
-    mk = -(-m // kr) * kr
-    right = mk - m + w + kt_ + kr
-    qp = _padded(q, w, right, (0, 2, 1, 3))  # (B, H, NQ, D)
-    dop = _padded(g_out, w, right, (0, 2, 1, 3))
-    lsep = _pad_seq(lse_s, w, right, 3.0e38).permute(0, 2, 1).contiguous()
-    deltap = _padded(delta, w, right, (0, 2, 1))
-    dk = torch.empty(b, mk, h, d, dtype=torch.float32)
-    dv = torch.empty(b, mk, h, d, dtype=torch.float32)
-    fns["dkdv"](
-        _pad_rows(k, mk),
-        _pad_rows(v, mk),
-        _pad_rows(key_ok.to(torch.float32), mk),
-        qp.transpose(2, 3).contiguous(),
-        dop.transpose(2, 3).contiguous(),
-        qp,
-        dop,
-        lsep,
-        deltap,
-        dk,
-        dv,
-        w,
-        causal,
-    )
-    return dk[:, :m], dv[:, :m]
 
 
 def _local_fn(fns, window: int, causal: bool):

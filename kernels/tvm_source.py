@@ -4,29 +4,41 @@ This module imports TVM at import time; only ``kernels.tvm_backend`` imports it,
 kernel is built. Its text is hashed into the build manifest: editing it invalidates every cached
 library.
 
-One build per head_dim ``D`` holds three functions (batch, sequence length and heads symbolic;
-window ``w`` and ``causal`` runtime arguments). Keys/queries on the "band" side are padded on
-the left by ``w`` so that row ``i`` of a tile starting at ``i0`` finds its band at padded
-positions ``i0 + c*KT + t`` (``rel = c*KT + t - a`` in ``[0, nkeys)`` for row ``a`` of the tile,
-``nkeys = 2w+1``, or ``w+1`` when causal); the caller pads the right far enough that tile reads
-never leave the buffers.
+One build per head_dim ``D`` holds five functions (batch, sequence length and heads symbolic;
+window ``w``, ``causal`` and the first head ``h0`` runtime arguments). Tensors on the *row* side
+(the queries of the forward and dq kernels, the keys of the dk/dv kernel, and every output) are
+the caller's full ``(B, n, HF, D)`` tensors, read and written in place at heads ``h0 .. h0+HG``:
+no copies. Tensors on the *band* side are packed per head group by ``pack_t`` / ``pack_p``
+(transposed / natural layout, padded on the left by ``w`` so that row ``i`` of a tile starting at
+``i0`` finds its band at padded positions ``i0 + c*KT + t``, ``rel = c*KT + t - a`` in
+``[0, nkeys)`` for row ``a`` of the tile, ``nkeys = 2w+1``, or ``w+1`` when causal; the caller
+pads the right far enough, to a multiple of ``KT``, that tile reads never leave the buffers).
+The last row tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skipped.
 
-* ``sliding_window_fwd(q (B,nq,H,D), kt (B,H,D,NP), v (B,H,NP,D), ok (B,NP), o, lse, w, causal)``:
-  softmax over the band keys with an online (flash-style) softmax; ``o (B,nq,H,D)`` and its
-  log-sum-exp ``lse (B,nq,H)`` (``-inf`` where the row has no usable key, whose ``o`` is 0), so
-  the caller can merge extra keys (the global tokens) exactly and differentiate through ``lse``.
-* ``sliding_window_bwd_dq(q, do, lse, delta, kt, vt, kp, ok, dq, w, causal)``: FlashAttention-2
-  style: recompute ``p = exp(s - lse)``, ``ds = p * (do.v - delta)``, ``dq = scale * ds @ k``.
-  ``lse`` must be finite (the caller puts ``+BIG`` on rows with no key, so their ``p`` is 0).
-* ``sliding_window_bwd_dkdv(k, v, okk, qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal)``: the
-  same band seen from the keys: key ``j`` gets ``dv = p^T do`` and ``dk = scale * ds^T q`` over
-  the queries whose band holds it (``i - j`` in ``[-w, w]``, or ``[0, w]`` when causal); query
-  tensors padded on the left by ``w``.
+* ``pack_t(x (B,n,HF,D), xt (B,HG,D,NP), h0, left)``, ``pack_p(x, xp (B,HG,NP,D), h0, left)``:
+  the band-side copies, zero outside ``[left, left+n)``.
+* ``sliding_window_fwd(q, kt, v, ok (B,NP), o, lse (B,n,HF), w, causal, h0)``: softmax over the
+  band keys, online (flash-style) across chunks of up to ``CH`` keys with an exact max and sum
+  inside each chunk; ``o`` and its log-sum-exp ``lse`` (``-inf`` where the row has no usable
+  key, whose ``o`` is 0), so the caller can merge extra keys (the global tokens) exactly and
+  differentiate through ``lse``.
+* ``sliding_window_bwd_dq(q, do, lse, delta, kt, vt, kp, ok, dq, w, causal, h0)``:
+  FlashAttention-2 style: recompute ``p = exp(s - lse)``, ``ds = p * (do.v - delta)``,
+  ``dq = scale * ds @ k``. ``lse`` must be finite (the caller puts ``+BIG`` on rows with no key,
+  so their ``p`` is 0).
+* ``sliding_window_bwd_dkdv(k, v, okk (B,n), qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal,
+  h0)``: the same band seen from the keys: key ``j`` gets ``dv = p^T do`` and
+  ``dk = scale * ds^T q`` over the queries whose band holds it (``i - j`` in ``[-w, w]``, or
+  ``[0, w]`` when causal); query-side tensors packed and padded on the left by ``w``.
 
 Schedule: one parallel loop over ``(batch, head, row tile)``. A tile of ``QT`` rows streams the
 band in tiles of ``KT`` positions, so each loaded key (or query) vector serves ``QT`` rows:
 scores are ``QT x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous transposed
-operands, and accumulators are vectorised over ``D``.
+operands (a serial loop over ``D``, which LLVM strength-reduces to pointer increments: fully
+unrolled, it recomputed every ``d * NP`` address), and accumulators are vectorised over ``D``.
+The forward keeps the chunk's scores in a stack buffer so that its max and sum are vector
+reductions over the chunk (one horizontal step per chunk, not per key tile) and the running
+output is rescaled once per chunk.
 """
 
 from __future__ import annotations
@@ -37,8 +49,10 @@ import tvm
 from tvm.script import tirx as T
 
 KEY_TILE = 16  # KT: band positions per inner tile (one AVX-512 vector of fp32)
-QUERY_TILE = 2  # QT: rows per tile in the forward and dq kernels
+QUERY_TILE = 4  # QT: rows per tile in the forward kernel (4 x 64 fp32 accumulators: 16 zmm)
+DQ_TILE = 2  # rows per tile in the dq kernel (four score-like accumulators per row)
 KEY_ROWS = 2  # rows (keys) per tile in the dk/dv kernel (two accumulators per row)
+CHUNK_TILES = 64  # forward: key tiles per softmax chunk (CH = 1024 keys, 16 KiB of scores)
 NEG = -3.0e38
 BIG = 3.0e38
 
@@ -78,13 +92,67 @@ def _add(x, y):
 
 
 def sliding_window(
-    head_dim: int, key_tile: int = KEY_TILE, query_tile: int = QUERY_TILE, key_rows: int = KEY_ROWS
+    head_dim: int,
+    key_tile: int = KEY_TILE,
+    query_tile: int = QUERY_TILE,
+    key_rows: int = KEY_ROWS,
+    dq_tile: int = DQ_TILE,
+    chunk_tiles: int = CHUNK_TILES,
 ) -> tvm.IRModule:
     D = head_dim
     KT = key_tile
     QT = query_tile
     KR = key_rows
+    QD = dq_tile
+    SUBS = chunk_tiles
+    CH = SUBS * KT
     scale = 1.0 / math.sqrt(D)
+
+    @T.prim_func
+    def pack_t(x_h: T.handle, xt_h: T.handle, h0: T.int32, left: T.int32):
+        T.func_attr({"global_symbol": "pack_t", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        HF = T.int32()
+        HG = T.int32()
+        NP = T.int32()
+        x = T.match_buffer(x_h, (B, n, HF, D), "float32")
+        xt = T.match_buffer(xt_h, (B, HG, D, NP), "float32")
+        nblk = NP // KT
+        for r in T.parallel(B * HG * nblk):
+            b = r // (HG * nblk)
+            h = r // nblk % HG
+            p0 = r % nblk * KT
+            for d in T.serial(D):
+                for t in T.vectorized(KT):
+                    xt[b, h, d, p0 + t] = T.if_then_else(
+                        p0 + t >= left and p0 + t < left + n,
+                        x[b, T.max(T.min(p0 + t - left, n - 1), 0), h0 + h, d],
+                        T.float32(0),
+                    )
+
+    @T.prim_func
+    def pack_p(x_h: T.handle, xp_h: T.handle, h0: T.int32, left: T.int32):
+        T.func_attr({"global_symbol": "pack_p", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        HF = T.int32()
+        HG = T.int32()
+        NP = T.int32()
+        x = T.match_buffer(x_h, (B, n, HF, D), "float32")
+        xp = T.match_buffer(xp_h, (B, HG, NP, D), "float32")
+        nblk = NP // KT
+        for r in T.parallel(B * HG * nblk):
+            b = r // (HG * nblk)
+            h = r // nblk % HG
+            p0 = r % nblk * KT
+            for t in T.serial(KT):
+                if p0 + t >= left and p0 + t < left + n:
+                    for dd in T.vectorized(D):
+                        xp[b, h, p0 + t, dd] = x[b, p0 + t - left, h0 + h, dd]
+                else:
+                    for dd in T.vectorized(D):
+                        xp[b, h, p0 + t, dd] = T.float32(0)
 
     @T.prim_func
     def fwd(
@@ -96,98 +164,124 @@ def sliding_window(
         lse_h: T.handle,
         w: T.int32,
         causal: T.int32,
+        h0: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_fwd", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
-        H = T.int32()
+        HF = T.int32()
+        HG = T.int32()
         NP = T.int32()
-        q = T.match_buffer(q_h, (B, n, H, D), "float32")
-        kt = T.match_buffer(kt_h, (B, H, D, NP), "float32")
-        v = T.match_buffer(v_h, (B, H, NP, D), "float32")
+        q = T.match_buffer(q_h, (B, n, HF, D), "float32")
+        kt = T.match_buffer(kt_h, (B, HG, D, NP), "float32")
+        v = T.match_buffer(v_h, (B, HG, NP, D), "float32")
         ok = T.match_buffer(ok_h, (B, NP), "float32")
-        o = T.match_buffer(o_h, (B, n, H, D), "float32")
-        lse = T.match_buffer(lse_h, (B, n, H), "float32")
+        o = T.match_buffer(o_h, (B, n, HF, D), "float32")
+        lse = T.match_buffer(lse_h, (B, n, HF), "float32")
         nkeys = 2 * w + 1 - causal * w
         ntiles = (nkeys + QT - 1 + KT - 1) // KT
-        nt = n // QT
-        for r in T.parallel(B * H * nt):
+        nchunks = (ntiles + SUBS - 1) // SUBS
+        nt = (n + QT - 1) // QT
+        for r in T.parallel(B * HG * nt):
+            sb = T.alloc_buffer((QT * CH,), "float32", scope="local")
             s = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            p = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            s2 = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            mv = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            sv = T.alloc_buffer((QT * KT,), "float32", scope="local")
+            qr = T.alloc_buffer((QT * D,), "float32", scope="local")
             acc = T.alloc_buffer((QT * D,), "float32", scope="local")
             m = T.alloc_buffer((QT,), "float32", scope="local")
             lsum = T.alloc_buffer((QT,), "float32", scope="local")
             mn = T.alloc_buffer((QT,), "float32", scope="local")
             al = T.alloc_buffer((QT,), "float32", scope="local")
-            b = r // (H * nt)
-            h = r // nt % H
+            b = r // (HG * nt)
+            h = r // nt % HG
             i0 = r % nt * QT
-            for x in T.vectorized(QT * D):
-                acc[x] = T.float32(0)
             for a in T.unroll(QT):
+                for dd in T.vectorized(D):
+                    qr[a * D + dd] = q[b, T.min(i0 + a, n - 1), h0 + h, dd]
+                    acc[a * D + dd] = T.float32(0)
                 m[a] = T.float32(NEG)
                 lsum[a] = T.float32(0)
-            for c in T.serial(ntiles):
+            for ch in T.serial(nchunks):
                 for x in T.vectorized(QT * KT):
-                    s[x] = T.float32(0)
-                    p[x] = T.float32(0)
-                # two partial sums (even/odd d): twice the independent FMA chains
-                for d2 in T.unroll(D // 2):
+                    mv[x] = T.float32(NEG)
+                    sv[x] = T.float32(0)
+                # pass 1: the chunk's masked scores, and their running max per lane
+                for c in T.serial(T.min(SUBS, ntiles - ch * SUBS)):
+                    for x in T.vectorized(QT * KT):
+                        s[x] = T.float32(0)
+                        s2[x] = T.float32(0)
+                    # two partial sums (even/odd d): twice the independent FMA chains
+                    for d2 in T.serial(D // 2):
+                        for a in T.unroll(QT):
+                            for t in T.vectorized(KT):
+                                s[a * KT + t] = (
+                                    s[a * KT + t]
+                                    + qr[a * D + 2 * d2]
+                                    * kt[b, h, 2 * d2, i0 + (ch * SUBS + c) * KT + t]
+                                )
+                                s2[a * KT + t] = (
+                                    s2[a * KT + t]
+                                    + qr[a * D + 2 * d2 + 1]
+                                    * kt[b, h, 2 * d2 + 1, i0 + (ch * SUBS + c) * KT + t]
+                                )
+                    for dl in T.unroll(D % 2):  # odd head_dim: the last d
+                        for a in T.unroll(QT):
+                            for t in T.vectorized(KT):
+                                s[a * KT + t] = (
+                                    s[a * KT + t]
+                                    + qr[a * D + D - 1 + dl]
+                                    * kt[b, h, D - 1 + dl, i0 + (ch * SUBS + c) * KT + t]
+                                )
                     for a in T.unroll(QT):
                         for t in T.vectorized(KT):
-                            s[a * KT + t] = (
-                                s[a * KT + t]
-                                + q[b, i0 + a, h, 2 * d2] * kt[b, h, 2 * d2, i0 + c * KT + t]
+                            sb[a * CH + c * KT + t] = T.if_then_else(
+                                (ch * SUBS + c) * KT + t - a >= 0
+                                and (ch * SUBS + c) * KT + t - a < nkeys
+                                and ok[b, i0 + (ch * SUBS + c) * KT + t] > T.float32(0),
+                                (s[a * KT + t] + s2[a * KT + t]) * T.float32(scale),
+                                T.float32(NEG),
                             )
-                            p[a * KT + t] = (
-                                p[a * KT + t]
-                                + q[b, i0 + a, h, 2 * d2 + 1]
-                                * kt[b, h, 2 * d2 + 1, i0 + c * KT + t]
-                            )
-                for dl in T.unroll(D % 2):  # odd head_dim: the last d
-                    for a in T.unroll(QT):
-                        for t in T.vectorized(KT):
-                            s[a * KT + t] = (
-                                s[a * KT + t]
-                                + q[b, i0 + a, h, D - 1 + dl]
-                                * kt[b, h, D - 1 + dl, i0 + c * KT + t]
-                            )
+                            mv[a * KT + t] = T.max(mv[a * KT + t], sb[a * CH + c * KT + t])
+                # one rescale of the running output per chunk
                 for a in T.unroll(QT):
-                    for t in T.vectorized(KT):
-                        s[a * KT + t] = T.if_then_else(
-                            c * KT + t - a >= 0
-                            and c * KT + t - a < nkeys
-                            and ok[b, i0 + c * KT + t] > T.float32(0),
-                            (s[a * KT + t] + p[a * KT + t]) * T.float32(scale),
-                            T.float32(NEG),
-                        )
-                    mn[a] = T.max(m[a], _tree(T.max, s, a * KT, KT))
+                    mn[a] = T.max(m[a], _tree(T.max, mv, a * KT, KT))
                     al[a] = _exp(m[a] - mn[a])
-                    for t in T.vectorized(KT):
-                        p[a * KT + t] = T.if_then_else(
-                            s[a * KT + t] > T.float32(NEG),
-                            _exp(s[a * KT + t] - mn[a]),
-                            T.float32(0),
-                        )
-                    lsum[a] = lsum[a] * al[a] + _tree(_add, p, a * KT, KT)
+                    lsum[a] = lsum[a] * al[a]
                     for dd in T.vectorized(D):
                         acc[a * D + dd] = acc[a * D + dd] * al[a]
                     m[a] = mn[a]
-                for t in T.serial(KT):
+                # pass 2: probabilities (lane-wise sums) and p @ v
+                for c in T.serial(T.min(SUBS, ntiles - ch * SUBS)):
                     for a in T.unroll(QT):
-                        for dd in T.vectorized(D):
-                            acc[a * D + dd] = (
-                                acc[a * D + dd] + p[a * KT + t] * v[b, h, i0 + c * KT + t, dd]
+                        for t in T.vectorized(KT):
+                            sb[a * CH + c * KT + t] = T.if_then_else(
+                                sb[a * CH + c * KT + t] > T.float32(NEG),
+                                _exp(sb[a * CH + c * KT + t] - m[a]),
+                                T.float32(0),
                             )
+                            sv[a * KT + t] = sv[a * KT + t] + sb[a * CH + c * KT + t]
+                    for t in T.serial(KT):
+                        for a in T.unroll(QT):
+                            for dd in T.vectorized(D):
+                                acc[a * D + dd] = (
+                                    acc[a * D + dd]
+                                    + sb[a * CH + c * KT + t]
+                                    * v[b, h, i0 + (ch * SUBS + c) * KT + t, dd]
+                                )
+                for a in T.unroll(QT):
+                    lsum[a] = lsum[a] + _tree(_add, sv, a * KT, KT)
             for a in T.unroll(QT):
-                if lsum[a] > T.float32(0):
-                    for dd in T.vectorized(D):
-                        o[b, i0 + a, h, dd] = acc[a * D + dd] / lsum[a]
-                    lse[b, i0 + a, h] = m[a] + T.log(lsum[a])
-                else:
-                    for dd in T.vectorized(D):
-                        o[b, i0 + a, h, dd] = T.float32(0)
-                    lse[b, i0 + a, h] = T.float32(-math.inf)
+                if i0 + a < n:
+                    if lsum[a] > T.float32(0):
+                        for dd in T.vectorized(D):
+                            o[b, i0 + a, h0 + h, dd] = acc[a * D + dd] / lsum[a]
+                        lse[b, i0 + a, h0 + h] = m[a] + T.log(lsum[a])
+                    else:
+                        for dd in T.vectorized(D):
+                            o[b, i0 + a, h0 + h, dd] = T.float32(0)
+                        lse[b, i0 + a, h0 + h] = T.float32(-math.inf)
 
     @T.prim_func
     def bwd_dq(
@@ -202,81 +296,86 @@ def sliding_window(
         dq_h: T.handle,
         w: T.int32,
         causal: T.int32,
+        h0: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_bwd_dq", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
-        H = T.int32()
+        HF = T.int32()
+        HG = T.int32()
         NP = T.int32()
-        q = T.match_buffer(q_h, (B, n, H, D), "float32")
-        do = T.match_buffer(do_h, (B, n, H, D), "float32")
-        lse = T.match_buffer(lse_h, (B, n, H), "float32")
-        delta = T.match_buffer(delta_h, (B, n, H), "float32")
-        kt = T.match_buffer(kt_h, (B, H, D, NP), "float32")
-        vt = T.match_buffer(vt_h, (B, H, D, NP), "float32")
-        kp = T.match_buffer(kp_h, (B, H, NP, D), "float32")
+        q = T.match_buffer(q_h, (B, n, HF, D), "float32")
+        do = T.match_buffer(do_h, (B, n, HF, D), "float32")
+        lse = T.match_buffer(lse_h, (B, n, HF), "float32")
+        delta = T.match_buffer(delta_h, (B, n, HF), "float32")
+        kt = T.match_buffer(kt_h, (B, HG, D, NP), "float32")
+        vt = T.match_buffer(vt_h, (B, HG, D, NP), "float32")
+        kp = T.match_buffer(kp_h, (B, HG, NP, D), "float32")
         ok = T.match_buffer(ok_h, (B, NP), "float32")
-        dq = T.match_buffer(dq_h, (B, n, H, D), "float32")
+        dq = T.match_buffer(dq_h, (B, n, HF, D), "float32")
         nkeys = 2 * w + 1 - causal * w
-        ntiles = (nkeys + QT - 1 + KT - 1) // KT
-        nt = n // QT
-        for r in T.parallel(B * H * nt):
-            s = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            dp = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            s2 = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            dp2 = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            acc = T.alloc_buffer((QT * D,), "float32", scope="local")
-            ls = T.alloc_buffer((QT,), "float32", scope="local")
-            de = T.alloc_buffer((QT,), "float32", scope="local")
-            b = r // (H * nt)
-            h = r // nt % H
-            i0 = r % nt * QT
-            for x in T.vectorized(QT * D):
-                acc[x] = T.float32(0)
-            for a in T.unroll(QT):
-                ls[a] = lse[b, i0 + a, h]
-                de[a] = delta[b, i0 + a, h]
+        ntiles = (nkeys + QD - 1 + KT - 1) // KT
+        nt = (n + QD - 1) // QD
+        for r in T.parallel(B * HG * nt):
+            s = T.alloc_buffer((QD * KT,), "float32", scope="local")
+            dp = T.alloc_buffer((QD * KT,), "float32", scope="local")
+            s2 = T.alloc_buffer((QD * KT,), "float32", scope="local")
+            dp2 = T.alloc_buffer((QD * KT,), "float32", scope="local")
+            qr = T.alloc_buffer((QD * D,), "float32", scope="local")
+            dr = T.alloc_buffer((QD * D,), "float32", scope="local")
+            acc = T.alloc_buffer((QD * D,), "float32", scope="local")
+            ls = T.alloc_buffer((QD,), "float32", scope="local")
+            de = T.alloc_buffer((QD,), "float32", scope="local")
+            b = r // (HG * nt)
+            h = r // nt % HG
+            i0 = r % nt * QD
+            for a in T.unroll(QD):
+                for dd in T.vectorized(D):
+                    qr[a * D + dd] = q[b, T.min(i0 + a, n - 1), h0 + h, dd]
+                    dr[a * D + dd] = do[b, T.min(i0 + a, n - 1), h0 + h, dd]
+                    acc[a * D + dd] = T.float32(0)
+                # the overhanging rows of the last tile get p = 0 (lse = +BIG)
+                ls[a] = T.if_then_else(
+                    i0 + a < n, lse[b, T.min(i0 + a, n - 1), h0 + h], T.float32(BIG)
+                )
+                de[a] = delta[b, T.min(i0 + a, n - 1), h0 + h]
             for c in T.serial(ntiles):
-                for x in T.vectorized(QT * KT):
+                for x in T.vectorized(QD * KT):
                     s[x] = T.float32(0)
                     dp[x] = T.float32(0)
                     s2[x] = T.float32(0)
                     dp2[x] = T.float32(0)
-                for d2 in T.unroll(D // 2):  # even/odd partial sums: more independent chains
-                    for a in T.unroll(QT):
+                for d2 in T.serial(D // 2):  # even/odd partial sums: more independent chains
+                    for a in T.unroll(QD):
                         for t in T.vectorized(KT):
                             s[a * KT + t] = (
                                 s[a * KT + t]
-                                + q[b, i0 + a, h, 2 * d2] * kt[b, h, 2 * d2, i0 + c * KT + t]
+                                + qr[a * D + 2 * d2] * kt[b, h, 2 * d2, i0 + c * KT + t]
                             )
                             dp[a * KT + t] = (
                                 dp[a * KT + t]
-                                + do[b, i0 + a, h, 2 * d2] * vt[b, h, 2 * d2, i0 + c * KT + t]
+                                + dr[a * D + 2 * d2] * vt[b, h, 2 * d2, i0 + c * KT + t]
                             )
                             s2[a * KT + t] = (
                                 s2[a * KT + t]
-                                + q[b, i0 + a, h, 2 * d2 + 1]
-                                * kt[b, h, 2 * d2 + 1, i0 + c * KT + t]
+                                + qr[a * D + 2 * d2 + 1] * kt[b, h, 2 * d2 + 1, i0 + c * KT + t]
                             )
                             dp2[a * KT + t] = (
                                 dp2[a * KT + t]
-                                + do[b, i0 + a, h, 2 * d2 + 1]
-                                * vt[b, h, 2 * d2 + 1, i0 + c * KT + t]
+                                + dr[a * D + 2 * d2 + 1] * vt[b, h, 2 * d2 + 1, i0 + c * KT + t]
                             )
                 for dl in T.unroll(D % 2):  # odd head_dim: the last d
-                    for a in T.unroll(QT):
+                    for a in T.unroll(QD):
                         for t in T.vectorized(KT):
                             s2[a * KT + t] = (
                                 s2[a * KT + t]
-                                + q[b, i0 + a, h, D - 1 + dl]
-                                * kt[b, h, D - 1 + dl, i0 + c * KT + t]
+                                + qr[a * D + D - 1 + dl] * kt[b, h, D - 1 + dl, i0 + c * KT + t]
                             )
                             dp2[a * KT + t] = (
                                 dp2[a * KT + t]
-                                + do[b, i0 + a, h, D - 1 + dl]
-                                * vt[b, h, D - 1 + dl, i0 + c * KT + t]
+                                + dr[a * D + D - 1 + dl] * vt[b, h, D - 1 + dl, i0 + c * KT + t]
                             )
-                for a in T.unroll(QT):
+                for a in T.unroll(QD):
                     for t in T.vectorized(KT):
                         s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
                         dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
@@ -289,14 +388,15 @@ def sliding_window(
                         )
                         dp[a * KT + t] = s[a * KT + t] * (dp[a * KT + t] - de[a])
                 for t in T.serial(KT):
-                    for a in T.unroll(QT):
+                    for a in T.unroll(QD):
                         for dd in T.vectorized(D):
                             acc[a * D + dd] = (
                                 acc[a * D + dd] + dp[a * KT + t] * kp[b, h, i0 + c * KT + t, dd]
                             )
-            for a in T.unroll(QT):
-                for dd in T.vectorized(D):
-                    dq[b, i0 + a, h, dd] = acc[a * D + dd] * T.float32(scale)
+            for a in T.unroll(QD):
+                if i0 + a < n:
+                    for dd in T.vectorized(D):
+                        dq[b, i0 + a, h0 + h, dd] = acc[a * D + dd] * T.float32(scale)
 
     @T.prim_func
     def bwd_dkdv(
@@ -313,88 +413,91 @@ def sliding_window(
         dv_h: T.handle,
         w: T.int32,
         causal: T.int32,
+        h0: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_bwd_dkdv", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
-        H = T.int32()
+        HF = T.int32()
+        HG = T.int32()
         NQ = T.int32()
-        k = T.match_buffer(k_h, (B, n, H, D), "float32")
-        v = T.match_buffer(v_h, (B, n, H, D), "float32")
+        k = T.match_buffer(k_h, (B, n, HF, D), "float32")
+        v = T.match_buffer(v_h, (B, n, HF, D), "float32")
         okk = T.match_buffer(okk_h, (B, n), "float32")
-        qt = T.match_buffer(qt_h, (B, H, D, NQ), "float32")
-        dot = T.match_buffer(dot_h, (B, H, D, NQ), "float32")
-        qp = T.match_buffer(qp_h, (B, H, NQ, D), "float32")
-        dop = T.match_buffer(dop_h, (B, H, NQ, D), "float32")
-        lsep = T.match_buffer(lsep_h, (B, H, NQ), "float32")
-        deltap = T.match_buffer(deltap_h, (B, H, NQ), "float32")
-        dk = T.match_buffer(dk_h, (B, n, H, D), "float32")
-        dv = T.match_buffer(dv_h, (B, n, H, D), "float32")
+        qt = T.match_buffer(qt_h, (B, HG, D, NQ), "float32")
+        dot = T.match_buffer(dot_h, (B, HG, D, NQ), "float32")
+        qp = T.match_buffer(qp_h, (B, HG, NQ, D), "float32")
+        dop = T.match_buffer(dop_h, (B, HG, NQ, D), "float32")
+        lsep = T.match_buffer(lsep_h, (B, HG, NQ), "float32")
+        deltap = T.match_buffer(deltap_h, (B, HG, NQ), "float32")
+        dk = T.match_buffer(dk_h, (B, n, HF, D), "float32")
+        dv = T.match_buffer(dv_h, (B, n, HF, D), "float32")
         nq = 2 * w + 1 - causal * w
         ntiles = (nq + KR - 1 + KT - 1) // KT
-        nt = n // KR
-        for r in T.parallel(B * H * nt):
+        nt = (n + KR - 1) // KR
+        for r in T.parallel(B * HG * nt):
             s = T.alloc_buffer((KR * KT,), "float32", scope="local")
             dp = T.alloc_buffer((KR * KT,), "float32", scope="local")
             s2 = T.alloc_buffer((KR * KT,), "float32", scope="local")
             dp2 = T.alloc_buffer((KR * KT,), "float32", scope="local")
+            kr = T.alloc_buffer((KR * D,), "float32", scope="local")
+            vr = T.alloc_buffer((KR * D,), "float32", scope="local")
             ak = T.alloc_buffer((KR * D,), "float32", scope="local")
             av = T.alloc_buffer((KR * D,), "float32", scope="local")
-            b = r // (H * nt)
-            h = r // nt % H
+            kok = T.alloc_buffer((KR,), "float32", scope="local")
+            b = r // (HG * nt)
+            h = r // nt % HG
             j0 = r % nt * KR
             base = j0 + causal * w
-            for x in T.vectorized(KR * D):
-                ak[x] = T.float32(0)
-                av[x] = T.float32(0)
+            for a in T.unroll(KR):
+                for dd in T.vectorized(D):
+                    kr[a * D + dd] = k[b, T.min(j0 + a, n - 1), h0 + h, dd]
+                    vr[a * D + dd] = v[b, T.min(j0 + a, n - 1), h0 + h, dd]
+                    ak[a * D + dd] = T.float32(0)
+                    av[a * D + dd] = T.float32(0)
+                kok[a] = T.if_then_else(j0 + a < n, okk[b, T.min(j0 + a, n - 1)], T.float32(0))
             for c in T.serial(ntiles):
                 for x in T.vectorized(KR * KT):
                     s[x] = T.float32(0)
                     dp[x] = T.float32(0)
                     s2[x] = T.float32(0)
                     dp2[x] = T.float32(0)
-                for d2 in T.unroll(D // 2):  # even/odd partial sums: more independent chains
+                for d2 in T.serial(D // 2):  # even/odd partial sums: more independent chains
                     for a in T.unroll(KR):
                         for t in T.vectorized(KT):
                             s[a * KT + t] = (
                                 s[a * KT + t]
-                                + k[b, j0 + a, h, 2 * d2] * qt[b, h, 2 * d2, base + c * KT + t]
+                                + kr[a * D + 2 * d2] * qt[b, h, 2 * d2, base + c * KT + t]
                             )
                             dp[a * KT + t] = (
                                 dp[a * KT + t]
-                                + v[b, j0 + a, h, 2 * d2] * dot[b, h, 2 * d2, base + c * KT + t]
+                                + vr[a * D + 2 * d2] * dot[b, h, 2 * d2, base + c * KT + t]
                             )
                             s2[a * KT + t] = (
                                 s2[a * KT + t]
-                                + k[b, j0 + a, h, 2 * d2 + 1]
-                                * qt[b, h, 2 * d2 + 1, base + c * KT + t]
+                                + kr[a * D + 2 * d2 + 1] * qt[b, h, 2 * d2 + 1, base + c * KT + t]
                             )
                             dp2[a * KT + t] = (
                                 dp2[a * KT + t]
-                                + v[b, j0 + a, h, 2 * d2 + 1]
-                                * dot[b, h, 2 * d2 + 1, base + c * KT + t]
+                                + vr[a * D + 2 * d2 + 1] * dot[b, h, 2 * d2 + 1, base + c * KT + t]
                             )
                 for dl in T.unroll(D % 2):  # odd head_dim: the last d
                     for a in T.unroll(KR):
                         for t in T.vectorized(KT):
                             s2[a * KT + t] = (
                                 s2[a * KT + t]
-                                + k[b, j0 + a, h, D - 1 + dl]
-                                * qt[b, h, D - 1 + dl, base + c * KT + t]
+                                + kr[a * D + D - 1 + dl] * qt[b, h, D - 1 + dl, base + c * KT + t]
                             )
                             dp2[a * KT + t] = (
                                 dp2[a * KT + t]
-                                + v[b, j0 + a, h, D - 1 + dl]
-                                * dot[b, h, D - 1 + dl, base + c * KT + t]
+                                + vr[a * D + D - 1 + dl] * dot[b, h, D - 1 + dl, base + c * KT + t]
                             )
                 for a in T.unroll(KR):
                     for t in T.vectorized(KT):
                         s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
                         dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
                         s[a * KT + t] = T.if_then_else(
-                            c * KT + t - a >= 0
-                            and c * KT + t - a < nq
-                            and okk[b, j0 + a] > T.float32(0),
+                            c * KT + t - a >= 0 and c * KT + t - a < nq and kok[a] > T.float32(0),
                             _exp(s[a * KT + t] * T.float32(scale) - lsep[b, h, base + c * KT + t]),
                             T.float32(0),
                         )
@@ -411,12 +514,15 @@ def sliding_window(
                                 ak[a * D + dd] + dp[a * KT + t] * qp[b, h, base + c * KT + t, dd]
                             )
             for a in T.unroll(KR):
-                for dd in T.vectorized(D):
-                    dk[b, j0 + a, h, dd] = ak[a * D + dd] * T.float32(scale)
-                    dv[b, j0 + a, h, dd] = av[a * D + dd]
+                if j0 + a < n:
+                    for dd in T.vectorized(D):
+                        dk[b, j0 + a, h0 + h, dd] = ak[a * D + dd] * T.float32(scale)
+                        dv[b, j0 + a, h0 + h, dd] = av[a * D + dd]
 
     return tvm.IRModule(
         {
+            "pack_t": pack_t,
+            "pack_p": pack_p,
             "sliding_window_fwd": fwd,
             "sliding_window_bwd_dq": bwd_dq,
             "sliding_window_bwd_dkdv": bwd_dkdv,
