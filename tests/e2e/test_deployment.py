@@ -54,21 +54,36 @@ class Processes:
 
     def stop_all(self) -> None:
         for _name, proc in reversed(self.started):
-            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(proc)
             if proc.stdout:
                 proc.stdout.close()
-        for _name, proc in self.started:  # and the group is gone, children included
-            with pytest.raises(ProcessLookupError):
-                os.killpg(proc.pid, 0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process group `proc` leads (its PID), SIGKILL whatever is left after
+    `grace` seconds, and return only once every process of the group is gone."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(proc.pid):
+                break
+            time.sleep(0.1)
+        if not _group_alive(proc.pid):
+            break
+    proc.wait(timeout=10)
+    assert not _group_alive(proc.pid), f"process group {proc.pid} survived SIGKILL"
 
 
 def wait_healthy(url: str, procs: Processes, server: subprocess.Popen, timeout: float) -> None:
