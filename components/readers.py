@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+_FIRST_READ = 1 << 16
 MAX_NESTING = 4  # archives inside archives inside ...: deeper than this is rejected
 
 
@@ -129,7 +130,9 @@ def _read_bounded(ctx: _Ctx, f: IO[bytes], limit: int | None = None) -> bytes:
     parts: list[bytes] = []
     n = 0
     while True:
-        block = f.read(min(_CHUNK, limit + 1 - n))
+        # A small first read: most members are small, and a 1 MiB read buffer per member costs
+        # page faults (measured ~20% of reading a tar of small files).
+        block = f.read(min(_FIRST_READ if n == 0 else _CHUNK, limit + 1 - n))
         if not block:
             break
         parts.append(block)
@@ -645,6 +648,9 @@ def _read_tar(ctx: _Ctx, name: str, member: str, f: IO[bytes], depth: int) -> It
     try:
         with tarfile.open(fileobj=f, mode="r|*") as tf:
             for info in tf:
+                # tarfile keeps every TarInfo it has read (for later random access we never
+                # use): ~0.4 kB per member, gigabytes for a tar of millions of small files.
+                tf.members.clear()
                 current = _join(member, info.name)
                 if info.isdir():
                     continue

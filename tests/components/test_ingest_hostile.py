@@ -1,4 +1,4 @@
-"""More hostile input: deeply nested JSON and zip members that lie about their size."""
+"""More hostile input: deeply nested JSON, zip members lying about size, tars of many files."""
 
 from __future__ import annotations
 
@@ -58,3 +58,30 @@ def test_zip_member_lying_about_its_size_stays_bounded(tmp_path: Path) -> None:
     assert rej.member == "small.txt"
     # zipfile reads no more than the claimed size and then fails the CRC check
     assert "corrupt" in rej.reason or "max_member_bytes" in rej.reason
+
+
+def test_tar_of_many_members_does_not_accumulate_headers(tmp_path: Path, monkeypatch) -> None:
+    """tarfile remembers every member header it reads; on a tar of millions of small files that
+    alone is gigabytes, so the reader forgets them as it streams."""
+    import tarfile
+
+    path = tmp_path / "many.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for i in range(500):
+            data = b"Doc %d." % i
+            info = tarfile.TarInfo(f"d/{i:04d}.txt")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    opened: list[tarfile.TarFile] = []
+    real_open = tarfile.open
+
+    def spy(*a, **k):
+        tf = real_open(*a, **k)
+        opened.append(tf)
+        return tf
+
+    monkeypatch.setattr(tarfile, "open", spy)
+    found = list(iter_documents(path))
+    assert len(found) == 500 and all(isinstance(d, Document) for d in found)
+    assert found[-1].text == "Doc 499."
+    assert len(opened) == 1 and len(opened[0].members) <= 1
