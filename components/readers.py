@@ -740,7 +740,14 @@ def _streams_records(name: str) -> bool:
 
 
 def _is_archive(name: str) -> bool:
-    return name.lower().endswith(tuple(ARCHIVES))
+    """An archive, possibly compressed as a whole (`x.tar.zst`, `x.zip.gz`)."""
+    lower = name.lower()
+    if lower.endswith(tuple(ARCHIVES)):
+        return True
+    for suffix in COMPRESSIONS:
+        if lower.endswith(suffix):
+            return _is_archive(lower[: -len(suffix)])
+    return False
 
 
 def supported_suffixes() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from components.config import IngestParams
 from components.ingest import decode_entities, ingest, normalize, read_corpus
+from components.readers import iter_documents
 
 
 def test_whitespace_modes() -> None:
@@ -86,3 +88,22 @@ def test_shards_bounded_by_chars_and_timings_per_source(tmp_path: Path) -> None:
     per = m["timings"]["per_source_s"]
     assert set(per) == {str(src), str(other)}
     assert all(v >= 0 for v in per.values()) and per[str(src)] > 0
+
+
+def test_whole_compressed_archives_name_members_like_archives(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    import zstandard
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        data = b"Inside a zstd tar."
+        info = tarfile.TarInfo("a/x.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    (tmp_path / "t.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
+    (tmp_path / "t.tar.gz").write_bytes(gzip.compress(buf.getvalue()))
+    for name in ("t.tar.zst", "t.tar.gz"):
+        (doc,) = iter_documents(tmp_path / name)
+        assert (doc.member, doc.text) == ("a/x.txt", "Inside a zstd tar.")
