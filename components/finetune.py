@@ -154,7 +154,11 @@ def train_task(
             }
         )
         mlflow.log_params(
-            {k: v for k, v in params_dict(params).items() if k not in ("max_len", "tasks")}
+            {
+                k: v
+                for k, v in params_dict(params).items()
+                if k not in ("max_len", "windows", "tasks")  # the run's own values are above
+            }
         )
         speed = Throughput()
         started = time.perf_counter()
@@ -220,6 +224,7 @@ def train_task(
             "max_len": max_len,
             "windows": windows,
             "epochs": epochs,
+            "train_windows": sum(len(e.windows) for e in train_enc),
             "epoch_losses": epoch_losses,
             "tokens_per_s": speed.add(0),
             "not_encoded": skipped,
@@ -339,9 +344,17 @@ def _register(
     if classifier:
         version = str(log_classifier(checkpoint, name).registered_model_version)
     else:
+        # MLflow 3's register_model wants a logged model; a version whose source is the run's
+        # checkpoint artifacts is what `mlflow.artifacts.download_artifacts` then fetches.
         mlflow.log_artifacts(str(checkpoint), "checkpoint")
-        run_id = mlflow.active_run().info.run_id
-        version = str(mlflow.register_model(f"runs:/{run_id}/checkpoint", name).version)
+        run = mlflow.active_run()
+        client = MlflowClient()
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        source = f"{run.info.artifact_uri}/checkpoint"
+        version = str(client.create_model_version(name, source, run_id=run.info.run_id).version)
     promoted = previous is None or value > previous
     if promoted:
         MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, version)
