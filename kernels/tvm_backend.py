@@ -383,54 +383,71 @@ def _band_len(m: int, rows: int, w: int) -> int:
     return -(-need // KEY_TILE) * KEY_TILE
 
 
-def _pack(fns, x: torch.Tensor, hs: slice, length: int, w: int, transposed: bool) -> torch.Tensor:
-    """Heads ``hs`` of ``x (B, m, H, D)``, padded to ``length`` positions (``w`` on the left), as
+def _pack(
+    fns,
+    x: torch.Tensor,
+    hs: slice,
+    length: int,
+    w: int,
+    transposed: bool,
+    glob: torch.Tensor | None = None,
+    gp: int = 0,
+) -> torch.Tensor:
+    """Heads ``hs`` of ``x (B, m, H, D)`` as a band-side buffer of ``length`` positions,
     ``(B, h, D, length)`` if ``transposed`` else ``(B, h, length, D)``, by the compiled (parallel)
-    pack kernels: one pass, zeros written only where they belong."""
+    pack kernels: one pass, zeros written only where they belong. Layout: ``gp`` positions
+    holding ``glob (B, G, H, D)`` (the global keys, zero-padded), then ``w`` zeros, ``x``, zeros.
+    """
     b, _, _, d = x.shape
     hg = hs.stop - hs.start
-    if transposed:
-        out = torch.empty(b, hg, d, length, dtype=torch.float32)
-        fns["pack_t"](x, out, hs.start, w)
-    else:
-        out = torch.empty(b, hg, length, d, dtype=torch.float32)
-        fns["pack_p"](x, out, hs.start, w)
+    shape = (b, hg, d, length) if transposed else (b, hg, length, d)
+    out = torch.empty(shape, dtype=torch.float32)
+    fn = fns["pack_t" if transposed else "pack_p"]
+    if gp:
+        fn(glob, out, hs.start, 0, 0, gp)
+    fn(x, out, hs.start, gp + w, gp, length)
     return out
 
 
 class _Band(torch.autograd.Function):
-    """Banded attention on folded ``(B, m, H, D)`` float32 tensors by the compiled kernels.
+    """Banded attention plus the global keys on folded ``(B, m, H, D)`` float32 tensors, by the
+    compiled kernels.
 
-    Returns ``(out, lse)``; the backward handles gradients of both (``lse`` carries the band's
-    weight when global keys are merged in), so autograd through the torch code around it
-    (dilation folding, global keys and rows) is exact."""
+    The global keys ``gk, gv (B, G, H, D)`` (usable where ``g_ok (B, G)``) are packed in front of
+    the band, so the kernels take one softmax over band + global keys. Returns ``(out, lse)``;
+    the backward handles gradients of both, so autograd through the torch code around it
+    (dilation folding, global rows) is exact. The global keys' own gradients (a sum over every
+    query: ``O(G * m)``) are computed here in torch."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_ok, fns, window: int, causal: bool):
-        from .tvm_source import QUERY_TILE
+    def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, window: int, causal: bool):
+        from .tvm_source import KEY_TILE, QUERY_TILE
 
         q, k, v = (x.contiguous() for x in (q, k, v))
         b, m, h, d = q.shape
         w = int(window)
-        length = _band_len(m, QUERY_TILE, w)
-        okp = _pad_seq(key_ok.to(torch.float32), w, length - w - m).contiguous()
+        gp = 0 if gk is None else -(-gk.shape[1] // KEY_TILE) * KEY_TILE
+        if gk is not None:
+            gk, gv = gk.contiguous(), gv.contiguous()
+        length = gp + _band_len(m, QUERY_TILE, w)
+        okp = _band_ok(key_ok, g_ok, gp, w, length)
         out = torch.empty(b, m, h, d, dtype=torch.float32)
         lse = torch.empty(b, m, h, dtype=torch.float32)
         for hs in _head_groups(q):
-            kt = _pack(fns, k, hs, length, w, transposed=True)
-            vp = _pack(fns, v, hs, length, w, transposed=False)
-            fns["fwd"](q, kt, vp, okp, out, lse, w, int(causal), hs.start)
+            kt = _pack(fns, k, hs, length, w, True, gk, gp)
+            vp = _pack(fns, v, hs, length, w, False, gv, gp)
+            fns["fwd"](q, kt, vp, okp, out, lse, w, int(causal), hs.start, gp // KEY_TILE)
             del kt, vp
-        ctx.save_for_backward(q, k, v, key_ok, out, lse)
-        ctx.fns, ctx.w, ctx.causal = fns, w, bool(causal)
+        ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, g_ok)
+        ctx.fns, ctx.w, ctx.causal, ctx.gp = fns, w, bool(causal), gp
         return out, lse
 
     @staticmethod
     def backward(ctx, g_out, g_lse):
-        from .tvm_source import BIG, DQ_TILE, KEY_ROWS
+        from .tvm_source import BIG, DQ_TILE, KEY_ROWS, KEY_TILE
 
-        q, k, v, key_ok, out, lse = ctx.saved_tensors
-        fns, w, causal = ctx.fns, ctx.w, int(ctx.causal)
+        q, k, v, key_ok, out, lse, gk, gv, g_ok = ctx.saved_tensors
+        fns, w, causal, gp = ctx.fns, ctx.w, int(ctx.causal), ctx.gp
         b, m, h, d = q.shape
         if g_out is None:
             g_out = torch.zeros_like(out)
@@ -442,18 +459,19 @@ class _Band(torch.autograd.Function):
         delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
         lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
         okf = key_ok.to(torch.float32).contiguous()
-        len_q = _band_len(m, DQ_TILE, w)
+        len_q = gp + _band_len(m, DQ_TILE, w)
         len_k = _band_len(m, KEY_ROWS, w)
-        okp = _pad_seq(okf, w, len_q - w - m).contiguous()
+        okp = _band_ok(key_ok, g_ok, gp, w, len_q)
         dq, dk, dv = (torch.empty(b, m, h, d, dtype=torch.float32) for _ in range(3))
         for hs in _head_groups(q):
-            # dq: rows = queries, band = keys. Its packed copies are freed before dk/dv's.
-            kt = _pack(fns, k, hs, len_q, w, transposed=True)
-            vt = _pack(fns, v, hs, len_q, w, transposed=True)
-            kp = _pack(fns, k, hs, len_q, w, transposed=False)
-            fns["dq"](q, g_out, lse_s, delta, kt, vt, kp, okp, dq, w, causal, hs.start)
+            # dq (band + global keys): rows = queries. Its copies are freed before dk/dv's.
+            kt = _pack(fns, k, hs, len_q, w, True, gk, gp)
+            vt = _pack(fns, v, hs, len_q, w, True, gv, gp)
+            kp = _pack(fns, k, hs, len_q, w, False, gk, gp)
+            ng = gp // KEY_TILE
+            fns["dq"](q, g_out, lse_s, delta, kt, vt, kp, okp, dq, w, causal, hs.start, ng)
             del kt, vt, kp
-            # dk, dv: rows = keys, band = queries (with their lse and delta)
+            # dk, dv (band keys): rows = keys, band = queries (with their lse and delta)
             qt = _pack(fns, q, hs, len_k, w, transposed=True)
             dot = _pack(fns, g_out, hs, len_k, w, transposed=True)
             qp = _pack(fns, q, hs, len_k, w, transposed=False)
@@ -463,38 +481,37 @@ class _Band(torch.autograd.Function):
             deltap = _pad_seq(delta[:, :, hs], w, right).permute(0, 2, 1).contiguous()
             fns["dkdv"](k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal, hs.start)
             del qt, dot, qp, dop
-        return dq, dk, dv, None, None, None, None
+        dgk = dgv = None
+        if gk is not None:
+            # p of each (query, global key) from the final lse; rows with no key have lse BIG
+            s = torch.einsum("bmhd,bghd->bmhg", q, gk) * d**-0.5
+            usable = g_ok.view(b, 1, 1, -1)
+            p = torch.where(usable, torch.exp(s - lse_s.unsqueeze(-1)), torch.zeros_like(s))
+            dgv = torch.einsum("bmhg,bmhd->bghd", p, g_out)
+            ds = p * (torch.einsum("bmhd,bghd->bmhg", g_out, gv) - delta.unsqueeze(-1))
+            dgk = torch.einsum("bmhg,bmhd->bghd", ds, q) * d**-0.5
+        return dq, dk, dv, None, dgk, dgv, None, None, None, None
+
+
+def _band_ok(
+    key_ok: torch.Tensor, g_ok: torch.Tensor | None, gp: int, w: int, length: int
+) -> torch.Tensor:
+    """Usable band-side positions ``(B, length)`` as float: the ``gp`` global slots (``g_ok``,
+    zero-padded), ``w`` zeros, ``key_ok``, zeros."""
+    b, m = key_ok.shape
+    ok = torch.zeros(b, length, dtype=torch.float32)
+    if g_ok is not None:
+        ok[:, : g_ok.shape[1]] = g_ok
+    ok[:, gp + w : gp + w + m] = key_ok
+    return ok
 
 
 def _local_fn(fns, window: int, causal: bool):
     def local(q, k, v, key_ok, gk, gv, g_ok):
-        out, lse = _Band.apply(q, k, v, key_ok, fns, window, causal)
-        if gk is None:
-            return out
-        return _merge_global(q, out, lse, gk, gv, g_ok)
+        out, _ = _Band.apply(q, k, v, key_ok, gk, gv, g_ok, fns, window, causal)
+        return out
 
     return local
-
-
-def _merge_global(q, out, lse, gk, gv, g_ok):
-    """Add the global keys to the band softmax exactly: combine by log-sum-exp."""
-    d = q.shape[-1]
-    scores = torch.einsum("bmhd,bghd->bmhg", q, gk) / d**0.5
-    usable = g_ok.view(g_ok.shape[0], 1, 1, -1)
-    # finite stand-ins (-1e30) for -inf keep every gradient finite (no inf - inf anywhere)
-    scores = scores.masked_fill(~usable, -1.0e30)
-    # logsumexp by hand: aten's costs ~80 ms here at seq 4096 for a last dim of 1
-    top = scores.amax(dim=-1, keepdim=True).detach()
-    lse_g = (scores - top).exp().sum(dim=-1).log() + top.squeeze(-1)
-    has_g = usable.any(dim=-1)
-    band_live = torch.isfinite(lse)  # -inf where the band has no usable key
-    lse_c = torch.where(band_live, lse, torch.full_like(lse, -1.0e30))
-    lse_gc = torch.where(has_g, lse_g, torch.full_like(lse_g, -1.0e30))
-    total = torch.logaddexp(lse_c, lse_gc)
-    w_band = torch.where(band_live, torch.exp(lse_c - total), torch.zeros_like(total))
-    probs = torch.exp(scores - total.unsqueeze(-1)) * usable.to(scores.dtype)
-    out_g = torch.einsum("bmhg,bghd->bmhd", probs, gv)
-    return out * w_band.unsqueeze(-1) + out_g
 
 
 def tvm_attention(

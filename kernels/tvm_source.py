@@ -109,7 +109,9 @@ def sliding_window(
     scale = 1.0 / math.sqrt(D)
 
     @T.prim_func
-    def pack_t(x_h: T.handle, xt_h: T.handle, h0: T.int32, left: T.int32):
+    def pack_t(
+        x_h: T.handle, xt_h: T.handle, h0: T.int32, left: T.int32, start: T.int32, stop: T.int32
+    ):
         T.func_attr({"global_symbol": "pack_t", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
@@ -118,11 +120,11 @@ def sliding_window(
         NP = T.int32()
         x = T.match_buffer(x_h, (B, n, HF, D), "float32")
         xt = T.match_buffer(xt_h, (B, HG, D, NP), "float32")
-        nblk = NP // KT
+        nblk = (stop - start) // KT
         for r in T.parallel(B * HG * nblk):
             b = r // (HG * nblk)
             h = r // nblk % HG
-            p0 = r % nblk * KT
+            p0 = start + r % nblk * KT
             for d in T.serial(D):
                 for t in T.vectorized(KT):
                     xt[b, h, d, p0 + t] = T.if_then_else(
@@ -132,7 +134,9 @@ def sliding_window(
                     )
 
     @T.prim_func
-    def pack_p(x_h: T.handle, xp_h: T.handle, h0: T.int32, left: T.int32):
+    def pack_p(
+        x_h: T.handle, xp_h: T.handle, h0: T.int32, left: T.int32, start: T.int32, stop: T.int32
+    ):
         T.func_attr({"global_symbol": "pack_p", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
@@ -141,11 +145,11 @@ def sliding_window(
         NP = T.int32()
         x = T.match_buffer(x_h, (B, n, HF, D), "float32")
         xp = T.match_buffer(xp_h, (B, HG, NP, D), "float32")
-        nblk = NP // KT
+        nblk = (stop - start) // KT
         for r in T.parallel(B * HG * nblk):
             b = r // (HG * nblk)
             h = r // nblk % HG
-            p0 = r % nblk * KT
+            p0 = start + r % nblk * KT
             for t in T.serial(KT):
                 if p0 + t >= left and p0 + t < left + n:
                     for dd in T.vectorized(D):
@@ -165,6 +169,7 @@ def sliding_window(
         w: T.int32,
         causal: T.int32,
         h0: T.int32,
+        ng: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_fwd", "tirx.noalias": True})
         B = T.int32()
@@ -179,7 +184,7 @@ def sliding_window(
         o = T.match_buffer(o_h, (B, n, HF, D), "float32")
         lse = T.match_buffer(lse_h, (B, n, HF), "float32")
         nkeys = 2 * w + 1 - causal * w
-        ntiles = (nkeys + QT - 1 + KT - 1) // KT
+        ntiles = ng + (nkeys + QT - 1 + KT - 1) // KT  # ng global tiles, then the band
         nchunks = (ntiles + SUBS - 1) // SUBS
         nt = (n + QT - 1) // QT
         for r in T.parallel(B * HG * nt):
@@ -209,6 +214,8 @@ def sliding_window(
                     sv[x] = T.float32(0)
                 # pass 1: the chunk's masked scores, and their running max per lane
                 for c in T.serial(T.min(SUBS, ntiles - ch * SUBS)):
+                    cs = ch * SUBS + c
+                    base = T.if_then_else(cs < ng, cs * KT, i0 + cs * KT)
                     for x in T.vectorized(QT * KT):
                         s[x] = T.float32(0)
                         s2[x] = T.float32(0)
@@ -217,29 +224,28 @@ def sliding_window(
                         for a in T.unroll(QT):
                             for t in T.vectorized(KT):
                                 s[a * KT + t] = (
-                                    s[a * KT + t]
-                                    + qr[a * D + 2 * d2]
-                                    * kt[b, h, 2 * d2, i0 + (ch * SUBS + c) * KT + t]
+                                    s[a * KT + t] + qr[a * D + 2 * d2] * kt[b, h, 2 * d2, base + t]
                                 )
                                 s2[a * KT + t] = (
                                     s2[a * KT + t]
-                                    + qr[a * D + 2 * d2 + 1]
-                                    * kt[b, h, 2 * d2 + 1, i0 + (ch * SUBS + c) * KT + t]
+                                    + qr[a * D + 2 * d2 + 1] * kt[b, h, 2 * d2 + 1, base + t]
                                 )
                     for dl in T.unroll(D % 2):  # odd head_dim: the last d
                         for a in T.unroll(QT):
                             for t in T.vectorized(KT):
                                 s[a * KT + t] = (
                                     s[a * KT + t]
-                                    + qr[a * D + D - 1 + dl]
-                                    * kt[b, h, D - 1 + dl, i0 + (ch * SUBS + c) * KT + t]
+                                    + qr[a * D + D - 1 + dl] * kt[b, h, D - 1 + dl, base + t]
                                 )
                     for a in T.unroll(QT):
                         for t in T.vectorized(KT):
                             sb[a * CH + c * KT + t] = T.if_then_else(
-                                (ch * SUBS + c) * KT + t - a >= 0
-                                and (ch * SUBS + c) * KT + t - a < nkeys
-                                and ok[b, i0 + (ch * SUBS + c) * KT + t] > T.float32(0),
+                                ok[b, base + t] > T.float32(0)
+                                and (
+                                    cs < ng
+                                    or (cs - ng) * KT + t - a >= 0
+                                    and (cs - ng) * KT + t - a < nkeys
+                                ),
                                 (s[a * KT + t] + s2[a * KT + t]) * T.float32(scale),
                                 T.float32(NEG),
                             )
@@ -254,6 +260,8 @@ def sliding_window(
                     m[a] = mn[a]
                 # pass 2: probabilities (lane-wise sums) and p @ v
                 for c in T.serial(T.min(SUBS, ntiles - ch * SUBS)):
+                    cs = ch * SUBS + c
+                    base = T.if_then_else(cs < ng, cs * KT, i0 + cs * KT)
                     for a in T.unroll(QT):
                         for t in T.vectorized(KT):
                             sb[a * CH + c * KT + t] = T.if_then_else(
@@ -267,8 +275,7 @@ def sliding_window(
                             for dd in T.vectorized(D):
                                 acc[a * D + dd] = (
                                     acc[a * D + dd]
-                                    + sb[a * CH + c * KT + t]
-                                    * v[b, h, i0 + (ch * SUBS + c) * KT + t, dd]
+                                    + sb[a * CH + c * KT + t] * v[b, h, base + t, dd]
                                 )
                 for a in T.unroll(QT):
                     lsum[a] = lsum[a] + _tree(_add, sv, a * KT, KT)
@@ -297,6 +304,7 @@ def sliding_window(
         w: T.int32,
         causal: T.int32,
         h0: T.int32,
+        ng: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_bwd_dq", "tirx.noalias": True})
         B = T.int32()
@@ -314,7 +322,7 @@ def sliding_window(
         ok = T.match_buffer(ok_h, (B, NP), "float32")
         dq = T.match_buffer(dq_h, (B, n, HF, D), "float32")
         nkeys = 2 * w + 1 - causal * w
-        ntiles = (nkeys + QD - 1 + KT - 1) // KT
+        ntiles = ng + (nkeys + QD - 1 + KT - 1) // KT  # ng global tiles, then the band
         nt = (n + QD - 1) // QD
         for r in T.parallel(B * HG * nt):
             s = T.alloc_buffer((QD * KT,), "float32", scope="local")
@@ -340,6 +348,7 @@ def sliding_window(
                 )
                 de[a] = delta[b, T.min(i0 + a, n - 1), h0 + h]
             for c in T.serial(ntiles):
+                base = T.if_then_else(c < ng, c * KT, i0 + c * KT)
                 for x in T.vectorized(QD * KT):
                     s[x] = T.float32(0)
                     dp[x] = T.float32(0)
@@ -349,40 +358,41 @@ def sliding_window(
                     for a in T.unroll(QD):
                         for t in T.vectorized(KT):
                             s[a * KT + t] = (
-                                s[a * KT + t]
-                                + qr[a * D + 2 * d2] * kt[b, h, 2 * d2, i0 + c * KT + t]
+                                s[a * KT + t] + qr[a * D + 2 * d2] * kt[b, h, 2 * d2, base + t]
                             )
                             dp[a * KT + t] = (
-                                dp[a * KT + t]
-                                + dr[a * D + 2 * d2] * vt[b, h, 2 * d2, i0 + c * KT + t]
+                                dp[a * KT + t] + dr[a * D + 2 * d2] * vt[b, h, 2 * d2, base + t]
                             )
                             s2[a * KT + t] = (
                                 s2[a * KT + t]
-                                + qr[a * D + 2 * d2 + 1] * kt[b, h, 2 * d2 + 1, i0 + c * KT + t]
+                                + qr[a * D + 2 * d2 + 1] * kt[b, h, 2 * d2 + 1, base + t]
                             )
                             dp2[a * KT + t] = (
                                 dp2[a * KT + t]
-                                + dr[a * D + 2 * d2 + 1] * vt[b, h, 2 * d2 + 1, i0 + c * KT + t]
+                                + dr[a * D + 2 * d2 + 1] * vt[b, h, 2 * d2 + 1, base + t]
                             )
                 for dl in T.unroll(D % 2):  # odd head_dim: the last d
                     for a in T.unroll(QD):
                         for t in T.vectorized(KT):
                             s2[a * KT + t] = (
                                 s2[a * KT + t]
-                                + qr[a * D + D - 1 + dl] * kt[b, h, D - 1 + dl, i0 + c * KT + t]
+                                + qr[a * D + D - 1 + dl] * kt[b, h, D - 1 + dl, base + t]
                             )
                             dp2[a * KT + t] = (
                                 dp2[a * KT + t]
-                                + dr[a * D + D - 1 + dl] * vt[b, h, D - 1 + dl, i0 + c * KT + t]
+                                + dr[a * D + D - 1 + dl] * vt[b, h, D - 1 + dl, base + t]
                             )
                 for a in T.unroll(QD):
                     for t in T.vectorized(KT):
                         s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
                         dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
                         s[a * KT + t] = T.if_then_else(
-                            c * KT + t - a >= 0
-                            and c * KT + t - a < nkeys
-                            and ok[b, i0 + c * KT + t] > T.float32(0),
+                            ok[b, base + t] > T.float32(0)
+                            and (
+                                c < ng
+                                or (c - ng) * KT + t - a >= 0
+                                and (c - ng) * KT + t - a < nkeys
+                            ),
                             _exp(s[a * KT + t] * T.float32(scale) - ls[a]),
                             T.float32(0),
                         )
@@ -391,7 +401,7 @@ def sliding_window(
                     for a in T.unroll(QD):
                         for dd in T.vectorized(D):
                             acc[a * D + dd] = (
-                                acc[a * D + dd] + dp[a * KT + t] * kp[b, h, i0 + c * KT + t, dd]
+                                acc[a * D + dd] + dp[a * KT + t] * kp[b, h, base + t, dd]
                             )
             for a in T.unroll(QD):
                 if i0 + a < n:
