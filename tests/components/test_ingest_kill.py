@@ -1,9 +1,9 @@
 """Ingest survives a real `kill -9`: the rerun gives exactly the uninterrupted run's corpus.
 
-The run is a separate process, killed with SIGKILL while a later shard is half written (its temp
-file on disk, the checkpoint naming the shards before it). The only test instrumentation is a
-pause before each shard after the first is closed, so the kill lands at that point on any
-machine instead of racing the run to its end.
+The run is a separate process, killed with SIGKILL while its second shard is half written (its
+temp file on disk, the checkpoint naming the first shard). The only test instrumentation: at
+that point the child touches a marker file and waits, so the kill lands exactly there on any
+machine, however loaded, instead of racing the run to its end.
 """
 
 from __future__ import annotations
@@ -27,17 +27,19 @@ SHARD_DOCS = 8
 
 CHILD = """
 import sys, time
+from pathlib import Path
 from components import ingest as m
 from components.config import IngestParams
 
 real_close = m._ShardWriter._close_shard
 
-def close_slowly(self, last_index):
-    if self.index >= 1:  # shard 0 is checkpointed; later shards wait, half written
-        time.sleep(0.5)
+def close_after_kill_point(self, last_index):
+    if self.index == 1:  # shard 0 is checkpointed, shard 1 half written: wait to be killed
+        Path(sys.argv[4]).touch()
+        time.sleep(120)
     real_close(self, last_index)
 
-m._ShardWriter._close_shard = close_slowly
+m._ShardWriter._close_shard = close_after_kill_point
 m.ingest(IngestParams(sources=[sys.argv[1]], out=sys.argv[2], shard_max_docs=int(sys.argv[3])),
          workers=0)
 """
@@ -78,26 +80,19 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    marker = tmp_path / "at-kill-point"
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(src), str(out), str(SHARD_DOCS)],
+        [sys.executable, "-c", CHILD, str(src), str(out), str(SHARD_DOCS), str(marker)],
         cwd=REPO,
         env=env,
         stderr=subprocess.PIPE,
     )
-    state: dict = {}
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
+        while not marker.exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                state = json.loads((out / STATE_FILE).read_text())
-            except (OSError, ValueError):
-                state = {}
-            if state.get("shards") and list(out.glob(".part-*.tmp")):
-                break
+            assert time.monotonic() < deadline, "the run never reached its second shard"
             time.sleep(0.01)
-        else:
-            raise AssertionError("the run never reached its second shard")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

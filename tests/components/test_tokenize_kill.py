@@ -2,8 +2,8 @@
 
 The stage runs in a separate process and is killed with SIGKILL while the second docs shard is
 half written (temp file on disk, the checkpoint naming the first shard and the tokenizer). The
-only instrumentation is a pause after each record batch of the shards after the first, so the
-kill lands there on any machine instead of racing the run to its end.
+only instrumentation: at that point the child touches a marker file and waits, so the kill
+lands exactly there on any machine, however loaded.
 """
 
 from __future__ import annotations
@@ -37,16 +37,17 @@ from components.config import TokenizeParams
 out = Path(sys.argv[2])
 real_log = m._maybe_log
 
-def log_slowly(progress, force=False):
+def log_then_wait(progress, force=False):
     real_log(progress, force)
     try:
         parts = json.loads((out / m.STATE_FILE).read_text()).get("parts", {})
     except (OSError, ValueError):
         parts = {}
-    if parts and not force:  # shard 0 is checkpointed: later shards wait, half written
-        time.sleep(0.5)
+    if parts and not force:  # shard 0 is checkpointed, shard 1 half written: wait to be killed
+        Path(sys.argv[5]).touch()
+        time.sleep(120)
 
-m._maybe_log = log_slowly
+m._maybe_log = log_then_wait
 m.tokenize(TokenizeParams(corpus=sys.argv[1], out=out, vocab_size=int(sys.argv[3]),
                           seq_len=int(sys.argv[4])))
 """
@@ -83,25 +84,17 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    marker = tmp_path / "at-kill-point"
+    args = [str(corpus), str(out), str(VOCAB), str(SEQ_LEN), str(marker)]
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(corpus), str(out), str(VOCAB), str(SEQ_LEN)],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-c", CHILD, *args], cwd=REPO, env=env, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
+        while not marker.exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                parts = json.loads((out / STATE_FILE).read_text()).get("parts", {})
-            except (OSError, ValueError):
-                parts = {}
-            if parts and list((out / "docs").glob(".part-*.tmp")):
-                break
+            assert time.monotonic() < deadline, "the run never reached its second docs shard"
             time.sleep(0.01)
-        else:
-            raise AssertionError("the run never reached its second docs shard")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
