@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from components import tracking
 from components.config import TrackingParams
@@ -118,6 +119,9 @@ def prefect(args: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
 def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     copy_repo(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["score"]["chunk_docs"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
     store = TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e2e")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     tracking.setup(store)
@@ -146,6 +150,9 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
         PREFECT_UI_ENABLED="false",
         PREFECT_WORKER_QUERY_SECONDS="1",
         MLFLOW_TRACKING_URI=store.uri,
+        # prefect.yaml's pull step is `set_working_directory: {{ $PWD }}`: the copy, not the
+        # directory pytest was started from (a child's cwd does not update PWD by itself).
+        PWD=str(repo),
     )
     (tmp_path / "logs").mkdir()
     procs = Processes(tmp_path / "logs")
@@ -205,3 +212,5 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
     assert manifest["counts"] == {"inputs": 4, "scored": 3, "errors": 1}
     errors = (out / "errors.jsonl").read_text().splitlines()
     assert [json.loads(e)["member"] for e in errors] == ["empty.txt"]
+    # the flow ran in the deployed copy: the rest of the score section came from its params.yaml
+    assert manifest["params"]["chunk_docs"] == 2 and len(manifest["parts"]) == 2
