@@ -26,6 +26,7 @@ atomically (temp file in the same directory + ``os.replace``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -47,8 +48,11 @@ from .patterns import Pattern, SlidingWindow
 log = logging.getLogger(__name__)
 
 KERNEL_DTYPES = ("float32",)
-TARGETS = ("llvm",)
-_SOURCE = Path(__file__).with_name("tvm_source.py")
+TARGETS = ("llvm", "cuda")
+_SOURCES = (
+    Path(__file__).with_name("tvm_source.py"),
+    Path(__file__).with_name("tvm_gpu_source.py"),
+)
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str, str, int], Any] = {}  # (dir, target key, dtype, head_dim) -> fn
 
@@ -83,7 +87,10 @@ def tvm_version() -> str | None:
 
 
 def source_hash() -> str:
-    return hashlib.sha256(_SOURCE.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for path in _SOURCES:
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -106,17 +113,50 @@ def _host_cpu() -> str | None:
 
 
 def resolve_target(name: str) -> tuple[str, dict[str, Any]]:
-    """``"llvm"`` -> (``"llvm-<cpu>"``, ``{"kind": "llvm", "mcpu": <cpu>}``) for this host."""
-    if name not in TARGETS:
-        raise ValueError(
-            f"unsupported TVM target {name!r}: this build supports {TARGETS} (the installed TVM "
-            "wheel has no CUDA runtime)"
-        )
+    """A target name -> (cache key, TVM target dict).
+
+    * ``"llvm"``: this host's CPU, ``("llvm-<cpu>", {"kind": "llvm", "mcpu": <cpu>})``.
+    * ``"cuda"`` or ``"cuda:sm_XX"``: an NVIDIA GPU (``-arch`` given, or detected by TVM from a
+      local GPU), host code for this CPU: ``("cuda-sm_XX", {"kind": "cuda", "arch": ...})``.
+      Compiling needs TVM's CUDA code generator and ``nvcc``; *running* needs a TVM built with
+      the CUDA runtime (see ``cuda_runtime_error``).
+    """
+    kind, _, arch = name.partition(":")
+    if kind not in TARGETS or (arch and kind != "cuda"):
+        raise ValueError(f"unsupported TVM target {name!r}: use 'llvm', 'cuda' or 'cuda:sm_XX'")
     cpu = _host_cpu()
-    target: dict[str, Any] = {"kind": "llvm"}
+    host: dict[str, Any] = {"kind": "llvm"}
     if cpu:
-        target["mcpu"] = cpu
-    return (f"llvm-{cpu}" if cpu else "llvm"), target
+        host["mcpu"] = cpu
+    if kind == "llvm":
+        return (f"llvm-{cpu}" if cpu else "llvm"), host
+    tvm = _import_tvm()
+    if tvm.get_global_func("target.build.cuda", allow_missing=True) is None:
+        raise ValueError("TVM target 'cuda': the installed TVM has no CUDA code generator")
+    if not arch:
+        arch = str(tvm.target.Target("cuda").attrs.get("arch", "") or "")
+        if not arch or not tvm.runtime.enabled("cuda") or not tvm.cuda(0).exist:
+            raise ValueError(
+                "TVM target 'cuda': no GPU here to detect the architecture from; name it, e.g. "
+                "'cuda:sm_90'"
+            )
+    return f"cuda-{arch}", {"kind": "cuda", "arch": arch, "host": host}
+
+
+def cuda_runtime_error() -> str | None:
+    """Why compiled CUDA kernels can't run here (None if they can): they need a TVM built with
+    the CUDA runtime and a visible GPU. The ``apache-tvm`` wheel installed here (0.27) compiles
+    CUDA code but has no CUDA runtime."""
+    tvm = _import_tvm()
+    if not tvm.runtime.enabled("cuda"):
+        return (
+            f"the installed TVM ({tvm_version()}) was built without the CUDA runtime, so it can "
+            "compile CUDA kernels (build_kernels(targets=('cuda:sm_XX',))) but not run them; "
+            "use backend='torch' on GPUs, or a TVM built with USE_CUDA=ON"
+        )
+    if not tvm.cuda(0).exist:
+        return "TVM has the CUDA runtime but sees no GPU"
+    return None
 
 
 def variant_name(dtype: str, head_dim: int) -> str:
@@ -172,10 +212,17 @@ def _compile(target: dict, dtype: str, head_dim: int, path: Path) -> float:
     if dtype not in KERNEL_DTYPES:
         raise ValueError(f"no TVM kernel for dtype {dtype!r}; kernels exist for {KERNEL_DTYPES}")
     tvm = _import_tvm()
-    from . import tvm_source
 
     start = time.perf_counter()
-    lib = tvm.compile(tvm_source.sliding_window(head_dim), target=target)
+    if target["kind"] == "cuda":
+        from . import tvm_gpu_source
+
+        mod = tvm_gpu_source.sliding_window_gpu(head_dim, gpu=True)
+    else:
+        from . import tvm_source
+
+        mod = tvm_source.sliding_window(head_dim)
+    lib = tvm.compile(mod, target=tvm.target.Target(target))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".so")
     os.close(fd)
     try:
@@ -292,18 +339,37 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
     fns = _loaded.get(memo)
     if fns is not None:
         return fns
-    res = ensure_variant(root, target_name, "float32", head_dim)
     tvm = _import_tvm()
+    if target_name.startswith("cuda"):
+        why = cuda_runtime_error()
+        if why is not None:
+            raise ValueError(f"backend 'tvm' can't run CUDA kernels: {why}")
+    res = ensure_variant(root, target_name, "float32", head_dim)
     lib = tvm.runtime.load_module(res["path"])
-    fns = {
-        "fwd": lib["sliding_window_fwd"],
-        "dq": lib["sliding_window_bwd_dq"],
-        "dkdv": lib["sliding_window_bwd_dkdv"],
-        "pack_t": lib["pack_t"],
-        "pack_p": lib["pack_p"],
-    }
+    if target_name.startswith("cuda"):
+        fns = {"fwd": lib["gpu_fwd"], "dq": lib["gpu_bwd_dq"], "dkdv": lib["gpu_bwd_dkdv"]}
+    else:
+        fns = {
+            "fwd": lib["sliding_window_fwd"],
+            "dq": lib["sliding_window_bwd_dq"],
+            "dkdv": lib["sliding_window_bwd_dkdv"],
+            "pack_t": lib["pack_t"],
+            "pack_p": lib["pack_p"],
+        }
     _loaded[memo] = fns
     return fns
+
+
+@functools.lru_cache(maxsize=8)
+def gpu_kernels_on_cpu(head_dim: int) -> dict[str, Any]:
+    """The GPU kernels' loops compiled for this CPU (``tvm_gpu_source`` with ``gpu=False``), not
+    cached: lets tests check the CUDA path's arithmetic on a machine without a GPU."""
+    tvm = _import_tvm()
+    from . import tvm_gpu_source
+
+    _, target = resolve_target("llvm")
+    lib = tvm.compile(tvm_gpu_source.sliding_window_gpu(head_dim, gpu=False), target=target)
+    return {"fwd": lib["gpu_fwd"], "dq": lib["gpu_bwd_dq"], "dkdv": lib["gpu_bwd_dkdv"]}
 
 
 def cached_variant_exists(head_dim: int, target_name: str = "llvm") -> bool:
@@ -481,15 +547,70 @@ class _Band(torch.autograd.Function):
             deltap = _pad_seq(delta[:, :, hs], w, right).permute(0, 2, 1).contiguous()
             fns["dkdv"](k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal, hs.start)
             del qt, dot, qp, dop
+        dgk, dgv = _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta)
+        return dq, dk, dv, None, dgk, dgv, None, None, None, None
+
+
+def _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta):
+    """Gradients of the global keys/values ``(B, G, H, D)`` (None without them): a sum over
+    every query, ``O(G * m)``, from the final log-sum-exp (``BIG`` on rows with no key)."""
+    if gk is None:
+        return None, None
+    scale = q.shape[-1] ** -0.5
+    s = torch.einsum("bmhd,bghd->bmhg", q, gk) * scale
+    usable = g_ok.view(g_ok.shape[0], 1, 1, -1)
+    p = torch.where(usable, torch.exp(s - lse_s.unsqueeze(-1)), torch.zeros_like(s))
+    dgv = torch.einsum("bmhg,bmhd->bghd", p, g_out)
+    ds = p * (torch.einsum("bmhd,bghd->bmhg", g_out, gv) - delta.unsqueeze(-1))
+    dgk = torch.einsum("bmhg,bmhd->bghd", ds, q) * scale
+    return dgk, dgv
+
+
+class _GpuBand(torch.autograd.Function):
+    """``_Band`` for the GPU kernels (``kernels.tvm_gpu_source``): the same inputs, outputs and
+    gradients; the kernels read the ``(B, m, H, D)`` tensors directly (no packed copies)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, window: int, causal: bool):
+        q, k, v = (x.contiguous() for x in (q, k, v))
+        b, m, h, d = q.shape
+        if gk is None:  # the kernels take G >= 1: one unusable slot
+            gk_, gv_ = q.new_zeros(b, 1, h, d), q.new_zeros(b, 1, h, d)
+            gok = q.new_zeros(b, 1)
+        else:
+            gk_, gv_ = gk.contiguous(), gv.contiguous()
+            gok = g_ok.to(torch.float32).contiguous()
+        okf = key_ok.to(torch.float32).contiguous()
+        out = torch.empty_like(q)
+        lse = q.new_empty(b, m, h)
+        w = int(window)
+        fns["fwd"](q, k, v, okf, gk_, gv_, gok, out, lse, w, int(causal))
+        ctx.save_for_backward(q, k, v, okf, out, lse, gk_, gv_, gok)
+        ctx.fns, ctx.w, ctx.causal, ctx.has_g = fns, w, int(causal), gk is not None
+        ctx.g_ok = g_ok
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, g_out, g_lse):
+        from .tvm_source import BIG
+
+        q, k, v, okf, out, lse, gk, gv, gok = ctx.saved_tensors
+        fns, w, causal = ctx.fns, ctx.w, ctx.causal
+        if g_out is None:
+            g_out = torch.zeros_like(out)
+        g_out = g_out.to(torch.float32).contiguous()
+        delta = torch.einsum("bmhd,bmhd->bmh", g_out, out)
+        if g_lse is not None:
+            delta = delta - g_lse
+        live = torch.isfinite(lse)
+        delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
+        lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
+        dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+        fns["dq"](q, g_out, lse_s, delta, k, v, okf, gk, gv, gok, dq, w, causal)
+        fns["dkdv"](k, v, okf, q, g_out, lse_s, delta, dk, dv, w, causal)
         dgk = dgv = None
-        if gk is not None:
-            # p of each (query, global key) from the final lse; rows with no key have lse BIG
-            s = torch.einsum("bmhd,bghd->bmhg", q, gk) * d**-0.5
-            usable = g_ok.view(b, 1, 1, -1)
-            p = torch.where(usable, torch.exp(s - lse_s.unsqueeze(-1)), torch.zeros_like(s))
-            dgv = torch.einsum("bmhg,bmhd->bghd", p, g_out)
-            ds = p * (torch.einsum("bmhd,bghd->bmhg", g_out, gv) - delta.unsqueeze(-1))
-            dgk = torch.einsum("bmhg,bmhd->bghd", ds, q) * d**-0.5
+        if ctx.has_g:
+            dgk, dgv = _global_key_grads(q, gk, gv, ctx.g_ok, g_out, lse_s, delta)
         return dq, dk, dv, None, dgk, dgv, None, None, None, None
 
 
@@ -506,9 +627,9 @@ def _band_ok(
     return ok
 
 
-def _local_fn(fns, window: int, causal: bool):
+def _local_fn(fns, window: int, causal: bool, band=_Band):
     def local(q, k, v, key_ok, gk, gv, g_ok):
-        out, _ = _Band.apply(q, k, v, key_ok, gk, gv, g_ok, fns, window, causal)
+        out, _ = band.apply(q, k, v, key_ok, gk, gv, g_ok, fns, window, causal)
         return out
 
     return local
@@ -521,23 +642,32 @@ def tvm_attention(
     pattern: Pattern,
     global_mask: torch.Tensor | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    *,
+    kernels: dict[str, Any] | None = None,
 ) -> torch.Tensor:
+    """``kernels``: use these GPU-style kernel functions (``gpu_kernels_on_cpu``) instead of the
+    cached library for the tensors' device (tests of the CUDA path's arithmetic)."""
     if not supports(pattern):
         raise ValueError(
             f"backend 'tvm' does not support pattern {pattern}; it compiles SlidingWindow only "
             "(use backend='torch' or 'dense', or 'auto')"
         )
-    if q.device.type != "cpu":
-        raise ValueError(
-            f"backend 'tvm' runs on CPU only (the installed TVM has no CUDA runtime); "
-            f"got a tensor on {q.device}"
-        )
     if tvm_version() is None:
         raise ValueError("backend 'tvm' needs the apache-tvm package, which is not installed")
-    fns = _kernel(q.shape[-1])
+    if kernels is not None:
+        fns, band = kernels, _GpuBand
+    elif q.device.type == "cuda":
+        why = cuda_runtime_error()
+        if why is not None:
+            raise ValueError(f"backend 'tvm' can't run on {q.device}: {why}")
+        fns, band = _kernel(q.shape[-1], resolve_target("cuda")[0].replace("-", ":", 1)), _GpuBand
+    elif q.device.type == "cpu":
+        fns, band = _kernel(q.shape[-1]), _Band
+    else:
+        raise ValueError(f"backend 'tvm' runs on CPU and CUDA devices, not {q.device}")
     dtype = q.dtype
     q32, k32, v32 = (x.to(torch.float32) for x in (q, k, v))
-    local = _local_fn(fns, pattern.window, pattern.causal)
+    local = _local_fn(fns, pattern.window, pattern.causal, band)
     out = torch_backend.torch_attention(
         q32, k32, v32, pattern, global_mask, key_padding_mask, local=local
     )
