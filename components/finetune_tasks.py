@@ -38,6 +38,7 @@ from components.windows import (
     find_occurrences,
     marginal_span_loss,
     window_starts,
+    word_boundaries,
 )
 
 #: Longest question prefix kept (tokens); WikiHop candidates are cut to MAX_CANDIDATE_TOKENS each.
@@ -61,6 +62,8 @@ class Window:
     context: tuple[int, int] = (0, 0)  # [first, end) positions of context tokens in `ids`
     # per context token: (segment, char start, char end) in the example's segment texts
     offsets: list[tuple[int, int, int]] = field(default_factory=list)
+    word_start: list[bool] = field(default_factory=list)  # per context token: may start a span
+    word_end: list[bool] = field(default_factory=list)  # per context token: may end a span
     gold_starts: list[int] = field(default_factory=list)
     gold_ends: list[int] = field(default_factory=list)
     items: dict[int, list[int]] = field(default_factory=dict)  # item -> positions in `ids`
@@ -118,16 +121,21 @@ def _item_weights(enc: Encoded, width: int) -> tuple[torch.Tensor, torch.Tensor]
     return weights, present
 
 
-def _span_masks(enc: Encoded, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _span_masks(enc: Encoded, width: int) -> tuple[torch.Tensor, ...]:
+    """(may start, may end, gold start, gold end) masks, each (windows, width): context tokens
+    at word boundaries may start/end a span."""
     n = len(enc.windows)
     allowed = torch.zeros((n, width), dtype=torch.bool)
+    allowed_end = torch.zeros((n, width), dtype=torch.bool)
     starts = torch.zeros((n, width), dtype=torch.bool)
     ends = torch.zeros((n, width), dtype=torch.bool)
     for i, w in enumerate(enc.windows):
-        allowed[i, w.context[0] : w.context[1]] = True
+        a, b = w.context
+        allowed[i, a:b] = torch.tensor(w.word_start, dtype=torch.bool) if w.word_start else True
+        allowed_end[i, a:b] = torch.tensor(w.word_end, dtype=torch.bool) if w.word_end else True
         starts[i, w.gold_starts] = True
         ends[i, w.gold_ends] = True
-    return allowed, starts, ends
+    return allowed, allowed_end, starts, ends
 
 
 def _span_text(enc: Encoded, window: Window, start: int, end: int) -> str:
@@ -150,6 +158,7 @@ def _context_windows(
     max_windows: int | None,
     answer_spans: list[tuple[int, int]] = (),
     items: list[tuple[int, int, int]] = (),
+    text: str | None = None,
 ) -> list[Window]:
     """`prefix + tokens[s:s+width] + </s>` for each window start s, with gold span positions
     (`answer_spans`, token index pairs) and item positions (`items`: (item, first, last)) that
@@ -159,6 +168,7 @@ def _context_windows(
         raise EncodeError(
             f"the question prefix takes {len(prefix)} of {max_len} tokens; no room for context"
         )
+    starts_word, ends_word = word_boundaries(text, offsets) if text is not None else ([], [])
     out = []
     for s in window_starts(len(tokens), width, min(overlap, width // 2), max_windows):
         e = min(len(tokens), s + width)
@@ -168,6 +178,8 @@ def _context_windows(
             global_positions=list(global_positions),
             context=(len(prefix), len(prefix) + e - s),
             offsets=[(segment, a, b) for a, b in offsets[s:e]],
+            word_start=starts_word[s:e],
+            word_end=ends_word[s:e],
         )
         for a, b in answer_spans:
             if s <= a and b < e:
@@ -175,8 +187,8 @@ def _context_windows(
                 w.gold_ends.append(b + shift)
         for item, a, b in items:
             lo, hi = max(a, s), min(b, e - 1)
-            if lo <= hi:
-                w.items[item] = list(range(lo + shift, hi + shift + 1))
+            if lo <= hi:  # an item may have several ranges (a sentence and its title)
+                w.items.setdefault(item, []).extend(range(lo + shift, hi + shift + 1))
         out.append(w)
     return out
 
@@ -352,6 +364,7 @@ class TriviaQAAdapter(TaskAdapter):
                 overlap,
                 max_windows,
                 answer_spans=spans,
+                text=doc.text,
             )
         if not windows:
             raise EncodeError("no evidence documents")
@@ -370,19 +383,21 @@ class TriviaQAAdapter(TaskAdapter):
         if not enc.has_span_target:  # answer absent from the evidence: nothing to learn from
             return None
         start, end, width = self.outputs(model, enc)
-        allowed, gs, ge = (m.to(start.device) for m in _span_masks(enc, width))
-        return marginal_span_loss(start, end, allowed, gs, ge)
+        allowed, allowed_end, gs, ge = (m.to(start.device) for m in _span_masks(enc, width))
+        return marginal_span_loss(start, end, allowed, gs, ge, allowed_end)
 
     def predict(self, model, enc):
         start, end, width = self.outputs(model, enc)
-        allowed, _, _ = _span_masks(enc, width)
-        return _best_text(enc, start.cpu(), end.cpu(), allowed)
+        return _best_text(enc, start.cpu(), end.cpu(), width)
 
 
-def _best_text(enc: Encoded, start, end, allowed) -> str:
+def _best_text(enc: Encoded, start, end, width: int) -> str:
+    allowed, allowed_end, _, _ = _span_masks(enc, width)
     best = (float("-inf"), 0, 0, 0)
     for i in range(len(enc.windows)):
-        score, s, e = best_span(start[i], end[i], allowed[i], MAX_ANSWER_TOKENS)
+        score, s, e = best_span(
+            start[i], end[i], allowed[i], MAX_ANSWER_TOKENS, allowed_end=allowed_end[i]
+        )
         if score > best[0]:
             best = (score, i, s, e)
     if best[0] == float("-inf"):
@@ -404,13 +419,16 @@ class HotpotQAAdapter(TaskAdapter):
         q = _ids(self.tokenizer, example.question)[:MAX_QUESTION_TOKENS]
         prefix = [self.cls] + q + [self.sep, self.sep]
         parts, sent_chars, keys, pos = [], [], [], 0
+        title_chars = []  # per sentence: its paragraph title's characters
         for title, sentences in example.context:
             head = f"{title}. "
             parts.append(head)
+            span = (pos, pos + len(title))
             pos += len(head)
             for j, sent in enumerate(sentences):
                 parts.append(sent)
                 sent_chars.append((pos, pos + len(sent)))
+                title_chars.append(span)
                 keys.append((title, j))
                 pos += len(sent)
             parts.append("\n")
@@ -418,10 +436,13 @@ class HotpotQAAdapter(TaskAdapter):
         text = "".join(parts)
         tokens, offsets = _with_offsets(self.tokenizer, text)
         items = []
+        # a sentence is pooled with its paragraph's title: whether the title is what the
+        # question asks about is most of what makes a sentence supporting
         for k, (cs, ce) in enumerate(sent_chars):
-            t = char_span_to_tokens(offsets, cs, ce)
-            if t is not None:
-                items.append((k, *t))
+            for a, b in ((cs, ce), title_chars[k]):
+                t = char_span_to_tokens(offsets, a, b)
+                if t is not None:
+                    items.append((k, *t))
         answer = (example.answer or "").strip()
         label = None
         spans = []
@@ -445,6 +466,7 @@ class HotpotQAAdapter(TaskAdapter):
             max_windows,
             answer_spans=spans,
             items=items,
+            text=text,
         )
         return Encoded(
             example.id,
@@ -479,9 +501,9 @@ class HotpotQAAdapter(TaskAdapter):
             loss = loss + F.binary_cross_entropy_with_logits(sent[seen], target[seen])
         if enc.label == 0 and enc.has_span_target:
             width = out.start_logits.shape[1]
-            allowed, gs, ge = (m.to(dev) for m in _span_masks(enc, width))
+            allowed, allowed_end, gs, ge = (m.to(dev) for m in _span_masks(enc, width))
             loss = loss + marginal_span_loss(
-                out.start_logits.float(), out.end_logits.float(), allowed, gs, ge
+                out.start_logits.float(), out.end_logits.float(), allowed, gs, ge, allowed_end
             )
         return loss
 
@@ -490,10 +512,8 @@ class HotpotQAAdapter(TaskAdapter):
         kind = ANSWER_TYPES[int(out.type_logits.float().mean(0).argmax())]
         if kind == "span":
             width = out.start_logits.shape[1]
-            allowed, _, _ = _span_masks(enc, width)
-            answer = _best_text(
-                enc, out.start_logits.float().cpu(), out.end_logits.float().cpu(), allowed
-            )
+            start, end = out.start_logits.float().cpu(), out.end_logits.float().cpu()
+            answer = _best_text(enc, start, end, width)
         else:
             answer = kind
         probs = torch.sigmoid(sent).masked_fill(~seen, -1.0).cpu()

@@ -76,37 +76,60 @@ def find_occurrences(text: str, answers: Sequence[str]) -> list[tuple[int, int]]
     return sorted(spans)
 
 
+def word_boundaries(text: str, offsets: Sequence[tuple[int, int]]) -> tuple[list[bool], list[bool]]:
+    """Which tokens may start and which may end an answer: those at the start (end) of a word.
+
+    Why: answers are whole words (TriviaQA aliases, HotpotQA spans), but a small model left free
+    picks sub-word pieces ("igi" out of "Luigi"); ruling those out shrinks the softmax to the
+    spans that can be right. A token starts a word when the character before its first
+    non-space character is not alphanumeric (or it is the first), ends one when the character
+    after it is not alphanumeric; punctuation tokens qualify on both sides.
+    """
+    starts, ends = [], []
+    for a, b in offsets:
+        while a < b and text[a].isspace():
+            a += 1
+        if a >= b:
+            starts.append(False)
+            ends.append(False)
+            continue
+        starts.append(a == 0 or not text[a - 1].isalnum() or not text[a].isalnum())
+        ends.append(b >= len(text) or not text[b].isalnum() or not text[b - 1].isalnum())
+    return starts, ends
+
+
 def best_span(
     start_logits: torch.Tensor,
     end_logits: torch.Tensor,
     allowed: torch.Tensor,
     max_answer_len: int,
     top_k: int = 20,
+    allowed_end: torch.Tensor | None = None,
 ) -> tuple[float, int, int]:
     """The highest `start + end` score over spans with start <= end < start + max_answer_len,
-    both ends on `allowed` tokens (1-D tensors of one window). Returns (score, start, end);
-    score is -inf when no token is allowed.
+    the start on an `allowed` token and the end on an `allowed_end` one (default: `allowed`);
+    1-D tensors of one window. Returns (score, start, end); score is -inf when nothing is allowed.
 
     Only the top_k starts and ends are paired: the best span almost always uses one of them, and
     this keeps decoding O(k^2) instead of O(n^2) for 4k-token windows.
     """
+    allowed_end = allowed if allowed_end is None else allowed_end
     neg = torch.finfo(start_logits.dtype).min
     s = start_logits.masked_fill(~allowed, neg)
-    e = end_logits.masked_fill(~allowed, neg)
-    if not bool(allowed.any()):
+    e = end_logits.masked_fill(~allowed_end, neg)
+    if not bool(allowed.any()) or not bool(allowed_end.any()):
         return float("-inf"), 0, 0
-    k = min(top_k, int(allowed.sum()))
-    s_val, s_idx = s.topk(k)
-    e_val, e_idx = e.topk(k)
+    s_val, s_idx = s.topk(min(top_k, int(allowed.sum())))
+    e_val, e_idx = e.topk(min(top_k, int(allowed_end.sum())))
     scores = s_val[:, None] + e_val[None, :]
     length = e_idx[None, :] - s_idx[:, None]
     ok = (length >= 0) & (length < max_answer_len)
     if not bool(ok.any()):  # no top-k pair fits: fall back to the best single token
-        i = int(s.argmax())
+        i = int((s + e).argmax())
         return float(s[i] + e[i]), i, i
     scores = scores.masked_fill(~ok, float("-inf"))
     flat = int(scores.argmax())
-    i, j = divmod(flat, k)
+    i, j = divmod(flat, scores.shape[1])
     return float(scores[i, j]), int(s_idx[i]), int(e_idx[j])
 
 
@@ -116,21 +139,27 @@ def marginal_span_loss(
     allowed: torch.Tensor,
     gold_starts: torch.Tensor,
     gold_ends: torch.Tensor,
+    allowed_end: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-log P(any gold start) - log P(any gold end), the softmax taken jointly over every allowed
     token of every window of the example (shared normalisation), so windows compete and scores
     are comparable across windows and documents at prediction time.
 
     All arguments have one shape (windows, seq); `gold_*` are boolean masks that may mark several
-    positions (all occurrences of all aliases). Returns 0 (with a graph) when nothing is gold.
+    positions (all occurrences of all aliases); ends are restricted to `allowed_end` (default
+    `allowed`). Returns 0 (with a graph) when nothing is gold.
     """
+    allowed_end = allowed if allowed_end is None else allowed_end
     neg = torch.finfo(start_logits.dtype).min
     total = start_logits.new_zeros(())
-    for logits, gold in ((start_logits, gold_starts), (end_logits, gold_ends)):
-        gold = gold & allowed
+    for logits, gold, ok in (
+        (start_logits, gold_starts, allowed),
+        (end_logits, gold_ends, allowed_end),
+    ):
+        gold = gold & ok
         if not bool(gold.any()):
             return (start_logits.sum() + end_logits.sum()) * 0.0
-        flat = logits.masked_fill(~allowed, neg).reshape(-1)
+        flat = logits.masked_fill(~ok, neg).reshape(-1)
         total = total + torch.logsumexp(flat, 0)
         total = total - torch.logsumexp(flat.masked_fill(~gold.reshape(-1), neg), 0)
     return total / 2

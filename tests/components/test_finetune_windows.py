@@ -28,6 +28,7 @@ from components.windows import (
     find_occurrences,
     marginal_span_loss,
     window_starts,
+    word_boundaries,
 )
 
 FILLER = " ".join(["the cat sat on the mat near the old mill."] * 10)
@@ -100,6 +101,15 @@ def test_every_occurrence_of_every_alias_on_word_boundaries():
     assert find_occurrences(text, ["", "absent"]) == []
 
 
+def test_spans_start_and_end_on_word_boundaries():
+    text = "Luigi met (Ada) Lovelace."
+    offsets = [(0, 3), (3, 5), (5, 9), (9, 11), (11, 14), (14, 15), (15, 20), (20, 24), (24, 25)]
+    # "Lui" "gi" " met" " (" "Ada" ")" " Love" "lace" "."
+    starts, ends = word_boundaries(text, offsets)
+    assert starts == [True, False, True, True, True, True, True, False, True]
+    assert ends == [False, True, True, True, True, True, False, True, True]
+
+
 def test_best_span_respects_length_and_allowed_tokens():
     start = torch.tensor([9.0, 0.0, 5.0, 0.0, 0.0, 0.0])
     end = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 8.0])
@@ -109,6 +119,10 @@ def test_best_span_respects_length_and_allowed_tokens():
     score, s, e = best_span(start, end, allowed, max_answer_len=2)  # 2..5 is now too long
     assert e - s < 2 and allowed[s] and allowed[e]
     assert best_span(start, end, torch.zeros(6, dtype=torch.bool), 4)[0] == float("-inf")
+    no_end_at_5 = allowed.clone()
+    no_end_at_5[5] = False  # token 5 is mid-word: it may not end a span
+    score, s, e = best_span(start, end, allowed, 4, allowed_end=no_end_at_5)
+    assert e != 5 and s <= e
 
 
 def test_marginal_span_loss_is_shared_across_windows():
