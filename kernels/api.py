@@ -7,8 +7,8 @@ Backends:
   dilation, per-head dilation, causal) and ``BlockLocal``; ``Strided`` and ``Fixed`` as a band or
   block plus their long-range part (O(seq * (s + seq/s)) memory, never seq x seq).
 * ``tvm``: TVM-compiled sliding-window kernels (see ``kernels.tvm_backend``).
-* ``auto``: ``tvm`` only where it is eligible (faster than ``torch`` for forward+backward: not
-  yet, see ``kernels.tvm_backend.AUTO_ELIGIBLE``) and its kernel is already cached for the
+* ``auto``: ``tvm`` where it is eligible (CPU calls that need no gradient: see
+  ``kernels.tvm_backend.AUTO_ELIGIBLE``) and its kernel is already cached for the
   device/dtype/head_dim; else ``torch`` where the pattern allows (``SlidingWindow``,
   ``BlockLocal``, ``Strided``, ``Fixed``), else ``dense`` (``Dense``).
 """

@@ -398,20 +398,24 @@ def supports(pattern: Pattern) -> bool:
     return isinstance(pattern, SlidingWindow)
 
 
-#: ``auto`` may pick ``tvm`` only where it beats ``torch`` for forward+backward (training is the
-#: main user). The backward is compiled now, but on this 2-core CPU ``tvm`` is still 1.7-1.9x
-#: slower than ``torch`` end to end at seq 4096 and 16384, heads 12, head_dim 64, window 256
-#: (``benchmarks/RESULTS.md``: fwd+bwd 702 vs 375 ms at 4096; ``torch``'s chunks run in
-#: PyTorch's fused flash-attention CPU kernel on MKL GEMMs, our kernels reach 12-20% of the
-#: matmul rate), so it stays off. Flip it only after measuring a win at the model's shapes.
-AUTO_ELIGIBLE = False
+#: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (seq 1024 to
+#: 16384, heads 12, head_dim 64, window 256, one global token, 2-core AVX-512 CPU):
+#:
+#: * ``inference`` (no gradient needed): ``tvm`` is 2-5x faster than ``torch`` with about a
+#:   quarter of its extra memory, so yes.
+#: * ``training``: forward+backward is on par with ``torch`` (within +-15%, either way depending
+#:   on length and machine load) at half its extra memory; ``torch``'s chunks run in PyTorch's
+#:   fused flash-attention CPU kernel on MKL GEMMs and its numbers are the better known, so no.
+AUTO_ELIGIBLE = {"inference": True, "training": False}
 
 
 def usable_cached(q: torch.Tensor, pattern: Pattern, needs_grad: bool) -> bool:
-    """Whether ``auto`` should use this backend: only if ``AUTO_ELIGIBLE`` (see above), on CPU,
-    float32/bfloat16, a supported pattern, and an already compiled kernel for the head_dim in
-    the cache (``auto`` never triggers a compile)."""
-    if not AUTO_ELIGIBLE or q.device.type != "cpu" or not supports(pattern):
+    """Whether ``auto`` should use this backend: only where ``AUTO_ELIGIBLE`` (see above) says
+    so for this kind of call, on CPU, float32/bfloat16, a supported pattern, and an already
+    compiled kernel for the head_dim in the cache (``auto`` never triggers a compile)."""
+    if not AUTO_ELIGIBLE["training" if needs_grad else "inference"]:
+        return False
+    if q.device.type != "cpu" or not supports(pattern):
         return False
     if q.dtype not in (torch.float32, torch.bfloat16) or tvm_version() is None:
         return False
