@@ -104,6 +104,97 @@ def trim(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
     return out
 
 
+def memory_worker(archive: Path, ckpt: Path, out: Path) -> dict:
+    """Run the whole stage on `archive` in this (fresh) process; return its peak RSS."""
+    import mlflow
+
+    from components import tracking
+    from components.config import ScoreParams, TrackingParams
+    from components.score import score
+    from components.serving import log_classifier
+
+    store = TrackingParams(uri=f"sqlite:///{out.parent / (out.name + '.db')}", experiment="mem")
+    os.environ["MLFLOW_TRACKING_URI"] = store.uri
+    tracking.setup(store)
+    with mlflow.start_run():
+        info = log_classifier(ckpt, "longdoc-mem")
+    uri = f"models:/longdoc-mem/{info.registered_model_version}"
+    t0 = time.perf_counter()
+    manifest = score(ScoreParams(inputs=[archive], model_uri=uri, out=out, max_len=1024), store)
+    return {
+        "docs": manifest["counts"]["scored"],
+        "tokens": manifest["tokens"],
+        "seconds": time.perf_counter() - t0,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def memory_table(base_docs: int, factors: list[int]) -> str:
+    """Peak RSS of the stage (a fresh process each) on archives of growing size: flat = bounded.
+    Small model (hidden 64, 2 layers, 1k positions), documents of 1k-6k words, truncated to
+    1,024 tokens."""
+    import json
+    import subprocess
+
+    from components.config import ModelParams
+    from components.model import LongformerForSequenceClassification, make_config
+    from components.tokenize import train_tokenizer
+
+    rng = np.random.default_rng(1)
+    lines = [
+        "| documents | archive MiB (text MiB) | tokens scored | seconds | peak RSS MiB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        pool = make_texts(rng, 64, 1000, 6000)
+        tokenizer = train_tokenizer(iter(pool), vocab_size=2000, min_frequency=2)
+        config = make_config(
+            ModelParams(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=128,
+                attention_window=64,
+                max_position_embeddings=1026,
+            ),
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            num_labels=2,
+        )
+        ckpt = tmp / "ckpt"
+        LongformerForSequenceClassification(config).save_pretrained(ckpt)
+        tokenizer.save_pretrained(ckpt)
+        for factor in factors:
+            n = base_docs * factor
+            archive = tmp / f"docs{n}.tar.gz"
+            text_bytes = 0
+            with tarfile.open(archive, "w:gz") as tar:
+                for i in range(n):
+                    data = pool[i % len(pool)].encode() + f" {i}".encode()
+                    text_bytes += len(data)
+                    info = tarfile.TarInfo(f"doc{i:06d}.txt")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            res = subprocess.run(
+                [sys.executable, __file__, "--memory-worker", str(archive), str(ckpt)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=tmp,
+            )
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            lines.append(
+                f"| {r['docs']:,} | {archive.stat().st_size / 2**20:.1f} "
+                f"({text_bytes / 2**20:.1f}) | {r['tokens']:,} | {r['seconds']:.0f} | "
+                f"{r['peak_mib']:,.0f} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=int, default=16)
@@ -114,7 +205,35 @@ def main() -> None:
     ap.add_argument("--hf-batch", type=int, default=0, help="also a padded pipeline batch")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--no-append", action="store_true", help="don't append to RESULTS.md")
+    ap.add_argument(
+        "--memory",
+        type=int,
+        nargs="*",
+        metavar="FACTOR",
+        help="instead: the stage's peak RSS on archives of 256 x FACTOR documents (default 1 8)",
+    )
+    ap.add_argument("--memory-worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_worker:
+        import json
+
+        archive, ckpt = map(Path, args.memory_worker)
+        print(json.dumps(memory_worker(archive, ckpt, Path.cwd() / f"out-{archive.stem}")))
+        return
+    if args.memory is not None:
+        table = memory_table(256, args.memory or [1, 8])
+        print()
+        print(table)
+        if not args.no_append:
+            cmd = "python benchmarks/score.py " + " ".join(sys.argv[1:])
+            with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+                f.write(
+                    f"\n## Batch scoring memory, growing archives (issue 7), "
+                    f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\nCommand: `{cmd.strip()}`. "
+                    f"{memory_table.__doc__.split(chr(10), 1)[1].strip()} chunk_docs 256, "
+                    f"a fresh process per row.\n\n{table}\n"
+                )
+        return
 
     import mlflow
     import torch
