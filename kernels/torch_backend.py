@@ -181,6 +181,7 @@ def torch_attention(
     *,
     chunk: int | None = None,
     local: LocalFn | None = None,
+    band_part: LocalFn | None = None,
 ) -> torch.Tensor:
     """Banded attention on ``(batch, seq, heads, dim)`` tensors (see the module docstring).
 
@@ -189,6 +190,10 @@ def torch_attention(
     it gets the folded, undilated ``(B', m, h, D)`` q, k, v, the ``(B', m)`` usable band keys,
     the global keys/values ``(B', G, h, D)`` and their validity ``(B', G)`` (or ``None``), and
     returns the ``(B', m, h, D)`` output.
+
+    ``band_part`` replaces the band of ``Strided`` (the TVM backend's kernel again): it gets
+    ``(q, k, v, key_ok, window, causal)`` on ``(B, n, H, D)`` tensors and returns the band's
+    ``(out, lse)`` with ``lse = -inf`` on rows that have no usable key.
     """
     if not supports(pattern):
         raise ValueError(f"backend 'torch' does not support pattern {pattern}")
@@ -212,8 +217,10 @@ def torch_attention(
         g_ok = valid & ~pad.gather(1, order)
 
     if isinstance(pattern, (Strided, Fixed)):
-        sparse = _strided if isinstance(pattern, Strided) else _fixed
-        parts = sparse(qt, kt, vt, key_ok, pattern)
+        if isinstance(pattern, Strided):
+            parts = _strided(qt, kt, vt, key_ok, pattern, band_part)
+        else:
+            parts = _fixed(qt, kt, vt, key_ok, pattern)
         if gk is not None:
             parts.append(_global_part(qt, gk, gv, g_ok))
         out = _merge(parts)
@@ -391,7 +398,9 @@ def _global_part(q, gk, gv, g_ok) -> tuple[torch.Tensor, torch.Tensor]:
     return out.transpose(1, 2), lse.transpose(1, 2)
 
 
-def _strided(q, k, v, key_ok, pattern: Strided) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _strided(
+    q, k, v, key_ok, pattern: Strided, band_part: LocalFn | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``Strided(s)``: band ``|i-j| <= s`` + every key with ``(i-j) % s == 0`` outside the band.
 
     The long-range part lives within one residue class mod ``s``: folding by ``s`` (as dilation
@@ -406,8 +415,12 @@ def _strided(q, k, v, key_ok, pattern: Strided) -> list[tuple[torch.Tensor, torc
     nc = -(-n // c)
     reach = min(-(-s // c), nc - 1)
     left, right = reach, 0 if causal else reach
-    band = _window_band(s, c, left, right, causal, q.device)
-    local = _local_part(q, k, v, key_ok, c, left, right, band)
+    if band_part is None:
+        band = _window_band(s, c, left, right, causal, q.device)
+        local = _local_part(q, k, v, key_ok, c, left, right, band)
+    else:
+        out, lse = band_part(q, k, v, key_ok, s, causal)
+        local = (out, torch.where(torch.isfinite(lse), lse, torch.full_like(lse, _EMPTY_LSE)))
 
     m = -(-n // s)
     qf, kf, vf = (_fold(x, s).transpose(1, 2) for x in (q, k, v))  # (B*s, H, m, D)

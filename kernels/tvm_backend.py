@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from . import torch_backend
 from .config import cache_dir
-from .patterns import Pattern, SlidingWindow
+from .patterns import Pattern, SlidingWindow, Strided
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def cached_variant_exists(head_dim: int, target_name: str = "llvm") -> bool:
 
 
 def supports(pattern: Pattern) -> bool:
-    return isinstance(pattern, SlidingWindow)
+    return isinstance(pattern, (SlidingWindow, Strided))
 
 
 #: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (seq 1024 to
@@ -653,8 +653,8 @@ def tvm_attention(
     cached library for the tensors' device (tests of the CUDA path's arithmetic)."""
     if not supports(pattern):
         raise ValueError(
-            f"backend 'tvm' does not support pattern {pattern}; it compiles SlidingWindow only "
-            "(use backend='torch' or 'dense', or 'auto')"
+            f"backend 'tvm' does not support pattern {pattern}; it compiles SlidingWindow and "
+            "the band of Strided (use backend='torch' or 'dense', or 'auto')"
         )
     if tvm_version() is None:
         raise ValueError("backend 'tvm' needs the apache-tvm package, which is not installed")
@@ -671,6 +671,16 @@ def tvm_attention(
         raise ValueError(f"backend 'tvm' runs on CPU and CUDA devices, not {q.device}")
     dtype = q.dtype
     q32, k32, v32 = (x.to(torch.float32) for x in (q, k, v))
+    if isinstance(pattern, Strided):
+        # the band |i - j| <= stride by the kernels, the long-range part in torch (folded by
+        # residue class; see kernels.torch_backend._strided), merged by log-sum-exp
+        def band_part(q, k, v, key_ok, window, causal):
+            return band.apply(q, k, v, key_ok, None, None, None, fns, window, causal)
+
+        out = torch_backend.torch_attention(
+            q32, k32, v32, pattern, global_mask, key_padding_mask, band_part=band_part
+        )
+        return out.to(dtype)
     local = _local_fn(fns, pattern.window, pattern.causal, band)
     out = torch_backend.torch_attention(
         q32, k32, v32, pattern, global_mask, key_padding_mask, local=local

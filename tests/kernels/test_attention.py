@@ -35,7 +35,7 @@ PATTERNS = [
 SUPPORTED = {
     "dense": (SlidingWindow, BlockLocal, Strided, Fixed, Dense),
     "torch": (SlidingWindow, BlockLocal, Strided, Fixed),
-    "tvm": (SlidingWindow,),
+    "tvm": (SlidingWindow, Strided),
 }
 HAVE_TVM = "tvm" in kernels.available_backends()
 BACKENDS = ["dense", "torch"] + (["tvm"] if HAVE_TVM else [])
@@ -188,8 +188,8 @@ def test_errors_are_clear():
     q = torch.randn(1, 8, 4, 8)
     with pytest.raises(ValueError, match="torch.*Dense"):
         attention(q, q, q, Dense(), backend="torch")
-    with pytest.raises(ValueError, match="tvm.*Strided"):
-        attention(q, q, q, Strided(4), backend="tvm")
+    with pytest.raises(ValueError, match="tvm.*Fixed"):
+        attention(q, q, q, Fixed(4, 2), backend="tvm")
     with pytest.raises(ValueError, match="tvm.*BlockLocal"):
         attention(q, q, q, BlockLocal(4), backend="tvm")
     with pytest.raises(ValueError, match="unknown attention backend"):
@@ -355,3 +355,16 @@ def test_torch_sparse_patterns_never_build_seq_by_seq(pattern):
 @pytest.mark.parametrize("pattern", [Strided(16), Fixed(16, 2, causal=False)], ids=str)
 def test_torch_sparse_patterns_bfloat16(pattern):
     check("torch", pattern, 2, 301, 4, 16, torch.bfloat16, seed=5)
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+@pytest.mark.parametrize("pattern", [Strided(6), Strided(5, causal=False)], ids=str)
+def test_tvm_strided_band_is_compiled(monkeypatch, pattern):
+    """``tvm`` runs Strided's band in its kernels (only the long-range part is torch)."""
+    from kernels import torch_backend
+
+    def no_torch_band(*args, **kwargs):
+        raise AssertionError("tvm backend fell back to the torch band computation")
+
+    monkeypatch.setattr(torch_backend, "_local_part", no_torch_band)
+    check("tvm", pattern, 2, 67, 2, 8, torch.float32, seed=9)
