@@ -1,25 +1,31 @@
-"""The ``tvm`` backend: TVM-compiled sliding-window attention on CPU, plus its build cache.
+"""The ``tvm`` backend: TVM-compiled sliding-window attention (CPU; CUDA where TVM can), plus its
+build cache.
 
 What it supports:
 
-* Pattern: ``SlidingWindow`` (any window, int or per-head dilation, causal or not). Dilation is
-  folded into the batch dimension and global tokens are merged outside the kernel (see
-  ``kernels.torch_backend``), so one compiled kernel serves every variant.
+* Patterns: ``SlidingWindow`` (any window, int or per-head dilation, causal or not) and
+  ``Strided`` (its band ``|i-j| <= stride`` in the kernels, the every-``stride``-th keys in torch,
+  merged by log-sum-exp). Dilation is folded into the batch dimension and global query rows are
+  computed outside the kernels (see ``kernels.torch_backend``); global *keys* are packed in
+  front of each band, so the kernels take one softmax over band + global keys.
 * dtypes: float32 kernels. bfloat16 inputs are computed by the float32 kernel (upcast on the
   way in, rounded on the way out), exactly like the ``torch`` backend computes them.
-* Devices: CPU through LLVM. The installed TVM wheel has no CUDA runtime, so CUDA tensors are
-  refused with a clear error.
-* Forward: the compiled kernel (``kernels.tvm_source``) computes the band part and its
-  log-sum-exp; global keys are merged exactly by log-sum-exp, global queries use the torch path.
+* Devices: CPU through LLVM (``kernels.tvm_source``: packed band-side operands, vectorised
+  register tiles, parallel over batch x heads x row tiles). CUDA: ``kernels.tvm_gpu_source``
+  (one thread per row) compiles for ``cuda:sm_XX`` targets with TVM's CUDA code generator and
+  ``nvcc``; running it needs a TVM built with the CUDA runtime, which the installed wheel is not
+  (``cuda_runtime_error`` says so, and CUDA tensors get that error).
+* Forward: the compiled kernel returns the output and its log-sum-exp.
 * Backward: compiled too (FlashAttention-2 style, restricted to the band): ``_Band`` is a
-  ``torch.autograd.Function`` whose backward runs ``sliding_window_bwd_dq`` (rows = queries)
-  and ``sliding_window_bwd_dkdv`` (rows = keys) from q, k, v, out, lse and the output
-  gradient; it also takes the gradient of ``lse``, so the log-sum-exp merge of the global keys,
-  the dilation folding and the global rows (plain torch ops around it) differentiate exactly.
-  No seq x seq tensor and no torch recompute of the band.
+  ``torch.autograd.Function`` whose backward runs ``sliding_window_bwd_dq`` (rows = queries,
+  band + global keys) and ``sliding_window_bwd_dkdv`` (rows = keys) from q, k, v, out, lse and
+  the output gradient; it also takes the gradient of ``lse``, so everything around it (dilation
+  folding, Strided's long-range part, global rows) differentiates exactly. The global keys' own
+  gradients (``O(G * seq)``) are torch ops. No seq x seq tensor and no torch recompute of the
+  band.
 
 Build cache layout: ``<cache_dir>/<target-key>/<variant>.so`` plus ``manifest.json`` (TVM
-version, target, sha256 of the kernel source, compile seconds and file sha256 per variant). A
+version, target, sha256 of the kernel sources, compile seconds and file sha256 per variant). A
 library is loaded only if all of these match; anything else is recompiled and rewritten
 atomically (temp file in the same directory + ``os.replace``).
 """
