@@ -366,16 +366,16 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
             pq.write_table(PREDICTION_SCHEMA.empty_table(), tmp)
         state["parts"].append(part)
 
-    records = [json.loads(line) for line in errors_path.read_text(encoding="utf-8").splitlines()]
-    atomic_write_text(
-        out / ERRORS,
-        "".join(
-            json.dumps({k: v for k, v in r.items() if k != "_i"}, ensure_ascii=False) + "\n"
-            for r in records
-        ),
-    )
+    n_errors = 0
+    with atomic_path(out / ERRORS) as tmp, open(tmp, "w", encoding="utf-8") as dst:
+        with open(errors_path, encoding="utf-8") as src:  # streamed: errors can be millions
+            for line in src:
+                rec = json.loads(line)
+                rec.pop("_i")
+                dst.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n_errors += 1
     seconds = time.perf_counter() - t0
-    counts = {"inputs": state["consumed"], "scored": state["scored"], "errors": len(records)}
+    counts = {"inputs": state["consumed"], "scored": state["scored"], "errors": n_errors}
     if counts["inputs"] != counts["scored"] + counts["errors"]:  # a bug, never bad input
         raise RuntimeError(f"score counts do not reconcile: {counts}")
     manifest = {
