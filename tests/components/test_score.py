@@ -163,6 +163,10 @@ def test_score_archive_with_bad_members(tmp_path, champion):
         assert abs(sum(r["probabilities"]) - 1) < 1e-5
         assert r["answer"] is None and r["score"] is None
         assert len(r["doc_id"]) == 64
+    # one chunk in memory at a time: every part holds at most chunk_docs documents
+    parts = sorted((tmp_path / "pred/predictions.parquet").glob("part-*.parquet"))
+    assert [p.name for p in parts] == manifest["parts"] and len(parts) == 2
+    assert all(pq.read_metadata(p).num_rows <= 2 for p in parts)
     long_doc = next(r for r in rows if r["member"] == "more.jsonl:1")
     assert long_doc["truncated"] and long_doc["tokens"] == 64
     assert not any(r["truncated"] for r in rows if r is not long_doc)
