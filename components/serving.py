@@ -164,23 +164,26 @@ class InferenceEngine:
 
     # ------------------------------------------------------------------ tokenizing
 
-    def encode(self, texts: list[str], questions: list[str] | None = None) -> list[Encoded]:
+    def encode(
+        self, texts: list[str], questions: list[str] | None = None, max_len: int | None = None
+    ) -> list[Encoded]:
         """Tokenize a list of documents (one fast-tokenizer call: it runs in parallel).
 
         Texts are first clipped to `max_len * 64` characters: no real tokenizer averages more
         than 64 characters a token, so the clip never changes the kept tokens, and it keeps a
         64 MB document from costing 64 MB of token ids."""
-        cap = self.max_len * _CHARS_PER_TOKEN_CAP
+        limit = min(max_len, self.max_len) if max_len else self.max_len  # per call: no shared state
+        cap = limit * _CHARS_PER_TOKEN_CAP
         clipped = [t[:cap] for t in texts]
         if self.kind == CLASSIFICATION:
             # One token over the cap tells "cut" from "exactly max_len"; dropping that token
             # (keeping the final </s>) gives what truncating at max_len gives.
-            enc = self.tokenizer(clipped, truncation=True, max_length=self.max_len + 1)
+            enc = self.tokenizer(clipped, truncation=True, max_length=limit + 1)
             out = []
             for ids, text in zip(enc["input_ids"], texts, strict=True):
-                cut = len(ids) > self.max_len
+                cut = len(ids) > limit
                 if cut:
-                    ids = ids[: self.max_len - 1] + ids[-1:]
+                    ids = ids[: limit - 1] + ids[-1:]
                 out.append(Encoded(list(ids), cut or len(text) > cap))
             return out
         if questions is None:
@@ -189,7 +192,7 @@ class InferenceEngine:
             questions,
             clipped,
             truncation="only_second",
-            max_length=self.max_len,
+            max_length=limit,
             return_offsets_mapping=True,
         )
         out = []
@@ -248,8 +251,9 @@ class InferenceEngine:
         texts: list[str],
         questions: list[str] | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        max_len: int | None = None,
     ) -> list[dict[str, Any]]:
-        return self.run(self.encode(texts, questions), batch_tokens)
+        return self.run(self.encode(texts, questions, max_len), batch_tokens)
 
 
 def _best_span(doc: Encoded, start: torch.Tensor, end: torch.Tensor) -> dict[str, Any]:
@@ -304,19 +308,18 @@ class LongdocModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         params = params or {}
         engine = self.engine
-        max_len = int(params.get("max_len") or engine.max_len)
-        saved, engine.max_len = engine.max_len, min(max_len, engine.max_len)
-        try:
-            texts = model_input["text"].astype(str).tolist()
-            questions = None
-            if engine.kind == QA:
-                if "question" not in model_input:
-                    raise ValueError("this QA model needs a 'question' column next to 'text'")
-                questions = model_input["question"].astype(str).tolist()
-            budget = int(params.get("batch_tokens") or DEFAULT_BATCH_TOKENS)
-            preds = engine.predict_texts(texts, questions, budget)
-        finally:
-            engine.max_len = saved
+        texts = model_input["text"].astype(str).tolist()
+        questions = None
+        if engine.kind == QA:
+            if "question" not in model_input:
+                raise ValueError("this QA model needs a 'question' column next to 'text'")
+            questions = model_input["question"].astype(str).tolist()
+        preds = engine.predict_texts(
+            texts,
+            questions,
+            batch_tokens=int(params.get("batch_tokens") or DEFAULT_BATCH_TOKENS),
+            max_len=int(params.get("max_len") or engine.max_len),
+        )
         return pd.DataFrame(preds, columns=_output_columns(engine.kind))
 
 
