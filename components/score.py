@@ -55,7 +55,7 @@ from components.io import (
     write_manifest,
 )
 from components.readers import Document, Rejected, iter_documents
-from components.serving import CLASSIFICATION, QA, InferenceEngine, LongdocModel
+from components.serving import CLASSIFICATION, QA, Encoded, InferenceEngine, LongdocModel
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,35 @@ def _stream(params: ScoreParams, sources: list[Path]) -> Iterator[Document | Rej
     )
 
 
+def _score_chunk(
+    engine: InferenceEngine, pending: list[_Pending], batch_tokens: int
+) -> list[tuple[Encoded, dict[str, Any]] | str]:
+    """(encoding, prediction) per pending document, or the reason it could not be scored.
+
+    The chunk goes through in one call; if that fails (a document the tokenizer or the model
+    chokes on, a batch that does not fit in accelerator memory), each document is retried alone
+    so one bad document becomes one error record instead of failing the whole run."""
+
+    def one_call(docs: list[_Pending]) -> list[tuple[Encoded, dict[str, Any]]]:
+        questions = [p.question or "" for p in docs] if engine.kind == QA else None
+        encoded = engine.encode([p.text for p in docs], questions)
+        return list(zip(encoded, engine.run(encoded, batch_tokens), strict=True))
+
+    try:
+        return list(one_call(pending))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        log.warning(
+            "a chunk of %d documents failed (%s); scoring them one by one", len(pending), exc
+        )
+    out: list[tuple[Encoded, dict[str, Any]] | str] = []
+    for p in pending:
+        try:
+            out.append(one_call([p])[0])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            out.append(f"scoring failed: {type(exc).__name__}: {exc}")
+    return out
+
+
 def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     """Score every document of `params.sources()` into `params.out`; returns the manifest.
 
@@ -264,15 +293,15 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
         """Score the pending chunk into one part, then record everything up to `consumed`."""
         if pending:
             t = time.perf_counter()
-            encoded = engine.encode(
-                [p.text for p in pending],
-                [p.question or "" for p in pending] if engine.kind == QA else None,
-            )
-            preds = engine.run(encoded, params.batch_tokens)
+            scored = _score_chunk(engine, pending, params.batch_tokens)
             progress["infer_s"] += time.perf_counter() - t
             now = datetime.now(UTC)
             rows = []
-            for p, enc, pred in zip(pending, encoded, preds, strict=True):
+            for p, result in zip(pending, scored, strict=True):
+                if isinstance(result, str):
+                    error(p.index, p.source, p.member, result)
+                    continue
+                enc, pred = result
                 rows.append(
                     {
                         "doc_id": p.doc_id,

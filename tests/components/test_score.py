@@ -356,3 +356,31 @@ def test_champion_moves_only_to_a_better_model(tmp_path, champion):
     assert [r["version"] for r in results] == ["1", "2", "3"]
     assert tracking.resolve_model_version("models:/longdoc-promo@champion") == "3"
     assert tracking.champion_metric("longdoc-promo", "accuracy") == 0.9
+
+
+def test_a_document_the_model_chokes_on_becomes_one_error(tmp_path, champion, monkeypatch):
+    """A failure inside the model call is retried document by document: the bad one is recorded
+    with the reason, its chunk neighbours are still scored."""
+    real_encode = InferenceEngine.encode
+
+    def choking_encode(self, texts, questions=None, max_len=None):
+        if any("poison" in t for t in texts):
+            raise ValueError("tokenizer exploded")
+        return real_encode(self, texts, questions, max_len)
+
+    monkeypatch.setattr(InferenceEngine, "encode", choking_encode)
+    src = tmp_path / "docs"
+    src.mkdir()
+    for i, text in enumerate([TEXTS[0], "poison pill", TEXTS[1], TEXTS[2]]):
+        (src / f"{i}.txt").write_text(text)
+    from components.score import score
+
+    params = ScoreParams(
+        inputs=[src], model_uri="models:/longdoc-test@champion", out=tmp_path / "p", max_len=32
+    )
+    manifest = score(params, champion)
+    assert manifest["counts"] == {"inputs": 4, "scored": 3, "errors": 1}
+    (err,) = _errors(tmp_path / "p")
+    assert err["member"] == "1.txt" and "tokenizer exploded" in err["reason"]
+    rows = pq.read_table(tmp_path / "p/predictions.parquet").to_pylist()
+    assert sorted(r["member"] for r in rows) == ["0.txt", "2.txt", "3.txt"]
