@@ -184,8 +184,8 @@ def train_task(
                 if used:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                     optimizer.step()
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
                 step += 1
                 bar.update(1)
                 if not used:
