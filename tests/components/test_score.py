@@ -294,6 +294,7 @@ _DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a child process that loads torch + MLflow, then a rerun: ~25 s
 def test_resume_after_kill_scores_each_document_once(tmp_path, champion):
     src = tmp_path / "inbox.tar.gz"
     members = [(f"doc{i:02d}.txt", f"{TEXTS[i % 3]} number {i}".encode()) for i in range(14)]
