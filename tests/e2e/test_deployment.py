@@ -1,8 +1,10 @@
 """The README's deployment walk-through, for real, on 127.0.0.1: a Prefect server with its own
 PREFECT_HOME, the `longdoc` process pool, `prefect deploy`, a worker, and
 `prefect deployment run 'batch-score/default' --param input=... --watch` on a tiny archive with
-a tiny model registered in the test's own MLflow store. Every process the test starts is stopped
-by its PID (its process group: the server and the worker start children), also on failure."""
+a tiny model registered in the test's own MLflow store; then the archive-landed trigger
+(switched on in the test's copy) runs it again from a `prefect event emit`. Every process the test
+starts is stopped by its PID (its process group: the server and the worker start children), also
+on failure."""
 
 from __future__ import annotations
 
@@ -122,10 +124,14 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["score"]["chunk_docs"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    # the archive-landed trigger, as the README says to switch it on
+    deploy_yaml = (repo / "prefect.yaml").read_text()
+    assert deploy_yaml.count("        enabled: false") == 1
+    (repo / "prefect.yaml").write_text(deploy_yaml.replace("enabled: false", "enabled: true"))
     store = TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e2e")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     tracking.setup(store)
-    version = register(tmp_path, "longdoc-e2e")
+    version = register(tmp_path, "longdoc-imdb")  # the deployment's default model_uri
 
     archive = tmp_path / "inbox.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -183,7 +189,7 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
                 "--param",
                 f"input={archive}",
                 "--param",
-                "model_uri=models:/longdoc-e2e@champion",
+                "model_uri=models:/longdoc-imdb@champion",
                 "--param",
                 f"output={out}",
                 "--watch",
@@ -200,12 +206,29 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
         assert res.returncode == 0, detail
         assert "Completed" in res.stdout, detail
         assert worker.poll() is None, detail
+
+        # An archive lands: the event runs batch-score on its path, into data/predictions/<id>
+        # of the deployed copy (the trigger's parameters are templated from the event).
+        landed = tmp_path / "landed.tar.gz"
+        landed.write_bytes(archive.read_bytes())
+        payload = json.dumps({"path": str(landed)})
+        emit = ["event", "emit", "longdoc.archive.landed", "--resource-id", "longdoc.inbox"]
+        prefect([*emit, "--payload", payload], repo, env)
+        deadline = time.monotonic() + 300
+        while not (triggered := list((repo / "data/predictions").glob("*/manifest.json"))):
+            assert time.monotonic() < deadline, f"no triggered run\n{procs.tail('worker')}"
+            assert worker.poll() is None, procs.tail("worker")
+            time.sleep(1)
     finally:
         procs.stop_all()
+    (trig,) = triggered
+    trig_manifest = json.loads(trig.read_text())
+    assert trig_manifest["inputs"][0]["path"] == str(landed)
+    assert trig_manifest["counts"] == {"inputs": 4, "scored": 3, "errors": 1}
 
     rows = pq.read_table(out / "predictions.parquet").to_pylist()
     assert sorted(r["member"] for r in rows) == ["a.txt", "b.txt", "c.txt"]
-    assert {r["model_name"] for r in rows} == {"longdoc-e2e"}
+    assert {r["model_name"] for r in rows} == {"longdoc-imdb"}
     assert {r["model_version"] for r in rows} == {version}
     assert all(r["label"] in {"neg", "pos"} for r in rows)
     manifest = json.loads((out / "manifest.json").read_text())
