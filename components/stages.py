@@ -55,7 +55,7 @@ def spec(stage: str, p: Params) -> StageSpec:
     if stage == "score":
         # The registered champion lives in MLflow, not in a file: the finetune manifest names
         # the version it registered, so a new champion makes scoring stale.
-        inputs = (p.score.source, p.finetune.out / "manifest.json")
+        inputs = (*p.score.sources(), p.finetune.out / "manifest.json")
         return StageSpec(stage, p.score.out, params_dict(p.score), inputs)
     raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
 
