@@ -17,12 +17,12 @@ What it supports:
   (``cuda_runtime_error`` says so, and CUDA tensors get that error).
 * Forward: the compiled kernel returns the output and its log-sum-exp.
 * Backward: compiled too (FlashAttention-2 style, restricted to the band): ``_Band`` is a
-  ``torch.autograd.Function`` whose backward runs ``sliding_window_bwd_dq`` (rows = queries,
-  band + global keys) and ``sliding_window_bwd_dkdv`` (rows = keys) from q, k, v, out, lse and
-  the output gradient; it also takes the gradient of ``lse``, so everything around it (dilation
-  folding, Strided's long-range part, global rows) differentiates exactly. The global keys' own
-  gradients (``O(G * seq)``) are torch ops. No seq x seq tensor and no torch recompute of the
-  band.
+  ``torch.autograd.Function`` whose backward runs ``sliding_window_bwd_dkdv`` (one pass over the
+  band from the keys' side: dk, dv, and dq through per-segment private rows that
+  ``dq_overlap_add`` sums) from q, k, v, out, lse and the output gradient; it also takes the
+  gradient of ``lse``, so everything around it (dilation folding, Strided's long-range part,
+  global rows) differentiates exactly. The global keys' part (their own gradients and theirs
+  to dq, ``O(G * seq)``) is torch ops. No seq x seq tensor and no torch recompute of the band.
 
 Build cache layout: ``<cache_dir>/<target-key>/<variant>.so`` plus ``manifest.json`` (TVM
 version, target, sha256 of the kernel sources, compile seconds and file sha256 per variant). A
@@ -357,10 +357,10 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
     else:
         fns = {
             "fwd": lib["sliding_window_fwd"],
-            "dq": lib["sliding_window_bwd_dq"],
             "dkdv": lib["sliding_window_bwd_dkdv"],
             "pack_t": lib["pack_t"],
             "pack_p": lib["pack_p"],
+            "dq_add": lib["dq_overlap_add"],
         }
     _loaded[memo] = fns
     return fns
@@ -515,15 +515,15 @@ class _Band(torch.autograd.Function):
             fns["fwd"](q, kt, vp, okp, out, lse, w, int(causal), hs.start, gp // KEY_TILE)
             del kt, vp
         ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, g_ok)
-        ctx.fns, ctx.w, ctx.causal, ctx.gp = fns, w, bool(causal), gp
+        ctx.fns, ctx.w, ctx.causal = fns, w, bool(causal)
         return out, lse
 
     @staticmethod
     def backward(ctx, g_out, g_lse):
-        from .tvm_source import BIG, DQ_TILE, KEY_ROWS, KEY_TILE
+        from .tvm_source import BIG, KEY_ROWS, KEY_TILE, SEG_KEYS
 
         q, k, v, key_ok, out, lse, gk, gv, g_ok = ctx.saved_tensors
-        fns, w, causal, gp = ctx.fns, ctx.w, int(ctx.causal), ctx.gp
+        fns, w, causal = ctx.fns, ctx.w, int(ctx.causal)
         b, m, h, d = q.shape
         if g_out is None:
             g_out = torch.zeros_like(out)
@@ -535,19 +535,16 @@ class _Band(torch.autograd.Function):
         delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
         lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
         okf = key_ok.to(torch.float32).contiguous()
-        len_q = gp + _band_len(m, DQ_TILE, w)
         len_k = _band_len(m, KEY_ROWS, w)
-        okp = _band_ok(key_ok, g_ok, gp, w, len_q)
         dq, dk, dv = (torch.empty(b, m, h, d, dtype=torch.float32) for _ in range(3))
+        segs = -(-m // SEG_KEYS)
         for hs in _head_groups(q):
-            # dq (band + global keys): rows = queries. Its copies are freed before dk/dv's.
-            kt = _pack(fns, k, hs, len_q, w, True, gk, gp)
-            vt = _pack(fns, v, hs, len_q, w, True, gv, gp)
-            kp = _pack(fns, k, hs, len_q, w, False, gk, gp)
-            ng = gp // KEY_TILE
-            fns["dq"](q, g_out, lse_s, delta, kt, vt, kp, okp, dq, w, causal, hs.start, ng)
-            del kt, vt, kp
-            # dk, dv (band keys): rows = keys, band = queries (with their lse and delta)
+            # one pass over the band from the keys' side: dk, dv per key, and each key tile's
+            # ds^T k into private dq rows per segment of SEG_KEYS keys (no write races), which
+            # dq_overlap_add then sums. The band's p and ds are computed once, not twice.
+            dqp = torch.empty(
+                b, hs.stop - hs.start, segs, SEG_KEYS + 2 * w + KEY_TILE, d, dtype=torch.float32
+            )
             qt = _pack(fns, q, hs, len_k, w, transposed=True)
             dot = _pack(fns, g_out, hs, len_k, w, transposed=True)
             qp = _pack(fns, q, hs, len_k, w, transposed=False)
@@ -555,17 +552,22 @@ class _Band(torch.autograd.Function):
             right = len_k - w - m
             lsep = _pad_seq(lse_s[:, :, hs], w, right, BIG).permute(0, 2, 1).contiguous()
             deltap = _pad_seq(delta[:, :, hs], w, right).permute(0, 2, 1).contiguous()
-            fns["dkdv"](k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal, hs.start)
+            fns["dkdv"](k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w, causal, hs.start)
             del qt, dot, qp, dop
-        dgk, dgv = _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta)
+            fns["dq_add"](dqp, dq, w, hs.start)
+            del dqp
+        dgk, dgv, dq_g = _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta)
+        if dq_g is not None:
+            dq += dq_g
         return dq, dk, dv, None, dgk, dgv, None, None, None, None
 
 
 def _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta):
-    """Gradients of the global keys/values ``(B, G, H, D)`` (None without them): a sum over
-    every query, ``O(G * m)``, from the final log-sum-exp (``BIG`` on rows with no key)."""
+    """Gradients of the global keys/values ``(B, G, H, D)`` (a sum over every query, ``O(G * m)``)
+    and the queries' gradient through the global keys ``(B, m, H, D)``, from the final
+    log-sum-exp (``BIG`` on rows with no key); all None without global keys."""
     if gk is None:
-        return None, None
+        return None, None, None
     scale = q.shape[-1] ** -0.5
     s = torch.einsum("bmhd,bghd->bmhg", q, gk) * scale
     usable = g_ok.view(g_ok.shape[0], 1, 1, -1)
@@ -573,7 +575,8 @@ def _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta):
     dgv = torch.einsum("bmhg,bmhd->bghd", p, g_out)
     ds = p * (torch.einsum("bmhd,bghd->bmhg", g_out, gv) - delta.unsqueeze(-1))
     dgk = torch.einsum("bmhg,bmhd->bghd", ds, q) * scale
-    return dgk, dgv
+    dq_g = torch.einsum("bmhg,bghd->bmhd", ds, gk) * scale
+    return dgk, dgv, dq_g
 
 
 class _GpuBand(torch.autograd.Function):
@@ -620,7 +623,7 @@ class _GpuBand(torch.autograd.Function):
         fns["dkdv"](k, v, okf, q, g_out, lse_s, delta, dk, dv, w, causal)
         dgk = dgv = None
         if ctx.has_g:
-            dgk, dgv = _global_key_grads(q, gk, gv, ctx.g_ok, g_out, lse_s, delta)
+            dgk, dgv, _ = _global_key_grads(q, gk, gv, ctx.g_ok, g_out, lse_s, delta)
         return dq, dk, dv, None, dgk, dgv, None, None, None, None
 
 

@@ -5,40 +5,44 @@ kernel is built. Its text is hashed into the build manifest: editing it invalida
 library.
 
 One build per head_dim ``D`` holds five functions (batch, sequence length and heads symbolic;
-window ``w``, ``causal`` and the first head ``h0`` runtime arguments). Tensors on the *row* side
-(the queries of the forward and dq kernels, the keys of the dk/dv kernel, and every output) are
-the caller's full ``(B, n, HF, D)`` tensors, read and written in place at heads ``h0 .. h0+HG``:
-no copies. Tensors on the *band* side are packed per head group by ``pack_t`` / ``pack_p``
-(transposed / natural layout, padded on the left by ``w`` so that row ``i`` of a tile starting at
-``i0`` finds its band at padded positions ``i0 + c*KT + t``, ``rel = c*KT + t - a`` in
-``[0, nkeys)`` for row ``a`` of the tile, ``nkeys = 2w+1``, or ``w+1`` when causal; the caller
-pads the right far enough, to a multiple of ``KT``, that tile reads never leave the buffers).
-The last row tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skipped.
+window ``w``, ``causal``, the first head ``h0`` and the number of global-key tiles ``ng``
+runtime arguments). Tensors on the *row* side (the queries of the forward kernel, the keys of
+the backward kernel, and every output) are the caller's full ``(B, n, HF, D)`` tensors, read and
+written in place at heads ``h0 .. h0+HG``: no copies. Tensors on the *band* side are packed per
+head group by ``pack_t`` / ``pack_p`` (transposed / natural layout): first ``ng * KT`` slots for
+the global keys, then ``w`` zeros, then the sequence, so that row ``i`` of a tile starting at
+``i0`` finds its band at packed positions ``i0 + c*KT + t`` for band tiles ``c >= ng``
+(``rel = (c-ng)*KT + t - a`` in ``[0, nkeys)`` for row ``a`` of the tile, ``nkeys = 2w+1``, or
+``w+1`` when causal) and the global keys at ``c*KT + t`` for ``c < ng``; the caller pads the
+right far enough, to a multiple of ``KT``, that tile reads never leave the buffers. The last row
+tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skipped.
 
-* ``pack_t(x (B,n,HF,D), xt (B,HG,D,NP), h0, left)``, ``pack_p(x, xp (B,HG,NP,D), h0, left)``:
-  the band-side copies, zero outside ``[left, left+n)``.
-* ``sliding_window_fwd(q, kt, v, ok (B,NP), o, lse (B,n,HF), w, causal, h0)``: softmax over the
-  band keys, online (flash-style) across chunks of up to ``CH`` keys with an exact max and sum
-  inside each chunk; ``o`` and its log-sum-exp ``lse`` (``-inf`` where the row has no usable
-  key, whose ``o`` is 0), so the caller can merge extra keys (the global tokens) exactly and
-  differentiate through ``lse``.
-* ``sliding_window_bwd_dq(q, do, lse, delta, kt, vt, kp, ok, dq, w, causal, h0)``:
-  FlashAttention-2 style: recompute ``p = exp(s - lse)``, ``ds = p * (do.v - delta)``,
-  ``dq = scale * ds @ k``. ``lse`` must be finite (the caller puts ``+BIG`` on rows with no key,
-  so their ``p`` is 0).
-* ``sliding_window_bwd_dkdv(k, v, okk (B,n), qt, dot, qp, dop, lsep, deltap, dk, dv, w, causal,
-  h0)``: the same band seen from the keys: key ``j`` gets ``dv = p^T do`` and
-  ``dk = scale * ds^T q`` over the queries whose band holds it (``i - j`` in ``[-w, w]``, or
-  ``[0, w]`` when causal); query-side tensors packed and padded on the left by ``w``.
+* ``pack_t(x (B,n,HF,D), xt (B,HG,D,NP), h0, left, start, stop)``, ``pack_p(x, xp (B,HG,NP,D),
+  ...)``: packed positions ``[start, stop)``, ``x[p - left]`` where that is a row, else 0.
+* ``sliding_window_fwd(q, kt, v, ok (B,NP), o, lse (B,n,HF), w, causal, h0, ng)``: softmax over
+  the global + band keys, online (flash-style) across chunks of up to ``CH`` keys with an exact
+  max and sum inside each chunk; ``o`` and its log-sum-exp ``lse`` (``-inf`` where the row has
+  no usable key, whose ``o`` is 0), so the caller can differentiate through ``lse``.
+* ``sliding_window_bwd_dkdv(k, v, okk (B,n), qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w,
+  causal, h0)``: FlashAttention-2 style from the keys' side, band keys only: recompute
+  ``p = exp(s - lse)`` and ``ds = p * (do.v - delta)`` once per (query, key) pair; key ``j``
+  gets ``dv = p^T do`` and ``dk = scale * ds^T q`` over the queries whose band holds it
+  (``i - j`` in ``[-w, w]``, or ``[0, w]`` when causal; query-side tensors packed, padded on the
+  left by ``w``, ``lse`` finite: ``+BIG`` on rows with no key, so their ``p`` is 0). The same
+  ``ds`` gives ``dq``: each parallel task owns ``SEG`` keys and adds ``ds^T k`` into its own
+  private rows ``dqp (B,HG,NS,SP,D)`` (no write races between tasks).
+* ``dq_overlap_add(dqp, dq, w, h0)``: ``dq = scale * sum`` of the private rows that hold each
+  query (at most ``2 + 2w/SEG`` segments). The global keys' part of ``dq`` is the caller's.
 
-Schedule: one parallel loop over ``(batch, head, row tile)``. A tile of ``QT`` rows streams the
-band in tiles of ``KT`` positions, so each loaded key (or query) vector serves ``QT`` rows:
-scores are ``QT x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous transposed
-operands (a serial loop over ``D``, which LLVM strength-reduces to pointer increments: fully
-unrolled, it recomputed every ``d * NP`` address), and accumulators are vectorised over ``D``.
-The forward keeps the chunk's scores in a stack buffer so that its max and sum are vector
-reductions over the chunk (one horizontal step per chunk, not per key tile) and the running
-output is rescaled once per chunk.
+Schedule: one parallel loop over ``(batch, head, row tile)`` (forward) or ``(batch, head,
+segment)`` (backward). A tile of ``QT`` (``KR``) rows streams the band in tiles of ``KT``
+positions, so each loaded key (or query) vector serves all rows of the tile: scores are
+``rows x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous transposed operands
+(a serial loop over ``D``, which LLVM strength-reduces to pointer increments: fully unrolled, it
+recomputed every ``d * NP`` address), and accumulators are vectorised over ``D``. The forward
+keeps the chunk's scores in a stack buffer so that its max and sum are vector reductions over
+the chunk (one horizontal step per chunk, not per key tile) and the running output is rescaled
+once per chunk.
 """
 
 from __future__ import annotations
@@ -51,12 +55,14 @@ from tvm.script import tirx as T
 KEY_TILE = 16  # KT: band positions per inner tile (one AVX-512 vector of fp32)
 # Rows per tile: each loaded key (query) vector serves this many rows. Chosen by timing the
 # kernels alone at seq 4096, heads 12, head_dim 64, window 256 on the 2-core AVX-512 host
-# (forward 4 -> 6 rows: ~15% faster; dq and dk/dv 2 -> 4 rows: ~30% and ~10% faster; 8 rows
-# spill registers and lose again).
+# (forward 4 -> 6 rows: ~15% faster; backward 2 -> 4 rows: ~10-30% faster; 8 rows spill
+# registers and lose again).
 QUERY_TILE = 6  # QT: forward
-DQ_TILE = 4  # dq kernel (four score-like accumulators per row)
 KEY_ROWS = 4  # dk/dv kernel (rows = keys)
 CHUNK_TILES = 64  # forward: key tiles per softmax chunk (CH = 1024 keys, 24 KiB of scores)
+# dk/dv kernel: keys per parallel task; the task also accumulates the dq of every query its keys
+# see into private rows (SEG + 2w of them), summed afterwards by dq_overlap_add
+SEG_KEYS = 512
 NEG = -3.0e38
 BIG = 3.0e38
 
@@ -100,17 +106,25 @@ def sliding_window(
     key_tile: int = KEY_TILE,
     query_tile: int = QUERY_TILE,
     key_rows: int = KEY_ROWS,
-    dq_tile: int = DQ_TILE,
     chunk_tiles: int = CHUNK_TILES,
+    seg_keys: int = SEG_KEYS,
 ) -> tvm.IRModule:
     D = head_dim
     KT = key_tile
     QT = query_tile
     KR = key_rows
-    QD = dq_tile
     SUBS = chunk_tiles
     CH = SUBS * KT
     scale = 1.0 / math.sqrt(D)
+    SEG = seg_keys
+
+    def _dot_rows(ds, kr, t, dd):
+        """``sum_a ds[a, t] * kr[a, dd]`` over the tile's key rows as one expression: one load
+        and one store of the dq accumulator per query, not one per key row."""
+        total = ds[t] * kr[dd]
+        for a in range(1, KR):
+            total = total + ds[a * KT + t] * kr[a * D + dd]
+        return total
 
     @T.prim_func
     def pack_t(
@@ -295,124 +309,6 @@ def sliding_window(
                         lse[b, i0 + a, h0 + h] = T.float32(-math.inf)
 
     @T.prim_func
-    def bwd_dq(
-        q_h: T.handle,
-        do_h: T.handle,
-        lse_h: T.handle,
-        delta_h: T.handle,
-        kt_h: T.handle,
-        vt_h: T.handle,
-        kp_h: T.handle,
-        ok_h: T.handle,
-        dq_h: T.handle,
-        w: T.int32,
-        causal: T.int32,
-        h0: T.int32,
-        ng: T.int32,
-    ):
-        T.func_attr({"global_symbol": "sliding_window_bwd_dq", "tirx.noalias": True})
-        B = T.int32()
-        n = T.int32()
-        HF = T.int32()
-        HG = T.int32()
-        NP = T.int32()
-        q = T.match_buffer(q_h, (B, n, HF, D), "float32")
-        do = T.match_buffer(do_h, (B, n, HF, D), "float32")
-        lse = T.match_buffer(lse_h, (B, n, HF), "float32")
-        delta = T.match_buffer(delta_h, (B, n, HF), "float32")
-        kt = T.match_buffer(kt_h, (B, HG, D, NP), "float32")
-        vt = T.match_buffer(vt_h, (B, HG, D, NP), "float32")
-        kp = T.match_buffer(kp_h, (B, HG, NP, D), "float32")
-        ok = T.match_buffer(ok_h, (B, NP), "float32")
-        dq = T.match_buffer(dq_h, (B, n, HF, D), "float32")
-        nkeys = 2 * w + 1 - causal * w
-        ntiles = ng + (nkeys + QD - 1 + KT - 1) // KT  # ng global tiles, then the band
-        nt = (n + QD - 1) // QD
-        for r in T.parallel(B * HG * nt):
-            s = T.alloc_buffer((QD * KT,), "float32", scope="local")
-            dp = T.alloc_buffer((QD * KT,), "float32", scope="local")
-            s2 = T.alloc_buffer((QD * KT,), "float32", scope="local")
-            dp2 = T.alloc_buffer((QD * KT,), "float32", scope="local")
-            qr = T.alloc_buffer((QD * D,), "float32", scope="local")
-            dr = T.alloc_buffer((QD * D,), "float32", scope="local")
-            acc = T.alloc_buffer((QD * D,), "float32", scope="local")
-            ls = T.alloc_buffer((QD,), "float32", scope="local")
-            de = T.alloc_buffer((QD,), "float32", scope="local")
-            b = r // (HG * nt)
-            h = r // nt % HG
-            i0 = r % nt * QD
-            for a in T.unroll(QD):
-                for dd in T.vectorized(D):
-                    qr[a * D + dd] = q[b, T.min(i0 + a, n - 1), h0 + h, dd]
-                    dr[a * D + dd] = do[b, T.min(i0 + a, n - 1), h0 + h, dd]
-                    acc[a * D + dd] = T.float32(0)
-                # the overhanging rows of the last tile get p = 0 (lse = +BIG)
-                ls[a] = T.if_then_else(
-                    i0 + a < n, lse[b, T.min(i0 + a, n - 1), h0 + h], T.float32(BIG)
-                )
-                de[a] = delta[b, T.min(i0 + a, n - 1), h0 + h]
-            for c in T.serial(ntiles):
-                base = T.if_then_else(c < ng, c * KT, i0 + c * KT)
-                for x in T.vectorized(QD * KT):
-                    s[x] = T.float32(0)
-                    dp[x] = T.float32(0)
-                    s2[x] = T.float32(0)
-                    dp2[x] = T.float32(0)
-                for d2 in T.serial(D // 2):  # even/odd partial sums: more independent chains
-                    for a in T.unroll(QD):
-                        for t in T.vectorized(KT):
-                            s[a * KT + t] = (
-                                s[a * KT + t] + qr[a * D + 2 * d2] * kt[b, h, 2 * d2, base + t]
-                            )
-                            dp[a * KT + t] = (
-                                dp[a * KT + t] + dr[a * D + 2 * d2] * vt[b, h, 2 * d2, base + t]
-                            )
-                            s2[a * KT + t] = (
-                                s2[a * KT + t]
-                                + qr[a * D + 2 * d2 + 1] * kt[b, h, 2 * d2 + 1, base + t]
-                            )
-                            dp2[a * KT + t] = (
-                                dp2[a * KT + t]
-                                + dr[a * D + 2 * d2 + 1] * vt[b, h, 2 * d2 + 1, base + t]
-                            )
-                for dl in T.unroll(D % 2):  # odd head_dim: the last d
-                    for a in T.unroll(QD):
-                        for t in T.vectorized(KT):
-                            s2[a * KT + t] = (
-                                s2[a * KT + t]
-                                + qr[a * D + D - 1 + dl] * kt[b, h, D - 1 + dl, base + t]
-                            )
-                            dp2[a * KT + t] = (
-                                dp2[a * KT + t]
-                                + dr[a * D + D - 1 + dl] * vt[b, h, D - 1 + dl, base + t]
-                            )
-                for a in T.unroll(QD):
-                    for t in T.vectorized(KT):
-                        s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
-                        dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
-                        s[a * KT + t] = T.if_then_else(
-                            ok[b, base + t] > T.float32(0)
-                            and (
-                                c < ng
-                                or (c - ng) * KT + t - a >= 0
-                                and (c - ng) * KT + t - a < nkeys
-                            ),
-                            _exp(s[a * KT + t] * T.float32(scale) - ls[a]),
-                            T.float32(0),
-                        )
-                        dp[a * KT + t] = s[a * KT + t] * (dp[a * KT + t] - de[a])
-                for t in T.serial(KT):
-                    for a in T.unroll(QD):
-                        for dd in T.vectorized(D):
-                            acc[a * D + dd] = (
-                                acc[a * D + dd] + dp[a * KT + t] * kp[b, h, base + t, dd]
-                            )
-            for a in T.unroll(QD):
-                if i0 + a < n:
-                    for dd in T.vectorized(D):
-                        dq[b, i0 + a, h0 + h, dd] = acc[a * D + dd] * T.float32(scale)
-
-    @T.prim_func
     def bwd_dkdv(
         k_h: T.handle,
         v_h: T.handle,
@@ -425,6 +321,7 @@ def sliding_window(
         deltap_h: T.handle,
         dk_h: T.handle,
         dv_h: T.handle,
+        dqp_h: T.handle,
         w: T.int32,
         causal: T.int32,
         h0: T.int32,
@@ -435,6 +332,8 @@ def sliding_window(
         HF = T.int32()
         HG = T.int32()
         NQ = T.int32()
+        NS = T.int32()
+        SP = T.int32()
         k = T.match_buffer(k_h, (B, n, HF, D), "float32")
         v = T.match_buffer(v_h, (B, n, HF, D), "float32")
         okk = T.match_buffer(okk_h, (B, n), "float32")
@@ -446,10 +345,10 @@ def sliding_window(
         deltap = T.match_buffer(deltap_h, (B, HG, NQ), "float32")
         dk = T.match_buffer(dk_h, (B, n, HF, D), "float32")
         dv = T.match_buffer(dv_h, (B, n, HF, D), "float32")
+        dqp = T.match_buffer(dqp_h, (B, HG, NS, SP, D), "float32")
         nq = 2 * w + 1 - causal * w
         ntiles = (nq + KR - 1 + KT - 1) // KT
-        nt = (n + KR - 1) // KR
-        for r in T.parallel(B * HG * nt):
+        for r in T.parallel(B * HG * NS):
             s = T.alloc_buffer((KR * KT,), "float32", scope="local")
             dp = T.alloc_buffer((KR * KT,), "float32", scope="local")
             s2 = T.alloc_buffer((KR * KT,), "float32", scope="local")
@@ -459,86 +358,138 @@ def sliding_window(
             ak = T.alloc_buffer((KR * D,), "float32", scope="local")
             av = T.alloc_buffer((KR * D,), "float32", scope="local")
             kok = T.alloc_buffer((KR,), "float32", scope="local")
-            b = r // (HG * nt)
-            h = r // nt % HG
-            j0 = r % nt * KR
-            base = j0 + causal * w
-            for a in T.unroll(KR):
+            b = r // (HG * NS)
+            h = r // NS % HG
+            g = r % NS
+            # this segment's private dq rows: padded query position P -> row P - g * SEG
+            for x in T.serial(SP):
                 for dd in T.vectorized(D):
-                    kr[a * D + dd] = k[b, T.min(j0 + a, n - 1), h0 + h, dd]
-                    vr[a * D + dd] = v[b, T.min(j0 + a, n - 1), h0 + h, dd]
-                    ak[a * D + dd] = T.float32(0)
-                    av[a * D + dd] = T.float32(0)
-                kok[a] = T.if_then_else(j0 + a < n, okk[b, T.min(j0 + a, n - 1)], T.float32(0))
-            for c in T.serial(ntiles):
-                for x in T.vectorized(KR * KT):
-                    s[x] = T.float32(0)
-                    dp[x] = T.float32(0)
-                    s2[x] = T.float32(0)
-                    dp2[x] = T.float32(0)
-                for d2 in T.serial(D // 2):  # even/odd partial sums: more independent chains
-                    for a in T.unroll(KR):
-                        for t in T.vectorized(KT):
-                            s[a * KT + t] = (
-                                s[a * KT + t]
-                                + kr[a * D + 2 * d2] * qt[b, h, 2 * d2, base + c * KT + t]
-                            )
-                            dp[a * KT + t] = (
-                                dp[a * KT + t]
-                                + vr[a * D + 2 * d2] * dot[b, h, 2 * d2, base + c * KT + t]
-                            )
-                            s2[a * KT + t] = (
-                                s2[a * KT + t]
-                                + kr[a * D + 2 * d2 + 1] * qt[b, h, 2 * d2 + 1, base + c * KT + t]
-                            )
-                            dp2[a * KT + t] = (
-                                dp2[a * KT + t]
-                                + vr[a * D + 2 * d2 + 1] * dot[b, h, 2 * d2 + 1, base + c * KT + t]
-                            )
-                for dl in T.unroll(D % 2):  # odd head_dim: the last d
-                    for a in T.unroll(KR):
-                        for t in T.vectorized(KT):
-                            s2[a * KT + t] = (
-                                s2[a * KT + t]
-                                + kr[a * D + D - 1 + dl] * qt[b, h, D - 1 + dl, base + c * KT + t]
-                            )
-                            dp2[a * KT + t] = (
-                                dp2[a * KT + t]
-                                + vr[a * D + D - 1 + dl] * dot[b, h, D - 1 + dl, base + c * KT + t]
-                            )
-                for a in T.unroll(KR):
-                    for t in T.vectorized(KT):
-                        s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
-                        dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
-                        s[a * KT + t] = T.if_then_else(
-                            c * KT + t - a >= 0 and c * KT + t - a < nq and kok[a] > T.float32(0),
-                            _exp(s[a * KT + t] * T.float32(scale) - lsep[b, h, base + c * KT + t]),
-                            T.float32(0),
-                        )
-                        dp[a * KT + t] = s[a * KT + t] * (
-                            dp[a * KT + t] - deltap[b, h, base + c * KT + t]
-                        )
-                for t in T.serial(KT):
+                    dqp[b, h, g, x, dd] = T.float32(0)
+            for jt in T.serial(SEG // KR):
+                j0 = g * SEG + jt * KR
+                base = j0 + causal * w
+                if j0 < n:
                     for a in T.unroll(KR):
                         for dd in T.vectorized(D):
-                            av[a * D + dd] = (
-                                av[a * D + dd] + s[a * KT + t] * dop[b, h, base + c * KT + t, dd]
-                            )
-                            ak[a * D + dd] = (
-                                ak[a * D + dd] + dp[a * KT + t] * qp[b, h, base + c * KT + t, dd]
-                            )
-            for a in T.unroll(KR):
-                if j0 + a < n:
+                            kr[a * D + dd] = k[b, T.min(j0 + a, n - 1), h0 + h, dd]
+                            vr[a * D + dd] = v[b, T.min(j0 + a, n - 1), h0 + h, dd]
+                            ak[a * D + dd] = T.float32(0)
+                            av[a * D + dd] = T.float32(0)
+                        kok[a] = T.if_then_else(
+                            j0 + a < n, okk[b, T.min(j0 + a, n - 1)], T.float32(0)
+                        )
+                    for c in T.serial(ntiles):
+                        for x in T.vectorized(KR * KT):
+                            s[x] = T.float32(0)
+                            dp[x] = T.float32(0)
+                            s2[x] = T.float32(0)
+                            dp2[x] = T.float32(0)
+                        for d2 in T.serial(D // 2):  # even/odd partial sums: more FMA chains
+                            for a in T.unroll(KR):
+                                for t in T.vectorized(KT):
+                                    s[a * KT + t] = (
+                                        s[a * KT + t]
+                                        + kr[a * D + 2 * d2] * qt[b, h, 2 * d2, base + c * KT + t]
+                                    )
+                                    dp[a * KT + t] = (
+                                        dp[a * KT + t]
+                                        + vr[a * D + 2 * d2] * dot[b, h, 2 * d2, base + c * KT + t]
+                                    )
+                                    s2[a * KT + t] = (
+                                        s2[a * KT + t]
+                                        + kr[a * D + 2 * d2 + 1]
+                                        * qt[b, h, 2 * d2 + 1, base + c * KT + t]
+                                    )
+                                    dp2[a * KT + t] = (
+                                        dp2[a * KT + t]
+                                        + vr[a * D + 2 * d2 + 1]
+                                        * dot[b, h, 2 * d2 + 1, base + c * KT + t]
+                                    )
+                        for dl in T.unroll(D % 2):  # odd head_dim: the last d
+                            for a in T.unroll(KR):
+                                for t in T.vectorized(KT):
+                                    s2[a * KT + t] = (
+                                        s2[a * KT + t]
+                                        + kr[a * D + D - 1 + dl]
+                                        * qt[b, h, D - 1 + dl, base + c * KT + t]
+                                    )
+                                    dp2[a * KT + t] = (
+                                        dp2[a * KT + t]
+                                        + vr[a * D + D - 1 + dl]
+                                        * dot[b, h, D - 1 + dl, base + c * KT + t]
+                                    )
+                        for a in T.unroll(KR):
+                            for t in T.vectorized(KT):
+                                s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
+                                dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
+                                s[a * KT + t] = T.if_then_else(
+                                    c * KT + t - a >= 0
+                                    and c * KT + t - a < nq
+                                    and kok[a] > T.float32(0),
+                                    _exp(
+                                        s[a * KT + t] * T.float32(scale)
+                                        - lsep[b, h, base + c * KT + t]
+                                    ),
+                                    T.float32(0),
+                                )
+                                dp[a * KT + t] = s[a * KT + t] * (
+                                    dp[a * KT + t] - deltap[b, h, base + c * KT + t]
+                                )
+                        for t in T.serial(KT):
+                            for a in T.unroll(KR):
+                                for dd in T.vectorized(D):
+                                    av[a * D + dd] = (
+                                        av[a * D + dd]
+                                        + s[a * KT + t] * dop[b, h, base + c * KT + t, dd]
+                                    )
+                                    ak[a * D + dd] = (
+                                        ak[a * D + dd]
+                                        + dp[a * KT + t] * qp[b, h, base + c * KT + t, dd]
+                                    )
+                            # dq of query (base + c*KT + t): ds^T k over this tile's keys
+                            for dd in T.vectorized(D):
+                                dqp[b, h, g, base - g * SEG + c * KT + t, dd] = dqp[
+                                    b, h, g, base - g * SEG + c * KT + t, dd
+                                ] + _dot_rows(dp, kr, t, dd)
+                    for a in T.unroll(KR):
+                        if j0 + a < n:
+                            for dd in T.vectorized(D):
+                                dk[b, j0 + a, h0 + h, dd] = ak[a * D + dd] * T.float32(scale)
+                                dv[b, j0 + a, h0 + h, dd] = av[a * D + dd]
+
+    @T.prim_func
+    def dq_overlap_add(dqp_h: T.handle, dq_h: T.handle, w: T.int32, h0: T.int32):
+        T.func_attr({"global_symbol": "dq_overlap_add", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        HF = T.int32()
+        HG = T.int32()
+        NS = T.int32()
+        SP = T.int32()
+        dqp = T.match_buffer(dqp_h, (B, HG, NS, SP, D), "float32")
+        dq = T.match_buffer(dq_h, (B, n, HF, D), "float32")
+        for r in T.parallel(B * n):
+            acc = T.alloc_buffer((D,), "float32", scope="local")
+            b = r // n
+            i = r % n
+            # segments whose private rows hold query i: row i + w - g * SEG in [0, SP)
+            g_lo = T.max(0, (i + w - SP) // SEG + 1)
+            g_hi = T.min(NS - 1, (i + w) // SEG)
+            for h in T.serial(HG):
+                for dd in T.vectorized(D):
+                    acc[dd] = T.float32(0)
+                for u in T.serial(g_hi - g_lo + 1):
                     for dd in T.vectorized(D):
-                        dk[b, j0 + a, h0 + h, dd] = ak[a * D + dd] * T.float32(scale)
-                        dv[b, j0 + a, h0 + h, dd] = av[a * D + dd]
+                        acc[dd] = acc[dd] + dqp[b, h, g_lo + u, i + w - (g_lo + u) * SEG, dd]
+                for dd in T.vectorized(D):
+                    dq[b, i, h0 + h, dd] = acc[dd] * T.float32(scale)
 
     return tvm.IRModule(
         {
             "pack_t": pack_t,
             "pack_p": pack_p,
             "sliding_window_fwd": fwd,
-            "sliding_window_bwd_dq": bwd_dq,
             "sliding_window_bwd_dkdv": bwd_dkdv,
+            "dq_overlap_add": dq_overlap_add,
         }
     )
