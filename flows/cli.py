@@ -90,6 +90,12 @@ COMMANDS = [
                 False,
             ),
             ("--max-len", "finetune.max_len", "tokens per window of the long model", False),
+            (
+                "--baseline-max-len",
+                "finetune.baseline_max_len",
+                "tokens of the truncated baseline trained alongside (null = none)",
+                False,
+            ),
             ("--data", "finetune.data", "task data directory in its official layout", False),
             ("--base", "finetune.base", "pretrained checkpoint directory", False),
             ("--out", "finetune.out", "output checkpoint directory", False),
