@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/attention.py                 # seq 1024, 4096, 16384 (~10 min)
     .venv/bin/python benchmarks/attention.py --seqs 1024 4096 --no-append
+    .venv/bin/python benchmarks/attention.py --rounds 2   # median of 2 rounds (~20 min)
 
 Shape (issue 3): batch 1, heads 12, head_dim 64, window 256 one-sided (transformers'
 ``attention_window`` = 512), fp32, one global token (position 0).
@@ -342,6 +343,13 @@ def main() -> None:
         help="skip sdpa-dense above this length (O(n^2): ~0.8 TFLOP forward at 16384)",
     )
     ap.add_argument("--timeout", type=float, default=600.0, help="per worker, seconds")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every (seq, impl) this many times, in reversed order on every other round, "
+        "and report the median: on a shared machine the load drifts between implementations",
+    )
     ap.add_argument("--no-append", action="store_true", help="don't append to RESULTS.md")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
@@ -356,15 +364,21 @@ def main() -> None:
     mm = matmul_gflops(args.threads)
     print(f"fp32 matmul (2048^3 torch.mm, {args.threads} threads): {mm:.0f} GFLOP/s", flush=True)
     results: dict = {}
-    jobs = [(n, impl) for n in args.seqs for impl in args.impls]
+    samples: dict = {}
+    base_jobs = [(n, impl) for n in args.seqs for impl in args.impls]
+    jobs = [
+        job
+        for rnd in range(args.rounds)
+        for job in (base_jobs if rnd % 2 == 0 else base_jobs[::-1])
+    ]
     for done, (n, impl) in enumerate(jobs, 1):
         if impl == "sdpa-dense" and n > args.dense_max_seq:
             results[(n, impl)] = f"skipped (n > --dense-max-seq {args.dense_max_seq})"
             continue
         t0 = time.perf_counter()
-        results[(n, impl)] = run_worker(impl, n, args.threads, args.timeout)
+        r = run_worker(impl, n, args.threads, args.timeout)
+        samples.setdefault((n, impl), []).append(r)
         elapsed = time.perf_counter() - start
-        r = results[(n, impl)]
         summary = (
             f"fwd {_fmt_ms(r['fwd_s'])} ms, fwd+bwd {_fmt_ms(r['fwdbwd_s'])} ms, "
             f"{r['fwdbwd_mb']:.0f} MiB"
@@ -376,6 +390,12 @@ def main() -> None:
             f"({time.perf_counter() - t0:.0f} s; {elapsed:.0f} s elapsed)",
             flush=True,
         )
+    for key, runs in samples.items():
+        ok = [r for r in runs if isinstance(r, dict)]
+        if not ok:
+            results[key] = runs[-1]
+            continue
+        results[key] = {f: statistics.median(r[f] for r in ok) for f in ok[0]}
     mm_after = matmul_gflops(args.threads)
     mm = statistics.median([mm, mm_after])
     text = table(results, args.seqs, args.impls, mm)
@@ -414,6 +434,8 @@ def main() -> None:
                 f"Command: `{cmd.strip()}`  ",
                 f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
                 "no GPU; shared with other jobs (noisy: compare ratios).  ",
+                f"Each figure: median of {args.rounds} round(s), every other round in reverse "
+                "order.  ",
                 f"fp32 matmul in the same run: {mm:.0f} GFLOP/s. Shape: batch 1, heads {HEADS}, "
                 f"head_dim {HEAD_DIM}, window {WINDOW} one-sided, one global token.\n",
                 text,
