@@ -407,11 +407,12 @@ def supports(pattern: Pattern) -> bool:
 #: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (seq 1024 to
 #: 16384, heads 12, head_dim 64, window 256, one global token, 2-core AVX-512 CPU):
 #:
-#: * ``inference`` (no gradient needed): ``tvm`` is 2-5x faster than ``torch`` with about a
-#:   quarter of its extra memory, so yes.
-#: * ``training``: forward+backward is on par with ``torch`` (within +-15%, either way depending
-#:   on length and machine load) at half its extra memory; ``torch``'s chunks run in PyTorch's
-#:   fused flash-attention CPU kernel on MKL GEMMs and its numbers are the better known, so no.
+#: * ``inference`` (no gradient needed): ``tvm``'s forward is 1.6-2.8x faster than ``torch``'s
+#:   with about a quarter of its extra memory, so yes.
+#: * ``training``: forward+backward is on par with ``torch`` at 4096 and 16384 (within +-10%,
+#:   either way depending on machine load; 1.6x faster at 1024) at half its extra memory;
+#:   ``torch``'s chunks run in PyTorch's fused flash-attention CPU kernel on MKL GEMMs and are
+#:   the longer-tested path, so no.
 AUTO_ELIGIBLE = {"inference": True, "training": False}
 
 
