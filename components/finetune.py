@@ -30,7 +30,7 @@ from components import tracking
 from components.config import FinetuneParams, TrackingParams, params_dict
 from components.finetune_tasks import EncodeError, TaskAdapter, adapter_for, n_tokens, steps_for
 from components.io import InputError, atomic_write_json, require_path, write_manifest
-from components.serving import log_classifier
+from components.serving import log_longdoc_model
 from components.tasks import LoadResult, task_module
 from components.training import (
     Throughput,
@@ -288,8 +288,9 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
             mlflow.log_metric(f"baseline_{primary}", base_run[primary])
         registered = None
         if params.register_model:
-            is_classifier = adapter.kind == "classification"
-            registered = _register(name, out, long_run[primary], primary, is_classifier)
+            # classifiers and TriviaQA's extractive QA model are what `longdoc score` serves
+            servable = adapter.kind in ("classification", "span")
+            registered = _register(name, out, long_run[primary], primary, servable)
         else:
             mlflow.log_metric(primary, long_run[primary])
         summary = {
@@ -330,19 +331,20 @@ def _register(
     checkpoint: Path,
     value: float,
     metric: str = "accuracy",
-    classifier: bool = True,
+    servable: bool = True,
 ) -> dict:
     """Log + register the model from the active (parent) run; promote it to champion only when
     its `metric` beats the current champion's.
 
-    Classifiers are logged as the pyfunc model `score` serves (components.serving); the QA and
-    WikiHop models, which no pyfunc wrapper serves yet, are registered as their HF checkpoint
-    directory (load it with the classes in components.model / components.heads).
+    Servable checkpoints (classification, extractive QA) are logged as the pyfunc model `score`
+    serves (components.serving); the HotpotQA and WikiHop models, whose heads no pyfunc wrapper
+    serves yet, are registered as their HF checkpoint directory (load it with the classes in
+    components.heads).
     """
     previous = tracking.champion_metric(name, metric)
     mlflow.log_metric(metric, value)
-    if classifier:
-        version = str(log_classifier(checkpoint, name).registered_model_version)
+    if servable:
+        version = str(log_longdoc_model(checkpoint, name).registered_model_version)
     else:
         # MLflow 3's register_model wants a logged model; a version whose source is the run's
         # checkpoint artifacts is what `mlflow.artifacts.download_artifacts` then fetches.

@@ -18,15 +18,21 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _registered(manifest: dict) -> str:
+    reg = manifest.get("results", {}).get("registered") or {}
+    if not reg:
+        return "not registered"
+    return f"models:/{reg['name']}/{reg['version']}" + (" (@champion)" if reg["champion"] else "")
+
+
 def pipeline_report(params: Params, results: dict) -> str:
     """Read every stage's manifest (so skipped stages report too) into one summary."""
     corpus = _manifest(params.ingest.out).get("counts", {})
     shards = _manifest(params.tokenize.out).get("counts", {})
     variants = _manifest(params.kernels.out).get("kernels", {}).get("variants", {})
     pretrain = _manifest(params.pretrain.out).get("results", {})
-    finetune = _manifest(params.finetune.out).get("results", {})
+    tasks = {t: _manifest(params.finetune.for_task(t).out) for t in params.finetune.tasks}
     scored = _manifest(params.score.out).get("counts", {})
-    reg = finetune.get("registered") or {}
     uri = tracking.tracking_uri(params.tracking)
     ran = ", ".join(f"{k} {'skipped' if v == 'skipped' else 'ran'}" for k, v in results.items())
     rows = [
@@ -49,26 +55,26 @@ def pipeline_report(params: Params, results: dict) -> str:
             f"{params.pretrain.out}  (eval loss {_fmt(pretrain.get('eval_loss'))}, "
             f"bits/char {_fmt(pretrain.get('eval_bpc'))})",
         ),
-        ("fine-tuned", f"{params.finetune.out}"),
+        ("fine-tuned", ", ".join(str(params.finetune.for_task(t).out) for t in tasks)),
         ("MLflow runs", f"{uri}  (UI: mlflow ui --backend-store-uri {uri})"),
-        (
-            "registered",
-            f"models:/{reg.get('name')}/{reg.get('version')}"
-            f"{'  (now @champion)' if reg.get('champion') else ''}",
-        ),
+        ("registered", ", ".join(_registered(m) for m in tasks.values() if m) or "none"),
         (
             "predictions",
             f"{params.score.out / 'predictions.parquet'}  ({scored.get('scored')} scored, "
             f"{scored.get('errors')} errors in errors.jsonl)",
         ),
     ]
-    long_acc = finetune.get("long", {}).get("accuracy")
-    base_acc = finetune.get("baseline", {}).get("accuracy")
     lines = ["", "longdoc pipeline finished"]
     lines += [f"  {name:<13}{value}" for name, value in rows]
     lines += [
         "",
-        f"IMDB test accuracy: long model ({params.finetune.max_len} tokens) {_fmt(long_acc)}"
-        f"  vs  {params.finetune.baseline_max_len}-token baseline {_fmt(base_acc)}",
+        f"dev metric: long model ({params.finetune.max_len} tokens) vs "
+        f"{params.finetune.baseline_max_len}-token baseline",
     ]
+    for task, manifest in tasks.items():
+        res = manifest.get("results", {})
+        metric = res.get("primary_metric")
+        long = (res.get("long") or {}).get(metric)
+        base = (res.get("baseline") or {}).get(metric)
+        lines.append(f"  {task:<14}{metric or 'not run':<10} {_fmt(long)}  vs  {_fmt(base)}")
     return "\n".join(lines)

@@ -51,7 +51,10 @@ def spec(stage: str, p: Params) -> StageSpec:
         return StageSpec(stage, p.pretrain.out, cfg, tuple(inputs))
     if stage == "finetune":
         inputs = (p.finetune.data, p.finetune.base / "manifest.json")
-        return StageSpec(stage, p.finetune.out, params_dict(p.finetune), inputs)
+        # Only this task's entry of `tasks`: editing another task must not make this one stale.
+        cfg = params_dict(p.finetune)
+        cfg["tasks"] = {p.finetune.task: cfg["tasks"].get(p.finetune.task)}
+        return StageSpec(stage, p.finetune.out, cfg, inputs)
     if stage == "score":
         # The registered champion lives in MLflow, not in a file: the finetune manifest names
         # the version it registered, so a new champion makes scoring stale.

@@ -178,7 +178,7 @@ def test_checkpoint_registration_promotes_only_a_better_model(tmp_path, tracked)
     results = []
     for f1 in (40.0, 30.0, 55.0):
         with mlflow.start_run():
-            results.append(_register("longdoc-qa", ckpt, f1, "f1", classifier=False))
+            results.append(_register("longdoc-qa", ckpt, f1, "f1", servable=False))
     assert [r["champion"] for r in results] == [True, False, True]
     assert tracking.resolve_model_version("models:/longdoc-qa@champion") == "3"
     assert tracking.champion_metric("longdoc-qa", "f1") == 55.0

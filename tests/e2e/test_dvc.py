@@ -19,7 +19,6 @@ def test_dvc_repro_twice(tmp_path):
         params[section].update(values)
     for task in params["finetune"]["tasks"].values():
         task["epochs"] = 1  # wiring, not accuracy
-    params["finetune"]["baseline_max_len"] = 128  # room for WikiHop's query + candidates
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     git = shutil.which("git")
     run([git, "init", "-q"], cwd=repo)
