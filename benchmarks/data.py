@@ -16,6 +16,9 @@ lengths, 2% exact duplicates) in two container kinds: gzipped JSONL and a tar.gz
     .venv/bin/python benchmarks/data.py                 # 200 MB of text (the issue's size)
     .venv/bin/python benchmarks/data.py --mb 40         # a quicker look
     .venv/bin/python benchmarks/data.py --mb 200 --append-results
+    .venv/bin/python benchmarks/data.py --mb 2500 --no-compare --tokenizer-sample-mb 50  # RSS
+    .venv/bin/python benchmarks/data.py --mb 1000 --no-compare --tokenizer-sample-mb 20 \
+        --skip-ingest                                    # tokenize alone (corpus written directly)
 
 `--append-results` appends the table, with the command, to benchmarks/RESULTS.md.
 """
@@ -122,6 +125,62 @@ def generate(src: Path, mb: float, seed: int = 0) -> dict[str, Any]:
     return {
         "docs": docs,
         "exact_duplicates": dups,
+        "text_bytes": total,
+        "disk_bytes": on_disk,
+        "generate_s": round(time.monotonic() - t0, 1),
+    }
+
+
+def write_corpus_directly(corpus: Path, mb: float, seed: int = 0) -> dict[str, Any]:
+    """About `mb` MB of generated text written straight into ingest's output format (Parquet
+    shards of 2,000 documents + manifest), sentences cut after ". " / "? ": for `--skip-ingest`,
+    which measures the tokenize stage alone (ingest runs ~10x slower than tokenize here)."""
+    import re
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.ingest import CORPUS_SCHEMA, SENTENCE_TYPE
+    from components.io import sha256_bytes, sha256_file, write_manifest
+
+    rng = np.random.default_rng(seed)
+    vocab, p = _vocab(rng)
+    corpus.mkdir(parents=True)
+    ends = re.compile(r"[.?](?= |$)")
+    shards, total, docs, t0 = [], 0, 0, time.monotonic()
+    while total < mb * 1e6:
+        texts = []
+        while len(texts) < 2000 and total < mb * 1e6:
+            texts.append(_document(rng, vocab, p))
+            total += len(texts[-1])
+        sentences = []
+        for t in texts:
+            spans, start = [], 0
+            for m in ends.finditer(t):
+                spans.append({"start": start, "end": m.end()})
+                start = m.end() + 1
+            sentences.append(spans)
+        table = pa.table(
+            {
+                "doc_id": [sha256_bytes(t.encode()) for t in texts],
+                "source": ["generated"] * len(texts),
+                "member": [f"{docs + i}" for i in range(len(texts))],
+                "text": texts,
+                "n_chars": [len(t) for t in texts],
+                "sentences": pa.array(sentences, pa.list_(SENTENCE_TYPE)),
+                "meta": ["{}"] * len(texts),
+            },
+            schema=CORPUS_SCHEMA,
+        )
+        name = f"part-{len(shards):05d}.parquet"
+        pq.write_table(table, corpus / name, compression="zstd")
+        shards.append({"name": name, "rows": len(texts), "sha256": sha256_file(corpus / name)})
+        docs += len(texts)
+    write_manifest(corpus, stage="ingest (written directly by benchmarks/data.py)", shards=shards)
+    on_disk = sum(f.stat().st_size for f in corpus.glob("*.parquet"))
+    return {
+        "docs": docs,
+        "exact_duplicates": 0,
         "text_bytes": total,
         "disk_bytes": on_disk,
         "generate_s": round(time.monotonic() - t0, 1),
@@ -325,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         help="train the tokenizer on this many MB of the corpus first and give the stage it as "
         "its base tokenizer (default: the stage trains on the whole corpus)",
     )
+    ap.add_argument(
+        "--skip-ingest",
+        action="store_true",
+        help="write the generated text directly as an ingested corpus and measure tokenize only",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args(argv)
@@ -333,13 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     if work.exists():
         shutil.rmtree(work)
     src, corpus, shards = work / "src", work / "corpus", work / "shards"
-    print(f"generating ~{args.mb:g} MB of text in {src} ...", flush=True)
-    gen = generate(src, args.mb)
-    print(f"  {gen}", flush=True)
-
-    print("ingest ...", flush=True)
-    ing = in_fresh_process("_run_ingest", str(src), str(corpus))
-    im = ing["manifest"]
+    ing: dict[str, Any] = {}
+    if args.skip_ingest:
+        print(f"writing ~{args.mb:g} MB of text as a corpus in {corpus} ...", flush=True)
+        gen = write_corpus_directly(corpus, args.mb)
+        print(f"  {gen}", flush=True)
+    else:
+        print(f"generating ~{args.mb:g} MB of text in {src} ...", flush=True)
+        gen = generate(src, args.mb)
+        print(f"  {gen}", flush=True)
+        print("ingest ...", flush=True)
+        ing = in_fresh_process("_run_ingest", str(src), str(corpus))
     base = None
     if args.tokenizer_sample_mb:
         base = str(work / "base-tokenizer")
@@ -375,7 +443,6 @@ def main(argv: list[str] | None = None) -> int:
         median = {k: n_tok / float(np.median(v)) for k, v in cmp_["runs"].items() if v}
 
     text_mb = gen["text_bytes"] / 1e6
-    ingest_s = im["timings"]["total_s"]
     stage_tps = n_tok / tm["timings"]["encode_s"]
     tok_from = (
         f"sample of {args.tokenizer_sample_mb:g} MB, given as base"
@@ -384,12 +451,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = [
         ("generated text / on disk", f"{text_mb:.1f} MB / {gen['disk_bytes'] / 1e6:.1f} MB", ""),
-        ("documents in / written", f"{im['counts']['inputs']} / {im['counts']['written']}", ""),
-        ("ingest wall time", f"{ingest_s:.1f} s", f"{im['timings']['workers']} workers"),
-        ("ingest text MB/s", f"{text_mb / ingest_s:.2f}", ""),
-        ("ingest input (compressed) MB/s", f"{gen['disk_bytes'] / 1e6 / ingest_s:.2f}", ""),
-        ("ingest docs/s", f"{im['counts']['inputs'] / ingest_s:.0f}", ""),
-        ("ingest peak RSS", f"{ing['rss_mib']:.0f} MiB", ""),
+    ]
+    if ing:
+        im = ing["manifest"]
+        ingest_s = im["timings"]["total_s"]
+        rows += [
+            ("documents in / written", f"{im['counts']['inputs']} / {im['counts']['written']}",
+             ""),
+            ("ingest wall time", f"{ingest_s:.1f} s", f"{im['timings']['workers']} workers"),
+            ("ingest text MB/s", f"{text_mb / ingest_s:.2f}", ""),
+            ("ingest input (compressed) MB/s", f"{gen['disk_bytes'] / 1e6 / ingest_s:.2f}", ""),
+            ("ingest docs/s", f"{im['counts']['inputs'] / ingest_s:.0f}", ""),
+            ("ingest peak RSS", f"{ing['rss_mib']:.0f} MiB", ""),
+        ]  # fmt: skip
+    else:
+        rows.append(("ingest", "skipped (--skip-ingest)", f"{gen['docs']} documents written"))
+    rows += [
         ("tokenize: train tokenizer", tok_from,
          f"{args.tokenizer_model}, vocab {tm['vocab_size']}"),
         ("tokenize: tokens", f"{n_tok:,}", ""),
