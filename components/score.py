@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from components import tracking
 from components.config import IngestParams, ScoreParams, TrackingParams, params_dict
-from components.ingest import normalize
+from components.ingest import decode_entities, normalize
 from components.io import (
     InputError,
     atomic_path,
@@ -360,7 +360,10 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
             if isinstance(item, Rejected):
                 error(index, item.source, item.member, item.reason)
             else:
-                text = normalize(item.text)
+                # cleaned as ingest cleans training text (its defaults), so the model sees
+                # the same kind of text it was trained on
+                raw = item.text if item.entities_decoded else decode_entities(item.text)
+                text = normalize(raw)
                 question = item.meta.get(question_field) if question_field else None
                 if not text:
                     error(index, item.source, item.member, "empty document")
