@@ -7,13 +7,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 
 from components import tracking
-from components.config import FinetuneParams, FinetuneTask, ModelParams, TrackingParams
+from components.config import FinetuneParams, FinetuneTask, TrackingParams
 from components.finetune import _register, finetune, prediction_paths, train_task
 from components.finetune_tasks import adapter_for
-from components.model import LongformerForMaskedLM, make_config
 from components.tasks import (
     ChoiceExample,
     ClassificationExample,
@@ -22,7 +20,7 @@ from components.tasks import (
     SpanExample,
     task_module,
 )
-from components.tokenize import train_tokenizer
+from tests.components.tiny import tiny_checkpoint
 
 FILL = "the cat sat on the mat near the old mill."
 TEXTS = [
@@ -35,25 +33,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    tokenizer = train_tokenizer(iter(TEXTS * 40), vocab_size=400, min_frequency=1)
-    config = make_config(
-        ModelParams(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            attention_window=16,
-            max_position_embeddings=130,
-        ),
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     path = tmp_path_factory.mktemp("base")
-    torch.manual_seed(0)
-    LongformerForMaskedLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    tokenizer = tiny_checkpoint(path, TEXTS, vocab_size=400, hidden_size=32, attention_window=16)
     return path, tokenizer
 
 

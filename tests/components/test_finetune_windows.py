@@ -4,7 +4,6 @@ examples built here with a tiny randomly initialised model."""
 import pytest
 import torch
 
-from components.config import ModelParams
 from components.finetune_tasks import (
     ClassificationAdapter,
     HotpotQAAdapter,
@@ -12,7 +11,6 @@ from components.finetune_tasks import (
     WikiHopAdapter,
     _span_text,
 )
-from components.model import LongformerForMaskedLM, make_config
 from components.tasks import (
     ChoiceExample,
     ClassificationExample,
@@ -21,7 +19,6 @@ from components.tasks import (
     SpanExample,
     task_module,
 )
-from components.tokenize import train_tokenizer
 from components.windows import (
     best_span,
     char_span_to_tokens,
@@ -30,6 +27,7 @@ from components.windows import (
     window_starts,
     word_boundaries,
 )
+from tests.components.tiny import tiny_checkpoint
 
 FILLER = " ".join(["the cat sat on the mat near the old mill."] * 10)
 TEXTS = [
@@ -41,26 +39,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    tokenizer = train_tokenizer(iter(TEXTS * 40), vocab_size=300, min_frequency=1)
-    config = make_config(
-        ModelParams(
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            attention_window=8,
-            max_position_embeddings=258,
-        ),
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     path = tmp_path_factory.mktemp("base")
-    torch.manual_seed(0)
-    LongformerForMaskedLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path, tokenizer
+    return path, tiny_checkpoint(path, TEXTS, max_positions=258)
 
 
 # --------------------------------------------------------------------------- pure functions

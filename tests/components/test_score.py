@@ -18,14 +18,12 @@ from pathlib import Path
 import mlflow
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from components import tracking
-from components.config import ModelParams, ScoreParams, TrackingParams
+from components.config import ScoreParams, TrackingParams
 from components.model import (
     LongformerForQuestionAnswering,
     LongformerForSequenceClassification,
-    make_config,
 )
 from components.serving import (
     CLASSIFICATION,
@@ -34,7 +32,7 @@ from components.serving import (
     log_longdoc_model,
     token_budget_batches,
 )
-from components.tokenize import train_tokenizer
+from tests.components.tiny import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["the film was brilliant and long", "a dreadful tedious plot", "quiet rain on the hill"]
@@ -42,35 +40,12 @@ TEXTS = ["the film was brilliant and long", "a dreadful tedious plot", "quiet ra
 
 def make_checkpoint(path: Path, kind: str = "classification", seed: int = 0) -> Path:
     """A tiny random-init checkpoint (model + tokenizer) of `kind` at `path`."""
-    tokenizer = train_tokenizer(iter(TEXTS * 20), vocab_size=300, min_frequency=1)
-    extra = (
-        {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
-        if kind == "classification"
-        else {}
-    )
-    config = make_config(
-        ModelParams(
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            attention_window=8,
-            max_position_embeddings=130,
-        ),
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **extra,
-    )
-    torch.manual_seed(seed)
-    cls = (
-        LongformerForSequenceClassification
-        if kind == "classification"
-        else LongformerForQuestionAnswering
-    )
-    cls(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    if kind == "classification":
+        labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+        cls = LongformerForSequenceClassification
+        tiny_checkpoint(path, TEXTS, cls, seed=seed, num_labels=2, **labels)
+    else:
+        tiny_checkpoint(path, TEXTS, LongformerForQuestionAnswering, seed=seed)
     return path
 
 
