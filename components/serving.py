@@ -31,6 +31,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
+from components.windows import best_span, word_boundaries
+
 CLASSIFICATION, QA = "classification", "qa"
 _ARCHITECTURES = {
     "LongformerForSequenceClassification": CLASSIFICATION,
@@ -257,30 +259,30 @@ class InferenceEngine:
 
 
 def _best_span(doc: Encoded, start: torch.Tensor, end: torch.Tensor) -> dict[str, Any]:
-    """The most probable context span of at most MAX_ANSWER_TOKENS tokens; its score is
-    P(start) x P(end) with both softmaxes taken over the context tokens only."""
+    """The most probable context span of at most MAX_ANSWER_TOKENS tokens that starts and ends on
+    word boundaries (as fine-tuning decodes); its score is P(start) x P(end) with both softmaxes
+    taken over the context tokens only."""
     assert doc.context is not None and doc.offsets is not None and doc.text is not None
     n = len(doc.input_ids)
     ctx = torch.tensor(doc.context[:n], dtype=torch.bool)
     if not bool(ctx.any()):
         return {"answer": "", "score": 0.0}
+    # question tokens' offsets point into the question: blank them before looking at the text
+    offsets = [o if c else (0, 0) for o, c in zip(doc.offsets[:n], doc.context[:n], strict=True)]
+    word_start, word_end = word_boundaries(doc.text, offsets)
     neg = torch.finfo(torch.float32).min
-    ls = torch.log_softmax(start[:n].masked_fill(~ctx, neg), -1)
-    le = torch.log_softmax(end[:n].masked_fill(~ctx, neg), -1)
-    k = min(_N_BEST, int(ctx.sum()))
-    best, best_span = float("-inf"), (0, 0)
-    starts = torch.topk(ls, k).indices.tolist()
-    ends = torch.topk(le, k).indices.tolist()
-    for s in starts:
-        for e in ends:
-            if not (doc.context[s] and doc.context[e]) or e < s or e - s + 1 > MAX_ANSWER_TOKENS:
-                continue
-            value = float(ls[s] + le[e])
-            if value > best:
-                best, best_span = value, (s, e)
+    ls = torch.log_softmax(start[:n].float().masked_fill(~ctx, neg), -1)
+    le = torch.log_softmax(end[:n].float().masked_fill(~ctx, neg), -1)
+    best, s, e = best_span(
+        ls,
+        le,
+        torch.tensor(word_start, dtype=torch.bool),
+        MAX_ANSWER_TOKENS,
+        _N_BEST,
+        allowed_end=torch.tensor(word_end, dtype=torch.bool),
+    )
     if best == float("-inf"):
         return {"answer": "", "score": 0.0}
-    s, e = best_span
     a, b = doc.offsets[s][0], doc.offsets[e][1]
     return {"answer": doc.text[a:b].strip(), "score": float(torch.tensor(best).exp())}
 

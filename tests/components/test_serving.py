@@ -7,8 +7,15 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
-from components.serving import InferenceEngine, checkpoint_kind, serving_requirements
+from components.serving import (
+    Encoded,
+    InferenceEngine,
+    _best_span,
+    checkpoint_kind,
+    serving_requirements,
+)
 from tests.components.test_score import TEXTS, make_checkpoint, own_store, register
 
 
@@ -60,3 +67,20 @@ def test_unservable_checkpoint_is_refused_clearly(tmp_path):
     cfg.write_text(masked_lm)
     with pytest.raises(ValueError, match=r"config.json: architectures \['LongformerForMaskedLM'\]"):
         checkpoint_kind(ckpt)
+
+
+def test_qa_answer_is_whole_words_within_the_context():
+    """Decoding as fine-tuning does: a span may not start or end inside a word, nor leave the
+    context; here the model prefers the sub-word piece "igi" of "Luigi" and the question."""
+    text = "Luigi went home"
+    # tokens: <s> who </s> Lu igi went home </s>
+    offsets = [(0, 0), (0, 3), (0, 0), (0, 2), (2, 5), (5, 10), (10, 15), (0, 0)]
+    context = [False, False, False, True, True, True, True, False]
+    doc = Encoded(
+        input_ids=list(range(8)), truncated=False, offsets=offsets, context=context, text=text
+    )
+    start = torch.tensor([0.0, 9.0, 0.0, 2.0, 5.0, 0.0, 0.0, 0.0])
+    end = torch.tensor([0.0, 9.0, 0.0, 0.0, 5.0, 1.0, 0.0, 0.0])
+    out = _best_span(doc, start, end)
+    assert out["answer"] == "Luigi"
+    assert 0.0 < out["score"] <= 1.0
