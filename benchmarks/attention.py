@@ -50,6 +50,8 @@ import sys
 import time
 from pathlib import Path
 
+from rss import peak_extra_mb
+
 HEADS, HEAD_DIM, WINDOW = 12, 64, 256
 IMPLS = ("tvm", "torch", "hf-core", "sdpa-dense")
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,25 +59,6 @@ HERE = Path(__file__).resolve().parent
 
 
 # ---- worker (one implementation, one seq, fresh process) -------------------------------------
-
-
-def _status_kb(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _peak_extra_mb(fn) -> float:
-    """Peak RSS growth while ``fn`` runs, in MiB."""
-    import gc
-
-    gc.collect()
-    base = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    fn()
-    return max(0, _status_kb("VmHWM") - base) / 1024
 
 
 def _median_time(fn, budget_s: float = 2.0, min_reps: int = 3, max_reps: int = 15) -> float:
@@ -97,7 +80,7 @@ def _median_time(fn, budget_s: float = 2.0, min_reps: int = 3, max_reps: int = 1
 def _measure(fwd, fwdbwd) -> dict[str, float]:
     fwdbwd()  # warm-up: kernel loading, thread pools
     fwd()
-    res = {"fwd_mb": _peak_extra_mb(fwd), "fwdbwd_mb": _peak_extra_mb(fwdbwd)}
+    res = {"fwd_mb": peak_extra_mb(fwd), "fwdbwd_mb": peak_extra_mb(fwdbwd)}
     res["fwd_s"] = _median_time(fwd)
     res["fwdbwd_s"] = _median_time(fwdbwd)
     return res

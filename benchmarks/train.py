@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rss import peak_extra_mb
+
 IMPLS = ("tvm", "torch", "hf", "hf-masked-head")
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -55,24 +57,6 @@ CONFIG = dict(
     eos_token_id=2,
     sep_token_id=2,
 )
-
-
-def _status_kb(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _peak_extra_mb(fn) -> float:
-    import gc
-
-    gc.collect()
-    base = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    fn()
-    return max(0, _status_kb("VmHWM") - base) / 1024
 
 
 def make_weights(path: Path, max_seq: int) -> None:
@@ -130,7 +114,7 @@ def worker(impl: str, n: int, threads: int, weights: str) -> dict:
         return float(loss)
 
     loss0 = step()  # warm-up: kernels, thread pools, optimizer state
-    peak = _peak_extra_mb(step)
+    peak = peak_extra_mb(step)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < 10 and len(times) < 10):
