@@ -111,13 +111,13 @@ def memory_worker(archive: Path, ckpt: Path, out: Path) -> dict:
     from components import tracking
     from components.config import ScoreParams, TrackingParams
     from components.score import score
-    from components.serving import log_classifier
+    from components.serving import log_longdoc_model
 
     store = TrackingParams(uri=f"sqlite:///{out.parent / (out.name + '.db')}", experiment="mem")
     os.environ["MLFLOW_TRACKING_URI"] = store.uri
     tracking.setup(store)
     with mlflow.start_run():
-        info = log_classifier(ckpt, "longdoc-mem")
+        info = log_longdoc_model(ckpt, "longdoc-mem")
     uri = f"models:/longdoc-mem/{info.registered_model_version}"
     t0 = time.perf_counter()
     manifest = score(ScoreParams(inputs=[archive], model_uri=uri, out=out, max_len=1024), store)
@@ -243,7 +243,7 @@ def main() -> None:
     from components import tracking
     from components.config import ScoreParams, TrackingParams
     from components.score import score
-    from components.serving import InferenceEngine, log_classifier
+    from components.serving import InferenceEngine, log_longdoc_model
     from components.training import quiet_loading
 
     torch.set_num_threads(args.threads)
@@ -290,7 +290,7 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = store.uri
         tracking.setup(store)
         with mlflow.start_run():
-            info = log_classifier(ckpt, "longdoc-bench")
+            info = log_longdoc_model(ckpt, "longdoc-bench")
         mlflow.MlflowClient().set_registered_model_alias(
             "longdoc-bench", "champion", info.registered_model_version
         )

@@ -364,8 +364,3 @@ def log_longdoc_model(
         registered_model_name=registered_name,
         metadata={"longdoc_kind": kind},
     )
-
-
-def log_classifier(checkpoint: Path, registered_name: str | None) -> mlflow.models.model.ModelInfo:
-    """Log a classification checkpoint (kept for callers; `log_longdoc_model` takes QA too)."""
-    return log_longdoc_model(checkpoint, registered_name)

@@ -28,7 +28,6 @@ from components.model import (
 from components.serving import (
     CLASSIFICATION,
     InferenceEngine,
-    log_classifier,
     log_longdoc_model,
     token_budget_batches,
 )
@@ -53,7 +52,7 @@ def register(tmp_path: Path, name: str, kind: str = "classification", seed: int 
     """Log + register a tiny model as `name`, make it champion; returns its version."""
     ckpt = make_checkpoint(tmp_path / f"ckpt-{name}-{seed}", kind, seed)
     with mlflow.start_run():
-        info = log_classifier(ckpt, name) if kind == "classification" else None
+        info = log_longdoc_model(ckpt, name) if kind == "classification" else None
         if info is None:
             info = log_longdoc_model(ckpt, name)
     version = str(info.registered_model_version)
