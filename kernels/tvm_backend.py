@@ -449,6 +449,18 @@ def _head_groups(x: torch.Tensor) -> list[slice]:
     return [slice(h0, min(h, h0 + hc)) for h0 in range(0, h, hc)]
 
 
+def _fwd_band_len(m: int, w: int) -> int:
+    """Length ``NP`` (after the global slots) of the forward kernel's packed keys and values:
+    ``w`` zero rows on the left, the ``m`` positions, then zeros far enough that the last row
+    tile's key blocks (``FWD_ROWS`` rows, whole blocks of ``FWD_KEYS`` keys) stay inside; a
+    multiple of ``KEY_TILE`` (the pack kernels' block)."""
+    from .tvm_source import FWD_KEYS, FWD_ROWS, KEY_TILE
+
+    mt = -(-m // FWD_ROWS) * FWD_ROWS
+    need = mt + 2 * w + FWD_KEYS
+    return -(-need // KEY_TILE) * KEY_TILE
+
+
 def _band_len(m: int, rows: int, w: int) -> int:
     """Length ``NP`` of a band-side packed buffer: ``w`` zero rows on the left, then the ``m``
     positions, then zeros far enough that the last tile (``rows`` rows, reading whole key tiles
@@ -498,7 +510,7 @@ class _Band(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, window: int, causal: bool):
-        from .tvm_source import KEY_TILE, QUERY_TILE
+        from .tvm_source import KEY_TILE
 
         q, k, v = (x.contiguous() for x in (q, k, v))
         b, m, h, d = q.shape
@@ -506,15 +518,15 @@ class _Band(torch.autograd.Function):
         gp = 0 if gk is None else -(-gk.shape[1] // KEY_TILE) * KEY_TILE
         if gk is not None:
             gk, gv = gk.contiguous(), gv.contiguous()
-        length = gp + _band_len(m, QUERY_TILE, w)
+        length = gp + _fwd_band_len(m, w)
         okp = _band_ok(key_ok, g_ok, gp, w, length)
         out = torch.empty(b, m, h, d, dtype=torch.float32)
         lse = torch.empty(b, m, h, dtype=torch.float32)
         for hs in _head_groups(q):
-            kt = _pack(fns, k, hs, length, w, True, gk, gp)
+            kp = _pack(fns, k, hs, length, w, False, gk, gp)
             vp = _pack(fns, v, hs, length, w, False, gv, gp)
-            fns["fwd"](q, kt, vp, okp, out, lse, w, int(causal), hs.start, gp // KEY_TILE)
-            del kt, vp
+            fns["fwd"](q, kp, vp, okp, out, lse, w, int(causal), hs.start, gp)
+            del kp, vp
         ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, g_ok)
         ctx.fns, ctx.w, ctx.causal = fns, w, bool(causal)
         return out, lse

@@ -5,24 +5,24 @@ kernel is built. Its text is hashed into the build manifest: editing it invalida
 library.
 
 One build per head_dim ``D`` holds five functions (batch, sequence length and heads symbolic;
-window ``w``, ``causal``, the first head ``h0`` and the number of global-key tiles ``ng``
+window ``w``, ``causal``, the first head ``h0`` and the number ``gp`` of global-key slots
 runtime arguments). Tensors on the *row* side (the queries of the forward kernel, the keys of
 the backward kernel, and every output) are the caller's full ``(B, n, HF, D)`` tensors, read and
 written in place at heads ``h0 .. h0+HG``: no copies. Tensors on the *band* side are packed per
-head group by ``pack_t`` / ``pack_p`` (transposed / natural layout): first ``ng * KT`` slots for
-the global keys, then ``w`` zeros, then the sequence, so that row ``i`` of a tile starting at
-``i0`` finds its band at packed positions ``i0 + c*KT + t`` for band tiles ``c >= ng``
-(``rel = (c-ng)*KT + t - a`` in ``[0, nkeys)`` for row ``a`` of the tile, ``nkeys = 2w+1``, or
-``w+1`` when causal) and the global keys at ``c*KT + t`` for ``c < ng``; the caller pads the
-right far enough, to a multiple of ``KT``, that tile reads never leave the buffers. The last row
-tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skipped.
+head group by ``pack_t`` / ``pack_p`` (transposed / natural layout): first ``gp`` slots (a
+multiple of ``KT``) for the global keys, then ``w`` zeros, then the sequence, so that the band of
+query ``i`` is packed positions ``gp + i + u`` for ``u`` in ``[0, nkeys)`` (``nkeys = 2w+1``, or
+``w+1`` when causal); the caller pads the right far enough, to a multiple of ``KT``, that tile
+reads never leave the buffers. The last row tile may overhang ``n``: its reads are clamped to row
+``n-1``, its writes skipped.
 
 * ``pack_t(x (B,n,HF,D), xt (B,HG,D,NP), h0, left, start, stop)``, ``pack_p(x, xp (B,HG,NP,D),
   ...)``: packed positions ``[start, stop)``, ``x[p - left]`` where that is a row, else 0.
-* ``sliding_window_fwd(q, kt, v, ok (B,NP), o, lse (B,n,HF), w, causal, h0, ng)``: softmax over
-  the global + band keys, online (flash-style) across chunks of up to ``CH`` keys with an exact
-  max and sum inside each chunk; ``o`` and its log-sum-exp ``lse`` (``-inf`` where the row has
-  no usable key, whose ``o`` is 0), so the caller can differentiate through ``lse``.
+* ``sliding_window_fwd(q, kp, vp, ok (B,NP), o, lse (B,n,HF), w, causal, h0, gp)``: keys and
+  values both in the natural packed layout; softmax over the global + band keys, online
+  (flash-style) across chunks of up to ``CH`` keys with an exact max and sum inside each chunk;
+  ``o`` and its log-sum-exp ``lse`` (``-inf`` where the row has no usable key, whose ``o`` is 0),
+  so the caller can differentiate through ``lse``.
 * ``sliding_window_bwd_dkdv(k, v, okk (B,n), qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w,
   causal, h0)``: FlashAttention-2 style from the keys' side, band keys only: recompute
   ``p = exp(s - lse)`` and ``ds = p * (do.v - delta)`` once per (query, key) pair; key ``j``
@@ -34,15 +34,25 @@ tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skippe
 * ``dq_overlap_add(dqp, dq, w, h0)``: ``dq = scale * sum`` of the private rows that hold each
   query (at most ``2 + 2w/SEG`` segments). The global keys' part of ``dq`` is the caller's.
 
-Schedule: one parallel loop over ``(batch, head, row tile)`` (forward) or ``(batch, head,
-segment)`` (backward). A tile of ``QT`` (``KR``) rows streams the band in tiles of ``KT``
-positions, so each loaded key (or query) vector serves all rows of the tile: scores are
-``rows x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous transposed operands
-(a serial loop over ``D``, which LLVM strength-reduces to pointer increments: fully unrolled, it
-recomputed every ``d * NP`` address), and accumulators are vectorised over ``D``. The forward
-keeps the chunk's scores in a stack buffer so that its max and sum are vector reductions over
-the chunk (one horizontal step per chunk, not per key tile) and the running output is rescaled
-once per chunk.
+Forward schedule (flash attention with the rows in the vector lanes). One parallel loop over
+``(batch, head, group of RG row tiles)``; a tile is ``QL`` consecutive queries, copied once,
+transposed, into a ``D x QL`` local block (L1-resident). Its keys (the global slots, then the
+``nkeys + QL - 1`` band positions that any of its rows sees) are taken ``KF`` at a time: a
+``KF x QL`` score block stays in registers while ``D`` steps each load one ``QL``-vector of the
+block and broadcast one element of each key row (contiguous rows: a key block is ``KF`` adjacent
+256-byte rows, where the old transposed-key layout touched ``D`` rows ``NP`` floats apart, one
+TLB page each). With rows in lanes, the softmax max and sum are plain lane-wise vector ops
+(no horizontal reductions), and only the first and last ``QL - 1`` band positions need the
+per-(row, key) band mask: interior key blocks take a branch without it. ``P @ V`` then runs
+``PR`` rows at a time with ``PR x D`` accumulators in registers, broadcasting ``p`` and loading
+each value row once per ``PR`` rows. Chunks of ``CH`` keys bound the score buffer for any window
+(one rescale of the running output per chunk).
+
+Backward schedule: one parallel loop over ``(batch, head, segment)``. A tile of ``KR`` keys
+streams the queries in tiles of ``KT`` positions, so each loaded query vector serves all keys of
+the tile: scores are ``KR x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous
+transposed operands (a serial loop over ``D``, which LLVM strength-reduces to pointer increments),
+and accumulators are vectorised over ``D``.
 """
 
 from __future__ import annotations
@@ -52,17 +62,25 @@ import math
 import tvm
 from tvm.script import tirx as T
 
-KEY_TILE = 16  # KT: band positions per inner tile (one AVX-512 vector of fp32)
-# Rows per tile: each loaded key (query) vector serves this many rows. Chosen by timing the
-# kernels alone at seq 4096, heads 12, head_dim 64, window 256 on the 2-core AVX-512 host
-# (forward 4 -> 6 rows: ~15% faster; backward 2 -> 4 rows: ~10-30% faster; 8 rows spill
-# registers and lose again).
-QUERY_TILE = 6  # QT: forward
+KEY_TILE = 16  # KT: band positions per inner tile of the backward and the pack kernels
+# Backward: keys per tile; each loaded query vector serves this many keys. Chosen by timing the
+# kernel alone at seq 4096, heads 12, head_dim 64, window 256 on the 2-core AVX-512 host
+# (2 -> 4 rows: ~10-30% faster; 8 rows spill registers and lose again).
 KEY_ROWS = 4  # dk/dv kernel (rows = keys)
-CHUNK_TILES = 64  # forward: key tiles per softmax chunk (CH = 1024 keys, 24 KiB of scores)
 # dk/dv kernel: keys per parallel task; the task also accumulates the dq of every query its keys
 # see into private rows (SEG + 2w of them), summed afterwards by dq_overlap_add
 SEG_KEYS = 512
+# Forward tiling, chosen by timing the kernel alone (same shape and host; see the module
+# docstring and benchmarks/RESULTS.md): QL rows per tile = vector lanes (16 lanes: ~15% slower,
+# 48: not a power of two, scalarised), KF keys per register block (KF x QL/16 accumulators:
+# 8 keys -> 16 zmm; 4 keys: ~10% slower, 16: ~15% slower), CH keys per softmax chunk (256-512 on
+# par, 1024 ~10% slower), PR rows per P @ V register block (PR x D/16 accumulators), RG row
+# tiles per parallel task (amortises the task's buffer set-up).
+FWD_ROWS = 32  # QL
+FWD_KEYS = 8  # KF
+FWD_CHUNK = 512  # CH
+PV_ROWS = 4  # PR
+ROW_GROUP = 4  # RG
 NEG = -3.0e38
 BIG = 3.0e38
 
@@ -104,17 +122,18 @@ def _add(x, y):
 def sliding_window(
     head_dim: int,
     key_tile: int = KEY_TILE,
-    query_tile: int = QUERY_TILE,
     key_rows: int = KEY_ROWS,
-    chunk_tiles: int = CHUNK_TILES,
     seg_keys: int = SEG_KEYS,
+    fwd_rows: int = FWD_ROWS,
+    fwd_keys: int = FWD_KEYS,
+    fwd_chunk: int = FWD_CHUNK,
+    pv_rows: int = PV_ROWS,
+    row_group: int = ROW_GROUP,
 ) -> tvm.IRModule:
+    QL, KF, CH, PR, RG = fwd_rows, fwd_keys, fwd_chunk, pv_rows, row_group
     D = head_dim
     KT = key_tile
-    QT = query_tile
     KR = key_rows
-    SUBS = chunk_tiles
-    CH = SUBS * KT
     scale = 1.0 / math.sqrt(D)
     SEG = seg_keys
 
@@ -179,7 +198,7 @@ def sliding_window(
     @T.prim_func
     def fwd(
         q_h: T.handle,
-        kt_h: T.handle,
+        kp_h: T.handle,
         v_h: T.handle,
         ok_h: T.handle,
         o_h: T.handle,
@@ -187,7 +206,7 @@ def sliding_window(
         w: T.int32,
         causal: T.int32,
         h0: T.int32,
-        ng: T.int32,
+        gp: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_fwd", "tirx.noalias": True})
         B = T.int32()
@@ -196,117 +215,122 @@ def sliding_window(
         HG = T.int32()
         NP = T.int32()
         q = T.match_buffer(q_h, (B, n, HF, D), "float32")
-        kt = T.match_buffer(kt_h, (B, HG, D, NP), "float32")
+        kp = T.match_buffer(kp_h, (B, HG, NP, D), "float32")
         v = T.match_buffer(v_h, (B, HG, NP, D), "float32")
         ok = T.match_buffer(ok_h, (B, NP), "float32")
         o = T.match_buffer(o_h, (B, n, HF, D), "float32")
         lse = T.match_buffer(lse_h, (B, n, HF), "float32")
         nkeys = 2 * w + 1 - causal * w
-        ntiles = ng + (nkeys + QT - 1 + KT - 1) // KT  # ng global tiles, then the band
-        nchunks = (ntiles + SUBS - 1) // SUBS
-        nt = (n + QT - 1) // QT
-        for r in T.parallel(B * HG * nt):
-            sb = T.alloc_buffer((QT * CH,), "float32", scope="local")
-            s = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            s2 = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            mv = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            sv = T.alloc_buffer((QT * KT,), "float32", scope="local")
-            qr = T.alloc_buffer((QT * D,), "float32", scope="local")
-            acc = T.alloc_buffer((QT * D,), "float32", scope="local")
-            m = T.alloc_buffer((QT,), "float32", scope="local")
-            lsum = T.alloc_buffer((QT,), "float32", scope="local")
-            mn = T.alloc_buffer((QT,), "float32", scope="local")
-            al = T.alloc_buffer((QT,), "float32", scope="local")
-            b = r // (HG * nt)
-            h = r // nt % HG
-            i0 = r % nt * QT
-            for a in T.unroll(QT):
-                for dd in T.vectorized(D):
-                    qr[a * D + dd] = q[b, T.min(i0 + a, n - 1), h0 + h, dd]
-                    acc[a * D + dd] = T.float32(0)
-                m[a] = T.float32(NEG)
-                lsum[a] = T.float32(0)
-            for ch in T.serial(nchunks):
-                for x in T.vectorized(QT * KT):
-                    mv[x] = T.float32(NEG)
-                    sv[x] = T.float32(0)
-                # pass 1: the chunk's masked scores, and their running max per lane
-                for c in T.serial(T.min(SUBS, ntiles - ch * SUBS)):
-                    cs = ch * SUBS + c
-                    base = T.if_then_else(cs < ng, cs * KT, i0 + cs * KT)
-                    for x in T.vectorized(QT * KT):
-                        s[x] = T.float32(0)
-                        s2[x] = T.float32(0)
-                    # two partial sums (even/odd d): twice the independent FMA chains
-                    for d2 in T.serial(D // 2):
-                        for a in T.unroll(QT):
-                            for t in T.vectorized(KT):
-                                s[a * KT + t] = (
-                                    s[a * KT + t] + qr[a * D + 2 * d2] * kt[b, h, 2 * d2, base + t]
-                                )
-                                s2[a * KT + t] = (
-                                    s2[a * KT + t]
-                                    + qr[a * D + 2 * d2 + 1] * kt[b, h, 2 * d2 + 1, base + t]
-                                )
-                    for dl in T.unroll(D % 2):  # odd head_dim: the last d
-                        for a in T.unroll(QT):
-                            for t in T.vectorized(KT):
-                                s[a * KT + t] = (
-                                    s[a * KT + t]
-                                    + qr[a * D + D - 1 + dl] * kt[b, h, D - 1 + dl, base + t]
-                                )
-                    for a in T.unroll(QT):
-                        for t in T.vectorized(KT):
-                            sb[a * CH + c * KT + t] = T.if_then_else(
-                                ok[b, base + t] > T.float32(0)
-                                and (
-                                    cs < ng
-                                    or (cs - ng) * KT + t - a >= 0
-                                    and (cs - ng) * KT + t - a < nkeys
-                                ),
-                                (s[a * KT + t] + s2[a * KT + t]) * T.float32(scale),
-                                T.float32(NEG),
-                            )
-                            mv[a * KT + t] = T.max(mv[a * KT + t], sb[a * CH + c * KT + t])
-                # one rescale of the running output per chunk
-                for a in T.unroll(QT):
-                    mn[a] = T.max(m[a], _tree(T.max, mv, a * KT, KT))
-                    al[a] = _exp(m[a] - mn[a])
-                    lsum[a] = lsum[a] * al[a]
-                    for dd in T.vectorized(D):
-                        acc[a * D + dd] = acc[a * D + dd] * al[a]
-                    m[a] = mn[a]
-                # pass 2: probabilities (lane-wise sums) and p @ v
-                for c in T.serial(T.min(SUBS, ntiles - ch * SUBS)):
-                    cs = ch * SUBS + c
-                    base = T.if_then_else(cs < ng, cs * KT, i0 + cs * KT)
-                    for a in T.unroll(QT):
-                        for t in T.vectorized(KT):
-                            sb[a * CH + c * KT + t] = T.if_then_else(
-                                sb[a * CH + c * KT + t] > T.float32(NEG),
-                                _exp(sb[a * CH + c * KT + t] - m[a]),
+        nb = (nkeys + QL - 1 + KF - 1) // KF * KF  # band keys per row tile (whole key blocks)
+        nchg = (gp + CH - 1) // CH
+        nchunks = nchg + (nb + CH - 1) // CH
+        nt = (n + QL - 1) // QL
+        ngrp = (nt + RG - 1) // RG
+        for r in T.parallel(B * HG * ngrp):
+            qr = T.alloc_buffer((D * QL,), "float32", scope="local")
+            sb = T.alloc_buffer((CH * QL,), "float32", scope="local")
+            oacc = T.alloc_buffer((QL * D,), "float32", scope="local")
+            s = T.alloc_buffer((KF * QL,), "float32", scope="local")
+            accr = T.alloc_buffer((PR * D,), "float32", scope="local")
+            m = T.alloc_buffer((QL,), "float32", scope="local")
+            mv = T.alloc_buffer((QL,), "float32", scope="local")
+            al = T.alloc_buffer((QL,), "float32", scope="local")
+            lsum = T.alloc_buffer((QL,), "float32", scope="local")
+            b = r // (HG * ngrp)
+            h = r // ngrp % HG
+            for g in T.serial(T.min(RG, nt - r % ngrp * RG)):
+                i0 = (r % ngrp * RG + g) * QL
+                # the tile's queries, transposed: lanes = rows
+                for a in T.serial(QL):
+                    for d in T.vectorized(D):
+                        qr[d * QL + a] = q[b, T.min(i0 + a, n - 1), h0 + h, d]
+                for x in T.vectorized(QL * D):
+                    oacc[x] = T.float32(0)
+                for a in T.vectorized(QL):
+                    m[a] = T.float32(NEG)
+                    lsum[a] = T.float32(0)
+                for ch in T.serial(nchunks):
+                    glob = ch < nchg
+                    pbase = T.Select(glob, ch * CH, gp + i0 + (ch - nchg) * CH)
+                    ubase = (ch - nchg) * CH
+                    cnt = T.Select(glob, T.min(CH, gp - ch * CH), T.min(CH, nb - ubase))
+                    for a in T.vectorized(QL):
+                        mv[a] = T.float32(NEG)
+                    # scores of the chunk, lanes = rows: KF keys x QL rows per register block
+                    for kb in T.serial(cnt // KF):
+                        for x in T.vectorized(KF * QL):
+                            s[x] = T.float32(0)
+                        for d in T.serial(D):
+                            for j in T.unroll(KF):
+                                for a in T.vectorized(QL):
+                                    s[j * QL + a] = (
+                                        s[j * QL + a]
+                                        + qr[d * QL + a] * kp[b, h, pbase + kb * KF + j, d]
+                                    )
+                        u0 = ubase + kb * KF
+                        if glob or (u0 >= QL - 1 and u0 + KF - 1 < nkeys):
+                            for j in T.unroll(KF):
+                                for a in T.vectorized(QL):
+                                    sb[(kb * KF + j) * QL + a] = T.Select(
+                                        ok[b, pbase + kb * KF + j] > T.float32(0),
+                                        s[j * QL + a] * T.float32(scale),
+                                        T.float32(NEG),
+                                    )
+                                    mv[a] = T.max(mv[a], sb[(kb * KF + j) * QL + a])
+                        else:  # a band edge: the band of row a is u - a in [0, nkeys)
+                            for j in T.unroll(KF):
+                                for a in T.vectorized(QL):
+                                    sb[(kb * KF + j) * QL + a] = T.Select(
+                                        ok[b, pbase + kb * KF + j] > T.float32(0)
+                                        and u0 + j - a >= 0
+                                        and u0 + j - a < nkeys,
+                                        s[j * QL + a] * T.float32(scale),
+                                        T.float32(NEG),
+                                    )
+                                    mv[a] = T.max(mv[a], sb[(kb * KF + j) * QL + a])
+                    # one rescale of the running output per chunk
+                    for a in T.vectorized(QL):
+                        mv[a] = T.max(m[a], mv[a])
+                        al[a] = _exp(m[a] - mv[a])
+                        lsum[a] = lsum[a] * al[a]
+                        m[a] = mv[a]
+                    for a in T.serial(QL):
+                        for dd in T.vectorized(D):
+                            oacc[a * D + dd] = oacc[a * D + dd] * al[a]
+                    # probabilities, in place
+                    for y in T.serial(cnt):
+                        for a in T.vectorized(QL):
+                            sb[y * QL + a] = T.Select(
+                                sb[y * QL + a] > T.float32(NEG),
+                                _exp(sb[y * QL + a] - m[a]),
                                 T.float32(0),
                             )
-                            sv[a * KT + t] = sv[a * KT + t] + sb[a * CH + c * KT + t]
-                    for t in T.serial(KT):
-                        for a in T.unroll(QT):
+                            lsum[a] = lsum[a] + sb[y * QL + a]
+                    # p @ v, PR rows at a time (their accumulators stay in registers)
+                    for r0 in T.serial(QL // PR):
+                        for a in T.unroll(PR):
                             for dd in T.vectorized(D):
-                                acc[a * D + dd] = (
-                                    acc[a * D + dd]
-                                    + sb[a * CH + c * KT + t] * v[b, h, base + t, dd]
-                                )
-                for a in T.unroll(QT):
-                    lsum[a] = lsum[a] + _tree(_add, sv, a * KT, KT)
-            for a in T.unroll(QT):
-                if i0 + a < n:
-                    if lsum[a] > T.float32(0):
-                        for dd in T.vectorized(D):
-                            o[b, i0 + a, h0 + h, dd] = acc[a * D + dd] / lsum[a]
-                        lse[b, i0 + a, h0 + h] = m[a] + T.log(lsum[a])
-                    else:
-                        for dd in T.vectorized(D):
-                            o[b, i0 + a, h0 + h, dd] = T.float32(0)
-                        lse[b, i0 + a, h0 + h] = T.float32(-math.inf)
+                                accr[a * D + dd] = oacc[(r0 * PR + a) * D + dd]
+                        for y in T.serial(cnt):
+                            for a in T.unroll(PR):
+                                for dd in T.vectorized(D):
+                                    accr[a * D + dd] = (
+                                        accr[a * D + dd]
+                                        + sb[y * QL + r0 * PR + a] * v[b, h, pbase + y, dd]
+                                    )
+                        for a in T.unroll(PR):
+                            for dd in T.vectorized(D):
+                                oacc[(r0 * PR + a) * D + dd] = accr[a * D + dd]
+                for a in T.serial(QL):
+                    if i0 + a < n:
+                        if lsum[a] > T.float32(0):
+                            for dd in T.vectorized(D):
+                                o[b, i0 + a, h0 + h, dd] = oacc[a * D + dd] / lsum[a]
+                            lse[b, i0 + a, h0 + h] = m[a] + T.log(lsum[a])
+                        else:
+                            for dd in T.vectorized(D):
+                                o[b, i0 + a, h0 + h, dd] = T.float32(0)
+                            lse[b, i0 + a, h0 + h] = T.float32(-math.inf)
 
     @T.prim_func
     def bwd_dkdv(

@@ -368,3 +368,38 @@ def test_tvm_strided_band_is_compiled(monkeypatch, pattern):
 
     monkeypatch.setattr(torch_backend, "_local_part", no_torch_band)
     check("tvm", pattern, 2, 67, 2, 8, torch.float32, seed=9)
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+@pytest.mark.parametrize(
+    "pattern, n",
+    [(SlidingWindow(300), 700), (SlidingWindow(600, causal=True), 900), (SlidingWindow(1), 70)],
+    ids=str,
+)
+def test_tvm_forward_multi_chunk_band(pattern, n):
+    """Bands longer than the forward kernel's softmax chunk (``FWD_CHUNK`` keys, online rescale
+    between chunks) and bands shorter than one row tile (every key block is a band edge)."""
+    from kernels.tvm_source import FWD_CHUNK, FWD_ROWS
+
+    nkeys = 2 * pattern.window + 1 - pattern.causal * pattern.window
+    assert nkeys + FWD_ROWS - 1 > FWD_CHUNK or nkeys < FWD_ROWS
+    check("tvm", pattern, 1, n, 2, 8, torch.float32, seed=n)
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+def test_tvm_forward_many_global_keys():
+    """More global keys than one softmax chunk holds: the forward kernel takes them in several
+    chunks before the band (some of them padding, some inside the band too)."""
+    from kernels.tvm_source import FWD_CHUNK
+
+    b, n, h, d = 1, 1300, 2, 8
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(b, n, h, d, generator=gen).requires_grad_() for _ in range(3))
+    g = torch.rand(b, n, generator=gen) < 0.5
+    pad = torch.rand(b, n, generator=gen) < 0.05
+    assert int(g.sum()) > FWD_CHUNK
+    pattern = SlidingWindow(7)
+    out = attention(q, k, v, pattern, global_mask=g, key_padding_mask=pad, backend="tvm")
+    qr, kr, vr = (x.detach().double() for x in (q, k, v))
+    ref = reference_attention(qr, kr, vr, pattern, g, pad)
+    assert rel_err(out, ref) <= TOL[torch.float32]
