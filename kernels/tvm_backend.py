@@ -6,12 +6,13 @@ What it supports:
 * Patterns: ``SlidingWindow`` (any window, int or per-head dilation, causal or not) and
   ``Strided`` (its band ``|i-j| <= stride`` in the kernels, the every-``stride``-th keys in torch,
   merged by log-sum-exp). Dilation is folded into the batch dimension and global query rows are
-  computed outside the kernels (see ``kernels.torch_backend``); global *keys* are packed in
-  front of each band, so the kernels take one softmax over band + global keys.
+  computed outside the kernels (see ``kernels.torch_backend``); the forward kernel takes the
+  global *keys* before each band, so it computes one softmax over band + global keys.
 * dtypes: float32 kernels. bfloat16 inputs are computed by the float32 kernel (upcast on the
   way in, rounded on the way out), exactly like the ``torch`` backend computes them.
-* Devices: CPU through LLVM (``kernels.tvm_source``: packed band-side operands, vectorised
-  register tiles, parallel over batch x heads x row tiles). CUDA: ``kernels.tvm_gpu_source``
+* Devices: CPU through LLVM (``kernels.tvm_source``: forward reading q, k, v in place with the
+  rows in the vector lanes; backward on packed query-side operands; vectorised register tiles,
+  parallel over batch x heads x row tiles). CUDA: ``kernels.tvm_gpu_source``
   (one thread per row) compiles for ``cuda:sm_XX`` targets with TVM's CUDA code generator and
   ``nvcc``; running it needs a TVM built with the CUDA runtime, which the installed wheel is not
   (``cuda_runtime_error`` says so, and CUDA tensors get that error).
@@ -435,10 +436,11 @@ def _pad_seq(x: torch.Tensor, left: int, right: int, value: float = 0.0) -> torc
     return F.pad(x, pads, value=value)
 
 
-#: The kernels read padded (and partly transposed) copies of their band-side operands. For long
-#: inputs the heads are processed in groups so that each such copy stays under this many bytes:
-#: it bounds the extra memory of forward and backward at a few of these copies, whatever the
-#: length. Row-side operands and outputs are never copied: the kernels index them at ``h0``.
+#: The backward kernels read padded (and partly transposed) copies of their query-side operands
+#: (the forward kernel reads everything in place). For long inputs the heads are processed in
+#: groups so that each such copy stays under this many bytes: it bounds the extra memory of the
+#: backward at a few of these copies, whatever the length. Key-side operands and outputs are
+#: never copied: the kernels index them at ``h0``.
 CHUNK_BYTES = 8 << 20
 
 
@@ -450,15 +452,13 @@ def _head_groups(x: torch.Tensor) -> list[slice]:
 
 
 def _fwd_band_len(m: int, w: int) -> int:
-    """Length ``NP`` (after the global slots) of the forward kernel's packed keys and values:
-    ``w`` zero rows on the left, the ``m`` positions, then zeros far enough that the last row
-    tile's key blocks (``FWD_ROWS`` rows, whole blocks of ``FWD_KEYS`` keys) stay inside; a
-    multiple of ``KEY_TILE`` (the pack kernels' block)."""
-    from .tvm_source import FWD_KEYS, FWD_ROWS, KEY_TILE
+    """Number of packed band positions (after the global slots) that the forward kernel's ``ok``
+    vector covers: ``w`` before the sequence, the ``m`` positions, then enough that the last row
+    tile's key blocks (``FWD_ROWS`` rows, whole blocks of ``FWD_KEYS`` keys) stay inside."""
+    from .tvm_source import FWD_KEYS, FWD_ROWS
 
     mt = -(-m // FWD_ROWS) * FWD_ROWS
-    need = mt + 2 * w + FWD_KEYS
-    return -(-need // KEY_TILE) * KEY_TILE
+    return mt + 2 * w + FWD_KEYS
 
 
 def _band_len(m: int, rows: int, w: int) -> int:
@@ -472,29 +472,16 @@ def _band_len(m: int, rows: int, w: int) -> int:
     return -(-need // KEY_TILE) * KEY_TILE
 
 
-def _pack(
-    fns,
-    x: torch.Tensor,
-    hs: slice,
-    length: int,
-    w: int,
-    transposed: bool,
-    glob: torch.Tensor | None = None,
-    gp: int = 0,
-) -> torch.Tensor:
-    """Heads ``hs`` of ``x (B, m, H, D)`` as a band-side buffer of ``length`` positions,
+def _pack(fns, x: torch.Tensor, hs: slice, length: int, w: int, transposed: bool) -> torch.Tensor:
+    """Heads ``hs`` of ``x (B, m, H, D)`` as a padded buffer of ``length`` positions,
     ``(B, h, D, length)`` if ``transposed`` else ``(B, h, length, D)``, by the compiled (parallel)
-    pack kernels: one pass, zeros written only where they belong. Layout: ``gp`` positions
-    holding ``glob (B, G, H, D)`` (the global keys, zero-padded), then ``w`` zeros, ``x``, zeros.
-    """
+    pack kernels: one pass, zeros written only where they belong. Layout: ``w`` zeros, ``x``,
+    zeros."""
     b, _, _, d = x.shape
     hg = hs.stop - hs.start
     shape = (b, hg, d, length) if transposed else (b, hg, length, d)
     out = torch.empty(shape, dtype=torch.float32)
-    fn = fns["pack_t" if transposed else "pack_p"]
-    if gp:
-        fn(glob, out, hs.start, 0, 0, gp)
-    fn(x, out, hs.start, gp + w, gp, length)
+    fns["pack_t" if transposed else "pack_p"](x, out, hs.start, w, 0, length)
     return out
 
 
@@ -502,31 +489,30 @@ class _Band(torch.autograd.Function):
     """Banded attention plus the global keys on folded ``(B, m, H, D)`` float32 tensors, by the
     compiled kernels.
 
-    The global keys ``gk, gv (B, G, H, D)`` (usable where ``g_ok (B, G)``) are packed in front of
-    the band, so the kernels take one softmax over band + global keys. Returns ``(out, lse)``;
+    The global keys ``gk, gv (B, G, H, D)`` (usable where ``g_ok (B, G)``) come before the band
+    in the forward kernel, so it takes one softmax over band + global keys. Returns ``(out, lse)``;
     the backward handles gradients of both, so autograd through the torch code around it
     (dilation folding, global rows) is exact. The global keys' own gradients (a sum over every
     query: ``O(G * m)``) are computed here in torch."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, window: int, causal: bool):
-        from .tvm_source import KEY_TILE
+        from .tvm_source import FWD_KEYS
 
         q, k, v = (x.contiguous() for x in (q, k, v))
         b, m, h, d = q.shape
         w = int(window)
-        gp = 0 if gk is None else -(-gk.shape[1] // KEY_TILE) * KEY_TILE
-        if gk is not None:
+        # the kernel reads q, k, v and the global keys in place (no packed copies); it numbers
+        # the keys gp global slots first, then the band positions (see kernels.tvm_source)
+        if gk is None:
+            gp, gk_, gv_ = 0, q.new_zeros(b, 1, h, d), q.new_zeros(b, 1, h, d)
+        else:
             gk, gv = gk.contiguous(), gv.contiguous()
-        length = gp + _fwd_band_len(m, w)
-        okp = _band_ok(key_ok, g_ok, gp, w, length)
+            gp, gk_, gv_ = -(-gk.shape[1] // FWD_KEYS) * FWD_KEYS, gk, gv
+        okp = _band_ok(key_ok, g_ok, gp, w, gp + _fwd_band_len(m, w))
         out = torch.empty(b, m, h, d, dtype=torch.float32)
         lse = torch.empty(b, m, h, dtype=torch.float32)
-        for hs in _head_groups(q):
-            kp = _pack(fns, k, hs, length, w, False, gk, gp)
-            vp = _pack(fns, v, hs, length, w, False, gv, gp)
-            fns["fwd"](q, kp, vp, okp, out, lse, w, int(causal), hs.start, gp)
-            del kp, vp
+        fns["fwd"](q, k, v, gk_, gv_, okp, out, lse, w, int(causal), gp)
         ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, g_ok)
         ctx.fns, ctx.w, ctx.causal = fns, w, bool(causal)
         return out, lse

@@ -5,24 +5,26 @@ kernel is built. Its text is hashed into the build manifest: editing it invalida
 library.
 
 One build per head_dim ``D`` holds five functions (batch, sequence length and heads symbolic;
-window ``w``, ``causal``, the first head ``h0`` and the number ``gp`` of global-key slots
-runtime arguments). Tensors on the *row* side (the queries of the forward kernel, the keys of
-the backward kernel, and every output) are the caller's full ``(B, n, HF, D)`` tensors, read and
-written in place at heads ``h0 .. h0+HG``: no copies. Tensors on the *band* side are packed per
-head group by ``pack_t`` / ``pack_p`` (transposed / natural layout): first ``gp`` slots (a
-multiple of ``KT``) for the global keys, then ``w`` zeros, then the sequence, so that the band of
-query ``i`` is packed positions ``gp + i + u`` for ``u`` in ``[0, nkeys)`` (``nkeys = 2w+1``, or
-``w+1`` when causal); the caller pads the right far enough, to a multiple of ``KT``, that tile
-reads never leave the buffers. The last row tile may overhang ``n``: its reads are clamped to row
-``n-1``, its writes skipped.
+window ``w``, ``causal``, the first head ``h0`` of a head group and the number ``gp`` of
+global-key slots runtime arguments). Row-side tensors (the queries of the forward kernel, the
+keys of the backward kernel, and every output) are the caller's full ``(B, n, HF, D)`` tensors,
+read and written in place: no copies. The forward kernel reads its keys and values in place
+too. The backward kernel reads its query-side operands packed per head group by ``pack_t`` /
+``pack_p`` (transposed / natural layout): ``w`` zeros, then the sequence, then zeros far enough
+(a multiple of ``KT``) that tile reads never leave the buffers. The last row tile may overhang
+``n``: its reads are clamped to row ``n-1``, its writes skipped.
 
 * ``pack_t(x (B,n,HF,D), xt (B,HG,D,NP), h0, left, start, stop)``, ``pack_p(x, xp (B,HG,NP,D),
   ...)``: packed positions ``[start, stop)``, ``x[p - left]`` where that is a row, else 0.
-* ``sliding_window_fwd(q, kp, vp, ok (B,NP), o, lse (B,n,HF), w, causal, h0, gp)``: keys and
-  values both in the natural packed layout; softmax over the global + band keys, online
+* ``sliding_window_fwd(q, k, v, gk, gv (B,G,HF,D), ok (B,NP), o, lse (B,n,HF), w, causal,
+  gp)``: every head; softmax over the ``G`` global keys ``gk, gv`` and the band, online
   (flash-style) across chunks of up to ``CH`` keys with an exact max and sum inside each chunk;
   ``o`` and its log-sum-exp ``lse`` (``-inf`` where the row has no usable key, whose ``o`` is 0),
-  so the caller can differentiate through ``lse``.
+  so the caller can differentiate through ``lse``. Keys are numbered in a *packed* order: ``gp``
+  global slots (``gp >= G``, a multiple of ``KF``), then ``w`` positions before the sequence,
+  the sequence, and positions after it; the band of query ``i`` is packed positions
+  ``gp + i + u`` for ``u`` in ``[0, nkeys)`` (``nkeys = 2w+1``, or ``w+1`` when causal), and
+  ``ok`` says which packed positions are usable keys (0 outside the sequence and past ``G``).
 * ``sliding_window_bwd_dkdv(k, v, okk (B,n), qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w,
   causal, h0)``: FlashAttention-2 style from the keys' side, band keys only: recompute
   ``p = exp(s - lse)`` and ``ds = p * (do.v - delta)`` once per (query, key) pair; key ``j``
@@ -39,14 +41,16 @@ Forward schedule (flash attention with the rows in the vector lanes). One parall
 transposed, into a ``D x QL`` local block (L1-resident). Its keys (the global slots, then the
 ``nkeys + QL - 1`` band positions that any of its rows sees) are taken ``KF`` at a time: a
 ``KF x QL`` score block stays in registers while ``D`` steps each load one ``QL``-vector of the
-block and broadcast one element of each key row (contiguous rows: a key block is ``KF`` adjacent
-256-byte rows, where the old transposed-key layout touched ``D`` rows ``NP`` floats apart, one
-TLB page each). With rows in lanes, the softmax max and sum are plain lane-wise vector ops
-(no horizontal reductions), and only the first and last ``QL - 1`` band positions need the
-per-(row, key) band mask: interior key blocks take a branch without it. ``P @ V`` then runs
-``PR`` rows at a time with ``PR x D`` accumulators in registers, broadcasting ``p`` and loading
-each value row once per ``PR`` rows. Chunks of ``CH`` keys bound the score buffer for any window
-(one rescale of the running output per chunk).
+block and broadcast one element of each key row (rows contiguous in memory; the previous
+layout, keys transposed ``D x NP``, touched ``D`` rows ``NP`` floats apart, one TLB page each,
+per key tile). With rows in lanes, the softmax max and sum are plain lane-wise vector ops (no
+horizontal reductions), and only the first and last ``QL - 1`` band positions need the
+per-(row, key) band mask: interior key blocks take a branch without it. ``P @ V`` keeps the
+output transposed as well (``D x QL``): ``DB x QL`` accumulators in registers, each value row
+read once per chunk and broadcast, ``p`` a lane vector; band keys outside the sequence are
+skipped. Chunks of ``CH`` keys bound the score buffer for any window (one rescale of the
+running output per chunk). Reading keys and values in place (no packed copies) costs the kernel
+~10% but saves the packing pass and its memory.
 
 Backward schedule: one parallel loop over ``(batch, head, segment)``. A tile of ``KR`` keys
 streams the queries in tiles of ``KT`` positions, so each loaded query vector serves all keys of
@@ -74,12 +78,12 @@ SEG_KEYS = 512
 # docstring and benchmarks/RESULTS.md): QL rows per tile = vector lanes (16 lanes: ~15% slower,
 # 48: not a power of two, scalarised), KF keys per register block (KF x QL/16 accumulators:
 # 8 keys -> 16 zmm; 4 keys: ~10% slower, 16: ~15% slower), CH keys per softmax chunk (256-512 on
-# par, 1024 ~10% slower), PR rows per P @ V register block (PR x D/16 accumulators), RG row
-# tiles per parallel task (amortises the task's buffer set-up).
+# par, 1024 ~10% slower), DB output columns per P @ V register block (DB x QL/16 accumulators),
+# RG row tiles per parallel task (amortises the task's buffer set-up).
 FWD_ROWS = 32  # QL
 FWD_KEYS = 8  # KF
 FWD_CHUNK = 512  # CH
-PV_ROWS = 4  # PR
+PV_COLS = 8  # DB
 ROW_GROUP = 4  # RG
 NEG = -3.0e38
 BIG = 3.0e38
@@ -127,11 +131,12 @@ def sliding_window(
     fwd_rows: int = FWD_ROWS,
     fwd_keys: int = FWD_KEYS,
     fwd_chunk: int = FWD_CHUNK,
-    pv_rows: int = PV_ROWS,
     row_group: int = ROW_GROUP,
+    pv_cols: int = PV_COLS,
 ) -> tvm.IRModule:
-    QL, KF, CH, PR, RG = fwd_rows, fwd_keys, fwd_chunk, pv_rows, row_group
+    QL, KF, CH, RG = fwd_rows, fwd_keys, fwd_chunk, row_group
     D = head_dim
+    DB = next(x for x in (pv_cols, 4, 2, 1) if head_dim % x == 0)  # P @ V output columns
     KT = key_tile
     KR = key_rows
     scale = 1.0 / math.sqrt(D)
@@ -198,25 +203,28 @@ def sliding_window(
     @T.prim_func
     def fwd(
         q_h: T.handle,
-        kp_h: T.handle,
+        k_h: T.handle,
         v_h: T.handle,
+        gk_h: T.handle,
+        gv_h: T.handle,
         ok_h: T.handle,
         o_h: T.handle,
         lse_h: T.handle,
         w: T.int32,
         causal: T.int32,
-        h0: T.int32,
         gp: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_fwd", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
         HF = T.int32()
-        HG = T.int32()
+        G = T.int32()
         NP = T.int32()
         q = T.match_buffer(q_h, (B, n, HF, D), "float32")
-        kp = T.match_buffer(kp_h, (B, HG, NP, D), "float32")
-        v = T.match_buffer(v_h, (B, HG, NP, D), "float32")
+        k = T.match_buffer(k_h, (B, n, HF, D), "float32")
+        v = T.match_buffer(v_h, (B, n, HF, D), "float32")
+        gk = T.match_buffer(gk_h, (B, G, HF, D), "float32")
+        gv = T.match_buffer(gv_h, (B, G, HF, D), "float32")
         ok = T.match_buffer(ok_h, (B, NP), "float32")
         o = T.match_buffer(o_h, (B, n, HF, D), "float32")
         lse = T.match_buffer(lse_h, (B, n, HF), "float32")
@@ -226,24 +234,24 @@ def sliding_window(
         nchunks = nchg + (nb + CH - 1) // CH
         nt = (n + QL - 1) // QL
         ngrp = (nt + RG - 1) // RG
-        for r in T.parallel(B * HG * ngrp):
+        for r in T.parallel(B * HF * ngrp):
             qr = T.alloc_buffer((D * QL,), "float32", scope="local")
             sb = T.alloc_buffer((CH * QL,), "float32", scope="local")
             oacc = T.alloc_buffer((QL * D,), "float32", scope="local")
             s = T.alloc_buffer((KF * QL,), "float32", scope="local")
-            accr = T.alloc_buffer((PR * D,), "float32", scope="local")
+            accr = T.alloc_buffer((DB * QL,), "float32", scope="local")
             m = T.alloc_buffer((QL,), "float32", scope="local")
             mv = T.alloc_buffer((QL,), "float32", scope="local")
             al = T.alloc_buffer((QL,), "float32", scope="local")
             lsum = T.alloc_buffer((QL,), "float32", scope="local")
-            b = r // (HG * ngrp)
-            h = r // ngrp % HG
+            b = r // (HF * ngrp)
+            h = r // ngrp % HF
             for g in T.serial(T.min(RG, nt - r % ngrp * RG)):
                 i0 = (r % ngrp * RG + g) * QL
                 # the tile's queries, transposed: lanes = rows
                 for a in T.serial(QL):
                     for d in T.vectorized(D):
-                        qr[d * QL + a] = q[b, T.min(i0 + a, n - 1), h0 + h, d]
+                        qr[d * QL + a] = q[b, T.min(i0 + a, n - 1), h, d]
                 for x in T.vectorized(QL * D):
                     oacc[x] = T.float32(0)
                 for a in T.vectorized(QL):
@@ -251,6 +259,8 @@ def sliding_window(
                     lsum[a] = T.float32(0)
                 for ch in T.serial(nchunks):
                     glob = ch < nchg
+                    # global chunk: slots pbase.. of gk/gv; band chunk: packed positions pbase..
+                    # = sequence rows pbase - gp - w.. (clamped; out-of-range keys have ok = 0)
                     pbase = T.Select(glob, ch * CH, gp + i0 + (ch - nchg) * CH)
                     ubase = (ch - nchg) * CH
                     cnt = T.Select(glob, T.min(CH, gp - ch * CH), T.min(CH, nb - ubase))
@@ -260,13 +270,31 @@ def sliding_window(
                     for kb in T.serial(cnt // KF):
                         for x in T.vectorized(KF * QL):
                             s[x] = T.float32(0)
-                        for d in T.serial(D):
-                            for j in T.unroll(KF):
-                                for a in T.vectorized(QL):
-                                    s[j * QL + a] = (
-                                        s[j * QL + a]
-                                        + qr[d * QL + a] * kp[b, h, pbase + kb * KF + j, d]
-                                    )
+                        if glob:
+                            for d in T.serial(D):
+                                for j in T.unroll(KF):
+                                    for a in T.vectorized(QL):
+                                        s[j * QL + a] = (
+                                            s[j * QL + a]
+                                            + qr[d * QL + a]
+                                            * gk[b, T.min(pbase + kb * KF + j, G - 1), h, d]
+                                        )
+                        else:
+                            for d in T.serial(D):
+                                for j in T.unroll(KF):
+                                    for a in T.vectorized(QL):
+                                        s[j * QL + a] = (
+                                            s[j * QL + a]
+                                            + qr[d * QL + a]
+                                            * k[
+                                                b,
+                                                T.max(
+                                                    T.min(pbase - gp - w + kb * KF + j, n - 1), 0
+                                                ),
+                                                h,
+                                                d,
+                                            ]
+                                        )
                         u0 = ubase + kb * KF
                         if glob or (u0 >= QL - 1 and u0 + KF - 1 < nkeys):
                             for j in T.unroll(KF):
@@ -294,9 +322,9 @@ def sliding_window(
                         al[a] = _exp(m[a] - mv[a])
                         lsum[a] = lsum[a] * al[a]
                         m[a] = mv[a]
-                    for a in T.serial(QL):
-                        for dd in T.vectorized(D):
-                            oacc[a * D + dd] = oacc[a * D + dd] * al[a]
+                    for dd in T.serial(D):
+                        for a in T.vectorized(QL):
+                            oacc[dd * QL + a] = oacc[dd * QL + a] * al[a]
                     # probabilities, in place
                     for y in T.serial(cnt):
                         for a in T.vectorized(QL):
@@ -306,31 +334,55 @@ def sliding_window(
                                 T.float32(0),
                             )
                             lsum[a] = lsum[a] + sb[y * QL + a]
-                    # p @ v, PR rows at a time (their accumulators stay in registers)
-                    for r0 in T.serial(QL // PR):
-                        for a in T.unroll(PR):
-                            for dd in T.vectorized(D):
-                                accr[a * D + dd] = oacc[(r0 * PR + a) * D + dd]
-                        for y in T.serial(cnt):
-                            for a in T.unroll(PR):
-                                for dd in T.vectorized(D):
-                                    accr[a * D + dd] = (
-                                        accr[a * D + dd]
-                                        + sb[y * QL + r0 * PR + a] * v[b, h, pbase + y, dd]
-                                    )
-                        for a in T.unroll(PR):
-                            for dd in T.vectorized(D):
-                                oacc[(r0 * PR + a) * D + dd] = accr[a * D + dd]
+                    # p @ v with the output transposed too (lanes = rows): DB output columns
+                    # x QL rows of accumulators in registers; each value row is read once per
+                    # chunk and broadcast, p is a lane vector. Band keys outside the sequence
+                    # (p = 0) are skipped: no clamped reads.
+                    if glob:
+                        for db in T.serial(D // DB):
+                            for x in T.unroll(DB):
+                                for a in T.vectorized(QL):
+                                    accr[x * QL + a] = oacc[(db * DB + x) * QL + a]
+                            for y in T.serial(cnt):
+                                for x in T.unroll(DB):
+                                    for a in T.vectorized(QL):
+                                        accr[x * QL + a] = (
+                                            accr[x * QL + a]
+                                            + sb[y * QL + a]
+                                            * gv[b, T.min(pbase + y, G - 1), h, db * DB + x]
+                                        )
+                            for x in T.unroll(DB):
+                                for a in T.vectorized(QL):
+                                    oacc[(db * DB + x) * QL + a] = accr[x * QL + a]
+                    else:
+                        rb = pbase - gp - w  # sequence row of the chunk's key 0
+                        y0 = T.max(0, -rb)
+                        y1 = T.min(cnt, n - rb)
+                        for db in T.serial(D // DB):
+                            for x in T.unroll(DB):
+                                for a in T.vectorized(QL):
+                                    accr[x * QL + a] = oacc[(db * DB + x) * QL + a]
+                            for y in T.serial(y1 - y0):
+                                for x in T.unroll(DB):
+                                    for a in T.vectorized(QL):
+                                        accr[x * QL + a] = (
+                                            accr[x * QL + a]
+                                            + sb[(y0 + y) * QL + a]
+                                            * v[b, rb + y0 + y, h, db * DB + x]
+                                        )
+                            for x in T.unroll(DB):
+                                for a in T.vectorized(QL):
+                                    oacc[(db * DB + x) * QL + a] = accr[x * QL + a]
                 for a in T.serial(QL):
                     if i0 + a < n:
                         if lsum[a] > T.float32(0):
-                            for dd in T.vectorized(D):
-                                o[b, i0 + a, h0 + h, dd] = oacc[a * D + dd] / lsum[a]
-                            lse[b, i0 + a, h0 + h] = m[a] + T.log(lsum[a])
+                            for dd in T.serial(D):
+                                o[b, i0 + a, h, dd] = oacc[dd * QL + a] / lsum[a]
+                            lse[b, i0 + a, h] = m[a] + T.log(lsum[a])
                         else:
                             for dd in T.vectorized(D):
-                                o[b, i0 + a, h0 + h, dd] = T.float32(0)
-                            lse[b, i0 + a, h0 + h] = T.float32(-math.inf)
+                                o[b, i0 + a, h, dd] = T.float32(0)
+                            lse[b, i0 + a, h] = T.float32(-math.inf)
 
     @T.prim_func
     def bwd_dkdv(
