@@ -74,15 +74,16 @@ KEY_ROWS = 4  # dk/dv kernel (rows = keys)
 # dk/dv kernel: keys per parallel task; the task also accumulates the dq of every query its keys
 # see into private rows (SEG + 2w of them), summed afterwards by dq_overlap_add
 SEG_KEYS = 512
-# Forward tiling, chosen by timing the kernel alone (same shape and host; see the module
-# docstring and benchmarks/RESULTS.md): QL rows per tile = vector lanes (16 lanes: ~15% slower,
-# 48: not a power of two, scalarised), KF keys per register block (KF x QL/16 accumulators:
-# 8 keys -> 16 zmm; 4 keys: ~10% slower, 16: ~15% slower), CH keys per softmax chunk (256-512 on
-# par, 1024 ~10% slower), DB output columns per P @ V register block (DB x QL/16 accumulators),
-# RG row tiles per parallel task (amortises the task's buffer set-up).
+# Forward tiling, chosen by timing the kernel alone (seq 4096, heads 12, head_dim 64, window 256,
+# one thread on the 2-core AVX-512 host; A/B in one process): QL rows per tile = vector lanes
+# (16: ~15% slower; 64 with 4 keys per block: ~10% slower; 48: not a power of two, scalarised),
+# KF keys per register block (KF x QL/16 accumulators, 8 -> 16 zmm; 4: ~10% slower, 16: ~15%
+# slower), CH keys per softmax chunk (64-256 on par, 512 ~5% and 1024 ~10% slower), DB output
+# columns per P @ V register block (DB x QL/16 accumulators; 4 and 16 slower), RG row tiles per
+# parallel task (amortises the task's buffer set-up; 2-16 on par).
 FWD_ROWS = 32  # QL
 FWD_KEYS = 8  # KF
-FWD_CHUNK = 512  # CH
+FWD_CHUNK = 128  # CH
 PV_COLS = 8  # DB
 ROW_GROUP = 4  # RG
 NEG = -3.0e38
@@ -252,6 +253,20 @@ def sliding_window(
                 for a in T.serial(QL):
                     for d in T.vectorized(D):
                         qr[d * QL + a] = q[b, T.min(i0 + a, n - 1), h, d]
+                # prefetch the next tile's query rows (strided rows: the hardware prefetcher
+                # does not follow them, and the copy above would wait on each miss)
+                for a in T.serial(QL):
+                    for c in T.unroll((D + 15) // 16):
+                        T.evaluate(
+                            T.call_llvm_intrin(
+                                "void",
+                                "llvm.prefetch.p0",
+                                T.address_of(q[b, T.min(i0 + QL + a, n - 1), h, c * 16]),
+                                T.int32(0),
+                                T.int32(3),
+                                T.int32(1),
+                            )
+                        )
                 for x in T.vectorized(QL * D):
                     oacc[x] = T.float32(0)
                 for a in T.vectorized(QL):
@@ -280,19 +295,36 @@ def sliding_window(
                                             * gk[b, T.min(pbase + kb * KF + j, G - 1), h, d]
                                         )
                         else:
-                            for d in T.serial(D):
+                            for d2 in T.serial(D // 2):
+                                for d1 in T.unroll(2):
+                                    for j in T.unroll(KF):
+                                        for a in T.vectorized(QL):
+                                            s[j * QL + a] = (
+                                                s[j * QL + a]
+                                                + qr[(2 * d2 + d1) * QL + a]
+                                                * k[
+                                                    b,
+                                                    T.max(
+                                                        T.min(pbase - gp - w + kb * KF + j, n - 1),
+                                                        0,
+                                                    ),
+                                                    h,
+                                                    2 * d2 + d1,
+                                                ]
+                                            )
+                            for dl in T.serial(D % 2):  # odd head_dim: the last d
                                 for j in T.unroll(KF):
                                     for a in T.vectorized(QL):
                                         s[j * QL + a] = (
                                             s[j * QL + a]
-                                            + qr[d * QL + a]
+                                            + qr[(D - 1 + dl) * QL + a]
                                             * k[
                                                 b,
                                                 T.max(
                                                     T.min(pbase - gp - w + kb * KF + j, n - 1), 0
                                                 ),
                                                 h,
-                                                d,
+                                                D - 1 + dl,
                                             ]
                                         )
                         u0 = ubase + kb * KF
@@ -362,27 +394,41 @@ def sliding_window(
                             for x in T.unroll(DB):
                                 for a in T.vectorized(QL):
                                     accr[x * QL + a] = oacc[(db * DB + x) * QL + a]
-                            for y in T.serial(y1 - y0):
+                            for y in T.serial((y1 - y0) // 2):
+                                for yu in T.unroll(2):
+                                    for x in T.unroll(DB):
+                                        for a in T.vectorized(QL):
+                                            accr[x * QL + a] = (
+                                                accr[x * QL + a]
+                                                + sb[(y0 + 2 * y + yu) * QL + a]
+                                                * v[b, rb + y0 + 2 * y + yu, h, db * DB + x]
+                                            )
+                            for yl in T.serial((y1 - y0) % 2):  # odd count: the last key
                                 for x in T.unroll(DB):
                                     for a in T.vectorized(QL):
                                         accr[x * QL + a] = (
                                             accr[x * QL + a]
-                                            + sb[(y0 + y) * QL + a]
-                                            * v[b, rb + y0 + y, h, db * DB + x]
+                                            + sb[(y1 - 1 - yl) * QL + a]
+                                            * v[b, rb + y1 - 1 - yl, h, db * DB + x]
                                         )
                             for x in T.unroll(DB):
                                 for a in T.vectorized(QL):
                                     oacc[(db * DB + x) * QL + a] = accr[x * QL + a]
-                for a in T.serial(QL):
-                    if i0 + a < n:
-                        if lsum[a] > T.float32(0):
-                            for dd in T.serial(D):
-                                o[b, i0 + a, h, dd] = oacc[dd * QL + a] / lsum[a]
-                            lse[b, i0 + a, h] = m[a] + T.log(lsum[a])
-                        else:
-                            for dd in T.vectorized(D):
-                                o[b, i0 + a, h, dd] = T.float32(0)
-                            lse[b, i0 + a, h] = T.float32(-math.inf)
+                # normalise lane-wise (0 where a row has no usable key), then write the rows
+                for a in T.vectorized(QL):
+                    al[a] = T.Select(lsum[a] > T.float32(0), T.float32(1) / lsum[a], T.float32(0))
+                for dd in T.serial(D):
+                    for a in T.vectorized(QL):
+                        oacc[dd * QL + a] = T.Select(
+                            al[a] > T.float32(0), oacc[dd * QL + a] * al[a], T.float32(0)
+                        )
+                for a in T.serial(T.min(QL, n - i0)):
+                    for dd in T.vectorized(D):
+                        o[b, i0 + a, h, dd] = oacc[dd * QL + a]
+                    if lsum[a] > T.float32(0):
+                        lse[b, i0 + a, h] = m[a] + T.log(lsum[a])
+                    else:
+                        lse[b, i0 + a, h] = T.float32(-math.inf)
 
     @T.prim_func
     def bwd_dkdv(
