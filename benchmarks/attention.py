@@ -35,6 +35,13 @@ How each number is taken:
 
 Threads: torch and TVM use ``--threads`` (default: usable cores). On a shared machine numbers
 are noisy; compare the ratios printed side by side.
+
+OpenMP wait policy: torch's OpenMP threads (libgomp) spin after each parallel region before they
+sleep. ``tvm`` runs its kernels on TVM's own thread pool, so on a 2-core machine the spinning
+threads take cores from the kernel (on a shared machine they also fight the other jobs, which
+slows every implementation). ``--omp-passive`` runs every worker with
+``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once); the default leaves the environment as it
+is, so both settings can be compared in one table each.
 """
 
 from __future__ import annotations
@@ -234,9 +241,13 @@ def useful_gflop(n: int) -> float:
     return 4 * n * (2 * WINDOW + 1) * HEAD_DIM * HEADS / 1e9
 
 
-def run_worker(impl: str, n: int, threads: int, timeout: float) -> dict | str:
+def run_worker(
+    impl: str, n: int, threads: int, timeout: float, omp_passive: bool = False
+) -> dict | str:
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    if omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["TVM_NUM_THREADS"] = str(threads)
     env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, __file__, "--worker", impl, "--n", str(n), "--threads", str(threads)]
@@ -333,6 +344,12 @@ def main() -> None:
         help="measure every (seq, impl) this many times, in reversed order on every other round, "
         "and report the median: on a shared machine the load drifts between implementations",
     )
+    ap.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="run every worker with OMP_WAIT_POLICY=PASSIVE (torch's OpenMP threads sleep instead "
+        "of spinning between parallel regions; see the module docstring)",
+    )
     ap.add_argument("--no-append", action="store_true", help="don't append to RESULTS.md")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
@@ -359,7 +376,7 @@ def main() -> None:
             results[(n, impl)] = f"skipped (n > --dense-max-seq {args.dense_max_seq})"
             continue
         t0 = time.perf_counter()
-        r = run_worker(impl, n, args.threads, args.timeout)
+        r = run_worker(impl, n, args.threads, args.timeout, args.omp_passive)
         samples.setdefault((n, impl), []).append(r)
         elapsed = time.perf_counter() - start
         summary = (
@@ -409,6 +426,11 @@ def main() -> None:
         plot(results, args.seqs, args.impls, HERE / "attention.png")
         print(f"wrote {HERE / 'attention.png'}")
     if not args.no_append:
+        policy = (
+            "`OMP_WAIT_POLICY=PASSIVE` (`--omp-passive`)"
+            if args.omp_passive
+            else f"`{os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default: spin)')}`"
+        )
         cmd = "python benchmarks/attention.py " + " ".join(sys.argv[1:])
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         extra = "\n".join(
@@ -419,6 +441,7 @@ def main() -> None:
                 "no GPU; shared with other jobs (noisy: compare ratios).  ",
                 f"Each figure: median of {args.rounds} round(s), every other round in reverse "
                 "order.  ",
+                f"Workers' OpenMP wait policy: {policy}.  ",
                 f"fp32 matmul in the same run: {mm:.0f} GFLOP/s. Shape: batch 1, heads {HEADS}, "
                 f"head_dim {HEAD_DIM}, window {WINDOW} one-sided, one global token.\n",
                 text,
