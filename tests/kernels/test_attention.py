@@ -372,18 +372,23 @@ def test_tvm_strided_band_is_compiled(monkeypatch, pattern):
 
 @pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
 @pytest.mark.parametrize(
-    "pattern, n",
-    [(SlidingWindow(300), 700), (SlidingWindow(600, causal=True), 900), (SlidingWindow(1), 70)],
+    "pattern, n, d",
+    [
+        (SlidingWindow(300), 700, 8),
+        (SlidingWindow(600, causal=True), 900, 8),
+        (SlidingWindow(1), 70, 8),
+        (SlidingWindow(256), 600, 64),  # the benchmark's window and head_dim
+    ],
     ids=str,
 )
-def test_tvm_forward_multi_chunk_band(pattern, n):
+def test_tvm_forward_multi_chunk_band(pattern, n, d):
     """Bands longer than the forward kernel's softmax chunk (``FWD_CHUNK`` keys, online rescale
     between chunks) and bands shorter than one row tile (every key block is a band edge)."""
     from kernels.tvm_source import FWD_CHUNK, FWD_ROWS
 
     nkeys = 2 * pattern.window + 1 - pattern.causal * pattern.window
     assert nkeys + FWD_ROWS - 1 > FWD_CHUNK or nkeys < FWD_ROWS
-    check("tvm", pattern, 1, n, 2, 8, torch.float32, seed=n)
+    check("tvm", pattern, 1, n, 2, d, torch.float32, seed=n)
 
 
 @pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
