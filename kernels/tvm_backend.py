@@ -408,12 +408,13 @@ def supports(pattern: Pattern) -> bool:
 #: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (seq 1024 to
 #: 16384, heads 12, head_dim 64, window 256, one global token, 2-core AVX-512 CPU):
 #:
-#: * ``inference`` (no gradient needed): ``tvm``'s forward is 1.6-2.8x faster than ``torch``'s
-#:   with about a quarter of its extra memory, so yes.
-#: * ``training``: forward+backward is on par with ``torch`` at 4096 and 16384 (within +-10%,
-#:   either way depending on machine load; 1.6x faster at 1024) at half its extra memory;
-#:   ``torch``'s chunks run in PyTorch's fused flash-attention CPU kernel on MKL GEMMs and are
-#:   the longer-tested path, so no.
+#: * ``inference`` (no gradient needed): ``tvm``'s forward is 2.1-3.8x faster than ``torch``'s
+#:   with about a sixth of its extra memory, so yes.
+#: * ``training``: forward+backward is 0.85-1.3x ``torch``'s speed with libgomp's default spin
+#:   policy and 1.4x with ``OMP_WAIT_POLICY=PASSIVE`` (the backward dominates; its kernels are
+#:   the older, slower part), at about half its extra memory; ``torch``'s chunks run in
+#:   PyTorch's fused flash-attention CPU kernel on MKL GEMMs and are the longer-tested path, so
+#:   no.
 AUTO_ELIGIBLE = {"inference": True, "training": False}
 
 
