@@ -8,11 +8,11 @@ Usage::
     .venv/bin/python benchmarks/conversion.py --no-append --long-steps 20
 
 Steps: the embedded sample corpus -> ingest -> tokenize (packed 512-token rows); a short
-RoBERTa (128 positions) pretrained on pieces of those rows (32-token pieces at random offsets
-first, then whole 128-token pieces; see the comment in `main`); `longdoc convert` to 512
-positions twice (position_init copy | random, window 128 = 64 a side, so the model sees
-beyond its original reach); MLM loss and bits per character on the 512-token validation rows at
-step 0 and after `--long-steps` steps of `pretrain` from each (same seed, same data).
+RoBERTa with 32 positions pretrained on 32-token pieces of those rows (why 32: see the comment
+in `main`); `longdoc convert` to 512 positions twice (position_init copy | random, attention
+window 32 = 16 a side: the paper gives the long model a window of the short model's length);
+MLM loss and bits per character on the 512-token validation rows at step 0 and after
+`--long-steps` steps of `pretrain` from each (same seed, same data).
 """
 
 from __future__ import annotations
@@ -26,20 +26,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHORT = 128  # the short model's positions
-PIECE = 32  # tokens per piece in the first phase of its training
+SHORT = 32  # the short model's positions (its pieces, and the long model's attention window)
 sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--short-steps", type=int, default=3000)
-    ap.add_argument(
-        "--piece-steps",
-        type=int,
-        default=2000,
-        help="first steps of the short model on 32-token pieces at random offsets",
-    )
     ap.add_argument("--long-steps", type=int, default=60)
     ap.add_argument("--docs", type=int, default=60)
     ap.add_argument("--no-append", action="store_true")
@@ -77,13 +70,13 @@ def main() -> None:
     tokenizer = tok.load_tokenizer(shards)
     print(f"data ready ({time.perf_counter() - start:.0f} s), {cpt:.2f} chars/token", flush=True)
 
-    # The short model: 128 positions. At 128 tokens from the start, a model this small sits on
-    # a bag-of-words plateau for thousands of steps (its attention is spread over 128 keys, so
-    # the neighbours that predict a masked token carry 1/128 of the signal) and never learns to
-    # use its positions: measured, shuffling its position embeddings then cost nothing. So the
-    # first `--piece-steps` steps train on 32-token pieces placed at random offsets inside the
-    # 128 positions (every position embedding is trained; local attention appears within ~1000
-    # steps), the rest on whole 128-token pieces. No dropout: the model is tiny.
+    # The short model has SHORT = 32 positions and is trained on 32-token pieces: the paper's
+    # RoBERTa at 1/16 scale (512 positions -> window 512 in the long model, here 32 -> 32).
+    # Measured: a model this small trained on 128-token pieces sits on a bag-of-words plateau
+    # for thousands of steps (attention spread over 128 keys gives the neighbours that predict
+    # a masked token 1/128 of the signal), and shuffling its position embeddings then costs
+    # nothing, so there is nothing for copying to preserve. On 32-token pieces it learns local
+    # attention within ~1000 steps. No dropout: the model is tiny.
     seed_everything(0)
     short_cfg = transformers.RobertaConfig(
         vocab_size=len(tokenizer),
@@ -104,12 +97,10 @@ def main() -> None:
         opt, lambda s: min(1.0, (s + 1) / 200) * max(0.0, 1 - s / args.short_steps)
     )
     gen = torch.Generator().manual_seed(0)
-    first_position = tokenizer.pad_token_id + 1  # RoBERTa's position offset
     step = 0
     while step < args.short_steps:
         for batch in tok.iter_packed(shards, "train", 2, drop_last=True):
-            piece = PIECE if step < args.piece_steps else SHORT
-            ids = torch.from_numpy(batch.astype(np.int64)).reshape(-1, piece)
+            ids = torch.from_numpy(batch.astype(np.int64)).reshape(-1, SHORT)
             x, y = mask_tokens(
                 ids,
                 mask_token_id=tokenizer.mask_token_id,
@@ -118,9 +109,7 @@ def main() -> None:
                 probability=0.15,
                 generator=gen,
             )
-            offset = torch.randint(0, SHORT - piece + 1, (len(ids), 1), generator=gen)
-            positions = first_position + offset + torch.arange(piece)
-            loss = short(input_ids=x, labels=y, position_ids=positions).loss
+            loss = short(input_ids=x, labels=y).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(short.parameters(), 1.0)
             opt.step()
@@ -128,7 +117,7 @@ def main() -> None:
             opt.zero_grad()
             step += 1
             if step % 100 == 0:
-                print(f"short step {step} ({piece}-token pieces): loss {loss.item():.3f}")
+                print(f"short step {step}: loss {loss.item():.3f}", flush=True)
             if step >= args.short_steps:
                 break
     # How much the short model relies on its positions: its validation loss with its learned
@@ -157,7 +146,7 @@ def main() -> None:
                 base=short_dir,
                 out=long_dir,
                 max_positions=512,
-                attention_window=128,
+                attention_window=SHORT,
                 attention_backend="torch",
                 position_init=init,
             )
@@ -195,7 +184,7 @@ def main() -> None:
             f"{bits_per_char(b, cpt):.3f} |"
         )
     lines.append(
-        f"\nShort model (128 positions), validation MLM loss: {loss_own:.3f} with its position "
+        f"\nShort model ({SHORT} positions), validation MLM loss: {loss_own:.3f} with its position "
         f"embeddings, {loss_shuffled:.3f} with them shuffled (position reliance "
         f"{loss_shuffled - loss_own:+.3f} nats)."
     )
@@ -209,10 +198,9 @@ def main() -> None:
             f"\n## Short -> long conversion: copied vs random new positions (issue 4)\n\n"
             f"Command: `{cmd.strip()}`\n"
             f"{datetime.date.today()}, CPU. Sample corpus ({args.docs} docs), byte-level BPE "
-            f"2000, short RoBERTa (hidden 128, 2 layers, 128 positions) trained "
-            f"{args.short_steps} steps x 1024 tokens (the first {args.piece_steps} on 32-token "
-            f"pieces at random offsets, then 128-token pieces); converted to 512 positions, window "
-            f"128; evaluated on 8 x 4 validation rows of 512 tokens, then `pretrain` "
+            f"2000, short RoBERTa (hidden 128, 2 layers, {SHORT} positions) trained "
+            f"{args.short_steps} steps x 32 x {SHORT} tokens; converted to 512 positions, window "
+            f"{SHORT}; evaluated on 8 x 4 validation rows of 512 tokens, then `pretrain` "
             f"{args.long_steps} steps x 4 x 512 tokens (lr 3e-4) from each.\n\n{text}\n"
         )
         with open(HERE / "RESULTS.md", "a") as f:
@@ -221,7 +209,7 @@ def main() -> None:
 
 
 def short_loss(model, tokenizer, shards: Path, max_rows: int = 64) -> float:
-    """Masked-LM loss of the short model on 128-token pieces of the validation rows, with a
+    """Masked-LM loss of the short model on SHORT-token pieces of the validation rows, with a
     fixed masking seed (two calls see the same masks)."""
     import numpy as np
     import torch
