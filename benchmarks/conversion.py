@@ -4,7 +4,7 @@ much lower MLM loss than one whose new positions are randomly initialised.
 
 Usage::
 
-    .venv/bin/python benchmarks/conversion.py              # ~10 min on 2 CPU cores
+    .venv/bin/python benchmarks/conversion.py              # ~4 min on 2 CPU cores
     .venv/bin/python benchmarks/conversion.py --no-append --long-steps 20
 
 Steps: the embedded sample corpus -> ingest -> tokenize (packed 512-token rows); a short
