@@ -241,17 +241,6 @@ def torch_attention(
         sel = slice(None) if len(head_ids) == heads else torch.tensor(head_ids, device=device)
         qh, kh, vh = qt[:, :, sel], kt[:, :, sel], vt[:, :, sel]
         m = -(-n // dil)
-        if isinstance(pattern, SlidingWindow):
-            c = max(1, min(chunk or max(window, MIN_CHUNK), m))
-            nc = -(-m // c)
-            reach = min(-(-window // c), nc - 1)
-            left, right = reach, 0 if causal else reach
-            band = _window_band(window, c, left, right, causal, device)
-        else:
-            c = pattern.block
-            nc = -(-m // c)
-            left = right = min(pattern.neighbors, nc - 1)
-            band = torch.ones(c, (left + 1 + right) * c, dtype=torch.bool, device=device)
         gkh = gvh = gok = None
         if gk is not None:
             gkh, gvh, gok = gk[:, :, sel], gv[:, :, sel], g_ok
@@ -263,6 +252,17 @@ def torch_attention(
             )
             outs.append((head_ids, _unfold(o, dil, n)))
             continue
+        if isinstance(pattern, SlidingWindow):
+            c = max(1, min(chunk or max(window, MIN_CHUNK), m))
+            nc = -(-m // c)
+            reach = min(-(-window // c), nc - 1)
+            left, right = reach, 0 if causal else reach
+            band = _window_band(window, c, left, right, causal, device)
+        else:
+            c = pattern.block
+            nc = -(-m // c)
+            left = right = min(pattern.neighbors, nc - 1)
+            band = torch.ones(c, (left + 1 + right) * c, dtype=torch.bool, device=device)
         o = _banded(
             _fold(qh, dil),
             _fold(kh, dil),
@@ -302,15 +302,17 @@ def _global_rows(qt, kt, vt, out, order, valid, pad, global_mask):
     ix = order.view(bsz, g, 1, 1).expand(bsz, g, heads, dim)
     qg = qt.gather(1, ix)
     allowed = ~pad.view(bsz, 1, 1, n)
-    bias = torch.zeros(allowed.shape, dtype=qt.dtype, device=qt.device)
-    bias = bias.masked_fill_(~allowed, _neg(qt.dtype))
-    og = F.scaled_dot_product_attention(
-        qg.transpose(1, 2), kt.transpose(1, 2), vt.transpose(1, 2), attn_mask=bias
-    ).transpose(1, 2)  # (B, G, H, D)
+    # a few query rows: a plain matmul + softmax (SDPA with a float mask over every key costs
+    # more here than the work itself)
+    scores = (qg.transpose(1, 2) @ kt.permute(0, 2, 3, 1)) * dim**-0.5  # (B, H, G, n)
+    probs = scores.masked_fill(~allowed, _neg(qt.dtype)).softmax(dim=-1)
+    og = (probs @ vt.transpose(1, 2)).transpose(1, 2)  # (B, G, H, D)
     og = og * allowed.any(dim=-1).view(bsz, 1, 1, 1).to(og.dtype)
     # nonzero() lists (b, position) in the same order as the valid slots of ``order``
     bi, pi = global_mask.nonzero(as_tuple=True)
-    return out.index_put((bi, pi), og[valid])
+    if out.requires_grad and torch.is_grad_enabled():
+        return out.index_put((bi, pi), og[valid])  # autograd may have saved ``out``
+    return out.index_put_((bi, pi), og[valid])  # inference: no copy of the whole output
 
 
 # ---- Sparse Transformer patterns (Strided, Fixed) ----------------------------------------------
