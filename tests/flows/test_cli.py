@@ -72,3 +72,27 @@ def test_empty_corpus_is_one_line(tmp_path):
     assert "Traceback" not in res.stdout + res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("longdoc: error:")]
     assert len(errors) == 1 and "no documents ingested" in errors[0]
+
+
+def test_score_runs_openmp_passive_unless_told_otherwise(monkeypatch):
+    """`longdoc score` is inference on the TVM kernels: torch's OpenMP threads must not spin on
+    their cores. Other commands keep libgomp's default, and an explicit setting always wins."""
+    from flows import cli
+
+    # setenv first so that teardown restores whatever the process had (delenv alone of an
+    # unset variable records nothing, and PASSIVE would leak into later tests' subprocesses)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    defaults = {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
+    for key, value in defaults.items():  # what _prepare_environment would set: undone after
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    cli._prepare_environment("pretrain")
+    assert "OMP_WAIT_POLICY" not in os.environ
+    cli._prepare_environment("score")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cli._prepare_environment("score")
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
