@@ -305,9 +305,10 @@ def _global_rows(qt, kt, vt, out, order, valid, pad, global_mask):
     # a few query rows: a plain matmul + softmax (SDPA with a float mask over every key costs
     # more here than the work itself)
     scores = (qg.transpose(1, 2) @ kt.permute(0, 2, 3, 1)) * dim**-0.5  # (B, H, G, n)
-    probs = scores.masked_fill(~allowed, _neg(qt.dtype)).softmax(dim=-1)
+    # (under autocast the matmuls may run in bf16: the bias must fit the scores' dtype)
+    probs = scores.masked_fill(~allowed, _neg(scores.dtype)).softmax(dim=-1)
     og = (probs @ vt.transpose(1, 2)).transpose(1, 2)  # (B, G, H, D)
-    og = og * allowed.any(dim=-1).view(bsz, 1, 1, 1).to(og.dtype)
+    og = (og * allowed.any(dim=-1).view(bsz, 1, 1, 1).to(og.dtype)).to(out.dtype)
     # nonzero() lists (b, position) in the same order as the valid slots of ``order``
     bi, pi = global_mask.nonzero(as_tuple=True)
     if out.requires_grad and torch.is_grad_enabled():
