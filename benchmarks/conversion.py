@@ -38,7 +38,6 @@ def main() -> None:
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
 
-    import numpy as np
     import torch
     import transformers
 
@@ -55,7 +54,7 @@ def main() -> None:
     from components.convert import convert
     from components.ingest import ingest
     from components.model import LongformerForMaskedLM
-    from components.pretrain import evaluate, mask_tokens, pretrain
+    from components.pretrain import evaluate, pretrain
     from components.sample import write_sample
     from components.training import bits_per_char, quiet_loading, seed_everything
 
@@ -100,15 +99,7 @@ def main() -> None:
     step = 0
     while step < args.short_steps:
         for batch in tok.iter_packed(shards, "train", 2, drop_last=True):
-            ids = torch.from_numpy(batch.astype(np.int64)).reshape(-1, SHORT)
-            x, y = mask_tokens(
-                ids,
-                mask_token_id=tokenizer.mask_token_id,
-                vocab_size=len(tokenizer),
-                special_ids=tokenizer.all_special_ids,
-                probability=0.15,
-                generator=gen,
-            )
+            x, y = short_pieces(batch, tokenizer, gen)
             loss = short(input_ids=x, labels=y).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(short.parameters(), 1.0)
@@ -208,14 +199,30 @@ def main() -> None:
         print(f"appended to {HERE / 'RESULTS.md'}")
 
 
-def short_loss(model, tokenizer, shards: Path, max_rows: int = 64) -> float:
-    """Masked-LM loss of the short model on SHORT-token pieces of the validation rows, with a
-    fixed masking seed (two calls see the same masks)."""
+def short_pieces(rows, tokenizer, gen):
+    """Packed rows cut into SHORT-token pieces, BERT-masked: (inputs, labels)."""
     import numpy as np
     import torch
 
-    from components import tokenize as tok
     from components.pretrain import mask_tokens
+
+    ids = torch.from_numpy(rows.astype(np.int64)).reshape(-1, SHORT)
+    return mask_tokens(
+        ids,
+        mask_token_id=tokenizer.mask_token_id,
+        vocab_size=len(tokenizer),
+        special_ids=tokenizer.all_special_ids,
+        probability=0.15,
+        generator=gen,
+    )
+
+
+def short_loss(model, tokenizer, shards: Path, max_rows: int = 64) -> float:
+    """Masked-LM loss of the short model on SHORT-token pieces of the validation rows, with a
+    fixed masking seed (two calls see the same masks)."""
+    import torch
+
+    from components import tokenize as tok
 
     model.eval()
     gen = torch.Generator().manual_seed(1)
@@ -224,15 +231,7 @@ def short_loss(model, tokenizer, shards: Path, max_rows: int = 64) -> float:
         for i, batch in enumerate(tok.iter_packed(shards, "validation", 2)):
             if i * 2 >= max_rows:
                 break
-            ids = torch.from_numpy(batch.astype(np.int64)).reshape(-1, SHORT)
-            x, y = mask_tokens(
-                ids,
-                mask_token_id=tokenizer.mask_token_id,
-                vocab_size=len(tokenizer),
-                special_ids=tokenizer.all_special_ids,
-                probability=0.15,
-                generator=gen,
-            )
+            x, y = short_pieces(batch, tokenizer, gen)
             n = int((y != -100).sum())
             total += float(model(input_ids=x, labels=y).loss) * n
             count += n
