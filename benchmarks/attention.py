@@ -361,6 +361,7 @@ def main() -> None:
         return
 
     start = time.perf_counter()
+    load_at_start = os.getloadavg()[0]  # other jobs on the cores make every figure noisier
     mm = matmul_gflops(args.threads)
     print(f"fp32 matmul (2048^3 torch.mm, {args.threads} threads): {mm:.0f} GFLOP/s", flush=True)
     results: dict = {}
@@ -438,7 +439,8 @@ def main() -> None:
                 f"\n## Attention kernels (issue 3), {when}\n",
                 f"Command: `{cmd.strip()}`  ",
                 f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-                "no GPU; shared with other jobs (noisy: compare ratios).  ",
+                f"no GPU; 1-minute load average at the start {load_at_start:.2f} (above ~0.5 "
+                "other jobs share the cores: compare ratios).  ",
                 f"Each figure: median of {args.rounds} round(s), every other round in reverse "
                 "order.  ",
                 f"Workers' OpenMP wait policy: {policy}.  ",

@@ -212,6 +212,7 @@ class _QuietUserErrors(logging.Filter):
 
 def _prepare_environment(command: str) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if command == "score":
         # Scoring is pure inference, which runs on the compiled TVM kernels (their own thread
         # pool) between torch ops: torch's OpenMP threads, left spinning after each op, would
@@ -219,7 +220,6 @@ def _prepare_environment(command: str) -> None:
         # passive on 2 cores). Read by libgomp when torch loads, so set before that; an
         # explicit setting wins. Training stays on the default (passive costs it ~6%).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     quiet = _QuietUserErrors()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(quiet)
