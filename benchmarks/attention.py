@@ -100,7 +100,7 @@ def worker(impl: str, n: int, threads: int) -> dict[str, float]:
     torch.manual_seed(0)
     if impl in ("tvm", "torch"):
         sys.path.insert(0, str(ROOT))
-        import kernels
+        from longdoc import kernels
 
         if impl == "tvm":
             kernels.configure(cache_dir=os.environ.get("BENCH_KERNEL_CACHE", "data/kernels"))

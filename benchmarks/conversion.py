@@ -41,8 +41,8 @@ def main() -> None:
     import torch
     import transformers
 
-    from components import tokenize as tok
-    from components.config import (
+    from longdoc.components import tokenize as tok
+    from longdoc.components.config import (
         ConvertParams,
         IngestParams,
         ModelParams,
@@ -51,12 +51,12 @@ def main() -> None:
         TokenizeParams,
         TrackingParams,
     )
-    from components.convert import convert
-    from components.ingest import ingest
-    from components.model import LongformerForMaskedLM
-    from components.pretrain import evaluate, pretrain
-    from components.sample import write_sample
-    from components.training import bits_per_char, quiet_loading, seed_everything
+    from longdoc.components.convert import convert
+    from longdoc.components.ingest import ingest
+    from longdoc.components.model import LongformerForMaskedLM
+    from longdoc.components.pretrain import evaluate, pretrain
+    from longdoc.components.sample import write_sample
+    from longdoc.components.training import bits_per_char, quiet_loading, seed_everything
 
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="conversion."))
@@ -204,7 +204,7 @@ def short_pieces(rows, tokenizer, gen):
     import numpy as np
     import torch
 
-    from components.pretrain import mask_tokens
+    from longdoc.components.pretrain import mask_tokens
 
     ids = torch.from_numpy(rows.astype(np.int64)).reshape(-1, SHORT)
     return mask_tokens(
@@ -222,7 +222,7 @@ def short_loss(model, tokenizer, shards: Path, max_rows: int = 64) -> float:
     fixed masking seed (two calls see the same masks)."""
     import torch
 
-    from components import tokenize as tok
+    from longdoc.components import tokenize as tok
 
     model.eval()
     gen = torch.Generator().manual_seed(1)

@@ -64,9 +64,9 @@ def make_texts(rng: np.random.Generator, n_docs: int, lo: int, hi: int) -> list[
 def make_checkpoint(path: Path, texts: list[str], max_tokens: int) -> None:
     import torch
 
-    from components.config import ModelParams
-    from components.model import LongformerForSequenceClassification, make_config
-    from components.tokenize import train_tokenizer
+    from longdoc.components.config import ModelParams
+    from longdoc.components.model import LongformerForSequenceClassification, make_config
+    from longdoc.components.tokenize import train_tokenizer
 
     tokenizer = train_tokenizer(iter(texts), vocab_size=4000, min_frequency=2)
     config = make_config(
@@ -108,10 +108,10 @@ def memory_worker(archive: Path, ckpt: Path, out: Path) -> dict:
     """Run the whole stage on `archive` in this (fresh) process; return its peak RSS."""
     import mlflow
 
-    from components import tracking
-    from components.config import ScoreParams, TrackingParams
-    from components.score import score
-    from components.serving import log_longdoc_model
+    from longdoc.components import tracking
+    from longdoc.components.config import ScoreParams, TrackingParams
+    from longdoc.components.score import score
+    from longdoc.components.serving import log_longdoc_model
 
     store = TrackingParams(uri=f"sqlite:///{out.parent / (out.name + '.db')}", experiment="mem")
     os.environ["MLFLOW_TRACKING_URI"] = store.uri
@@ -136,9 +136,9 @@ def memory_table(base_docs: int, factors: list[int]) -> str:
     import json
     import subprocess
 
-    from components.config import ModelParams
-    from components.model import LongformerForSequenceClassification, make_config
-    from components.tokenize import train_tokenizer
+    from longdoc.components.config import ModelParams
+    from longdoc.components.model import LongformerForSequenceClassification, make_config
+    from longdoc.components.tokenize import train_tokenizer
 
     rng = np.random.default_rng(1)
     lines = [
@@ -240,11 +240,11 @@ def main() -> None:
     from transformers import AutoTokenizer, pipeline
     from transformers import LongformerForSequenceClassification as HFLongformer
 
-    from components import tracking
-    from components.config import ScoreParams, TrackingParams
-    from components.score import score
-    from components.serving import InferenceEngine, log_longdoc_model
-    from components.training import quiet_loading
+    from longdoc.components import tracking
+    from longdoc.components.config import ScoreParams, TrackingParams
+    from longdoc.components.score import score
+    from longdoc.components.serving import InferenceEngine, log_longdoc_model
+    from longdoc.components.training import quiet_loading
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import transformers
 
-from components import tokenize as tok
-from components.config import ConvertParams
-from components.convert import convert, tile_positions
-from components.io import InputError
-from components.model import LongformerForMaskedLM, LongformerModel
+from longdoc.components import tokenize as tok
+from longdoc.components.config import ConvertParams
+from longdoc.components.convert import convert, tile_positions
+from longdoc.components.io import InputError
+from longdoc.components.model import LongformerForMaskedLM, LongformerModel
 
 TEXTS = ["the long model reads whole documents, not the first five hundred tokens"] * 20
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from components import tracking
-from components.config import FinetuneParams, FinetuneTask, TrackingParams
-from components.finetune import _register, finetune, prediction_paths, train_task
-from components.finetune_tasks import adapter_for
-from components.tasks import (
+from longdoc.components import tracking
+from longdoc.components.config import FinetuneParams, FinetuneTask, TrackingParams
+from longdoc.components.finetune import _register, finetune, prediction_paths, train_task
+from longdoc.components.finetune_tasks import adapter_for
+from longdoc.components.tasks import (
     ChoiceExample,
     ClassificationExample,
     Document,

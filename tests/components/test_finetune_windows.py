@@ -4,14 +4,14 @@ examples built here with a tiny randomly initialised model."""
 import pytest
 import torch
 
-from components.finetune_tasks import (
+from longdoc.components.finetune_tasks import (
     ClassificationAdapter,
     HotpotQAAdapter,
     TriviaQAAdapter,
     WikiHopAdapter,
     _span_text,
 )
-from components.tasks import (
+from longdoc.components.tasks import (
     ChoiceExample,
     ClassificationExample,
     Document,
@@ -19,7 +19,7 @@ from components.tasks import (
     SpanExample,
     task_module,
 )
-from components.windows import (
+from longdoc.components.windows import (
     best_span,
     char_span_to_tokens,
     find_occurrences,

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import ingest as ingest_mod
-from components.config import IngestParams
-from components.ingest import (
+from longdoc.components import ingest as ingest_mod
+from longdoc.components.config import IngestParams
+from longdoc.components.ingest import (
     CORPUS_SCHEMA,
     STATE_FILE,
     corpus_shards,
@@ -23,8 +23,14 @@ from components.ingest import (
     normalize,
     read_corpus,
 )
-from components.io import InputError, sha256_file
-from components.readers import Document, Rejected, decode_bytes, html_to_text, iter_documents
+from longdoc.components.io import InputError, sha256_file
+from longdoc.components.readers import (
+    Document,
+    Rejected,
+    decode_bytes,
+    html_to_text,
+    iter_documents,
+)
 
 MB = 1 << 20
 
@@ -777,7 +783,7 @@ def test_fast_sentencizer_matches_spacy_component() -> None:
     (run by `nlp(text)`) must give the same boundaries."""
     import random
 
-    from components.ingest import SentenceSplitter, refine_spans
+    from longdoc.components.ingest import SentenceSplitter, refine_spans
 
     sp = SentenceSplitter()
     rng = random.Random(0)

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from components.config import IngestParams
-from components.ingest import ingest, read_corpus
-from components.readers import Document, Rejected, decode_bytes, html_to_text, iter_documents
+from longdoc.components.config import IngestParams
+from longdoc.components.ingest import ingest, read_corpus
+from longdoc.components.readers import (
+    Document,
+    Rejected,
+    decode_bytes,
+    html_to_text,
+    iter_documents,
+)
 
 
 def test_invisible_content_removed() -> None:

@@ -19,13 +19,13 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from components import tracking
-from components.config import ScoreParams, TrackingParams
-from components.model import (
+from longdoc.components import tracking
+from longdoc.components.config import ScoreParams, TrackingParams
+from longdoc.components.model import (
     LongformerForQuestionAnswering,
     LongformerForSequenceClassification,
 )
-from components.serving import (
+from longdoc.components.serving import (
     CLASSIFICATION,
     InferenceEngine,
     log_longdoc_model,
@@ -113,7 +113,7 @@ def test_score_archive_with_bad_members(tmp_path, champion):
         batch_tokens=64,
         max_len=64,
     )
-    from components.score import score
+    from longdoc.components.score import score
 
     manifest = score(params, champion)
     rows = pq.read_table(tmp_path / "pred/predictions.parquet").to_pylist()
@@ -212,8 +212,8 @@ def test_score_qa_model_with_question_field(tmp_path, monkeypatch):
         {"text": "a dreadful tedious plot"},
     ]
     src.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    from components.io import InputError
-    from components.score import score
+    from longdoc.components.io import InputError
+    from longdoc.components.score import score
 
     params = ScoreParams(
         inputs=[src], model_uri="models:/longdoc-qa@champion", out=tmp_path / "qa", max_len=64
@@ -232,8 +232,8 @@ def test_score_qa_model_with_question_field(tmp_path, monkeypatch):
 
 
 def test_score_missing_source(tmp_path, champion):
-    from components.io import InputError
-    from components.score import score
+    from longdoc.components.io import InputError
+    from longdoc.components.score import score
 
     params = ScoreParams(source=tmp_path / "nope.tar.gz", out=tmp_path / "pred")
     with pytest.raises(InputError, match="score input not found"):
@@ -247,8 +247,8 @@ _DRIVER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from components import score as score_mod
-    from components.config import ScoreParams, TrackingParams
+    from longdoc.components import score as score_mod
+    from longdoc.components.config import ScoreParams, TrackingParams
 
     src, out, uri, marker, pause_at = sys.argv[1:6]
     real = score_mod._stream
@@ -301,7 +301,7 @@ def test_resume_after_kill_scores_each_document_once(tmp_path, champion):
     assert state["consumed"] == 9 and state["parts"] == ["part-00000.parquet", "part-00001.parquet"]
     assert not (out / "manifest.json").exists()
 
-    from components.score import score
+    from longdoc.components.score import score
 
     params = ScoreParams(
         inputs=[src],
@@ -320,7 +320,7 @@ def test_resume_after_kill_scores_each_document_once(tmp_path, champion):
 
 
 def test_champion_moves_only_to_a_better_model(tmp_path, champion):
-    from components.finetune import _register
+    from longdoc.components.finetune import _register
 
     ckpt = tmp_path / "ckpt-longdoc-test-0"
     results = []
@@ -348,7 +348,7 @@ def test_a_document_the_model_chokes_on_becomes_one_error(tmp_path, champion, mo
     src.mkdir()
     for i, text in enumerate([TEXTS[0], "poison pill", TEXTS[1], TEXTS[2]]):
         (src / f"{i}.txt").write_text(text)
-    from components.score import score
+    from longdoc.components.score import score
 
     params = ScoreParams(
         inputs=[src], model_uri="models:/longdoc-test@champion", out=tmp_path / "p", max_len=32

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components.serving import (
+from longdoc.components.serving import (
     Encoded,
     InferenceEngine,
     _best_span,

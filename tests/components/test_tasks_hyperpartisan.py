@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.io import InputError
-from components.tasks import hyperpartisan as hp
+from longdoc.components.io import InputError
+from longdoc.components.tasks import hyperpartisan as hp
 
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 

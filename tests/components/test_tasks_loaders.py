@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from components.evaluate import evaluate_file
-from components.io import InputError
-from components.tasks import TASKS, Document, hotpotqa, imdb, task_module, triviaqa, wikihop
+from longdoc.components.evaluate import evaluate_file
+from longdoc.components.io import InputError
+from longdoc.components.tasks import TASKS, Document, hotpotqa, imdb, task_module, triviaqa, wikihop
 
 
 def _write(path: Path, text: str | bytes) -> Path:

@@ -3,8 +3,8 @@ not produced by running the official scripts)."""
 
 import pytest
 
-from components.io import InputError
-from components.tasks import (
+from longdoc.components.io import InputError
+from longdoc.components.tasks import (
     ChoiceExample,
     ClassificationExample,
     HotpotExample,
@@ -15,7 +15,7 @@ from components.tasks import (
     triviaqa,
     wikihop,
 )
-from components.tasks.official import binary_metrics
+from longdoc.components.tasks.official import binary_metrics
 
 approx = pytest.approx
 

@@ -6,8 +6,8 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.tasks import hotpotqa, triviaqa
-from components.tasks.official import binary_metrics
+from longdoc.components.tasks import hotpotqa, triviaqa
+from longdoc.components.tasks.official import binary_metrics
 
 # answer-like text: words, articles, punctuation, underscores, curly quotes, odd spacing
 _pieces = st.sampled_from(

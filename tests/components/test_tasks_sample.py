@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from components.config import SampleParams
-from components.evaluate import evaluate_file
-from components.sample import write_sample
-from components.tasks import TASKS, task_module, triviaqa
+from longdoc.components.config import SampleParams
+from longdoc.components.evaluate import evaluate_file
+from longdoc.components.sample import write_sample
+from longdoc.components.tasks import TASKS, task_module, triviaqa
 
 TRAIN, DEV = 6, 3
 ROOTS = {

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from components.config import ModelParams
-from components.model import LongformerForMaskedLM, make_config
-from components.tokenize import train_tokenizer
+from longdoc.components.config import ModelParams
+from longdoc.components.model import LongformerForMaskedLM, make_config
+from longdoc.components.tokenize import train_tokenizer
 
 
 def tiny_checkpoint(

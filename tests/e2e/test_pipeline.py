@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components.config import FinetuneParams
+from longdoc.components.config import FinetuneParams
 from tests.e2e.conftest import run
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_pipeline_end_to_end_then_skips(tmp_path, tiny_params):
     params["finetune"]["tasks"] = one_epoch_tasks()
     tiny_params.write_text(yaml.safe_dump(params))
     res = run(
-        [sys.executable, "-m", "flows.cli", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
+        [sys.executable, "-m", "longdoc", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
     )
     out = res.stdout
     assert "longdoc pipeline finished" in out
@@ -61,7 +61,7 @@ def test_pipeline_end_to_end_then_skips(tmp_path, tiny_params):
         assert abs(sum(p["probabilities"]) - 1) < 1e-4
 
     again = run(
-        [sys.executable, "-m", "flows.cli", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
+        [sys.executable, "-m", "longdoc", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
     )
     for stage in ("sample", "ingest", "tokenize", "build_kernels", "pretrain", "finetune", "score"):
         assert f"{stage} skipped" in again.stdout, again.stdout

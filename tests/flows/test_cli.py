@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import COMMANDS, build_parser
+from longdoc.flows.cli import COMMANDS, build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ def run_cli(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "longdoc", *args],
         cwd=cwd,
         env={**env, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -77,7 +77,7 @@ def test_empty_corpus_is_one_line(tmp_path):
 def test_score_runs_openmp_passive_unless_told_otherwise(monkeypatch):
     """`longdoc score` is inference on the TVM kernels: torch's OpenMP threads must not spin on
     their cores. Other commands keep libgomp's default, and an explicit setting always wins."""
-    from flows import cli
+    from longdoc.flows import cli
 
     # setenv first so that teardown restores whatever the process had (delenv alone of an
     # unset variable records nothing, and PASSIVE would leak into later tests' subprocesses)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser
+from longdoc.flows.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "evaluate", *args],
+        [sys.executable, "-m", "longdoc", "evaluate", *args],
         cwd=cwd,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(cwd)},
         capture_output=True,

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from kernels import BlockLocal, Dense, Fixed, SlidingWindow, Strided
+from longdoc.kernels import BlockLocal, Dense, Fixed, SlidingWindow, Strided
 
 
 def allowed_pair(pattern, i: int, j: int, head: int) -> bool:

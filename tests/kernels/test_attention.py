@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import BlockLocal, Dense, Fixed, SlidingWindow, Strided, attention
+from longdoc import kernels
+from longdoc.kernels import BlockLocal, Dense, Fixed, SlidingWindow, Strided, attention
 from tests.kernels.reference import brute_mask, reference_attention, rel_err, vector_mask
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
@@ -45,7 +45,7 @@ BACKENDS = ["dense", "torch"] + (["tvm"] if HAVE_TVM else [])
 def tvm_cache(tmp_path_factory):
     """Compile the TVM variants these tests use once, into a private cache directory (compiles
     take well under a second each here), so neither ``tvm`` nor ``auto`` touches data/kernels."""
-    from kernels import config
+    from longdoc.kernels import config
 
     previous = config.cache_dir()
     root = tmp_path_factory.mktemp("kernels-cache")
@@ -223,10 +223,10 @@ def test_auto_selection():
 def test_available_backends_and_lazy_tvm_import():
     assert {"dense", "torch"} <= set(kernels.available_backends())
     code = (
-        "import sys, torch, kernels; kernels.available_backends();"
+        "import sys, torch; from longdoc import kernels; kernels.available_backends();"
         "q = torch.randn(1, 5, 2, 4);"
         "kernels.attention(q, q, q, kernels.SlidingWindow(2));"
-        "assert 'tvm' not in sys.modules, 'import kernels pulled in tvm'"
+        "assert 'tvm' not in sys.modules, 'importing longdoc.kernels pulled in tvm'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -288,7 +288,7 @@ def test_property_matches_reference(pattern, n, b, d, seed, p_global, p_pad):
 
 @pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
 def test_auto_picks_tvm_only_when_eligible_and_cached(monkeypatch):
-    from kernels import tvm_backend
+    from longdoc.kernels import tvm_backend
 
     monkeypatch.setattr(tvm_backend, "AUTO_ELIGIBLE", {"inference": True, "training": True})
     q = torch.randn(1, 8, 4, 32)
@@ -313,7 +313,7 @@ def test_auto_picks_tvm_only_when_eligible_and_cached(monkeypatch):
 def test_tvm_backward_is_compiled(monkeypatch, pattern, d):
     """The tvm backend's gradients come from its compiled backward kernels, not from a torch
     recompute of the band: with the torch band path disabled they still match the reference."""
-    from kernels import torch_backend
+    from longdoc.kernels import torch_backend
 
     def no_torch_band(*args, **kwargs):
         raise AssertionError("tvm backend fell back to the torch band computation")
@@ -325,7 +325,7 @@ def test_tvm_backward_is_compiled(monkeypatch, pattern, d):
 @pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
 def test_tvm_head_groups_match_reference(monkeypatch):
     """Long inputs run the kernels over groups of heads (bounded copies); force tiny groups."""
-    from kernels import tvm_backend
+    from longdoc.kernels import tvm_backend
 
     monkeypatch.setattr(tvm_backend, "CHUNK_BYTES", 1)  # one head per group
     assert len(tvm_backend._head_groups(torch.empty(1, 5, 3, 8))) == 3
@@ -361,7 +361,7 @@ def test_torch_sparse_patterns_bfloat16(pattern):
 @pytest.mark.parametrize("pattern", [Strided(6), Strided(5, causal=False)], ids=str)
 def test_tvm_strided_band_is_compiled(monkeypatch, pattern):
     """``tvm`` runs Strided's band in its kernels (only the long-range part is torch)."""
-    from kernels import torch_backend
+    from longdoc.kernels import torch_backend
 
     def no_torch_band(*args, **kwargs):
         raise AssertionError("tvm backend fell back to the torch band computation")
@@ -384,7 +384,7 @@ def test_tvm_strided_band_is_compiled(monkeypatch, pattern):
 def test_tvm_forward_multi_chunk_band(pattern, n, d):
     """Bands longer than the forward kernel's softmax chunk (``FWD_CHUNK`` keys, online rescale
     between chunks) and bands shorter than one row tile (every key block is a band edge)."""
-    from kernels.tvm_source import FWD_CHUNK, FWD_ROWS
+    from longdoc.kernels.tvm_source import FWD_CHUNK, FWD_ROWS
 
     nkeys = 2 * pattern.window + 1 - pattern.causal * pattern.window
     assert nkeys + FWD_ROWS - 1 > FWD_CHUNK or nkeys < FWD_ROWS
@@ -395,7 +395,7 @@ def test_tvm_forward_multi_chunk_band(pattern, n, d):
 def test_tvm_forward_many_global_keys():
     """More global keys than one softmax chunk holds: the forward kernel takes them in several
     chunks before the band (some of them padding, some inside the band too)."""
-    from kernels.tvm_source import FWD_CHUNK
+    from longdoc.kernels.tvm_source import FWD_CHUNK
 
     b, n, h, d = 1, 1300, 2, 8
     gen = torch.Generator().manual_seed(21)

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels import SlidingWindow, attention
+from longdoc import kernels
+from longdoc.kernels import SlidingWindow, attention
 from tests.kernels.reference import reference_attention, rel_err
 
 pytestmark = pytest.mark.skipif(
@@ -26,7 +26,7 @@ HEAD_DIM = 8
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """One compile for the module; tests that damage the cache work on copies of it."""
-    from kernels import tvm_backend
+    from longdoc.kernels import tvm_backend
 
     root = tmp_path_factory.mktemp("kcache")
     summary = kernels.build_kernels(root, head_dims=(HEAD_DIM,))
@@ -66,7 +66,7 @@ def test_second_build_and_runtime_load_from_cache(built, monkeypatch):
     summary = kernels.build_kernels(root, head_dims=(HEAD_DIM,), dtypes=("float32", "bfloat16"))
     assert {v["status"] for v in summary["variants"].values()} == {"cached"}
     monkeypatch.setattr(tvm_backend, "_loaded", {})
-    from kernels import config
+    from longdoc.kernels import config
 
     previous = config.cache_dir()
     kernels.configure(cache_dir=root)
@@ -96,7 +96,7 @@ def test_damaged_entry_is_rebuilt(built, tmp_path, damage, caplog):
         manifest = json.loads(manifest_path.read_text())
         manifest["source_hash"] = "0" * 64
         manifest_path.write_text(json.dumps(manifest))
-    with caplog.at_level(logging.INFO, logger="kernels.tvm_backend"):
+    with caplog.at_level(logging.INFO, logger="longdoc.kernels.tvm_backend"):
         summary = kernels.build_kernels(cache, head_dims=(HEAD_DIM,))
     assert [v["status"] for v in summary["variants"].values()] == ["compiled"]
     assert any("compiling TVM kernel" in r.getMessage() for r in caplog.records)
@@ -119,7 +119,7 @@ def test_unsupported_build_requests_are_clear(tmp_path):
 def test_tvm_num_threads_defaults_to_usable_cores(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
     code = (
-        "import os, sys, kernels;"
+        "import os, sys; from longdoc import kernels;"
         "assert 'tvm' not in sys.modules;"
         f"kernels.build_kernels({str(tmp_path)!r}, head_dims=(4,));"
         "assert 'tvm' in sys.modules;"

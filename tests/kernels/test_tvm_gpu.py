@@ -15,8 +15,8 @@ import shutil
 import pytest
 import torch
 
-import kernels
-from kernels import SlidingWindow
+from longdoc import kernels
+from longdoc.kernels import SlidingWindow
 from tests.kernels.reference import reference_attention, rel_err
 
 pytestmark = pytest.mark.skipif(
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tvm_backend():
-    from kernels import tvm_backend
+    from longdoc.kernels import tvm_backend
 
     return tvm_backend
 

@@ -1,0 +1,385 @@
+"""Fine-tuning the long model on one of the five tasks, next to a truncated baseline.
+
+The baseline is the same model, data and recipe with inputs truncated to `baseline_max_len`
+tokens: the comparison shows what the long context buys. The long model reads inputs longer than
+`max_len` as overlapping windows (components.windows) unless `windows` is off. Both runs write
+their dev predictions in the task's official format beside the metrics file, and the long model
+is registered as `longdoc-<task>`; it becomes `champion` only when its dev metric (the task's
+PRIMARY_METRIC) beats the current champion's.
+
+Task-specific encoding, heads, losses and window aggregation live in components.finetune_tasks;
+this module is the recipe: load, encode once, train, predict, score, track, register.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from longdoc.components import tracking
+from longdoc.components.config import FinetuneParams, TrackingParams, params_dict
+from longdoc.components.finetune_tasks import (
+    EncodeError,
+    TaskAdapter,
+    adapter_for,
+    n_tokens,
+    steps_for,
+)
+from longdoc.components.io import InputError, atomic_write_json, require_path, write_manifest
+from longdoc.components.serving import log_longdoc_model
+from longdoc.components.tasks import LoadResult, task_module
+from longdoc.components.training import (
+    Throughput,
+    adamw,
+    plot_curve,
+    publish_dir,
+    seed_everything,
+    staging_dir,
+    warmup_linear_decay,
+)
+
+log = logging.getLogger(__name__)
+
+IMDB_LABELS = ("neg", "pos")
+_IMDB_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    text: str
+    label: int
+
+
+def load_imdb(root: Path, split: str) -> list[Example]:
+    """All-or-nothing IMDB reading (raises on the first bad file), kept for callers that want
+    that; fine-tuning uses components.tasks.imdb, which skips and reports bad files.
+
+    The aclImdb layout: `<split>/{pos,neg}/<id>_<rating>.txt`, `<br />` as line breaks."""
+    split_dir = require_path(Path(root) / split, f"IMDB {split} split")
+    examples = []
+    for label, name in enumerate(IMDB_LABELS):
+        for path in sorted((split_dir / name).glob("*.txt")):
+            m = _IMDB_NAME.match(path.name)
+            if not m:
+                raise InputError(f"{path}: expected an IMDB file name <id>_<rating>.txt")
+            rating = int(m.group(2))
+            if (rating >= 7) != (label == 1) or not 1 <= rating <= 10:
+                raise InputError(f"{path}: rating {rating} contradicts the '{name}' folder")
+            text = path.read_text(encoding="utf-8").replace("<br />", "\n")
+            examples.append(Example(f"{split}/{name}/{m.group(1)}", text, label))
+    if not examples:
+        raise InputError(f"{split_dir}: no reviews found under pos/ or neg/")
+    return examples
+
+
+def _report_skipped(task: str, split: str, result: LoadResult, limit: int = 20) -> None:
+    for s in result.skipped[:limit]:
+        log.warning("%s %s: skipped %s record %d: %s", task, split, s.file, s.index, s.reason)
+    if len(result.skipped) > limit:
+        log.warning("%s %s: ... and %d more skipped", task, split, len(result.skipped) - limit)
+
+
+def _encode_all(
+    adapter: TaskAdapter,
+    examples: list,
+    max_len: int,
+    overlap: int,
+    max_windows: int | None,
+    train: bool,
+    skipped: list[dict],
+) -> list:
+    encoded = []
+    for ex in examples:
+        try:
+            encoded.append(adapter.encode(ex, max_len, overlap, max_windows, train))
+        except EncodeError as exc:
+            skipped.append({"id": ex.id, "reason": str(exc)})
+            log.warning("example %s not encoded: %s", ex.id, exc)
+    return encoded
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_task(
+    params: FinetuneParams,
+    adapter: TaskAdapter,
+    train: list,
+    dev: list,
+    max_len: int,
+    windows: bool,
+    out: Path | None,
+    run_name: str,
+    predictions_path: Path | None = None,
+) -> dict:
+    """One fine-tuning run inside its own (nested) MLflow run: encode, train, predict on dev,
+    score with the task's official metric. Returns the metrics and run facts."""
+    gen = seed_everything(params.seed)
+    model = adapter.build_model(params.base)
+    if max_len > model.config.max_position_embeddings - 2:
+        raise InputError(
+            f"finetune.max_len={max_len} exceeds the model's "
+            f"{model.config.max_position_embeddings - 2} positions"
+        )
+    device = _device()
+    model.to(device)
+    max_windows = None if windows else 1
+    overlap = params.window_overlap
+    skipped: list[dict] = []
+    train_enc = _encode_all(adapter, train, max_len, overlap, max_windows, True, skipped)
+    dev_enc = _encode_all(adapter, dev, max_len, overlap, max_windows, False, skipped)
+    if not train_enc:
+        raise InputError(f"finetune {params.task}: no training example could be encoded")
+    epochs = params.task_epochs
+    steps = steps_for(len(train_enc), params.batch_size, epochs)
+    optimizer = adamw(model, params.lr, 0.01)
+    scheduler = warmup_linear_decay(optimizer, int(params.warmup_ratio * steps), steps)
+    curve: list[tuple[int, float]] = []
+    epoch_losses: list[float] = []
+    with mlflow.start_run(run_name=run_name, nested=True) as run:
+        mlflow.log_params(
+            {
+                "max_len": max_len,
+                "windows": windows,
+                "n_train": len(train_enc),
+                "n_dev": len(dev_enc),
+                "train_windows": sum(len(e.windows) for e in train_enc),
+                "epochs_run": epochs,
+            }
+        )
+        mlflow.log_params(
+            {
+                k: v
+                for k, v in params_dict(params).items()
+                if k not in ("max_len", "windows", "tasks")  # the run's own values are above
+            }
+        )
+        speed = Throughput()
+        started = time.perf_counter()
+        step = 0
+        bar = tqdm(
+            total=steps, desc=f"finetune {params.task} {run_name}", unit="step", mininterval=2
+        )
+        for _epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(train_enc), generator=gen).tolist()
+            total, counted = 0.0, 0
+            for start in range(0, len(order), params.batch_size):
+                batch = [train_enc[i] for i in order[start : start + params.batch_size]]
+                batch_loss, used, tokens = 0.0, 0, 0
+                for enc in batch:
+                    loss = adapter.loss(model, enc)
+                    if loss is None:  # nothing to learn from (e.g. answer not in the evidence)
+                        continue
+                    (loss / len(batch)).backward()
+                    batch_loss += loss.item()
+                    used += 1
+                    tokens += n_tokens(enc)
+                if used:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if not used:
+                    continue
+                mean = batch_loss / used
+                total, counted = total + batch_loss, counted + used
+                tps = speed.add(tokens)
+                curve.append((step, mean))
+                mlflow.log_metrics({"loss": mean, "tokens_per_s": tps}, step=step)
+                bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            epoch_losses.append(total / max(1, counted))
+            mlflow.log_metric("epoch_loss", epoch_losses[-1], step=len(epoch_losses))
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        model.eval()
+        with torch.no_grad():
+            predictions = {enc.id: adapter.predict(model, enc) for enc in dev_enc}
+        prediction_file = adapter.prediction_file(predictions)
+        dev_metrics = adapter.task.evaluate(dev, prediction_file)
+        metrics = {
+            **{k: float(v) for k, v in dev_metrics.items() if isinstance(v, int | float)},
+            "first_epoch_loss": epoch_losses[0],
+            "final_epoch_loss": epoch_losses[-1],
+            "train_seconds": train_seconds,
+        }
+        mlflow.log_metrics(metrics)
+        if predictions_path is not None:
+            adapter.task.write_predictions(predictions_path, prediction_file)
+            mlflow.log_artifact(str(predictions_path), "predictions")
+        if curve:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = plot_curve({run_name: curve}, Path(tmp) / "loss_curve.png", "loss")
+                mlflow.log_artifact(str(png), "plots")
+        result = {
+            "run_id": run.info.run_id,
+            "max_len": max_len,
+            "windows": windows,
+            "epochs": epochs,
+            "train_windows": sum(len(e.windows) for e in train_enc),
+            "epoch_losses": epoch_losses,
+            "tokens_per_s": speed.add(0),
+            "not_encoded": skipped,
+            "predictions": None if predictions_path is None else str(predictions_path),
+            **metrics,
+        }
+        if out is not None:
+            staging = staging_dir(out)
+            model.save_pretrained(staging)
+            adapter.tokenizer.save_pretrained(staging)
+            publish_dir(staging, out)
+    return result
+
+
+def prediction_paths(metrics: Path) -> tuple[Path, Path]:
+    """Where the long model's and the baseline's dev predictions go: beside the metrics file."""
+    metrics = Path(metrics)
+    return (
+        metrics.with_name(f"{metrics.stem}.predictions.json"),
+        metrics.with_name(f"{metrics.stem}.baseline_predictions.json"),
+    )
+
+
+def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
+    """Fine-tune the long model and the truncated baseline on `params.task`; register the long
+    one. Malformed records are reported (file, index, reason) and skipped."""
+    task = params.task
+    module = task_module(task)
+    require_path(params.base, "base checkpoint")
+    train_res = module.load(params.data, "train")
+    dev_res = module.load(params.data, "dev")
+    for split, res in (("train", train_res), ("dev", dev_res)):
+        _report_skipped(task, split, res)
+    train = train_res.examples[: params.max_train_samples]
+    dev = dev_res.examples[: params.max_eval_samples]
+    if not train or not dev:
+        raise InputError(
+            f"{params.data}: {task} has {len(train)} train and {len(dev)} dev examples; "
+            "need at least one of each"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(params.base)
+    adapter = adapter_for(task, module, tokenizer)
+    out = Path(params.out)
+    long_preds, base_preds = prediction_paths(params.metrics)
+    primary = module.PRIMARY_METRIC
+
+    tracking.setup(tracking_params)
+    name = tracking.registered_name(task)
+    with mlflow.start_run(run_name=f"finetune-{task}") as parent:
+        mlflow.set_tag("stage", "finetune")
+        mlflow.set_tag("task", task)
+        long_run = train_task(
+            params, adapter, train, dev, params.max_len, params.windows, out, "long", long_preds
+        )
+        base_run = None
+        if params.baseline_max_len is not None:
+            base_max = params.baseline_max_len
+            base_run = train_task(
+                params, adapter, train, dev, base_max, False, None, "baseline", base_preds
+            )
+            mlflow.log_metric(f"baseline_{primary}", base_run[primary])
+        registered = None
+        if params.register_model:
+            # classifiers and TriviaQA's extractive QA model are what `longdoc score` serves
+            servable = adapter.kind in ("classification", "span")
+            registered = _register(name, out, long_run[primary], primary, servable)
+        else:
+            mlflow.log_metric(primary, long_run[primary])
+        summary = {
+            "task": task,
+            "primary_metric": primary,
+            "run_id": parent.info.run_id,
+            "long": long_run,
+            "baseline": base_run,
+            "registered": registered,
+            "checkpoint": str(out),
+            "skipped": {
+                "train": len(train_res.skipped),
+                "dev": len(dev_res.skipped),
+                "records": [vars(s) for s in (train_res.skipped + dev_res.skipped)[:100]],
+            },
+        }
+    atomic_write_json(
+        params.metrics,
+        {
+            "task": task,
+            "primary_metric": primary,
+            "long": long_run,
+            "baseline": base_run,
+        },
+    )
+    write_manifest(
+        out,
+        stage="finetune",
+        inputs={"data": str(params.data), "base": str(params.base)},
+        params=params_dict(params),
+        results=summary,
+    )
+    return summary
+
+
+def _register(
+    name: str,
+    checkpoint: Path,
+    value: float,
+    metric: str = "accuracy",
+    servable: bool = True,
+) -> dict:
+    """Log + register the model from the active (parent) run; promote it to champion only when
+    its `metric` beats the current champion's.
+
+    Servable checkpoints (classification, extractive QA) are logged as the pyfunc model `score`
+    serves (components.serving); the HotpotQA and WikiHop models, whose heads no pyfunc wrapper
+    serves yet, are registered as their HF checkpoint directory (load it with the classes in
+    components.heads).
+    """
+    previous = tracking.champion_metric(name, metric)
+    mlflow.log_metric(metric, value)
+    if servable:
+        version = str(log_longdoc_model(checkpoint, name).registered_model_version)
+    else:
+        # MLflow 3's register_model wants a logged model; a version whose source is the run's
+        # checkpoint artifacts is what `mlflow.artifacts.download_artifacts` then fetches.
+        mlflow.log_artifacts(str(checkpoint), "checkpoint")
+        run = mlflow.active_run()
+        client = MlflowClient()
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        source = f"{run.info.artifact_uri}/checkpoint"
+        version = str(client.create_model_version(name, source, run_id=run.info.run_id).version)
+    promoted = previous is None or value > previous
+    if promoted:
+        MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, version)
+    log.info(
+        "registered %s version %s (%s %.3f; champion before: %s)%s",
+        name,
+        version,
+        metric,
+        value,
+        "none" if previous is None else f"{previous:.3f}",
+        " -> champion" if promoted else "",
+    )
+    return {
+        "name": name,
+        "version": version,
+        "metric": metric,
+        "value": value,
+        "champion": promoted,
+        "previous": previous,
+    }

@@ -1,0 +1,558 @@
+"""Per-task encoding, loss, window aggregation and prediction for fine-tuning.
+
+One `TaskAdapter` per kind of task turns a loader's example (components.tasks) into model windows
+once, before training, and knows how to score them:
+
+- classification (IMDB, Hyperpartisan): `<s> text </s>`, global attention on `<s>`; windows'
+  logits are averaged.
+- WikiHop: `<s> query </s> cand_1 </s> ... cand_n </s> supports </s>`, global attention on the
+  query and every candidate token; a candidate's score is read from its pooled prefix tokens in
+  each window and the scores are averaged across windows (every window repeats the prefix).
+- TriviaQA: `<s> question </s></s> evidence </s>` per window of each evidence document, global
+  attention on the question; trained on every occurrence of every answer alias with one softmax
+  shared by all windows of all documents of the question; the answer is the best-scoring span
+  over all of them.
+- HotpotQA: `<s> question </s></s> title. sentences ... </s>`, global attention on the question;
+  answer span as TriviaQA, answer type (span/yes/no) from `<s>` averaged over windows, and a
+  supporting-fact score per sentence (averaged over the windows holding it).
+
+Windows (components.windows) apply when an input is longer than `max_len`; with `max_windows=1`
+the same code truncates, which is how the 512-token baseline is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from longdoc.components.heads import ANSWER_TYPES, LongdocForHotpotQA, LongdocForWikiHop
+from longdoc.components.model import (
+    LongformerForQuestionAnswering,
+    LongformerForSequenceClassification,
+)
+from longdoc.components.training import quiet_loading
+from longdoc.components.windows import (
+    best_span,
+    char_span_to_tokens,
+    find_occurrences,
+    marginal_span_loss,
+    window_starts,
+    word_boundaries,
+)
+
+#: Longest question prefix kept (tokens); WikiHop candidates are cut to MAX_CANDIDATE_TOKENS each.
+MAX_QUESTION_TOKENS = 64
+MAX_CANDIDATE_TOKENS = 16
+#: Longest answer span considered at prediction time, in tokens.
+MAX_ANSWER_TOKENS = 16
+#: Supporting-fact sentences predicted when none scores above 0.5 (every HotpotQA question has
+#: at least two).
+MIN_SUPPORTING = 2
+
+
+class EncodeError(ValueError):
+    """An example that cannot be encoded at this max_len (reported and skipped, never fatal)."""
+
+
+@dataclass
+class Window:
+    ids: list[int]
+    global_positions: list[int]
+    context: tuple[int, int] = (0, 0)  # [first, end) positions of context tokens in `ids`
+    # per context token: (segment, char start, char end) in the example's segment texts
+    offsets: list[tuple[int, int, int]] = field(default_factory=list)
+    word_start: list[bool] = field(default_factory=list)  # per context token: may start a span
+    word_end: list[bool] = field(default_factory=list)  # per context token: may end a span
+    gold_starts: list[int] = field(default_factory=list)
+    gold_ends: list[int] = field(default_factory=list)
+    items: dict[int, list[int]] = field(default_factory=dict)  # item -> positions in `ids`
+
+
+@dataclass
+class Encoded:
+    id: str
+    windows: list[Window]
+    n_items: int = 0  # candidates (WikiHop) or sentences (HotpotQA)
+    label: int | None = None  # class, candidate or answer type
+    segments: list[str] = field(default_factory=list)  # texts that spans are cut from
+    item_keys: list[Any] = field(default_factory=list)  # candidate strings / (title, sent_id)
+    item_labels: list[float] = field(default_factory=list)  # supporting-fact targets
+
+    @property
+    def has_span_target(self) -> bool:
+        return any(w.gold_starts for w in self.windows)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _batch(enc: Encoded, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Tensors for the windows of one example, padded to the longest window."""
+    width = max(len(w.ids) for w in enc.windows)
+    n = len(enc.windows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    glob = torch.zeros((n, width), dtype=torch.long)
+    for i, w in enumerate(enc.windows):
+        ids[i, : len(w.ids)] = torch.tensor(w.ids)
+        mask[i, : len(w.ids)] = 1
+        glob[i, w.global_positions] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "global": glob}
+
+
+def _item_weights(enc: Encoded, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, N, L) mean-pooling weights of each item's tokens per window, and the (W, N) mask of
+    which items a window holds."""
+    n = len(enc.windows)
+    weights = torch.zeros((n, max(1, enc.n_items), width))
+    present = torch.zeros((n, max(1, enc.n_items)))
+    for w_i, w in enumerate(enc.windows):
+        for item, positions in w.items.items():
+            if positions:
+                weights[w_i, item, positions] = 1.0 / len(positions)
+                present[w_i, item] = 1.0
+    return weights, present
+
+
+def _span_masks(enc: Encoded, width: int) -> tuple[torch.Tensor, ...]:
+    """(may start, may end, gold start, gold end) masks, each (windows, width): context tokens
+    at word boundaries may start/end a span."""
+    n = len(enc.windows)
+    allowed = torch.zeros((n, width), dtype=torch.bool)
+    allowed_end = torch.zeros((n, width), dtype=torch.bool)
+    starts = torch.zeros((n, width), dtype=torch.bool)
+    ends = torch.zeros((n, width), dtype=torch.bool)
+    for i, w in enumerate(enc.windows):
+        a, b = w.context
+        allowed[i, a:b] = torch.tensor(w.word_start, dtype=torch.bool) if w.word_start else True
+        allowed_end[i, a:b] = torch.tensor(w.word_end, dtype=torch.bool) if w.word_end else True
+        starts[i, w.gold_starts] = True
+        ends[i, w.gold_ends] = True
+    return allowed, allowed_end, starts, ends
+
+
+def _span_text(enc: Encoded, window: Window, start: int, end: int) -> str:
+    seg, cs, _ = window.offsets[start - window.context[0]]
+    seg_end, _, ce = window.offsets[end - window.context[0]]
+    if seg_end != seg:  # a span never crosses documents; keep the start's document
+        ce = len(enc.segments[seg])
+    return enc.segments[seg][cs:ce].strip()
+
+
+def _context_windows(
+    prefix: list[int],
+    global_positions: list[int],
+    tokens: list[int],
+    offsets: list[tuple[int, int]],
+    segment: int,
+    sep_id: int,
+    max_len: int,
+    overlap: int,
+    max_windows: int | None,
+    answer_spans: list[tuple[int, int]] = (),
+    items: list[tuple[int, int, int]] = (),
+    text: str | None = None,
+) -> list[Window]:
+    """`prefix + tokens[s:s+width] + </s>` for each window start s, with gold span positions
+    (`answer_spans`, token index pairs) and item positions (`items`: (item, first, last)) that
+    fall inside the window, shifted to window positions."""
+    width = max_len - len(prefix) - 1
+    if width < 16:
+        raise EncodeError(
+            f"the question prefix takes {len(prefix)} of {max_len} tokens; no room for context"
+        )
+    starts_word, ends_word = word_boundaries(text, offsets) if text is not None else ([], [])
+    out = []
+    for s in window_starts(len(tokens), width, min(overlap, width // 2), max_windows):
+        e = min(len(tokens), s + width)
+        shift = len(prefix) - s
+        w = Window(
+            ids=prefix + tokens[s:e] + [sep_id],
+            global_positions=list(global_positions),
+            context=(len(prefix), len(prefix) + e - s),
+            offsets=[(segment, a, b) for a, b in offsets[s:e]],
+            word_start=starts_word[s:e],
+            word_end=ends_word[s:e],
+        )
+        for a, b in answer_spans:
+            if s <= a and b < e:
+                w.gold_starts.append(a + shift)
+                w.gold_ends.append(b + shift)
+        for item, a, b in items:
+            lo, hi = max(a, s), min(b, e - 1)
+            if lo <= hi:  # an item may have several ranges (a sentence and its title)
+                w.items.setdefault(item, []).extend(range(lo + shift, hi + shift + 1))
+        out.append(w)
+    return out
+
+
+class TaskAdapter:
+    """What fine-tuning needs to know about one kind of task."""
+
+    kind: str = ""
+
+    def __init__(self, task_module, tokenizer) -> None:
+        self.task = task_module
+        self.tokenizer = tokenizer
+        self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.pad = tokenizer.pad_token_id
+
+    def build_model(self, base):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def encode(
+        self, example, max_len: int, overlap: int, max_windows: int | None, train: bool
+    ) -> Encoded:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def loss(self, model, enc: Encoded) -> torch.Tensor | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict(self, model, enc: Encoded) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def prediction_file(self, predictions: dict[str, Any]) -> dict:
+        return dict(predictions)
+
+    def _device(self, model) -> torch.device:
+        return next(model.parameters()).device
+
+
+class ClassificationAdapter(TaskAdapter):
+    """IMDB and Hyperpartisan: `{id: label}` with the task's label names."""
+
+    kind = "classification"
+
+    def build_model(self, base):
+        labels = tuple(self.task.LABELS)
+        with quiet_loading():  # the MLM head is dropped and the classifier is new: expected
+            return LongformerForSequenceClassification.from_pretrained(
+                base,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={n: i for i, n in enumerate(labels)},
+            )
+
+    def encode(self, example, max_len, overlap, max_windows, train):
+        tokens = _ids(self.tokenizer, example.text)
+        width = max_len - 2
+        windows = [
+            Window(ids=[self.cls] + tokens[s : s + width] + [self.sep], global_positions=[0])
+            for s in window_starts(len(tokens), width, min(overlap, width // 2), max_windows)
+        ]
+        return Encoded(example.id, windows, label=example.label)
+
+    def logits(self, model, enc: Encoded) -> torch.Tensor:
+        b = _batch(enc, self.pad, self._device(model))
+        out = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            global_attention_mask=b["global"].to(b["input_ids"].device),
+        )
+        return out.logits.float().mean(0)  # windows vote with equal weight
+
+    def loss(self, model, enc):
+        if enc.label is None:
+            return None
+        target = torch.tensor(enc.label, device=self._device(model))
+        return F.cross_entropy(self.logits(model, enc)[None], target[None])
+
+    def predict(self, model, enc):
+        return self.task.LABELS[int(self.logits(model, enc).argmax())]
+
+
+class WikiHopAdapter(TaskAdapter):
+    """WikiHop: `{id: candidate}`; candidate scores averaged over windows."""
+
+    kind = "choice"
+
+    def build_model(self, base):
+        with quiet_loading():
+            return LongdocForWikiHop.from_pretrained(base)
+
+    def encode(self, example, max_len, overlap, max_windows, train):
+        # WikiHop's query and candidates are lower-cased; lower-casing the supports too makes a
+        # candidate and its mentions the same tokens.
+        query = example.query.replace("_", " ").lower()
+        prefix = [self.cls] + _ids(self.tokenizer, query)[:MAX_QUESTION_TOKENS] + [self.sep]
+        spans = []
+        for i, cand in enumerate(example.candidates):
+            toks = _ids(self.tokenizer, " " + cand.lower())[:MAX_CANDIDATE_TOKENS] or [self.sep]
+            spans.append((i, len(prefix), len(prefix) + len(toks) - 1))
+            prefix += toks + [self.sep]
+        context: list[int] = []
+        for doc in example.supports:
+            context += _ids(self.tokenizer, " " + doc.lower()) + [self.sep]
+        windows = _context_windows(
+            prefix,
+            list(range(len(prefix))),  # query and every candidate token are global
+            context,
+            [(0, 0)] * len(context),
+            0,
+            self.sep,
+            max_len,
+            overlap,
+            max_windows,
+        )
+        for w in windows:  # the candidates sit in the prefix: same positions in every window
+            w.items = {i: list(range(a, b + 1)) for i, a, b in spans}
+        return Encoded(
+            example.id,
+            windows,
+            n_items=len(example.candidates),
+            label=example.answer,
+            item_keys=list(example.candidates),
+        )
+
+    def scores(self, model, enc: Encoded) -> torch.Tensor:
+        b = _batch(enc, self.pad, self._device(model))
+        weights, _ = _item_weights(enc, b["input_ids"].shape[1])
+        dev = b["input_ids"].device
+        out = model(
+            b["input_ids"], b["attention_mask"], b["global"].to(dev), weights.to(dev)
+        ).float()
+        return out.mean(0)[: enc.n_items]
+
+    def loss(self, model, enc):
+        if enc.label is None:
+            return None
+        target = torch.tensor([enc.label], device=self._device(model))
+        return F.cross_entropy(self.scores(model, enc)[None], target)
+
+    def predict(self, model, enc):
+        return enc.item_keys[int(self.scores(model, enc).argmax())]
+
+
+class TriviaQAAdapter(TaskAdapter):
+    """TriviaQA: `{QuestionId: answer}`; best span over every window of every document."""
+
+    kind = "span"
+
+    def build_model(self, base):
+        with quiet_loading():
+            return LongformerForQuestionAnswering.from_pretrained(base, num_labels=2)
+
+    def encode(self, example, max_len, overlap, max_windows, train):
+        q = _ids(self.tokenizer, example.question)[:MAX_QUESTION_TOKENS]
+        prefix = [self.cls] + q + [self.sep, self.sep]
+        windows: list[Window] = []
+        segments = []
+        for d, doc in enumerate(example.documents):
+            segments.append(doc.text)
+            tokens, offsets = _with_offsets(self.tokenizer, doc.text)
+            spans = []
+            if train:
+                for cs, ce in find_occurrences(doc.text, example.answers):
+                    t = char_span_to_tokens(offsets, cs, ce)
+                    if t is not None:
+                        spans.append(t)
+            windows += _context_windows(
+                prefix,
+                list(range(len(q) + 1)),  # <s> and the question
+                tokens,
+                offsets,
+                d,
+                self.sep,
+                max_len,
+                overlap,
+                max_windows,
+                answer_spans=spans,
+                text=doc.text,
+            )
+        if not windows:
+            raise EncodeError("no evidence documents")
+        return Encoded(example.id, windows, segments=segments)
+
+    def outputs(self, model, enc: Encoded):
+        b = _batch(enc, self.pad, self._device(model))
+        out = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            global_attention_mask=b["global"].to(b["input_ids"].device),
+        )
+        return out.start_logits.float(), out.end_logits.float(), b["input_ids"].shape[1]
+
+    def loss(self, model, enc):
+        if not enc.has_span_target:  # answer absent from the evidence: nothing to learn from
+            return None
+        start, end, width = self.outputs(model, enc)
+        allowed, allowed_end, gs, ge = (m.to(start.device) for m in _span_masks(enc, width))
+        return marginal_span_loss(start, end, allowed, gs, ge, allowed_end)
+
+    def predict(self, model, enc):
+        start, end, width = self.outputs(model, enc)
+        return _best_text(enc, start.cpu(), end.cpu(), width)
+
+
+def _best_text(enc: Encoded, start, end, width: int) -> str:
+    allowed, allowed_end, _, _ = _span_masks(enc, width)
+    best = (float("-inf"), 0, 0, 0)
+    for i in range(len(enc.windows)):
+        score, s, e = best_span(
+            start[i], end[i], allowed[i], MAX_ANSWER_TOKENS, allowed_end=allowed_end[i]
+        )
+        if score > best[0]:
+            best = (score, i, s, e)
+    if best[0] == float("-inf"):
+        return ""
+    _, i, s, e = best
+    return _span_text(enc, enc.windows[i], s, e)
+
+
+class HotpotQAAdapter(TaskAdapter):
+    """HotpotQA: `{"answer": {_id: answer}, "sp": {_id: [[title, sent_id], ...]}}`."""
+
+    kind = "hotpot"
+
+    def build_model(self, base):
+        with quiet_loading():
+            return LongdocForHotpotQA.from_pretrained(base)
+
+    def encode(self, example, max_len, overlap, max_windows, train):
+        q = _ids(self.tokenizer, example.question)[:MAX_QUESTION_TOKENS]
+        prefix = [self.cls] + q + [self.sep, self.sep]
+        parts, sent_chars, keys, pos = [], [], [], 0
+        title_chars = []  # per sentence: its paragraph title's characters
+        for title, sentences in example.context:
+            head = f"{title}. "
+            parts.append(head)
+            span = (pos, pos + len(title))
+            pos += len(head)
+            for j, sent in enumerate(sentences):
+                parts.append(sent)
+                sent_chars.append((pos, pos + len(sent)))
+                title_chars.append(span)
+                keys.append((title, j))
+                pos += len(sent)
+            parts.append("\n")
+            pos += 1
+        text = "".join(parts)
+        tokens, offsets = _with_offsets(self.tokenizer, text)
+        items = []
+        # a sentence is pooled with its paragraph's title: whether the title is what the
+        # question asks about is most of what makes a sentence supporting
+        for k, (cs, ce) in enumerate(sent_chars):
+            for a, b in ((cs, ce), title_chars[k]):
+                t = char_span_to_tokens(offsets, a, b)
+                if t is not None:
+                    items.append((k, *t))
+        answer = (example.answer or "").strip()
+        label = None
+        spans = []
+        if example.answer is not None:
+            label = ANSWER_TYPES.index(answer.lower()) if answer.lower() in ("yes", "no") else 0
+            if label == 0:
+                for cs, ce in find_occurrences(text, [answer]):
+                    t = char_span_to_tokens(offsets, cs, ce)
+                    if t is not None:
+                        spans.append(t)
+        gold = {(t, i) for t, i in example.supporting_facts}
+        windows = _context_windows(
+            prefix,
+            list(range(len(q) + 1)),
+            tokens,
+            offsets,
+            0,
+            self.sep,
+            max_len,
+            overlap,
+            max_windows,
+            answer_spans=spans,
+            items=items,
+            text=text,
+        )
+        return Encoded(
+            example.id,
+            windows,
+            n_items=len(keys),
+            label=label,
+            segments=[text],
+            item_keys=keys,
+            item_labels=[float(k in gold) for k in keys],
+        )
+
+    def outputs(self, model, enc: Encoded):
+        b = _batch(enc, self.pad, self._device(model))
+        dev = b["input_ids"].device
+        weights, present = _item_weights(enc, b["input_ids"].shape[1])
+        out = model(b["input_ids"], b["attention_mask"], b["global"].to(dev), weights.to(dev))
+        present = present.to(dev)
+        seen = present.sum(0)
+        sent = (out.sentence_logits.float() * present).sum(0) / seen.clamp(min=1)
+        return out, sent[: enc.n_items], seen[: enc.n_items] > 0
+
+    def loss(self, model, enc):
+        if enc.label is None:
+            return None
+        out, sent, seen = self.outputs(model, enc)
+        dev = sent.device
+        loss = F.cross_entropy(
+            out.type_logits.float().mean(0)[None], torch.tensor([enc.label], device=dev)
+        )
+        if enc.n_items and bool(seen.any()):
+            target = torch.tensor(enc.item_labels, device=dev)
+            loss = loss + F.binary_cross_entropy_with_logits(sent[seen], target[seen])
+        if enc.label == 0 and enc.has_span_target:
+            width = out.start_logits.shape[1]
+            allowed, allowed_end, gs, ge = (m.to(dev) for m in _span_masks(enc, width))
+            loss = loss + marginal_span_loss(
+                out.start_logits.float(), out.end_logits.float(), allowed, gs, ge, allowed_end
+            )
+        return loss
+
+    def predict(self, model, enc):
+        out, sent, seen = self.outputs(model, enc)
+        kind = ANSWER_TYPES[int(out.type_logits.float().mean(0).argmax())]
+        if kind == "span":
+            width = out.start_logits.shape[1]
+            start, end = out.start_logits.float().cpu(), out.end_logits.float().cpu()
+            answer = _best_text(enc, start, end, width)
+        else:
+            answer = kind
+        probs = torch.sigmoid(sent).masked_fill(~seen, -1.0).cpu()
+        chosen = [k for k in range(enc.n_items) if probs[k] > 0.5]
+        if len(chosen) < MIN_SUPPORTING:
+            top = probs.topk(min(MIN_SUPPORTING, enc.n_items)).indices.tolist()
+            chosen = sorted(set(chosen) | {k for k in top if probs[k] >= 0})
+        sp = [[enc.item_keys[k][0], enc.item_keys[k][1]] for k in chosen]
+        return {"answer": answer, "sp": sp}
+
+    def prediction_file(self, predictions):
+        return {
+            "answer": {k: v["answer"] for k, v in predictions.items()},
+            "sp": {k: v["sp"] for k, v in predictions.items()},
+        }
+
+
+ADAPTERS: dict[str, type[TaskAdapter]] = {
+    "imdb": ClassificationAdapter,
+    "hyperpartisan": ClassificationAdapter,
+    "wikihop": WikiHopAdapter,
+    "triviaqa": TriviaQAAdapter,
+    "hotpotqa": HotpotQAAdapter,
+}
+
+
+def adapter_for(task: str, task_module, tokenizer) -> TaskAdapter:
+    try:
+        return ADAPTERS[task](task_module, tokenizer)
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(ADAPTERS)}") from None
+
+
+def n_tokens(enc: Encoded) -> int:
+    return sum(len(w.ids) for w in enc.windows)
+
+
+def steps_for(n_examples: int, batch_size: int, epochs: int) -> int:
+    return epochs * math.ceil(n_examples / batch_size)

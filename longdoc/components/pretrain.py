@@ -1,0 +1,639 @@
+"""Continued masked-language-model pretraining of the long model on the tokenize stage's shards.
+
+Data: the packed training rows are read through a memory map (never loaded whole), as one
+endless cyclic stream of rows. The position in that stream is a single number, `rows`, which is
+what a checkpoint records; under DDP, rank r of W takes micro-batches r, r + W, ... of the
+stream, so ranks read disjoint rows and a 2-process run sees exactly the rows that a 1-process
+run with twice the batch sees.
+
+Masking is dynamic (RoBERTa) but a pure function of (seed, row number in the stream): a row is
+masked differently every epoch, yet identically whatever the world size or whether the run was
+resumed, so there is no masking generator to checkpoint and runs compare exactly.
+
+The loss is summed over the masked tokens of all micro-batches of a step on all ranks and
+divided by their global count, so gradient accumulation and DDP compute the same step as one
+big batch (up to float summation order).
+
+Resuming: every `checkpoint_every` steps rank 0 writes `<out>.ckpt/step-N/` (written under a
+temporary name, then renamed: a directory with the final name is complete) holding the weights
+(safetensors), optimizer, scheduler, every rank's RNG states (a `torch.load(weights_only=True)`
+file) and `state.json` (step, stream position, MLflow run id, a fingerprint of the parameters).
+A rerun with the same parameters resumes from the newest one and reproduces the losses an
+uninterrupted run would have logged; a finished run deletes `<out>.ckpt/`.
+
+Every step's loss is appended to `<out>.ckpt/log.jsonl`, which ends up in the published
+checkpoint as `train_log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+from pyarrow import ipc
+from tqdm import tqdm
+
+from longdoc.components import tokenize as tok
+from longdoc.components import tracking
+from longdoc.components.config import ModelParams, PretrainParams, TrackingParams, params_dict
+from longdoc.components.io import (
+    InputError,
+    atomic_path,
+    atomic_write_json,
+    require_path,
+    write_manifest,
+)
+from longdoc.components.model import LongformerForMaskedLM, make_config
+from longdoc.components.training import (
+    Throughput,
+    adamw,
+    bits_per_char,
+    plot_curve,
+    publish_dir,
+    seed_everything,
+    staging_dir,
+    warmup_linear_decay,
+)
+
+log = logging.getLogger(__name__)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: list[int],
+    probability: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: pick `probability` of the non-special tokens; of those 80% become <mask>,
+    10% a random token, 10% stay. Labels are -100 everywhere else."""
+    labels = input_ids.clone()
+    special = torch.isin(input_ids, torch.tensor(special_ids))
+    probs = torch.full(input_ids.shape, probability).masked_fill(special, 0.0)
+    picked = torch.bernoulli(probs, generator=generator).bool()
+    labels[~picked] = -100
+    inputs = input_ids.clone()
+    to_mask = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool() & picked
+    inputs[to_mask] = mask_token_id
+    to_random = (
+        torch.bernoulli(torch.full(input_ids.shape, 0.5), generator=generator).bool()
+        & picked
+        & ~to_mask
+    )
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    inputs[to_random] = random_ids[to_random]
+    return inputs, labels
+
+
+def mask_rows(
+    ids: torch.Tensor, first_row: int, *, seed: int, tokenizer, vocab_size: int, probability: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mask_tokens` row by row, each row's generator seeded by (seed, its stream position)."""
+    inputs, labels = [], []
+    for i in range(len(ids)):
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + first_row + i) % 2**63)
+        x, y = mask_tokens(
+            ids[i : i + 1],
+            mask_token_id=tokenizer.mask_token_id,
+            vocab_size=vocab_size,
+            special_ids=tokenizer.all_special_ids,
+            probability=probability,
+            generator=gen,
+        )
+        inputs.append(x)
+        labels.append(y)
+    return torch.cat(inputs), torch.cat(labels)
+
+
+class PackedRows:
+    """The packed rows of one split as an endless cyclic stream with random access, read
+    through a memory map: only the record batch being read is touched."""
+
+    def __init__(self, shards: Path, split: str = "train"):
+        path = require_path(Path(shards) / "packed" / f"{split}.arrow", "packed shard")
+        self._reader = ipc.open_file(pa.memory_map(str(path), "r"))
+        self.seq_len = self._reader.schema.field("input_ids").type.list_size
+        sizes = [self._reader.get_batch(b).num_rows for b in range(self._reader.num_record_batches)]
+        self._starts = np.cumsum([0, *sizes])
+        self.n_rows = int(self._starts[-1])
+        if self.n_rows == 0:
+            raise InputError(f"{path}: no packed {split} sequences (corpus too small?)")
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _batch(self, b: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != b:
+            arr = self._reader.get_batch(b).column("input_ids")
+            rows = arr.values.to_numpy(zero_copy_only=False).reshape(-1, self.seq_len)
+            self._cached = (b, rows)
+        return self._cached[1]
+
+    def rows(self, start: int, count: int) -> torch.Tensor:
+        """Rows start .. start+count-1 of the stream (wrapping around at the end)."""
+        out = np.empty((count, self.seq_len), dtype=np.int64)
+        for i in range(count):
+            j = (start + i) % self.n_rows
+            b = int(np.searchsorted(self._starts, j, side="right")) - 1
+            out[i] = self._batch(b)[j - self._starts[b]]
+        return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, shards: Path, batch_size: int, max_batches: int, seed: int):
+    """Masked-LM loss on held-out sequences with a fixed masking seed, so evaluations compare."""
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed + 1)
+    total, count = 0.0, 0
+    for i, batch in enumerate(tok.iter_packed(shards, "validation", batch_size)):
+        if i >= max_batches:
+            break
+        inputs, labels = _masked(torch.from_numpy(batch.astype(np.int64)), tokenizer, model, gen)
+        n = int((labels != -100).sum())
+        if n == 0:
+            continue
+        inputs, labels = inputs.to(device), labels.to(device)
+        out = model(input_ids=inputs, labels=labels, labelled_logits_only=True)
+        total += float(out.loss) * n
+        count += n
+    model.train()
+    return total / count if count else float("nan")
+
+
+def _masked(ids: torch.Tensor, tokenizer, model, gen: torch.Generator, probability: float = 0.15):
+    return mask_tokens(
+        ids,
+        mask_token_id=tokenizer.mask_token_id,
+        vocab_size=model.config.vocab_size,
+        special_ids=tokenizer.all_special_ids,
+        probability=probability,
+        generator=gen,
+    )
+
+
+def build_model(params: PretrainParams, model_params: ModelParams, tokenizer):
+    if params.base is not None:
+        require_path(params.base, "base checkpoint")
+        return LongformerForMaskedLM.from_pretrained(params.base)
+    config = make_config(
+        model_params,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LongformerForMaskedLM(config)
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+class _Dist:
+    """Rank, world size and device; under torchrun (WORLD_SIZE > 1) joins the process group
+    (nccl with CUDA, gloo on CPU)."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.owned = False
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.owned = True
+        self.rank = dist.get_rank() if self.world > 1 else 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.owned:
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict:
+    """This process's RNG states in types `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def fingerprint(params: PretrainParams, model_params: ModelParams) -> str:
+    """What a checkpoint must agree on to be resumed: everything that shapes the trajectory
+    except the run length and bookkeeping."""
+    cfg = params_dict(params)
+    for key in ("steps", "out", "metrics", "checkpoint_every", "keep_checkpoints", "eval_batches"):
+        cfg.pop(key)
+    blob = json.dumps({"pretrain": cfg, "model": params_dict(model_params)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_root(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".ckpt")
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete `step-N` directory (a partial one never has that name)."""
+    done = sorted(p for p in root.glob("step-*") if (p / "state.json").exists())
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    root: Path, step: int, model, optimizer, scheduler, rng: list, state: dict, keep: int
+) -> Path:
+    from safetensors.torch import save_model
+
+    final = root / f"step-{step:08d}"
+    tmp = root / f".step-{step:08d}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+        tmp / "trainer_state.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    for f in tmp.iterdir():  # the rename below must not publish data still in the page cache
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
+    from safetensors.torch import load_model
+
+    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+    blob = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    if rank < len(blob["rng"]):
+        _set_rng_state(blob["rng"][rank])
+    else:
+        log.warning("%s: no RNG state for rank %d (world size changed)", path, rank)
+    return json.loads((path / "state.json").read_text())
+
+
+def _read_log(path: Path, up_to: int) -> list[dict]:
+    """Entries of a loss log with step <= up_to (a killed writer may leave a torn last line)."""
+    entries = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("step", math.inf) <= up_to:
+                entries.append(entry)
+    return entries
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _autocast(params: PretrainParams, device: torch.device):
+    if not params.bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def pretrain(
+    params: PretrainParams,
+    model_params: ModelParams,
+    tracking_params: TrackingParams,
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train for `params.steps` optimizer steps; write an HF checkpoint to `params.out`.
+
+    Under torchrun every rank calls this; rank 0 alone logs, checkpoints and publishes, and the
+    other ranks return `{"rank": r}`. `on_step(step, loss)` is called on rank 0 after each step.
+    """
+    shards = require_path(params.shards, "token shards")
+    manifest = json.loads(require_path(shards / "manifest.json", "shards manifest").read_text())
+    chars_per_token = float(manifest.get("chars_per_token") or 1.0)
+    tokenizer = tok.load_tokenizer(shards)
+    env = _Dist()
+    try:
+        return _train(
+            params,
+            model_params,
+            tracking_params,
+            env,
+            shards,
+            tokenizer,
+            chars_per_token,
+            manifest,
+            on_step,
+        )
+    finally:
+        env.close()
+
+
+def _train(
+    params,
+    model_params,
+    tracking_params,
+    env,
+    shards,
+    tokenizer,
+    chars_per_token,
+    manifest,
+    on_step,
+) -> dict:
+    seed_everything(params.seed)
+    data = PackedRows(shards, "train")
+    model = build_model(params, model_params, tokenizer).to(env.device)
+    if params.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}  # non-reentrant: works with DDP and unused params
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.train()
+    optimizer = adamw(model, params.lr, params.weight_decay)
+    scheduler = warmup_linear_decay(optimizer, params.warmup_steps, params.steps)
+
+    root = checkpoint_root(Path(params.out))
+    fp = fingerprint(params, model_params)
+    start = None
+    if env.main:
+        start = latest_checkpoint(root) if root.exists() else None
+        if start is not None and json.loads((start / "state.json").read_text()).get("fp") != fp:
+            log.warning("%s: checkpoints from other parameters; starting afresh", root)
+            shutil.rmtree(root)
+            start = None
+    start = env.broadcast(str(start) if start else None)
+    state = {"step": 0, "rows": 0, "tokens": 0, "run_id": None, "eval0": None}
+    if start is not None:
+        state = load_checkpoint(Path(start), model, optimizer, scheduler, env.rank)
+        log.info("pretrain: resuming from %s (step %d)", start, state["step"])
+    log_path = root / "log.jsonl"
+    if env.main:
+        root.mkdir(parents=True, exist_ok=True)
+        kept = _read_log(log_path, state["step"])
+        with atomic_path(log_path) as tmp:
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+    ddp = model
+    if env.world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[env.device] if env.device.type == "cuda" else None,
+            find_unused_parameters=True,  # the global q/k/v get no gradient without globals
+        )
+
+    run_ctx = contextlib.nullcontext()
+    if env.main:
+        tracking.setup(tracking_params)
+        run_ctx = _start_run(state.get("run_id"))
+    with run_ctx as run:
+        if env.main and start is None:
+            mlflow.set_tag("stage", "pretrain")
+            mlflow.log_params({f"pretrain.{k}": v for k, v in params_dict(params).items()})
+            mlflow.log_params({f"model.{k}": v for k, v in params_dict(model_params).items()})
+            mlflow.log_params(
+                {
+                    "n_parameters": sum(p.numel() for p in model.parameters()),
+                    "world_size": env.world,
+                }
+            )
+            eval_loss = evaluate(
+                model, tokenizer, shards, params.batch_size, params.eval_batches, 0
+            )
+            mlflow.log_metrics(_eval_metrics(eval_loss, chars_per_token), step=0)
+            state["eval0"] = eval_loss
+        if env.main:
+            state["run_id"] = run.info.run_id
+        env.barrier()
+
+        b, accum, world = params.batch_size, params.grad_accum, env.world
+        rows_per_step = b * accum * world
+        step_tokens = rows_per_step * data.seq_len
+        speed = Throughput()
+        bar = tqdm(
+            total=params.steps,
+            initial=state["step"],
+            desc="pretrain",
+            unit="step",
+            mininterval=2,
+            disable=not env.main,
+        )
+        logf = open(log_path, "a") if env.main else None  # noqa: SIM115 (closed below)
+        try:
+            for step in range(state["step"] + 1, params.steps + 1):
+                micro = []
+                for a in range(accum):
+                    first = state["rows"] + (a * world + env.rank) * b
+                    ids = data.rows(first, b)
+                    micro.append(
+                        mask_rows(
+                            ids,
+                            first,
+                            seed=params.seed,
+                            tokenizer=tokenizer,
+                            vocab_size=model.config.vocab_size,
+                            probability=params.mlm_probability,
+                        )
+                    )
+                count = env.sum(
+                    torch.tensor(float(sum(int((y != -100).sum()) for _, y in micro)))
+                ).item()
+                total = torch.zeros((), device=env.device)
+                for k, (x, y) in enumerate(micro):
+                    sync = world == 1 or k == accum - 1
+                    with contextlib.nullcontext() if sync else ddp.no_sync():
+                        y = y.to(env.device)
+                        with _autocast(params, env.device):
+                            # the vocabulary projection only at the masked positions
+                            logits = ddp(
+                                input_ids=x.to(env.device), labels=y, labelled_logits_only=True
+                            ).logits
+                        loss_sum = torch.nn.functional.cross_entropy(
+                            logits.float(), y[y != -100], reduction="sum"
+                        )
+                        (loss_sum * world / max(count, 1.0)).backward()
+                    total += loss_sum.detach()
+                loss = env.sum(total).item() / max(count, 1.0)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["rows"] += rows_per_step
+                state["tokens"] += step_tokens
+                state["step"] = step
+                tps = speed.add(step_tokens)
+                lr = scheduler.get_last_lr()[0]
+                if env.main:
+                    logf.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
+                    logf.flush()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                    mlflow.log_metrics({"loss": loss, "lr": lr, "tokens_per_s": tps}, step=step)
+                if (
+                    params.checkpoint_every
+                    and step % params.checkpoint_every == 0
+                    and step < params.steps
+                ):
+                    rng = env.gather(_rng_state())
+                    if env.main:
+                        state["fp"] = fp
+                        save_checkpoint(
+                            root,
+                            step,
+                            model,
+                            optimizer,
+                            scheduler,
+                            rng,
+                            state,
+                            params.keep_checkpoints,
+                        )
+                if env.main and on_step is not None:
+                    on_step(step, loss)
+        finally:
+            bar.close()
+            if logf is not None:
+                logf.close()
+        if not env.main:
+            env.barrier()
+            return {"rank": env.rank}
+        summary = _finish(
+            params,
+            model_params,
+            model,
+            tokenizer,
+            shards,
+            state,
+            log_path,
+            chars_per_token,
+            manifest,
+            run,
+        )
+    env.barrier()
+    shutil.rmtree(root, ignore_errors=True)
+    return summary
+
+
+def _start_run(run_id: str | None):
+    if run_id:
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("MLflow run %s not found; logging the resumed run as a new one", run_id)
+    return mlflow.start_run(run_name="pretrain")
+
+
+def _finish(
+    params, model_params, model, tokenizer, shards, state, log_path, chars_per_token, manifest, run
+) -> dict:
+    eval_loss = evaluate(model, tokenizer, shards, params.batch_size, params.eval_batches, 0)
+    final = _eval_metrics(eval_loss, chars_per_token)
+    mlflow.log_metrics(final, step=params.steps)
+    entries = _read_log(log_path, params.steps)
+    curve = {
+        "train": [(e["step"], e["loss"]) for e in entries],
+        "validation": [(0, state["eval0"]), (params.steps, eval_loss)]
+        if state.get("eval0") is not None
+        else [(params.steps, eval_loss)],
+    }
+    staging = staging_dir(Path(params.out))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.copyfile(log_path, staging / "train_log.jsonl")
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(
+            str(plot_curve(curve, Path(tmp) / "loss_curve.png", "MLM loss")), "plots"
+        )
+    mlflow.log_artifacts(str(staging), "checkpoint")
+    publish_dir(staging, Path(params.out))
+    summary = {
+        "run_id": run.info.run_id,
+        "steps": params.steps,
+        "tokens_seen": state["tokens"],
+        "final_train_loss": entries[-1]["loss"] if entries else float("nan"),
+        **final,
+        "checkpoint": str(params.out),
+    }
+    atomic_write_json(params.metrics, summary)
+    write_manifest(
+        params.out,
+        stage="pretrain",
+        inputs={"shards": str(shards), "tokenizer_sha256": manifest.get("tokenizer_sha256")},
+        params=params_dict(params),
+        model=params_dict(model_params),
+        results=summary,
+    )
+    log.info("pretrain: eval loss %.3f, bpc %.3f", final["eval_loss"], final["eval_bpc"])
+    return summary
+
+
+def _eval_metrics(loss: float, chars_per_token: float) -> dict[str, float]:
+    return {
+        "eval_loss": loss,
+        "eval_perplexity": math.exp(min(loss, 50.0)),
+        "eval_bpc": bits_per_char(loss, chars_per_token),
+    }

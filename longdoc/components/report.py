@@ -1,0 +1,80 @@
+"""The end-of-pipeline summary: where every output is, and what the long context bought."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from longdoc.components import tracking
+from longdoc.components.config import Params
+
+
+def _manifest(out: Path) -> dict:
+    path = Path(out) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _registered(manifest: dict) -> str:
+    reg = manifest.get("results", {}).get("registered") or {}
+    if not reg:
+        return "not registered"
+    return f"models:/{reg['name']}/{reg['version']}" + (" (@champion)" if reg["champion"] else "")
+
+
+def pipeline_report(params: Params, results: dict) -> str:
+    """Read every stage's manifest (so skipped stages report too) into one summary."""
+    corpus = _manifest(params.ingest.out).get("counts", {})
+    shards = _manifest(params.tokenize.out).get("counts", {})
+    variants = _manifest(params.kernels.out).get("kernels", {}).get("variants", {})
+    pretrain = _manifest(params.pretrain.out).get("results", {})
+    tasks = {t: _manifest(params.finetune.for_task(t).out) for t in params.finetune.tasks}
+    scored = _manifest(params.score.out).get("counts", {})
+    uri = tracking.tracking_uri(params.tracking)
+    ran = ", ".join(f"{k} {'skipped' if v == 'skipped' else 'ran'}" for k, v in results.items())
+    rows = [
+        ("stages", ran),
+        ("sample data", f"{params.sample.out}"),
+        (
+            "corpus",
+            f"{params.ingest.out}  ({corpus.get('written')} documents, "
+            f"{corpus.get('duplicates')} duplicates, {corpus.get('near_duplicates', 0)} near-"
+            f"duplicates, {corpus.get('quarantined')} quarantined)",
+        ),
+        (
+            "shards",
+            f"{params.tokenize.out}  ({shards.get('tokens_total')} tokens; "
+            f"tokenizer in {params.tokenize.out / 'tokenizer'})",
+        ),
+        ("kernels", f"{params.kernels.out}  ({len(variants)} compiled variants)"),
+        (
+            "pretrained",
+            f"{params.pretrain.out}  (eval loss {_fmt(pretrain.get('eval_loss'))}, "
+            f"bits/char {_fmt(pretrain.get('eval_bpc'))})",
+        ),
+        ("fine-tuned", ", ".join(str(params.finetune.for_task(t).out) for t in tasks)),
+        ("MLflow runs", f"{uri}  (UI: mlflow ui --backend-store-uri {uri})"),
+        ("registered", ", ".join(_registered(m) for m in tasks.values() if m) or "none"),
+        (
+            "predictions",
+            f"{params.score.out / 'predictions.parquet'}  ({scored.get('scored')} scored, "
+            f"{scored.get('errors')} errors in errors.jsonl)",
+        ),
+    ]
+    lines = ["", "longdoc pipeline finished"]
+    lines += [f"  {name:<13}{value}" for name, value in rows]
+    lines += [
+        "",
+        f"dev metric: long model ({params.finetune.max_len} tokens) vs "
+        f"{params.finetune.baseline_max_len}-token baseline",
+    ]
+    for task, manifest in tasks.items():
+        res = manifest.get("results", {})
+        metric = res.get("primary_metric")
+        long = (res.get("long") or {}).get(metric)
+        base = (res.get("baseline") or {}).get(metric)
+        lines.append(f"  {task:<14}{metric or 'not run':<10} {_fmt(long)}  vs  {_fmt(base)}")
+    return "\n".join(lines)

@@ -1,0 +1,366 @@
+"""The MLflow model and the inference engine behind it and behind batch scoring.
+
+Why pyfunc: `models:/longdoc-<task>@champion` then loads with one call anywhere the project is
+installed (`mlflow.pyfunc.load_model`, `mlflow models serve`), and the input/output contract does
+not depend on how the checkpoint is stored. The model is logged "from code"
+(`components/mlflow_model.py`), so loading rebuilds it from this module instead of unpickling.
+
+Two kinds of checkpoint are served, chosen from `config.architectures`:
+
+- sequence classification: a `text` column in; `label` + `probabilities` out;
+- extractive QA: `text` (the context) + `question` in; `answer` + `score` out.
+
+`InferenceEngine` is the fast path both the pyfunc `predict` and `components.score` use: every
+document is tokenized once, documents are sorted by length and cut into batches by a token budget
+(rows x longest row <= `batch_tokens`, so sorted neighbours pad to nearly nothing), the forward
+runs under `torch.inference_mode`, on CUDA when present, optionally in bf16.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
+
+from longdoc.components.windows import best_span, word_boundaries
+
+CLASSIFICATION, QA = "classification", "qa"
+_ARCHITECTURES = {
+    "LongformerForSequenceClassification": CLASSIFICATION,
+    "LongformerForQuestionAnswering": QA,
+}
+
+# Packages the served model imports, pinned to the versions it was logged with (MLflow would
+# otherwise import and run the model to infer them). torch's local tag (+cpu, +cu124) is dropped
+# so the same pin matches the CPU and the CUDA build.
+SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "pandas", "mlflow")
+
+DEFAULT_BATCH_TOKENS = 16384
+MAX_ANSWER_TOKENS = 30  # longest answer span considered, as run_qa.py's max_answer_length
+_N_BEST = 20  # start/end candidates per document, as run_qa.py's n_best_size
+_CHARS_PER_TOKEN_CAP = 64  # texts are clipped to max_len * this many chars before tokenizing
+
+
+def serving_requirements() -> list[str]:
+    """`pkg==version` for every package the served model needs, from this environment."""
+    pins = []
+    for name in SERVING_PACKAGES:
+        pins.append(f"{name}=={metadata.version(name).split('+', 1)[0]}")
+    return pins
+
+
+def checkpoint_kind(checkpoint: Path | str) -> str:
+    """`classification` or `qa`, from the checkpoint's `config.json` architectures."""
+    path = Path(checkpoint) / "config.json"
+    try:
+        archs = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the model config ({exc})") from exc
+    for arch in archs:
+        if arch in _ARCHITECTURES:
+            return _ARCHITECTURES[arch]
+    raise ValueError(
+        f"{path}: architectures {archs} cannot be served; expected one of "
+        f"{', '.join(_ARCHITECTURES)}"
+    )
+
+
+@dataclass
+class Encoded:
+    """One tokenized document: its ids, whether it was cut to max_len, and for QA the character
+    offsets of every token and which tokens belong to the context."""
+
+    input_ids: list[int]
+    truncated: bool
+    offsets: list[tuple[int, int]] | None = None
+    context: list[bool] | None = None
+    text: str | None = None  # QA: the (clipped) context, to cut the answer from
+
+
+def token_budget_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches: sorted by length, each batch's rows x longest row within
+    `batch_tokens` (a longer single document still gets a batch of its own).
+
+    Why: padding costs as much compute as real tokens; sorting makes neighbours nearly equal in
+    length, so a batch pads to almost nothing, and the budget keeps activation memory flat
+    whether a batch is 64 short documents or 2 long ones."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class InferenceEngine:
+    """A loaded checkpoint (model + tokenizer) that turns documents into predictions."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        kind: str,
+        *,
+        max_len: int | None = None,
+        device: str = "auto",
+        bf16: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.tokenizer = tokenizer
+        self.device = _pick_device(device)
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        config = model.config
+        limit = int(config.max_position_embeddings) - 2  # RoBERTa positions start at pad + 1
+        self.max_len = min(max_len, limit) if max_len else limit
+        if kind == CLASSIFICATION:
+            self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: Path | str,
+        *,
+        max_len: int | None = None,
+        device: str = "auto",
+        bf16: bool = False,
+    ) -> InferenceEngine:
+        from transformers import AutoTokenizer
+
+        from longdoc.components.model import (
+            LongformerForQuestionAnswering,
+            LongformerForSequenceClassification,
+        )
+        from longdoc.components.training import quiet_loading
+
+        kind = checkpoint_kind(checkpoint)
+        model_cls = (
+            LongformerForSequenceClassification
+            if kind == CLASSIFICATION
+            else LongformerForQuestionAnswering
+        )
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        with quiet_loading():
+            model = model_cls.from_pretrained(checkpoint)
+        return cls(model, tokenizer, kind, max_len=max_len, device=device, bf16=bf16)
+
+    # ------------------------------------------------------------------ tokenizing
+
+    def encode(
+        self, texts: list[str], questions: list[str] | None = None, max_len: int | None = None
+    ) -> list[Encoded]:
+        """Tokenize a list of documents (one fast-tokenizer call: it runs in parallel).
+
+        Texts are first clipped to `max_len * 64` characters: no real tokenizer averages more
+        than 64 characters a token, so the clip never changes the kept tokens, and it keeps a
+        64 MB document from costing 64 MB of token ids."""
+        limit = min(max_len, self.max_len) if max_len else self.max_len  # per call: no shared state
+        cap = limit * _CHARS_PER_TOKEN_CAP
+        clipped = [t[:cap] for t in texts]
+        if self.kind == CLASSIFICATION:
+            # One token over the cap tells "cut" from "exactly max_len"; dropping that token
+            # (keeping the final </s>) gives what truncating at max_len gives.
+            enc = self.tokenizer(clipped, truncation=True, max_length=limit + 1)
+            out = []
+            for ids, text in zip(enc["input_ids"], texts, strict=True):
+                cut = len(ids) > limit
+                if cut:
+                    ids = ids[: limit - 1] + ids[-1:]
+                out.append(Encoded(list(ids), cut or len(text) > cap))
+            return out
+        if questions is None:
+            raise ValueError("a QA model needs a question for every document")
+        enc = self.tokenizer(
+            questions,
+            clipped,
+            truncation="only_second",
+            max_length=limit,
+            return_offsets_mapping=True,
+        )
+        out = []
+        for row, text in enumerate(clipped):
+            seq_ids = enc.sequence_ids(row)
+            context = [s == 1 for s in seq_ids]
+            ids = enc["input_ids"][row]
+            last = max((i for i, c in enumerate(context) if c), default=-1)
+            ends_early = last >= 0 and enc["offset_mapping"][row][last][1] < len(text.rstrip())
+            out.append(
+                Encoded(
+                    list(ids),
+                    bool(len(texts[row]) > cap or ends_early),
+                    offsets=[tuple(o) for o in enc["offset_mapping"][row]],
+                    context=context,
+                    text=text,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ inference
+
+    def run(
+        self, docs: list[Encoded], batch_tokens: int = DEFAULT_BATCH_TOKENS
+    ) -> list[dict[str, Any]]:
+        """Predictions for `docs`, in their order: {label, probabilities} or {answer, score}."""
+        results: list[dict[str, Any] | None] = [None] * len(docs)
+        pad = self.tokenizer.pad_token_id
+        for batch in token_budget_batches([len(d.input_ids) for d in docs], batch_tokens):
+            width = max(len(docs[i].input_ids) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                n = len(docs[i].input_ids)
+                ids[row, :n] = torch.tensor(docs[i].input_ids)
+                mask[row, :n] = 1
+            with torch.inference_mode():
+                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            if self.kind == CLASSIFICATION:
+                probs = torch.softmax(out.logits.float(), -1).cpu()
+                for row, i in enumerate(batch):
+                    p = probs[row].tolist()
+                    results[i] = {
+                        "label": self.labels[max(range(len(p)), key=p.__getitem__)],
+                        "probabilities": p,
+                    }
+            else:
+                start = out.start_logits.float().cpu()
+                end = out.end_logits.float().cpu()
+                for row, i in enumerate(batch):
+                    results[i] = _best_span(docs[i], start[row], end[row])
+        return results  # type: ignore[return-value]
+
+    def predict_texts(
+        self,
+        texts: list[str],
+        questions: list[str] | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        max_len: int | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.run(self.encode(texts, questions, max_len), batch_tokens)
+
+
+def _best_span(doc: Encoded, start: torch.Tensor, end: torch.Tensor) -> dict[str, Any]:
+    """The most probable context span of at most MAX_ANSWER_TOKENS tokens that starts and ends on
+    word boundaries (as fine-tuning decodes); its score is P(start) x P(end) with both softmaxes
+    taken over the context tokens only."""
+    assert doc.context is not None and doc.offsets is not None and doc.text is not None
+    n = len(doc.input_ids)
+    ctx = torch.tensor(doc.context[:n], dtype=torch.bool)
+    if not bool(ctx.any()):
+        return {"answer": "", "score": 0.0}
+    # question tokens' offsets point into the question: blank them before looking at the text
+    offsets = [o if c else (0, 0) for o, c in zip(doc.offsets[:n], doc.context[:n], strict=True)]
+    word_start, word_end = word_boundaries(doc.text, offsets)
+    neg = torch.finfo(torch.float32).min
+    ls = torch.log_softmax(start[:n].float().masked_fill(~ctx, neg), -1)
+    le = torch.log_softmax(end[:n].float().masked_fill(~ctx, neg), -1)
+    best, s, e = best_span(
+        ls,
+        le,
+        torch.tensor(word_start, dtype=torch.bool),
+        MAX_ANSWER_TOKENS,
+        _N_BEST,
+        allowed_end=torch.tensor(word_end, dtype=torch.bool),
+    )
+    if best == float("-inf"):
+        return {"answer": "", "score": 0.0}
+    a, b = doc.offsets[s][0], doc.offsets[e][1]
+    return {"answer": doc.text[a:b].strip(), "score": float(torch.tensor(best).exp())}
+
+
+def predict_texts(model, tokenizer, texts: list[str], max_len: int, batch_size: int = 8):
+    """Class probabilities for `texts`, truncated to `max_len` tokens (fine-tuning's evaluation
+    uses this on its in-memory model). `batch_size` sets the token budget: batch_size x max_len."""
+    was_training = model.training
+    device = str(next(model.parameters()).device)
+    dtype = next(model.parameters()).dtype
+    engine = InferenceEngine(model, tokenizer, CLASSIFICATION, max_len=max_len, device=device)
+    try:
+        preds = engine.predict_texts(texts, batch_tokens=batch_size * engine.max_len)
+    finally:
+        model.to(dtype=dtype).train(was_training)
+    return [p["probabilities"] for p in preds]
+
+
+class LongdocModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around an HF-format checkpoint directory (model + tokenizer)."""
+
+    def load_context(self, context) -> None:
+        self.engine = InferenceEngine.from_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        params = params or {}
+        engine = self.engine
+        texts = model_input["text"].astype(str).tolist()
+        questions = None
+        if engine.kind == QA:
+            if "question" not in model_input:
+                raise ValueError("this QA model needs a 'question' column next to 'text'")
+            questions = model_input["question"].astype(str).tolist()
+        preds = engine.predict_texts(
+            texts,
+            questions,
+            batch_tokens=int(params.get("batch_tokens") or DEFAULT_BATCH_TOKENS),
+            max_len=int(params.get("max_len") or engine.max_len),
+        )
+        return pd.DataFrame(preds, columns=_output_columns(engine.kind))
+
+
+LongdocClassifier = LongdocModel  # the name models logged before the QA kind import
+
+
+def _output_columns(kind: str) -> list[str]:
+    return ["label", "probabilities"] if kind == CLASSIFICATION else ["answer", "score"]
+
+
+def model_signature(kind: str) -> ModelSignature:
+    """The input/output contract of a served model of `kind`."""
+    params = ParamSchema(
+        [
+            ParamSpec("max_len", "long", 4096),
+            ParamSpec("batch_tokens", "long", DEFAULT_BATCH_TOKENS),
+        ]
+    )
+    if kind == CLASSIFICATION:
+        inputs = Schema([ColSpec("string", "text")])
+        outputs = Schema([ColSpec("string", "label"), ColSpec(Array("double"), "probabilities")])
+    else:
+        inputs = Schema([ColSpec("string", "text"), ColSpec("string", "question")])
+        outputs = Schema([ColSpec("string", "answer"), ColSpec("double", "score")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def log_longdoc_model(
+    checkpoint: Path, registered_name: str | None
+) -> mlflow.models.model.ModelInfo:
+    """Log `checkpoint` (a classification or QA checkpoint) as the active run's pyfunc model,
+    registering it when a name is given; the signature follows the checkpoint's kind."""
+    kind = checkpoint_kind(checkpoint)
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),
+        artifacts={"checkpoint": str(checkpoint)},
+        signature=model_signature(kind),
+        pip_requirements=serving_requirements(),
+        registered_model_name=registered_name,
+        metadata={"longdoc_kind": kind},
+    )

@@ -1,0 +1,963 @@
+"""Tokenize: the ingested corpus into token-id shards and packed MLM sequences.
+
+Three streaming passes over the corpus, none of which holds the corpus in memory:
+
+1. ids only: the train/validation split (the validation set is the `val_fraction` of documents
+   with the smallest hash of their doc_id, so it is deterministic, independent of order and of
+   the seed, and never empty when there are two or more documents);
+2. per corpus shard, texts are encoded in batches by the Rust tokenizer (which uses every core)
+   and written as Arrow IPC record batches to `docs/part-NNNNN.arrow`, one per corpus shard, with
+   each sentence's first token index mapped from the corpus' char offsets;
+3. per split, documents are wrapped `<s> ... </s>`, concatenated in an order shuffled by `seed`,
+   and cut into `seq_len` rows of `packed/<split>.arrow`; the last partial row is dropped and
+   counted. Documents are read back zero-copy from the memory-mapped docs shards.
+
+Token accounting (checked before the manifest is written), per split s:
+    tokens[s] + 2 * documents[s] == seq_len * sequences[s] + dropped_tail_tokens[s]
+where tokens[s] is the sum of `n_tokens` (no special tokens) and the 2 per document are the
+`<s>`/`</s>` wrappers added when packing.
+
+Completed docs shards are checkpointed (`.tokenize-state.json`): a rerun after a crash with the
+same corpus and params reuses the saved tokenizer and the finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from longdoc.components.config import TokenizeParams, params_dict
+from longdoc.components.ingest import corpus_shards
+from longdoc.components.io import (
+    InputError,
+    atomic_path,
+    atomic_write_json,
+    require_path,
+    sha256_bytes,
+    sha256_file,
+    sha256_tree,
+    versions,
+    write_manifest,
+)
+
+__all__ = [
+    "MODEL_MAX_LENGTH",
+    "SPECIAL_TOKENS",
+    "assign_splits",
+    "docs_schema",
+    "id_type",
+    "iter_packed",
+    "load_tokenizer",
+    "packed_schema",
+    "tokenize",
+    "train_tokenizer",
+]
+
+log = logging.getLogger(__name__)
+
+#: RoBERTa's special tokens, in id order: <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+MODEL_MAX_LENGTH = 4096  # what the long model is built for (max_position_embeddings 4098 - 2)
+LENGTH_THRESHOLDS = (512, 4096, 16384)
+STATE_FILE = ".tokenize-state.json"
+SPLITS = ("train", "validation")
+_ENCODE_DOCS = 1024  # documents per encode_batch call, at most ...
+_ENCODE_CHARS = 4_000_000  # ... and about this many chars (bounds the Rust encodings' memory)
+_READ_DOCS = 64  # corpus rows per Parquet read
+_PACK_ROWS = 1024  # packed rows per record batch
+_MAX_OPEN_SHARDS = 64  # docs shard files _DocStore keeps open at once
+_PROGRESS_EVERY_S = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas
+# --------------------------------------------------------------------------------------------
+
+
+def id_type(vocab_size: int) -> pa.DataType:
+    """uint16 when every id fits (vocab <= 65,536), else int32: halves shard size and I/O."""
+    return pa.uint16() if vocab_size <= 1 << 16 else pa.int32()
+
+
+def docs_schema(vocab_size: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("split", pa.string()),
+            ("input_ids", pa.list_(id_type(vocab_size))),
+            ("n_tokens", pa.int32()),
+            ("n_chars", pa.int64()),
+            ("sentence_token_starts", pa.list_(pa.int32())),
+        ]
+    )
+
+
+def packed_schema(vocab_size: int, seq_len: int) -> pa.Schema:
+    return pa.schema(
+        [("input_ids", pa.list_(id_type(vocab_size), seq_len))],
+        metadata={"seq_len": str(seq_len)},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def _split_key(doc_id: str) -> int:
+    return int(sha256_bytes(f"split:{doc_id}".encode())[:16], 16)
+
+
+def assign_splits(doc_ids: list[str], val_fraction: float) -> set[str]:
+    """The validation doc_ids: the round(val_fraction * n) with the smallest split hash.
+
+    At least one when val_fraction > 0 and n >= 2, and never all of them, so both splits exist
+    on tiny corpora. Depends only on the ids: same corpus, same split, whatever the seed.
+    """
+    n = len(doc_ids)
+    if val_fraction <= 0 or n < 2:
+        return set()
+    k = min(max(1, round(val_fraction * n)), n - 1)
+    return set(sorted(doc_ids, key=_split_key)[:k])
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def _iter_texts(corpus: Path, skip: set[str]) -> Iterator[list[str]]:
+    for path in corpus_shards(corpus):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64, columns=["doc_id", "text"]):
+            ids = batch.column("doc_id").to_pylist()
+            texts = batch.column("text").to_pylist()
+            yield [t for i, t in zip(ids, texts, strict=True) if i not in skip]
+
+
+def train_tokenizer(
+    texts: Iterator[list[str]] | Iterator[str],
+    vocab_size: int,
+    min_frequency: int = 2,
+    length: int | None = None,
+    model: str = "bpe",
+):
+    """A byte-level BPE (or unigram) with RoBERTa's special tokens and post-processor, as a fast
+    HF tokenizer.
+
+    Byte-level means no <unk> in practice: every byte has a token, so any text round-trips.
+    `model="unigram"` trains a unigram LM (SentencePiece's algorithm) over the same byte-level
+    pre-tokenization, so ids, offsets, special tokens and packing work identically; unigram
+    ignores `min_frequency` and may stop below `vocab_size` on a small corpus.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer, UnigramTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if model == "bpe":
+        tok = Tokenizer(models.BPE())
+        trainer = BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
+    elif model == "unigram":
+        tok = Tokenizer(models.Unigram())
+        trainer = UnigramTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            unk_token="<unk>",
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
+    else:
+        raise ValueError(f"tokenizer model must be 'bpe' or 'unigram', not {model!r}")
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainer, length=length)
+    for i, t in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
+    # As in RoBERTa, "<mask>" absorbs the space before it ("a <mask>" masks the word " b").
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False)])
+    tok.post_processor = processors.RobertaProcessing(
+        sep=("</s>", 2), cls_token=("<s>", 0), trim_offsets=True, add_prefix_space=False
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, special=True),
+        model_max_length=MODEL_MAX_LENGTH,
+    )
+
+
+def _save_tokenizer(hf_tok, dest: Path) -> None:
+    """save_pretrained into a temp dir beside `dest`, then swap it in (a dir cannot be renamed
+    over atomically, but a reader never sees a half-written tokenizer under `dest`).
+
+    `tokenizer_class` is written as the generic PreTrainedTokenizerFast (tokenizer.json is loaded
+    as-is, by transformers 4 and 5 alike) and special_tokens_map.json is added for tools that
+    still look for it.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=dest.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the tokenizer is an ordinary output
+        hf_tok.save_pretrained(str(tmp))
+        cfg_path = tmp / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg["model_max_length"] = int(min(hf_tok.model_max_length, 10**9))
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        special = {
+            k: str(getattr(hf_tok, k))
+            for k in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
+            if getattr(hf_tok, k, None) is not None
+        }
+        if hf_tok.mask_token is not None:
+            special["mask_token"] = {
+                "content": str(hf_tok.mask_token),
+                "lstrip": True,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            }
+        (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+        old = dest.parent / f".tokenizer.old.{os.getpid()}"
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_hf_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # transformers raises many types; the user needs one line
+        msg = " ".join(str(exc).split())[:300]
+        raise InputError(f"cannot load tokenizer from {path}: {msg}") from None
+    if not getattr(tok, "is_fast", False):
+        raise InputError(f"tokenizer in {path} is not a fast tokenizer (need offset mappings)")
+    return tok
+
+
+def load_tokenizer(shards_dir: Path | str):
+    """The tokenizer the shards were made with (`shards_dir/tokenizer`, HF format)."""
+    path = require_path(Path(shards_dir) / "tokenizer", "tokenizer")
+    return _load_hf_tokenizer(path)
+
+
+def _wrapper_ids(hf_tok) -> tuple[int, int]:
+    bos = hf_tok.bos_token_id if hf_tok.bos_token_id is not None else hf_tok.cls_token_id
+    eos = hf_tok.eos_token_id if hf_tok.eos_token_id is not None else hf_tok.sep_token_id
+    if bos is None or eos is None:
+        raise InputError("tokenizer has no bos/cls and eos/sep tokens to separate documents")
+    return int(bos), int(eos)
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 2: documents
+# --------------------------------------------------------------------------------------------
+
+
+def _list_array(parts: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+
+
+def _sentence_token_starts(enc: Any, starts: np.ndarray) -> np.ndarray:
+    """Index of the token holding each sentence's first character.
+
+    `char_to_token` per sentence is ~25x fewer Python calls than materialising every token's
+    offsets; the offsets path is the fallback for a char no token covers (e.g. a tokenizer that
+    drops characters), where the first token ending after the char is taken.
+    """
+    n = len(enc.ids)
+    if n == 0:
+        return np.zeros(len(starts), dtype=np.int32)
+    out = np.empty(len(starts), dtype=np.int32)
+    for k, c in enumerate(starts.tolist()):
+        t = enc.char_to_token(c)
+        if t is None:
+            ends = np.maximum.accumulate(np.asarray(enc.offsets, dtype=np.int64)[:, 1])
+            return np.minimum(np.searchsorted(ends, starts, side="right"), n - 1).astype(np.int32)
+        out[k] = t
+    return out
+
+
+def encode_batches(shard: Path) -> Iterator[pa.RecordBatch]:
+    """The corpus shard as record batches of up to `_ENCODE_DOCS` documents / about
+    `_ENCODE_CHARS` chars. Large batches matter: document lengths are long-tailed, and in a batch
+    of 64 one long document keeps one core busy while the others wait."""
+    columns = ["doc_id", "text", "n_chars", "sentences"]
+    group: list[pa.RecordBatch] = []
+    docs = chars = 0
+    for batch in pq.ParquetFile(shard).iter_batches(batch_size=_READ_DOCS, columns=columns):
+        group.append(batch)
+        docs += batch.num_rows
+        chars += int(pc.sum(batch.column("n_chars")).as_py() or 0)
+        if docs >= _ENCODE_DOCS or chars >= _ENCODE_CHARS:
+            yield pa.concat_batches(group)
+            group, docs, chars = [], 0, 0
+    if group:
+        yield pa.concat_batches(group)
+
+
+def byte_level_lengths(backend) -> np.ndarray | None:
+    """Bytes of text covered by each token id, when the tokenizer is purely byte-level (no
+    normalizer, ByteLevel pre-tokenizer, BPE/unigram over the byte alphabet), else None.
+
+    Why: with it, token boundaries are a cumulative sum, so the encode pass can use
+    `encode_batch_fast` (no offsets; measured ~1.4x faster than `encode_batch` here) and still
+    map sentence starts to tokens. Every document is checked (its token bytes must add up to its
+    UTF-8 length, which fails e.g. when `<mask>` absorbed a space); one that fails is re-encoded
+    with offsets.
+    """
+    from tokenizers import pre_tokenizers
+
+    cfg = json.loads(backend.to_str())
+    pre = cfg.get("pre_tokenizer") or {}
+    model = cfg.get("model") or {}
+    if cfg.get("normalizer") is not None or pre.get("type") != "ByteLevel":
+        return None
+    if model.get("type") not in ("BPE", "Unigram"):
+        return None
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        return None
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    added = {t["content"] for t in cfg.get("added_tokens", [])}
+    vocab = backend.get_vocab(with_added_tokens=True)
+    lens = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    for token, i in vocab.items():
+        if token in added:
+            lens[i] = len(token.encode("utf-8"))
+        elif all(ch in alphabet for ch in token):
+            lens[i] = len(token)
+        else:
+            return None
+    return lens
+
+
+def _starts_from_bytes(
+    text: str, ids: np.ndarray, byte_lens: np.ndarray, starts: np.ndarray
+) -> np.ndarray | None:
+    """Sentence token starts from token byte lengths (see `byte_level_lengths`), or None when
+    the tokens do not tile the text's bytes exactly."""
+    raw = text.encode("utf-8")
+    if len(ids) == 0:
+        return np.zeros(len(starts), dtype=np.int32) if not raw else None
+    ends = np.cumsum(byte_lens[ids])
+    if ends[-1] != len(raw):
+        return None
+    if len(raw) != len(text):  # non-ASCII: char index -> byte index of the char's lead byte
+        b = np.frombuffer(raw, dtype=np.uint8)
+        starts = np.flatnonzero((b & 0xC0) != 0x80)[starts]
+    tok = np.searchsorted(ends, starts, side="right")
+    return np.minimum(tok, len(ids) - 1).astype(np.int32)
+
+
+def _encode_part(
+    backend,
+    shard: Path,
+    dest: Path,
+    schema: pa.Schema,
+    val_ids: set[str],
+    progress: dict[str, Any],
+    byte_lens: np.ndarray | None = None,
+) -> None:
+    """Encode one corpus shard into one docs shard (written atomically).
+
+    Both cores: the Rust tokenizer encodes a batch on all cores with the GIL released, in a
+    helper thread, while this thread turns the previous batch into Arrow and writes it (the
+    Python side is ~10% of the work; overlapping hides most of it). One batch ahead bounds
+    memory to two batches (see `encode_batches`).
+    """
+    np_dtype = np.uint16 if schema.field("input_ids").type.value_type == pa.uint16() else np.int32
+    batches = encode_batches(shard)
+
+    fast = byte_lens is not None and hasattr(backend, "encode_batch_fast")
+
+    def encode(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[str], list[Any]]:
+        texts = batch.column("text").to_pylist()
+        if fast:
+            return batch, texts, backend.encode_batch_fast(texts, add_special_tokens=False)
+        return batch, texts, backend.encode_batch(texts, add_special_tokens=False)
+
+    with (
+        atomic_path(dest) as tmp,
+        ipc.new_file(str(tmp), schema) as writer,
+        ThreadPoolExecutor(1, thread_name_prefix="encode") as pool,
+    ):
+        first = next(batches, None)
+        ahead = pool.submit(encode, first) if first is not None else None
+        while ahead is not None:
+            batch, texts, encodings = ahead.result()
+            nxt = next(batches, None)
+            ahead = pool.submit(encode, nxt) if nxt is not None else None
+            doc_ids = batch.column("doc_id").to_pylist()
+            sents = batch.column("sentences")
+            sent_offsets = sents.offsets.to_numpy()
+            sent_starts = sents.values.field("start").to_numpy(zero_copy_only=False)
+            ids_list, starts_list = [], []
+            for j, enc in enumerate(encodings):
+                ids = np.asarray(enc.ids, dtype=np_dtype)
+                ids_list.append(ids)
+                starts = sent_starts[sent_offsets[j] : sent_offsets[j + 1]]
+                tok_starts = None
+                if fast:
+                    tok_starts = _starts_from_bytes(texts[j], ids, byte_lens, starts)
+                    if tok_starts is None:  # rare: re-encode this one with offsets
+                        enc = backend.encode(texts[j], add_special_tokens=False)
+                if tok_starts is None:
+                    tok_starts = _sentence_token_starts(enc, starts)
+                starts_list.append(tok_starts)
+            n_tokens = np.fromiter((len(a) for a in ids_list), dtype=np.int32, count=len(doc_ids))
+            record = pa.RecordBatch.from_arrays(
+                [
+                    pa.array(doc_ids, pa.string()),
+                    pa.array(["validation" if i in val_ids else "train" for i in doc_ids]),
+                    _list_array(ids_list, schema.field("input_ids").type.value_type),
+                    pa.array(n_tokens, pa.int32()),
+                    batch.column("n_chars"),
+                    _list_array(starts_list, pa.int32()),
+                ],
+                schema=schema,
+            )
+            writer.write_batch(record)
+            progress["docs"] += len(doc_ids)
+            progress["tokens"] += int(n_tokens.sum())
+            _maybe_log(progress)
+
+
+def _maybe_log(progress: dict[str, Any], force: bool = False) -> None:
+    now = time.monotonic()
+    if not force and now - progress["t_log"] < _PROGRESS_EVERY_S:
+        return
+    progress["t_log"] = now
+    dt = max(now - progress["t0"], 1e-9)
+    done, total = progress["docs"], progress["total"]
+    rate = done / dt
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    log.info(
+        "tokenize: %d/%d docs, %d tokens, %.0f tokens/s, ETA %.0fs",
+        done,
+        total,
+        progress["tokens"],
+        progress["tokens"] / dt,
+        eta,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 3: packing
+# --------------------------------------------------------------------------------------------
+
+
+class _DocStore:
+    """Random access to per-document ids of the docs shards, by positioned reads (`os.pread`).
+
+    Why not memory maps: packing visits documents in shuffled order, so over a split it touches
+    every page of the docs shards, and touched pages of a file mapping count as the process's
+    resident memory. Dropping them every 128 MiB read with madvise did not bound it (measured:
+    ~650 MiB of file pages resident again after each 128 MiB read; the kernel maps pages around
+    each fault) and the 2.5 GB benchmark peaked at 1.3 GiB. A pread goes through the page cache,
+    which is not the process's memory, so RSS stays at the packer's own buffers whatever the
+    corpus size. The files are mapped only while their layout is read: per record batch, the
+    file position of the ids and a copy of the offsets (4 bytes per document) are kept.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+        self.offsets: list[np.ndarray] = []
+        self._where: list[tuple[int, int]] = []  # per slot: (path index, byte position of ids)
+        self.index: dict[str, list[tuple[str, int, int]]] = {s: [] for s in SPLITS}
+        self.dtype: np.dtype | None = None
+        self._fds: dict[int, int] = {}
+        for k, path in enumerate(self.paths):
+            self._read_layout(k, path)
+
+    def _read_layout(self, k: int, path: Path) -> None:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        whole = pa.py_buffer(mm)
+        reader = ipc.open_file(pa.BufferReader(whole))
+        for b in range(reader.num_record_batches):
+            batch = reader.get_batch(b)
+            ids = batch.column("input_ids")
+            values = ids.values
+            dtype = np.dtype(values.type.to_pandas_dtype())
+            if self.dtype is None:
+                self.dtype = dtype
+            data = values.buffers()[1]
+            pos = data.address - whole.address + values.offset * dtype.itemsize
+            slot = len(self.offsets)
+            self.offsets.append(np.array(ids.offsets.to_numpy(), dtype=np.int64))  # a copy
+            self._where.append((k, pos))
+            for row, (doc_id, split) in enumerate(
+                zip(
+                    batch.column("doc_id").to_pylist(),
+                    batch.column("split").to_pylist(),
+                    strict=True,
+                )
+            ):
+                self.index[split].append((doc_id, slot, row))
+        del reader, batch, ids, values, data, whole  # no view left: the map can go
+        mm.close()
+
+    def _fd(self, k: int) -> int:
+        fd = self._fds.get(k)
+        if fd is None:
+            if len(self._fds) >= _MAX_OPEN_SHARDS:  # stay well under the fd limit
+                os.close(self._fds.pop(next(iter(self._fds))))
+            fd = self._fds[k] = os.open(self.paths[k], os.O_RDONLY)
+        return fd
+
+    def ids(self, slot: int, row: int) -> np.ndarray:
+        assert self.dtype is not None
+        k, pos = self._where[slot]
+        off = self.offsets[slot]
+        start, n = int(off[row]), int(off[row + 1] - off[row])
+        size = self.dtype.itemsize
+        data = os.pread(self._fd(k), n * size, pos + start * size)
+        if len(data) != n * size:
+            raise RuntimeError(f"docs shard {self.paths[k]} is shorter than its index says")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _pack_split(
+    store: _DocStore,
+    split: str,
+    dest: Path,
+    schema: pa.Schema,
+    seq_len: int,
+    seed: int,
+    bos: int,
+    eos: int,
+) -> dict[str, int]:
+    """Write `dest` with fixed-length rows; returns {documents, sequences, dropped_tail_tokens}."""
+    docs = sorted(store.index[split])  # by doc_id: independent of the corpus' shard layout
+    order = np.random.default_rng(seed).permutation(len(docs))
+    value_type = schema.field("input_ids").type.value_type
+    np_dtype = np.uint16 if value_type == pa.uint16() else np.int32
+    bos_a = np.asarray([bos], dtype=np_dtype)
+    eos_a = np.asarray([eos], dtype=np_dtype)
+    carry = np.zeros(0, dtype=np_dtype)
+    pending: list[np.ndarray] = []
+    pending_rows = 0
+    sequences = 0
+    with atomic_path(dest) as tmp, ipc.new_file(str(tmp), schema) as writer:
+
+        def flush() -> None:
+            nonlocal pending, pending_rows
+            if pending_rows:
+                flat = np.concatenate(pending).reshape(-1)
+                arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=value_type), seq_len)
+                writer.write_batch(pa.RecordBatch.from_arrays([arr], schema=schema))
+            pending, pending_rows = [], 0
+
+        for k in order:
+            _, slot, row = docs[k]
+            joined = np.concatenate([carry, bos_a, store.ids(slot, row), eos_a])
+            n_full = len(joined) // seq_len
+            if n_full:
+                pending.append(joined[: n_full * seq_len].reshape(n_full, seq_len))
+                pending_rows += n_full
+                sequences += n_full
+            carry = joined[n_full * seq_len :]
+            if pending_rows >= _PACK_ROWS:
+                flush()
+        flush()
+    return {"documents": len(docs), "sequences": sequences, "dropped_tail_tokens": len(carry)}
+
+
+def iter_packed(
+    shards_dir: Path | str, split: str, batch_size: int, *, drop_last: bool = False
+) -> Iterator[np.ndarray]:
+    """Packed MLM rows of `split` as arrays of shape (batch, seq_len), in file order.
+
+    Streams record batches from the memory-mapped IPC file (never the whole file in memory).
+    The dtype is the file's (uint16 or int32); convert with `.astype(np.int64)` for torch. The
+    last batch may be smaller unless `drop_last`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    path = require_path(Path(shards_dir) / "packed" / f"{split}.arrow", "packed shard")
+    reader = ipc.open_file(pa.memory_map(str(path), "r"))
+    seq_len = reader.schema.field("input_ids").type.list_size
+    buf: list[np.ndarray] = []
+    have = 0
+    for b in range(reader.num_record_batches):
+        arr = reader.get_batch(b).column("input_ids")
+        rows = arr.values.to_numpy(zero_copy_only=False).reshape(-1, seq_len)
+        start = 0
+        while start < len(rows):
+            take = min(batch_size - have, len(rows) - start)
+            buf.append(rows[start : start + take])
+            have += take
+            start += take
+            if have == batch_size:
+                yield np.concatenate(buf) if len(buf) > 1 else buf[0].copy()
+                buf, have = [], 0
+    if have and not drop_last:
+        yield np.concatenate(buf)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def _length_stats(n_tokens: np.ndarray) -> dict[str, Any]:
+    """Document lengths in tokens: summary, counts over the model-relevant lengths (512 = a
+    short model's window, 4,096 = ours, 16,384 = the long end), and power-of-two bucket counts
+    (`bucket_edges[i] <= n < bucket_edges[i + 1]`), the histogram in numbers."""
+    if len(n_tokens) == 0:
+        return {"documents": 0}
+    top = max(int(n_tokens.max()), 1)
+    edges = [0] + [1 << k for k in range(int(np.ceil(np.log2(top + 1))) + 1)]
+    counts, _ = np.histogram(n_tokens, bins=np.asarray(edges, dtype=np.int64))
+    return {
+        "documents": int(len(n_tokens)),
+        "min": int(n_tokens.min()),
+        "median": float(np.median(n_tokens)),
+        "mean": round(float(n_tokens.mean()), 2),
+        "p90": float(np.percentile(n_tokens, 90)),
+        "p99": float(np.percentile(n_tokens, 99)),
+        "max": int(n_tokens.max()),
+        **{f"over_{t}": int((n_tokens > t).sum()) for t in LENGTH_THRESHOLDS},
+        "bucket_edges": edges,
+        "bucket_counts": counts.astype(int).tolist(),
+    }
+
+
+def _histogram(n_tokens: np.ndarray, dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    lo, hi = max(int(n_tokens.min()), 1), max(int(n_tokens.max()), 2)
+    bins = np.unique(np.geomspace(lo, hi + 1, num=min(60, hi - lo + 2)).astype(int))
+    ax.hist(n_tokens, bins=bins, color="#4477aa")
+    ax.set_xscale("log")
+    for t in LENGTH_THRESHOLDS:
+        if t <= hi * 2:
+            ax.axvline(t, color="#cc3311", linestyle="--", linewidth=1)
+            ax.text(t, ax.get_ylim()[1] * 0.95, f" {t}", color="#cc3311", va="top", fontsize=8)
+    ax.set_xlabel("document length (tokens, log scale)")
+    ax.set_ylabel("documents")
+    ax.set_title(f"Document lengths: {len(n_tokens)} documents")
+    fig.tight_layout()
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def _clean_outputs(out: Path) -> None:
+    (out / "manifest.json").unlink(missing_ok=True)
+    (out / STATE_FILE).unlink(missing_ok=True)
+    (out / "length_histogram.png").unlink(missing_ok=True)
+    for sub in ("docs", "packed"):
+        if (out / sub).is_dir():
+            shutil.rmtree(out / sub)
+    for p in out.glob(".tokenizer.*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temp files and dirs of a killed run (torn shards, a half-saved tokenizer): never part of
+    a finished output, and a rerun does not reuse them, so they go before anything else."""
+    for sub in (out, out / "docs", out / "packed"):
+        for p in sub.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+    for p in out.glob(".tokenizer.*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def tokenize(params: TokenizeParams) -> dict[str, Any]:
+    """Run the tokenize stage; returns the manifest (also written to `params.out/manifest.json`).
+
+    Raises InputError when the corpus is missing, unfinished or empty, or the base tokenizer
+    cannot be loaded.
+    """
+    t_start = time.monotonic()
+    corpus = Path(params.corpus)
+    shards = corpus_shards(corpus)  # InputError: missing / no manifest / no shards
+    corpus_manifest = json.loads((corpus / "manifest.json").read_text())
+    out = Path(params.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # from here on, the dir is unfinished
+    _remove_leftovers(out)
+
+    # Pass 1: ids -> split.
+    doc_ids: list[str] = []
+    for path in shards:
+        doc_ids.extend(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist())
+    if not doc_ids:
+        raise InputError(f"corpus is empty: no documents in {corpus}")
+    val_ids = assign_splits(doc_ids, params.val_fraction)
+
+    base_sha = None
+    if params.base_tokenizer is not None:
+        base_sha = sha256_tree(require_path(params.base_tokenizer, "base tokenizer"))
+    fingerprint = sha256_bytes(
+        json.dumps(
+            {
+                "params": params_dict(params),
+                "corpus": corpus_manifest.get("shards"),
+                "base_tokenizer": base_sha,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    state = _load_state(out, fingerprint)
+    if state is None:
+        _clean_outputs(out)
+        state = {"fingerprint": fingerprint, "parts": {}}
+
+    # Tokenizer.
+    t0 = time.monotonic()
+    tok_dir = out / "tokenizer"
+    if state.get("tokenizer_sha256"):
+        hf_tok = _load_hf_tokenizer(tok_dir)
+        tokenizer_source = state["tokenizer_source"]
+    elif params.base_tokenizer is not None:
+        base = require_path(params.base_tokenizer, "base tokenizer")
+        hf_tok = _load_hf_tokenizer(base)
+        _save_tokenizer(hf_tok, tok_dir)
+        tokenizer_source = f"base:{base}"
+    else:
+        n_train = len(doc_ids) - len(val_ids)
+        log.info(
+            "tokenize: training byte-level %s (vocab %d) on %d docs",
+            params.tokenizer_model,
+            params.vocab_size,
+            n_train,
+        )
+        hf_tok = train_tokenizer(
+            _iter_texts(corpus, val_ids),
+            params.vocab_size,
+            params.min_frequency,
+            length=n_train,
+            model=params.tokenizer_model,
+        )
+        _save_tokenizer(hf_tok, tok_dir)
+        tokenizer_source = f"trained:byte-level-{params.tokenizer_model}"
+    tokenizer_s = time.monotonic() - t0
+    tokenizer_sha = sha256_file(tok_dir / "tokenizer.json")
+    state.update(tokenizer_sha256=tokenizer_sha, tokenizer_source=tokenizer_source)
+    atomic_write_json(out / STATE_FILE, state)
+
+    vocab_size = len(hf_tok)
+    bos, eos = _wrapper_ids(hf_tok)
+    backend = _plain_backend(hf_tok)
+    byte_lens = byte_level_lengths(backend)
+    schema = docs_schema(vocab_size)
+
+    # Pass 2: documents, one docs shard per corpus shard (finished ones kept on resume).
+    t0 = time.monotonic()
+    docs_dir = out / "docs"
+    docs_dir.mkdir(exist_ok=True)
+    progress = {"docs": 0, "tokens": 0, "total": len(doc_ids), "t0": t0, "t_log": t0}
+    part_paths = []
+    for i, shard in enumerate(shards):
+        dest = docs_dir / f"part-{i:05d}.arrow"
+        part_paths.append(dest)
+        done = state["parts"].get(dest.name)
+        if done and dest.is_file() and sha256_file(dest) == done:
+            progress["docs"] += pq.ParquetFile(shard).metadata.num_rows
+            continue
+        _encode_part(backend, shard, dest, schema, val_ids, progress, byte_lens)
+        state["parts"][dest.name] = sha256_file(dest)
+        atomic_write_json(out / STATE_FILE, state)
+    for stale in docs_dir.glob("part-*.arrow"):
+        if stale not in part_paths:
+            stale.unlink()
+    _maybe_log(progress, force=True)
+    encode_s = time.monotonic() - t0
+
+    # Pass 3: packing.
+    t0 = time.monotonic()
+    store = _DocStore(part_paths)
+    try:
+        pschema = packed_schema(vocab_size, params.seq_len)
+        packed = {
+            split: _pack_split(
+                store,
+                split,
+                out / "packed" / f"{split}.arrow",
+                pschema,
+                params.seq_len,
+                params.seed,
+                bos,
+                eos,
+            )
+            for split in SPLITS
+        }
+    finally:
+        store.close()
+    pack_s = time.monotonic() - t0
+
+    # Statistics from the docs shards (small columns only).
+    tables = [
+        ipc.open_file(pa.memory_map(str(p), "r"))
+        .read_all()
+        .select(["split", "n_tokens", "n_chars"])
+        for p in part_paths
+    ]
+    stats = pa.concat_tables(tables)
+    split_col = np.asarray(stats.column("split").to_pylist())
+    n_tokens = stats.column("n_tokens").to_numpy().astype(np.int64)
+    n_chars = stats.column("n_chars").to_numpy().astype(np.int64)
+    counts: dict[str, Any] = {
+        "documents": {s: int((split_col == s).sum()) for s in SPLITS},
+        "tokens": {s: int(n_tokens[split_col == s].sum()) for s in SPLITS},
+        "chars": {s: int(n_chars[split_col == s].sum()) for s in SPLITS},
+        "sequences": {s: packed[s]["sequences"] for s in SPLITS},
+        "dropped_tail_tokens": {s: packed[s]["dropped_tail_tokens"] for s in SPLITS},
+        "special_tokens_added": {s: 2 * packed[s]["documents"] for s in SPLITS},
+    }
+    counts["tokens_total"] = int(n_tokens.sum())
+    counts["chars_total"] = int(n_chars.sum())
+    counts["documents_total"] = int(len(n_tokens))
+    counts["packed_tokens"] = {s: params.seq_len * packed[s]["sequences"] for s in SPLITS}
+    for s in SPLITS:  # the accounting identity in the module docstring
+        lhs = counts["tokens"][s] + counts["special_tokens_added"][s]
+        rhs = counts["packed_tokens"][s] + counts["dropped_tail_tokens"][s]
+        if lhs != rhs or counts["documents"][s] != packed[s]["documents"]:
+            raise RuntimeError(f"tokenize accounting does not add up for {s}: {counts}")
+    if counts["documents_total"] != len(doc_ids):
+        raise RuntimeError("tokenize: docs shards do not match the corpus")
+    _histogram(n_tokens, out / "length_histogram.png")
+
+    def cpt(chars: int, tokens: int) -> float | None:
+        return round(chars / tokens, 6) if tokens else None
+
+    total_s = time.monotonic() - t_start
+    manifest = {
+        "stage": "tokenize",
+        "inputs": {
+            "corpus": str(corpus),
+            "corpus_shards": corpus_manifest.get("shards"),
+            "base_tokenizer": str(params.base_tokenizer) if params.base_tokenizer else None,
+            "base_tokenizer_sha256": base_sha,
+        },
+        "params": params_dict(params),
+        "tokenizer": {
+            "dir": "tokenizer",
+            "source": tokenizer_source,
+            "vocab_size": vocab_size,
+            "bos_id": bos,
+            "eos_id": eos,
+            "pad_id": hf_tok.pad_token_id,
+            "mask_id": hf_tok.mask_token_id,
+        },
+        "tokenizer_sha256": tokenizer_sha,
+        "vocab_size": vocab_size,
+        "id_dtype": str(id_type(vocab_size)),
+        "seq_len": params.seq_len,
+        "counts": counts,
+        "chars_per_token": cpt(counts["chars_total"], counts["tokens_total"]),
+        "chars_per_token_by_split": {
+            s: cpt(counts["chars"][s], counts["tokens"][s]) for s in SPLITS
+        },
+        "length_distribution": _length_stats(n_tokens),
+        "files": {
+            "docs": [
+                {"name": f"docs/{p.name}", "sha256": state["parts"][p.name]} for p in part_paths
+            ],
+            "packed": {
+                s: {
+                    "name": f"packed/{s}.arrow",
+                    "sha256": sha256_file(out / "packed" / f"{s}.arrow"),
+                }
+                for s in SPLITS
+            },
+            "histogram": "length_histogram.png",
+        },
+        "versions": versions("tokenizers", "transformers", "pyarrow", "numpy"),
+        "timings": {
+            "total_s": round(total_s, 3),
+            "tokenizer_s": round(tokenizer_s, 3),
+            "encode_s": round(encode_s, 3),
+            "pack_s": round(pack_s, 3),
+            "tokens_per_s": round(counts["tokens_total"] / max(encode_s, 1e-9), 1),
+        },
+    }
+    write_manifest(out, **manifest)
+    (out / STATE_FILE).unlink(missing_ok=True)
+    log.info(
+        "tokenize: %d docs, %d tokens, %s sequences of %d in %.1fs (%s)",
+        counts["documents_total"],
+        counts["tokens_total"],
+        counts["sequences"],
+        params.seq_len,
+        total_s,
+        out,
+    )
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _plain_backend(hf_tok):
+    """A copy of the Rust tokenizer with truncation/padding off (a base tokenizer.json may
+    carry them), so documents are encoded whole."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def _load_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("fingerprint") != fingerprint or not state.get("tokenizer_sha256"):
+        return None
+    tok_json = out / "tokenizer" / "tokenizer.json"
+    if not tok_json.is_file() or sha256_file(tok_json) != state["tokenizer_sha256"]:
+        return None
+    log.info("tokenize: resuming, %d docs shards already done", len(state.get("parts", {})))
+    return state

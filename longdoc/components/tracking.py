@@ -1,0 +1,75 @@
+"""MLflow plumbing: where runs go, and the model registry conventions (`longdoc-<task>`,
+alias `champion`).
+
+Why a SQLite backend by default: the registry needs a database store, and a single file at the
+repo root works on a laptop and in CI with no server. Artifacts go beside it in `mlartifacts/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from longdoc.components.config import TrackingParams
+
+CHAMPION = "champion"
+
+
+def tracking_uri(params: TrackingParams) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts beside a SQLite database file; other stores keep their own default."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def setup(params: TrackingParams) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(params.experiment)
+    if exp is None:
+        exp_id = client.create_experiment(params.experiment, artifact_location=_artifact_root(uri))
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def registered_name(task: str) -> str:
+    return f"longdoc-{task}"
+
+
+def champion_metric(name: str, metric: str) -> float | None:
+    """The `metric` of the run behind `name@champion`, or None when there is no champion."""
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if not version.run_id:
+        return None
+    return client.get_run(version.run_id).data.metrics.get(metric)
+
+
+def resolve_model_version(model_uri: str) -> str:
+    """`models:/name@alias` or `models:/name/N` → the concrete version number, as a string."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    ref = model_uri.removeprefix("models:/")
+    client = MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = ref.partition("/")
+    return version or str(
+        max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    )
