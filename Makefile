@@ -18,9 +18,13 @@ export TOKENIZERS_PARALLELISM ?= true
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first: 2.13.0 is the CPU wheel on disk; a bare `torch` would pull the CUDA build.
-	$(BIN)/$(PIP) torch==2.13.0
-	$(BIN)/$(PIP) -r $(LOCK)
-	$(BIN)/$(PIP) --no-deps -e .
+	# Then the lock with uv (the locked version; its parallel downloads beat pip by minutes);
+	# pip installs the same lock if uv cannot reach the index.
+	$(BIN)/$(PIP) torch==2.13.0 "$$(grep '^uv==' $(LOCK))"
+	$(BIN)/uv pip install -q --python $(BIN)/python -r $(LOCK) \
+	  || { echo "uv failed; installing the lock with pip"; $(BIN)/$(PIP) -r $(LOCK); }
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e . \
+	  || $(BIN)/$(PIP) --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)

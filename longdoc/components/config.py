@@ -7,6 +7,7 @@ Every model forbids unknown keys; ranges are declared next to the field they gua
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ class SampleParams(_Section):
     """The embedded synthetic data set (`longdoc sample`)."""
 
     out: Path = Path("data/sample")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     seed: int = 0
     corpus_docs: PositiveInt = 240
     min_words: PositiveInt = 1000
@@ -52,6 +54,7 @@ class IngestParams(_Section):
 
     sources: list[Path] = Field(default_factory=lambda: [Path("data/sample/corpus")], min_length=1)
     out: Path = Path("data/corpus")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     shard_max_docs: PositiveInt = 5000
     shard_max_chars: PositiveInt = 256 * 1024 * 1024  # text chars per shard (size bound)
     min_chars: PositiveInt = 1
@@ -75,6 +78,7 @@ class TokenizeParams(_Section):
 
     corpus: Path = Path("data/corpus")
     out: Path = Path("data/shards")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     base_tokenizer: Path | None = None  # an HF tokenizer dir; None = train `tokenizer_model`
     tokenizer_model: Literal["bpe", "unigram"] = "bpe"  # byte-level BPE or byte-level unigram
     vocab_size: Annotated[int, Field(ge=300, le=1_000_000)] = 8000
@@ -88,6 +92,7 @@ class KernelsParams(_Section):
     """TVM attention kernels (`longdoc build-kernels`)."""
 
     out: Path = Path("data/kernels")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     dtypes: list[Literal["float32", "bfloat16"]] = Field(default_factory=lambda: ["float32"])
     head_dims: list[PositiveInt] = Field(default_factory=lambda: [32])
     targets: list[str] = Field(default_factory=lambda: ["llvm"])
@@ -120,6 +125,7 @@ class PretrainParams(_Section):
     shards: Path = Path("data/shards")
     base: Path | None = None  # an HF checkpoint to continue from; None = fresh init from `model`
     out: Path = Path("data/checkpoints/pretrain")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     metrics: Path = Path("data/metrics/pretrain.json")  # DVC metrics file
     steps: PositiveInt = 150
     batch_size: PositiveInt = 4
@@ -142,6 +148,7 @@ class ConvertParams(_Section):
 
     base: Path | None = None  # a RoBERTa-architecture HF checkpoint dir (model + tokenizer)
     out: Path = Path("data/checkpoints/long")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     max_positions: Annotated[int, Field(ge=16)] = 4096  # tokens (RoBERTa's offset is added)
     attention_window: PositiveInt | list[PositiveInt] = 512  # full window, per layer or all
     attention_backend: Literal["auto", "torch", "tvm", "dense"] = "auto"
@@ -199,6 +206,7 @@ class FinetuneParams(_Section):
     tasks: dict[TaskName, FinetuneTask] = Field(default_factory=_default_tasks)
     data: Path | None = None
     out: Path | None = None
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     metrics: Path | None = None
     base: Path = Path("data/checkpoints/pretrain")
     max_len: Annotated[int, Field(ge=16)] = 4096
@@ -236,8 +244,8 @@ class FinetuneParams(_Section):
         Explicit data/out/metrics overrides belong to the task they were given for."""
         if task == self.task:
             return self
-        fields = self.model_dump(exclude={"data", "out", "metrics"})
-        return FinetuneParams.model_validate({**fields, "task": task})
+        fields = self.model_dump(exclude={"data", "out", "metrics"})  # (force is excluded too)
+        return FinetuneParams.model_validate({**fields, "task": task, "force": self.force})
 
     @property
     def task_epochs(self) -> int:
@@ -252,6 +260,7 @@ class ScoreParams(_Section):
     inputs: list[Path] = Field(default_factory=list)  # when given (--input), scored, not source
     model_uri: str = "models:/longdoc-imdb@champion"
     out: Path = Path("data/predictions")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     max_len: Annotated[int, Field(ge=16)] = 4096
     batch_tokens: PositiveInt = 16384  # rows x longest row per forward pass
     chunk_docs: PositiveInt = 256  # documents per Parquet part (and per resume checkpoint)
@@ -269,6 +278,10 @@ class TrackingParams(_Section):
 
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "longdoc"
+
+    def resolved_uri(self) -> str:
+        """The store runs go to: the standard MLFLOW_TRACKING_URI wins over `uri`."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.uri
 
 
 class Params(_Section):
@@ -308,6 +321,15 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line, with the 1-based line and column where it stopped."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
 def load_params(path: Path | str | None = "params.yaml", overrides: list[str] = ()) -> Params:
     """Read `path` (missing file = all defaults), apply `section.key=value` overrides, validate."""
     data: dict[str, Any] = {}
@@ -319,7 +341,7 @@ def load_params(path: Path | str | None = "params.yaml", overrides: list[str] = 
             try:
                 loaded = yaml.safe_load(p.read_text()) or {}
             except yaml.YAMLError as exc:
-                raise ConfigError(f"{p}: not valid YAML: {exc}".splitlines()[0]) from None
+                raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{p}: expected a mapping of sections at the top level")
             data = loaded

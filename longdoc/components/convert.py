@@ -21,7 +21,12 @@ import torch
 from longdoc.components.config import ConvertParams, params_dict
 from longdoc.components.io import InputError, require_path, write_manifest
 from longdoc.components.model import LongdocConfig, LongformerForMaskedLM
-from longdoc.components.training import publish_dir, quiet_loading, staging_dir
+from longdoc.components.training import (
+    check_publish_target,
+    publish_dir,
+    quiet_loading,
+    staging_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +123,7 @@ def convert(params: ConvertParams) -> dict:
     if params.base is None:
         raise InputError("convert: no base checkpoint given (--base DIR)")
     base_dir = require_path(params.base, "base checkpoint")
+    check_publish_target(Path(params.out), "convert", force=params.force)
     try:
         base_config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -139,7 +145,7 @@ def convert(params: ConvertParams) -> dict:
         raise InputError(f"cannot load tokenizer from {base_dir}: {msg}") from None
     long = convert_model(base, params)
     tokenizer.model_max_length = params.max_positions
-    staging = staging_dir(Path(params.out))
+    staging = staging_dir(Path(params.out), "convert")
     long.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     summary = {
@@ -151,7 +157,7 @@ def convert(params: ConvertParams) -> dict:
         "layers": long.config.num_hidden_layers,
         "n_parameters": sum(p.numel() for p in long.parameters()),
     }
-    publish_dir(staging, Path(params.out))
+    publish_dir(staging, Path(params.out), stage="convert", force=params.force)
     write_manifest(
         params.out,
         stage="convert",

@@ -41,6 +41,7 @@ from longdoc.components.tasks import LoadResult, task_module
 from longdoc.components.training import (
     Throughput,
     adamw,
+    check_publish_target,
     plot_curve,
     publish_dir,
     seed_everything,
@@ -238,10 +239,10 @@ def train_task(
             **metrics,
         }
         if out is not None:
-            staging = staging_dir(out)
+            staging = staging_dir(out, "finetune")
             model.save_pretrained(staging)
             adapter.tokenizer.save_pretrained(staging)
-            publish_dir(staging, out)
+            publish_dir(staging, out, stage="finetune", force=params.force)
     return result
 
 
@@ -260,6 +261,7 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
     task = params.task
     module = task_module(task)
     require_path(params.base, "base checkpoint")
+    check_publish_target(Path(params.out), "finetune", force=params.force)  # not after training
     train_res = module.load(params.data, "train")
     dev_res = module.load(params.data, "dev")
     for split, res in (("train", train_res), ("dev", dev_res)):

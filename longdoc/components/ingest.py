@@ -45,8 +45,10 @@ import pyarrow.parquet as pq
 from longdoc.components.config import IngestParams, params_dict
 from longdoc.components.io import (
     InputError,
+    NothingProduced,
     atomic_path,
     atomic_write_text,
+    claim_output_dir,
     require_path,
     sha256_bytes,
     sha256_file,
@@ -551,6 +553,23 @@ def _resolve_workers(workers: int | None, sources: list[Path]) -> int:
     return min(cpus - 1, 8) if total >= _POOL_MIN_BYTES else 0
 
 
+def _nothing_found(sources, quarantine_recs: list[dict], counts: dict, out: Path) -> str:
+    """Why nothing was written, in words: an empty source, or what its inputs were instead."""
+    names = ", ".join(str(s) for s in sources)
+    if counts["inputs"] == 0:
+        return f"no documents ingested from {names}: no files found"
+    reasons = Counter(r["reason"].split(":")[0].split(" (")[0] for r in quarantine_recs)
+    found = [f"{n} {reason}" for reason, n in reasons.most_common(3)]
+    if len(reasons) > 3:
+        found.append(f"{sum(reasons.values()) - sum(n for _, n in reasons.most_common(3))} other")
+    if counts["duplicates"] + counts["near_duplicates"]:
+        found.append(f"{counts['duplicates'] + counts['near_duplicates']} duplicates")
+    return (
+        f"no documents ingested from {names}: {counts['inputs']} inputs, "
+        f"{'; '.join(found)} (details in {out / 'quarantine.jsonl'})"
+    )
+
+
 def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any]:
     """Run the ingest stage; returns the manifest (also written to `params.out/manifest.json`).
 
@@ -564,7 +583,8 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
     t_start = time.monotonic()
     sources = [require_path(s, "source") for s in params.sources]
     out = Path(params.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The cleanup below deletes part-*.parquet & co. by name: only in a directory longdoc wrote.
+    claim_output_dir(out, "ingest", force=params.force, legacy=(STATE_FILE,))
 
     t0 = time.monotonic()
     inputs = [{"path": str(s), "sha256": _hash_source(s, out)} for s in sources]
@@ -768,11 +788,7 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
         raise RuntimeError(f"ingest counts do not reconcile: {counts}")  # a bug, never input
     if written == 0:
         (out / STATE_FILE).unlink(missing_ok=True)
-        names = ", ".join(str(s) for s in sources)
-        what = "no inputs found" if index == 0 else f"{index} inputs, all duplicates/quarantined"
-        raise InputError(
-            f"no documents ingested from {names}: {what} (reasons in {out / 'quarantine.jsonl'})"
-        )
+        raise NothingProduced(_nothing_found(sources, quarantine_recs, counts, out))
 
     per_source = _per_source(out, shards, quarantine_recs, duplicate_recs, sources)
     n_chars, n_sentences = _corpus_totals(out, shards)

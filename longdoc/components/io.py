@@ -1,4 +1,5 @@
-"""Small file helpers every stage shares: atomic writes, content hashes, manifests.
+"""Small file helpers every stage shares: atomic writes, content hashes, manifests, and the
+ownership rule for output directories (`claim_output_dir`, `remove_own_dir`).
 
 Why atomic: a stage killed mid-write must never leave a file that looks complete, so everything is
 written to a temporary name in the same directory and renamed into place (rename is atomic on
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +27,11 @@ os.umask(_UMASK)
 
 class InputError(ValueError):
     """Bad user input (missing path, empty corpus...): shown to the user as one line."""
+
+
+class NothingProduced(InputError):
+    """A stage read its inputs but every one was rejected (the reasons are in its quarantine or
+    errors file): the CLI exits with its own code (3) so scripts can tell it apart."""
 
 
 @contextmanager
@@ -106,3 +113,110 @@ def require_path(path: Path | str, what: str) -> Path:
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
     return path
+
+
+# --- Output directories: longdoc replaces only what it wrote ----------------------------------
+
+#: Written into every directory a longdoc stage creates or takes over (JSON naming the stage).
+#: A directory carrying it is longdoc's: a rerun may clean or replace it wholesale.
+OUTPUT_MARKER = ".longdoc"
+#: Markers of earlier versions, still honoured (`longdoc sample` wrote its own).
+LEGACY_MARKERS = (".longdoc-sample",)
+#: Written by the pipeline (`components.stages.mark_done`) into a finished stage's output.
+_STAGE_RECORD = ".stage.json"
+
+
+def _json_field(path: Path, key: str) -> Any:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def is_longdoc_dir(path: Path | str, stage: str, legacy: tuple[str, ...] = ()) -> bool:
+    """Whether longdoc wrote the directory `path` (so replacing it destroys nothing of the user's).
+
+    Yes when it carries `OUTPUT_MARKER` (any stage) or a legacy marker. Directories written before
+    markers existed are recognised by evidence only longdoc leaves: a `manifest.json` or pipeline
+    `.stage.json` whose "stage" is `stage` (the same stage, not merely any longdoc stage), or one
+    of the stage's own `legacy` globs (its state file, say) matching inside it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / OUTPUT_MARKER).is_file() or any((path / m).is_file() for m in LEGACY_MARKERS):
+        return True
+    for record in ("manifest.json", _STAGE_RECORD):
+        if _json_field(path / record, "stage") == stage:
+            return True
+    return any(next(path.glob(pattern), None) is not None for pattern in legacy)
+
+
+def foreign_dir_error(path: Path | str, action: str = "replace") -> InputError:
+    """The one line a stage stops with when `path` holds data it did not write."""
+    how = "use --force" if action == "replace" else "move it away"
+    how += " or choose another --out"
+    return InputError(f"{path} holds files longdoc did not write; refusing to {action} it ({how})")
+
+
+def mark_output_dir(path: Path | str, stage: str) -> None:
+    """Mark `path` as written by `longdoc <stage>` (retiring any legacy marker)."""
+    path = Path(path)
+    atomic_write_json(path / OUTPUT_MARKER, {"written_by": "longdoc", "stage": stage})
+    for name in LEGACY_MARKERS:
+        if (path / name).is_file():
+            (path / name).unlink()
+
+
+def claim_output_dir(
+    path: Path | str,
+    stage: str,
+    *,
+    force: bool = False,
+    legacy: tuple[str, ...] = (),
+    create: bool = True,
+) -> Path:
+    """Make sure `path` may be (re)written by `stage`; with `create`, make it and mark it ours.
+
+    Why: `--out` pointed at a directory of the user's must never cost them their files. An absent
+    or empty directory, or one longdoc wrote (`is_longdoc_dir`), is fine; anything else raises
+    InputError naming the directory, unless `force` (the user's explicit `<stage>.force: true` /
+    `--force`) says it may be replaced. Without `create` it only checks (for stages that publish
+    a finished directory in its place at the end, see `training.publish_dir`).
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path} is a broken symbolic link; refusing to write through it")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a directory; choose another --out")
+    if (
+        path.is_dir()
+        and not force
+        and any(path.iterdir())
+        and not is_longdoc_dir(path, stage, legacy)
+    ):
+        raise foreign_dir_error(path)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+        mark_output_dir(path, stage)
+    return path
+
+
+def check_own_dir(path: Path | str, stage: str, legacy: tuple[str, ...] = ()) -> None:
+    """Raise unless `path` (a staging, backup or checkpoint directory beside an output) is absent,
+    empty or longdoc's. `--force` does not extend to these: the user named `--out`, not them."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise foreign_dir_error(path, "delete")
+    if any(path.iterdir()) and not is_longdoc_dir(path, stage, legacy):
+        raise foreign_dir_error(path, "delete")
+
+
+def remove_own_dir(path: Path | str, stage: str, legacy: tuple[str, ...] = ()) -> None:
+    """Delete the directory `path` if it is absent, empty or longdoc's (`check_own_dir`)."""
+    check_own_dir(path, stage, legacy)
+    if Path(path).exists():
+        shutil.rmtree(path)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from longdoc import kernels
 from longdoc.components.config import KernelsParams, params_dict
-from longdoc.components.io import write_manifest
+from longdoc.components.io import claim_output_dir, write_manifest
 
 
 def build(params: KernelsParams) -> dict:
+    # The cache overwrites manifest.json and <target>/ files by name: only in a dir longdoc wrote.
+    claim_output_dir(params.out, "build_kernels", force=params.force)
     summary = kernels.build_kernels(
         params.out, dtypes=params.dtypes, head_dims=params.head_dims, targets=params.targets
     )

@@ -54,6 +54,10 @@ from longdoc.components.io import (
     InputError,
     atomic_path,
     atomic_write_json,
+    check_own_dir,
+    is_longdoc_dir,
+    mark_output_dir,
+    remove_own_dir,
     require_path,
     write_manifest,
 )
@@ -62,6 +66,7 @@ from longdoc.components.training import (
     Throughput,
     adamw,
     bits_per_char,
+    check_publish_target,
     plot_curve,
     publish_dir,
     seed_everything,
@@ -292,6 +297,10 @@ def checkpoint_root(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + ".ckpt")
 
 
+#: A `<out>.ckpt` written before directories were marked is recognised by its complete steps.
+_CKPT_LEGACY = ("step-*/state.json",)
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete `step-N` directory (a partial one never has that name)."""
     done = sorted(p for p in root.glob("step-*") if (p / "state.json").exists())
@@ -374,6 +383,10 @@ def pretrain(
     other ranks return `{"rank": r}`. `on_step(step, loss)` is called on rank 0 after each step.
     """
     shards = require_path(params.shards, "token shards")
+    # Before any training: `out` will be replaced and `<out>.ckpt` written and deleted, so both
+    # must be longdoc's (every rank checks, so none waits on a rank that gave up).
+    check_publish_target(Path(params.out), "pretrain", force=params.force)
+    check_own_dir(checkpoint_root(Path(params.out)), "pretrain", _CKPT_LEGACY)
     manifest = json.loads(require_path(shards / "manifest.json", "shards manifest").read_text())
     chars_per_token = float(manifest.get("chars_per_token") or 1.0)
     tokenizer = tok.load_tokenizer(shards)
@@ -425,7 +438,7 @@ def _train(
         start = latest_checkpoint(root) if root.exists() else None
         if start is not None and json.loads((start / "state.json").read_text()).get("fp") != fp:
             log.warning("%s: checkpoints from other parameters; starting afresh", root)
-            shutil.rmtree(root)
+            remove_own_dir(root, "pretrain", _CKPT_LEGACY)
             start = None
     start = env.broadcast(str(start) if start else None)
     state = {"step": 0, "rows": 0, "tokens": 0, "run_id": None, "eval0": None}
@@ -435,6 +448,7 @@ def _train(
     log_path = root / "log.jsonl"
     if env.main:
         root.mkdir(parents=True, exist_ok=True)
+        mark_output_dir(root, "pretrain")
         kept = _read_log(log_path, state["step"])
         with atomic_path(log_path) as tmp:
             tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
@@ -574,7 +588,8 @@ def _train(
             run,
         )
     env.barrier()
-    shutil.rmtree(root, ignore_errors=True)
+    if is_longdoc_dir(root, "pretrain", _CKPT_LEGACY):  # marked above; never another's dir
+        shutil.rmtree(root, ignore_errors=True)
     return summary
 
 
@@ -600,7 +615,7 @@ def _finish(
         if state.get("eval0") is not None
         else [(params.steps, eval_loss)],
     }
-    staging = staging_dir(Path(params.out))
+    staging = staging_dir(Path(params.out), "pretrain")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     shutil.copyfile(log_path, staging / "train_log.jsonl")
@@ -609,7 +624,7 @@ def _finish(
             str(plot_curve(curve, Path(tmp) / "loss_curve.png", "MLM loss")), "plots"
         )
     mlflow.log_artifacts(str(staging), "checkpoint")
-    publish_dir(staging, Path(params.out))
+    publish_dir(staging, Path(params.out), stage="pretrain", force=params.force)
     summary = {
         "run_id": run.info.run_id,
         "steps": params.steps,

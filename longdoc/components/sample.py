@@ -37,9 +37,9 @@ from typing import Any
 
 from longdoc.components.config import SampleParams, params_dict
 from longdoc.components.io import (
-    InputError,
     atomic_write_bytes,
     atomic_write_text,
+    claim_output_dir,
     sha256_tree,
     versions,
     write_manifest,
@@ -66,7 +66,6 @@ DUPLICATE_FRACTION = 0.04
 ARCHIVE_MTIME = 315532800  # 1980-01-01T00:00:00Z, the earliest date zip can store
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
-MARKER = ".longdoc-sample"  # marks an output directory as ours, so a rerun may clean it
 #: Top-level entries under `out` that the generator owns (removed and rewritten on each run).
 OWNED = (
     "corpus",
@@ -1289,21 +1288,14 @@ def write_hotpotqa(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, A
 # --- Entry point --------------------------------------------------------------------------------
 
 
-def _prepare(out: Path) -> None:
+def _prepare(out: Path, force: bool = False) -> None:
     """Make `out` ours and empty of a previous sample, so no stale file survives a smaller rerun.
 
-    A directory that has content but no marker is refused: the generator never deletes data it
-    did not write (someone pointing --out at a real aclImdb must not lose it).
+    A directory that has content but no longdoc marker (`io.claim_output_dir`; the old
+    `.longdoc-sample` marker counts) is refused unless `force`: the generator never deletes data
+    it did not write (someone pointing --out at a real aclImdb must not lose it).
     """
-    if out.exists() and not out.is_dir():
-        raise InputError(f"sample output is not a directory: {out}")
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise InputError(
-            f"refusing to write the sample into {out}: it has files that `longdoc sample` did not "
-            f"write (no {MARKER} marker); choose an empty or new directory"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / MARKER, "written by `longdoc sample`; safe to delete with the dir\n")
+    claim_output_dir(out, "sample", force=force)
     for name in OWNED:  # manifest first: a half-rewritten sample must not look complete
         p = out / name
         if p.is_dir():
@@ -1319,7 +1311,7 @@ def write_sample(params: SampleParams) -> dict[str, Any]:
     """
     out = Path(params.out)
     t0 = time.time()
-    _prepare(out)
+    _prepare(out, params.force)
     lex = build_lexicon(params.seed)
     steps: list[tuple[str, Callable[[Path, SampleParams, Lexicon], dict[str, Any]]]] = [
         ("corpus", write_corpus),

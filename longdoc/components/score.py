@@ -48,6 +48,7 @@ from longdoc.components.io import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    claim_output_dir,
     require_path,
     sha256_bytes,
     sha256_tree,
@@ -55,7 +56,14 @@ from longdoc.components.io import (
     write_manifest,
 )
 from longdoc.components.readers import Document, Rejected, iter_documents
-from longdoc.components.serving import CLASSIFICATION, QA, Encoded, InferenceEngine, LongdocModel
+from longdoc.components.serving import (
+    CLASSIFICATION,
+    QA,
+    Encoded,
+    InferenceEngine,
+    LongdocModel,
+    is_empty_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +74,34 @@ _ERRORS_PART = "errors.partial.jsonl"
 _PROGRESS_EVERY_S = 10.0
 _CHARS_PER_TOKEN_CAP = 64  # as serving: text past max_len * 64 chars can never be read
 
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),  # sha256 of the normalised text, as ingest's doc_id
-        ("source", pa.string()),
-        ("member", pa.string()),
-        ("tokens", pa.int32()),  # tokens the model read (after truncation)
-        ("truncated", pa.bool_()),  # the document was longer than max_len tokens
-        ("label", pa.string()),  # classification
-        ("probabilities", pa.list_(pa.float32())),  # classification, in id2label order
-        ("answer", pa.string()),  # QA
-        ("score", pa.float32()),  # QA: P(start) x P(end) of the answer span
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("scored_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
+_DOCUMENT_FIELDS = [
+    ("doc_id", pa.string()),  # sha256 of the normalised text, as ingest's doc_id
+    ("source", pa.string()),
+    ("member", pa.string()),
+    ("tokens", pa.int32()),  # tokens the model read (after truncation)
+    ("truncated", pa.bool_()),  # the document was longer than max_len tokens
+]
+_PREDICTION_FIELDS = {
+    CLASSIFICATION: [
+        ("label", pa.string()),
+        ("probabilities", pa.list_(pa.float32())),  # in id2label order
+    ],
+    QA: [
+        ("answer", pa.string()),
+        ("score", pa.float32()),  # P(start) x P(end) of the answer span
+    ],
+}
+_MODEL_FIELDS = [
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("scored_at", pa.timestamp("ms", tz="UTC")),
+]
+
+
+def prediction_schema(kind: str) -> pa.Schema:
+    """The predictions table of a `kind` model: only that kind's columns, so a classifier's
+    table has no all-null `answer`/`score` and a QA model's no `label`/`probabilities`."""
+    return pa.schema(_DOCUMENT_FIELDS + _PREDICTION_FIELDS[kind] + _MODEL_FIELDS)
 
 
 @dataclass
@@ -138,7 +158,11 @@ def _fingerprint(params: ScoreParams, inputs: list[dict[str, str]], model: dict)
         for k, v in params_dict(params).items()
         if k in ("max_len", "bf16", "text_field", "question_field")
     }
-    blob = json.dumps({"params": relevant, "inputs": inputs, "model": model}, sort_keys=True)
+    # the columns too: parts written with another table layout are never mixed with new ones
+    columns = prediction_schema(model["kind"]).names
+    blob = json.dumps(
+        {"params": relevant, "inputs": inputs, "model": model, "columns": columns}, sort_keys=True
+    )
     return sha256_bytes(blob.encode())
 
 
@@ -225,6 +249,9 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     `manifest.json` whose counts reconcile: inputs = scored + errors."""
     t0 = time.perf_counter()
     sources = [require_path(s, "score input") for s in params.sources()]
+    # `_clean` deletes predictions and errors by name: only in a directory longdoc wrote (checked
+    # now, before the model loads; claimed and marked below).
+    claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,), create=False)
     tracking.setup(tracking_params)
     engine, name, version, pinned = load_engine(params)
     if engine.kind == QA and not params.question_field:
@@ -236,8 +263,7 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
         log.warning("%s is a classifier: score.question_field is ignored", pinned)
     question_field = params.question_field if engine.kind == QA else None
 
-    out = Path(params.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,))
     inputs = [{"path": str(s), "sha256": sha256_tree(s)} for s in sources]
     model_info = {"uri": params.model_uri, "name": name, "version": version, "kind": engine.kind}
     fingerprint = _fingerprint(params, inputs, model_info)
@@ -278,6 +304,7 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     labels = Counter(state["labels"])
     per_source: dict[str, Counter] = {k: Counter(v) for k, v in state["per_source"].items()}
     cap = engine.max_len * _CHARS_PER_TOKEN_CAP
+    schema = prediction_schema(engine.kind)
     pending: list[_Pending] = []
     errors_file = open(errors_path, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
     progress = {"t": time.perf_counter(), "docs": 0, "tokens": 0, "infer_s": 0.0, "logged": 0.0}
@@ -309,10 +336,7 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
                         "member": p.member,
                         "tokens": len(enc.input_ids),
                         "truncated": enc.truncated or p.clipped,
-                        "label": pred.get("label"),
-                        "probabilities": pred.get("probabilities"),
-                        "answer": pred.get("answer"),
-                        "score": pred.get("score"),
+                        **pred,
                         "model_name": name,
                         "model_version": version,
                         "scored_at": now,
@@ -326,7 +350,7 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
                 progress["tokens"] += len(enc.input_ids)
             part = f"part-{len(state['parts']):05d}.parquet"
             with atomic_path(preds_dir / part) as tmp:
-                pq.write_table(pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA), tmp)
+                pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
             state["parts"].append(part)
             state["scored"] += len(rows)
             progress["docs"] += len(rows)
@@ -365,9 +389,11 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
                 raw = item.text if item.entities_decoded else decode_entities(item.text)
                 text = normalize(raw)
                 question = item.meta.get(question_field) if question_field else None
-                if not text:
+                if is_empty_document(text):  # the served model refuses the same documents
                     error(index, item.source, item.member, "empty document")
-                elif question_field and not (isinstance(question, str) and question.strip()):
+                elif question_field and not (
+                    isinstance(question, str) and not is_empty_document(question)
+                ):
                     error(
                         index, item.source, item.member, f"no {question_field!r} field (question)"
                     )
@@ -395,7 +421,7 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     if not state["parts"]:  # an input with no scorable document: still a readable, empty table
         part = "part-00000.parquet"
         with atomic_path(preds_dir / part) as tmp:
-            pq.write_table(PREDICTION_SCHEMA.empty_table(), tmp)
+            pq.write_table(schema.empty_table(), tmp)
         state["parts"].append(part)
 
     n_errors = 0

@@ -8,7 +8,13 @@ not depend on how the checkpoint is stored. The model is logged "from code"
 Two kinds of checkpoint are served, chosen from `config.architectures`:
 
 - sequence classification: a `text` column in; `label` + `probabilities` out;
-- extractive QA: `text` (the context) + `question` in; `answer` + `score` out.
+- extractive QA: `text` (the context) + `question` in; `answer` + `score` out;
+
+and both answer `tokens` (how many the model read) and `truncated`, as batch scoring's rows do.
+Every row is checked before anything runs: a null, non-string or empty text (or question), an
+empty batch or an out-of-range param is refused with an `MlflowException(INVALID_PARAMETER_VALUE)`
+naming each bad row, which `mlflow models serve` turns into an HTTP 400 with that message and no
+stack trace. `is_empty_document` is the one rule for "empty" that `longdoc score` applies too.
 
 `InferenceEngine` is the fast path both the pyfunc `predict` and `components.score` use: every
 document is tokenized once, documents are sorted by length and cut into batches by a token budget
@@ -19,6 +25,7 @@ runs under `torch.inference_mode`, on CUDA when present, optionally in bf16.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,10 +34,12 @@ from typing import Any
 import mlflow
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
+from longdoc.components.ingest import normalize
 from longdoc.components.windows import best_span, word_boundaries
 
 CLASSIFICATION, QA = "classification", "qa"
@@ -48,6 +57,19 @@ DEFAULT_BATCH_TOKENS = 16384
 MAX_ANSWER_TOKENS = 30  # longest answer span considered, as run_qa.py's max_answer_length
 _N_BEST = 20  # start/end candidates per document, as run_qa.py's n_best_size
 _CHARS_PER_TOKEN_CAP = 64  # texts are clipped to max_len * this many chars before tokenizing
+MIN_MAX_LEN = 8  # the shortest `max_len` a request may ask for: specials + a few words
+_EMPTY_PROBE_CHARS = 4096
+_MAX_ROW_ERRORS = 50  # bad rows listed one by one in a refusal; the rest are counted
+
+
+def is_empty_document(text: str) -> bool:
+    """True when nothing readable is left once ingest's normalisation has run (only whitespace,
+    control characters, byte-order marks): `longdoc score` records such a document as an error
+    and the served model refuses it, so both call the same documents empty.
+
+    A readable character in the first few KB settles it (normalisation only removes characters),
+    so a long document costs one short probe, not a pass over all of it."""
+    return not normalize(text[:_EMPTY_PROBE_CHARS]) and not normalize(text)
 
 
 def serving_requirements() -> list[str]:
@@ -308,20 +330,17 @@ class LongdocModel(mlflow.pyfunc.PythonModel):
         self.engine = InferenceEngine.from_checkpoint(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        params = params or {}
+        """Predictions for every row, or an `MlflowException(INVALID_PARAMETER_VALUE)` (HTTP 400
+        when served) that names every bad row and bad param: nothing is scored until all are
+        good, so a client never has to match partial output to its rows."""
         engine = self.engine
-        texts = model_input["text"].astype(str).tolist()
-        questions = None
-        if engine.kind == QA:
-            if "question" not in model_input:
-                raise ValueError("this QA model needs a 'question' column next to 'text'")
-            questions = model_input["question"].astype(str).tolist()
-        preds = engine.predict_texts(
-            texts,
-            questions,
-            batch_tokens=int(params.get("batch_tokens") or DEFAULT_BATCH_TOKENS),
-            max_len=int(params.get("max_len") or engine.max_len),
-        )
+        max_len, batch_tokens = _checked_params(params or {}, engine.max_len)
+        texts, questions = _checked_rows(model_input, engine, max_len)
+        docs = engine.encode(texts, questions, max_len)
+        preds = engine.run(docs, batch_tokens)
+        for pred, doc in zip(preds, docs, strict=True):
+            pred["tokens"] = len(doc.input_ids)
+            pred["truncated"] = doc.truncated
         return pd.DataFrame(preds, columns=_output_columns(engine.kind))
 
 
@@ -329,7 +348,102 @@ LongdocClassifier = LongdocModel  # the name models logged before the QA kind im
 
 
 def _output_columns(kind: str) -> list[str]:
-    return ["label", "probabilities"] if kind == CLASSIFICATION else ["answer", "score"]
+    kind_columns = ["label", "probabilities"] if kind == CLASSIFICATION else ["answer", "score"]
+    return [*kind_columns, "tokens", "truncated"]
+
+
+def _refuse(problems: list[str], what: str) -> MlflowException:
+    shown = problems[:_MAX_ROW_ERRORS]
+    more = len(problems) - len(shown)
+    lines = [what, *(f"  {p}" for p in shown)] + ([f"  ... and {more} more"] if more else [])
+    return MlflowException.invalid_parameter_value("\n".join(lines))
+
+
+def _checked_params(params: dict[str, Any], model_max_len: int) -> tuple[int, int]:
+    """(max_len, batch_tokens) from a request's params, or a refusal naming each bad one.
+    A `max_len` above the model's positions reads as many as it has (the signature's default,
+    4096, asks for "all of them")."""
+    problems = []
+    values = {}
+    for name, default, low in (
+        ("max_len", model_max_len, MIN_MAX_LEN),
+        ("batch_tokens", DEFAULT_BATCH_TOKENS, 1),
+    ):
+        value = params.get(name)
+        if value is None:
+            values[name] = default
+        elif isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            problems.append(f"param {name}={value!r}: expected a whole number >= {low}")
+        elif value < low:
+            problems.append(f"param {name}={value}: must be at least {low}")
+        else:
+            values[name] = int(value)
+    if problems:
+        raise _refuse(problems, "invalid params:")
+    return min(values["max_len"], model_max_len), values["batch_tokens"]
+
+
+def _cell_problem(value: Any, column: str) -> str | None:
+    """Why one cell cannot be read as text, or None when it can."""
+    if value is None or (not isinstance(value, str) and _is_missing(value)):
+        return f"{column!r} is null"
+    if not isinstance(value, str):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        return f"{column!r} must be a string, not {type(value).__name__} ({shown})"
+    if is_empty_document(value):
+        return f"{column!r} is empty (nothing but whitespace or control characters)"
+    return None
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # lists, arrays: not a scalar missing value
+        return False
+
+
+def _checked_rows(
+    model_input: pd.DataFrame, engine: InferenceEngine, max_len: int
+) -> tuple[list[str], list[str] | None]:
+    """The texts (and for QA the questions) of a request, or a refusal with one line per bad
+    row: a null, non-string or empty text or question, or (QA) a question that leaves no room
+    for the context within `max_len` tokens."""
+    if not isinstance(model_input, pd.DataFrame):
+        model_input = pd.DataFrame(model_input)
+    columns = ["text", "question"] if engine.kind == QA else ["text"]
+    missing = [c for c in columns if c not in model_input.columns]
+    if missing:
+        raise _refuse(
+            [f"no {c!r} column" for c in missing],
+            f"this {engine.kind} model reads the columns {columns}:",
+        )
+    if len(model_input) == 0:
+        raise MlflowException.invalid_parameter_value(
+            "the batch is empty: send at least one row with a 'text'"
+        )
+    cells = {c: model_input[c].tolist() for c in columns}
+    reasons: dict[int, list[str]] = {}
+    for row in range(len(model_input)):
+        for c in columns:
+            if (reason := _cell_problem(cells[c][row], c)) is not None:
+                reasons.setdefault(row, []).append(reason)
+    if engine.kind == QA:
+        tok = engine.tokenizer
+        room = max_len - tok.num_special_tokens_to_add(pair=True) - 1
+        rows = [r for r, q in enumerate(cells["question"]) if isinstance(q, str)]
+        # clipped as texts are: a question past max_len * 64 characters is too long anyway
+        clipped = [cells["question"][r][: max_len * _CHARS_PER_TOKEN_CAP] for r in rows]
+        ids = tok(clipped, add_special_tokens=False)["input_ids"] if rows else []
+        for row, question_ids in zip(rows, ids, strict=True):
+            if len(question_ids) > room:
+                reasons.setdefault(row, []).append(
+                    f"the question is {len(question_ids)} tokens, which leaves no room for the "
+                    f"text within max_len={max_len} tokens"
+                )
+    if reasons:
+        problems = [f"row {row}: {'; '.join(reasons[row])}" for row in sorted(reasons)]
+        raise _refuse(problems, f"{len(problems)} of {len(model_input)} rows cannot be scored:")
+    return cells["text"], cells["question"] if engine.kind == QA else None
 
 
 def model_signature(kind: str) -> ModelSignature:
@@ -340,13 +454,26 @@ def model_signature(kind: str) -> ModelSignature:
             ParamSpec("batch_tokens", "long", DEFAULT_BATCH_TOKENS),
         ]
     )
+    read = [ColSpec("long", "tokens"), ColSpec("boolean", "truncated")]
     if kind == CLASSIFICATION:
         inputs = Schema([ColSpec("string", "text")])
-        outputs = Schema([ColSpec("string", "label"), ColSpec(Array("double"), "probabilities")])
+        outputs = Schema(
+            [ColSpec("string", "label"), ColSpec(Array("double"), "probabilities"), *read]
+        )
     else:
         inputs = Schema([ColSpec("string", "text"), ColSpec("string", "question")])
-        outputs = Schema([ColSpec("string", "answer"), ColSpec("double", "score")])
+        outputs = Schema([ColSpec("string", "answer"), ColSpec("double", "score"), *read])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example(kind: str) -> pd.DataFrame:
+    """A one-row request of `kind`, logged with the model: MLflow shows it as the model's
+    example request and, at logging time, serves it once through the logged model, so a model
+    that cannot answer its own example is reported then rather than at the first request."""
+    text = "A long document: a review, a report or an article, of up to thousands of tokens."
+    if kind == CLASSIFICATION:
+        return pd.DataFrame({"text": [text]})
+    return pd.DataFrame({"text": [text], "question": ["What kind of document is this?"]})
 
 
 def log_longdoc_model(
@@ -360,6 +487,7 @@ def log_longdoc_model(
         python_model=str(Path(__file__).with_name("mlflow_model.py")),
         artifacts={"checkpoint": str(checkpoint)},
         signature=model_signature(kind),
+        input_example=input_example(kind),
         pip_requirements=serving_requirements(),
         registered_model_name=registered_name,
         metadata={"longdoc_kind": kind},

@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from longdoc import kernels
 from longdoc.components.config import Params, params_dict
 from longdoc.components.io import atomic_write_json, sha256_file, sha256_tree
 
@@ -41,7 +40,8 @@ def spec(stage: str, p: Params) -> StageSpec:
         return StageSpec(stage, p.tokenize.out, params_dict(p.tokenize), tuple(inputs))
     if stage == "build_kernels":
         # The kernel sources, not the directory: __pycache__ must not make the stage stale.
-        sources = tuple(sorted(Path(kernels.__file__).parent.glob("*.py")))
+        # Located, not imported: importing longdoc.kernels would load torch for a freshness check.
+        sources = tuple(sorted((Path(__file__).parents[1] / "kernels").glob("*.py")))
         return StageSpec(stage, p.kernels.out, params_dict(p.kernels), sources)
     if stage == "pretrain":
         inputs = [p.pretrain.shards / "manifest.json"]

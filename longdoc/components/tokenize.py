@@ -47,6 +47,7 @@ from longdoc.components.io import (
     InputError,
     atomic_path,
     atomic_write_json,
+    claim_output_dir,
     require_path,
     sha256_bytes,
     sha256_file,
@@ -725,7 +726,8 @@ def tokenize(params: TokenizeParams) -> dict[str, Any]:
     shards = corpus_shards(corpus)  # InputError: missing / no manifest / no shards
     corpus_manifest = json.loads((corpus / "manifest.json").read_text())
     out = Path(params.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # docs/, packed/, tokenizer/ are deleted and replaced below: only in a directory longdoc wrote.
+    claim_output_dir(out, "tokenize", force=params.force, legacy=(STATE_FILE,))
     (out / "manifest.json").unlink(missing_ok=True)  # from here on, the dir is unfinished
     _remove_leftovers(out)
 

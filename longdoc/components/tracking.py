@@ -7,7 +7,6 @@ repo root works on a laptop and in CI with no server. Artifacts go beside it in 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
@@ -19,7 +18,7 @@ CHAMPION = "champion"
 
 
 def tracking_uri(params: TrackingParams) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+    return params.resolved_uri()
 
 
 def _artifact_root(uri: str) -> str | None:

@@ -15,6 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longdoc.components.io import (
+    check_own_dir,
+    claim_output_dir,
+    mark_output_dir,
+    remove_own_dir,
+)
+
 
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
@@ -48,28 +55,52 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def publish_dir(staging: Path, dest: Path) -> None:
+def _sibling(dest: Path, suffix: str) -> Path:
+    return Path(dest).with_name(Path(dest).name + suffix)
+
+
+def check_publish_target(dest: Path, stage: str, *, force: bool = False) -> None:
+    """Fail now, before hours of work, if publishing to `dest` would destroy data longdoc did not
+    write: `dest` must be absent, empty or longdoc's (or `force`), and `<dest>.old` /
+    `<dest>.partial`, which publishing deletes, absent, empty or longdoc's whatever `force` says.
+    Changes nothing."""
+    claim_output_dir(dest, stage, force=force, create=False)
+    for suffix in (".old", ".partial"):
+        check_own_dir(_sibling(dest, suffix), stage)
+
+
+def publish_dir(staging: Path, dest: Path, *, stage: str = "", force: bool = False) -> None:
     """Replace `dest` with the fully written `staging` directory.
 
     Why: a checkpoint directory must never be half written under its final name; readers see
-    either the old complete one or the new complete one.
+    either the old complete one or the new complete one. And only a directory longdoc wrote is
+    replaced (`check_publish_target`; `force` lets a foreign `dest` go): the previous `dest` is
+    moved to `<dest>.old` and deleted once the new one is in place, and a `<dest>.old` that is
+    not longdoc's is never deleted.
     """
     dest = Path(dest)
-    old = dest.with_name(dest.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
+    check_publish_target(dest, stage, force=force)
+    old = _sibling(dest, ".old")
+    remove_own_dir(old, stage)
+    moved = False
+    if dest.exists() or dest.is_symlink():
         dest.rename(old)
+        moved = True
     Path(staging).rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
+    if moved:  # what this run moved aside: checked above (or released by `force`)
+        if old.is_symlink():
+            old.unlink()  # the link only; whatever it pointed at stays
+        else:
+            shutil.rmtree(old)
 
 
-def staging_dir(dest: Path) -> Path:
-    staging = Path(dest).with_name(Path(dest).name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+def staging_dir(dest: Path, stage: str = "") -> Path:
+    """A fresh, marked `<dest>.partial` to write into before `publish_dir`; a leftover one of a
+    killed run is deleted only if longdoc wrote it."""
+    staging = _sibling(dest, ".partial")
+    remove_own_dir(staging, stage)
     staging.mkdir(parents=True)
+    mark_output_dir(staging, stage or "longdoc")
     return staging
 
 

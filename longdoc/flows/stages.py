@@ -7,85 +7,112 @@ one (a deployment run with no parameters) they read `params.yaml` from the worki
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task
 
-from longdoc.components import convert as convert_mod
-from longdoc.components import finetune as finetune_mod
-from longdoc.components import ingest as ingest_mod
-from longdoc.components import kernel_cache, stages
-from longdoc.components import pretrain as pretrain_mod
-from longdoc.components import sample as sample_mod
-from longdoc.components import score as score_mod
-from longdoc.components import tokenize as tokenize_mod
-from longdoc.components.config import ConfigError, Params, load_params
-from longdoc.components.io import InputError
+from longdoc.components.config import Params, load_params
+from longdoc.flows import freshness
+
+# Errors no retry can heal: a missing path stays missing, a full disk stays full.
+_PERMANENT = {
+    errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+    errno.EDQUOT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG,
+}  # fmt: skip
 
 
 def _transient(task, task_run, state) -> bool:
-    """Retry I/O hiccups, not user errors: a missing path stays missing on the second try."""
+    """Retry I/O hiccups only (a network filesystem's EIO, a timeout): never user errors (an
+    InputError is a ValueError), never bugs, never an OSError that cannot heal."""
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, InputError | ConfigError)
+    return isinstance(exc, OSError) and exc.errno not in _PERMANENT
+
+
+def _use_kernels(params: Params) -> None:
+    """Point the tvm backend at the compiled-kernel cache before a stage that runs the model."""
+    from longdoc.components import kernel_cache
+
+    kernel_cache.use(params.kernels)
 
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}
 
 
 def _finish(stage: str, params: Params, result: dict) -> dict:
-    stages.mark_done(stages.spec(stage, params))
+    freshness.mark_done(freshness.spec(stage, params))
     return result
 
 
 @task(name="write-sample", **IO_RETRIES)
 def _sample(params: Params) -> dict:
-    return sample_mod.write_sample(params.sample)
+    from longdoc.components.sample import write_sample
+
+    return write_sample(params.sample)
 
 
 @task(name="ingest-archives", **IO_RETRIES)
 def _ingest(params: Params) -> dict:
-    return ingest_mod.ingest(params.ingest)
+    from longdoc.components.ingest import ingest
+
+    return ingest(params.ingest)
 
 
 @task(name="tokenize-corpus", **IO_RETRIES)
 def _tokenize(params: Params) -> dict:
-    return tokenize_mod.tokenize(params.tokenize)
+    from longdoc.components.tokenize import tokenize
+
+    return tokenize(params.tokenize)
 
 
 @task(name="compile-kernels")
 def _build_kernels(params: Params) -> dict:
+    from longdoc.components import kernel_cache
+
     return kernel_cache.build(params.kernels)
 
 
 @task(name="mlm-pretrain")
 def _pretrain(params: Params) -> dict:
-    kernel_cache.use(params.kernels)
-    return pretrain_mod.pretrain(params.pretrain, params.model, params.tracking)
+    _use_kernels(params)
+    from longdoc.components.pretrain import pretrain
+
+    return pretrain(params.pretrain, params.model, params.tracking)
 
 
 def pretrain_ranks(params: Params) -> dict:
     """Under torchrun: every rank trains (DDP) without a Prefect run per rank (N ephemeral
     servers would race for one database); rank 0 records the stage as done."""
-    kernel_cache.use(params.kernels)
-    result = pretrain_mod.pretrain(params.pretrain, params.model, params.tracking)
+    from longdoc.components.pretrain import pretrain
+
+    _use_kernels(params)
+    result = pretrain(params.pretrain, params.model, params.tracking)
     if "rank" not in result:
-        stages.mark_done(stages.spec("pretrain", params))
+        freshness.mark_done(freshness.spec("pretrain", params))
     return result
 
 
 @task(name="convert-checkpoint")
 def _convert(params: Params) -> dict:
-    return convert_mod.convert(params.convert)
+    from longdoc.components.convert import convert
+
+    return convert(params.convert)
 
 
 @task(name="finetune-task")
 def _finetune(params: Params) -> dict:
-    kernel_cache.use(params.kernels)
-    return finetune_mod.finetune(params.finetune, params.tracking)
+    _use_kernels(params)
+    from longdoc.components.finetune import finetune
+
+    return finetune(params.finetune, params.tracking)
 
 
 @task(name="score-documents", **IO_RETRIES)
 def _score(params: Params) -> dict:
-    kernel_cache.use(params.kernels)
-    return score_mod.score(params.score, params.tracking)
+    _use_kernels(params)
+    from longdoc.components.score import score
+
+    return score(params.score, params.tracking)
 
 
 @flow(name="sample")
@@ -132,25 +159,6 @@ def finetune_flow(params: Params | None = None) -> dict:
     return _finish("finetune", params, _finetune(params))
 
 
-def _for_task(params: Params, task: str) -> Params:
-    return params.model_copy(update={"finetune": params.finetune.for_task(task)})
-
-
-def finetune_tasks(params: Params, force: bool = False) -> dict | str:
-    """The pipeline's finetune step: every task in `finetune.tasks`, each skipped when its own
-    inputs and parameters are unchanged; "skipped" when all were."""
-    logger = get_run_logger()
-    results: dict[str, dict | str] = {}
-    for name in params.finetune.tasks:
-        task_params = _for_task(params, name)
-        if not force and stages.is_fresh(stages.spec("finetune", task_params)):
-            logger.info("finetune %s: inputs and parameters unchanged, skipped", name)
-            results[name] = "skipped"
-            continue
-        results[name] = finetune_flow(task_params)
-    return "skipped" if all(r == "skipped" for r in results.values()) else results
-
-
 @flow(name="score")
 def score_flow(params: Params | None = None) -> dict:
     params = params or load_params()
@@ -191,17 +199,46 @@ STAGE_FLOWS = {
 
 @flow(name="pipeline")
 def pipeline_flow(params: Params | None = None, force: bool = False) -> dict:
-    """Every stage in order; a stage whose parameters and inputs are unchanged is skipped."""
+    """Every stage in order (one finetune per task); a stage whose parameters, inputs and code
+    are unchanged is skipped (flows/freshness.py, the rules `dvc.yaml` is generated from)."""
     params = params or load_params()
     logger = get_run_logger()
     results: dict[str, dict | str] = {}
-    for name in stages.STAGES:
-        if name == "finetune":  # one run per task listed in params.yaml
-            results[name] = finetune_tasks(params, force)
+    for s in freshness.pipeline_specs(params):
+        if not force and freshness.is_fresh(s):
+            logger.info("%s: parameters, inputs and code unchanged, skipped", s.name)
+            results[s.name] = "skipped"
             continue
-        if not force and stages.is_fresh(stages.spec(name, params)):
-            logger.info("%s: inputs and parameters unchanged, skipped", name)
-            results[name] = "skipped"
-            continue
-        results[name] = STAGE_FLOWS[name](params)
+        run_params = params
+        if s.stage == "finetune":
+            task = s.name.removeprefix("finetune_")
+            run_params = params.model_copy(update={"finetune": params.finetune.for_task(task)})
+        results[s.name] = STAGE_FLOWS[s.stage](run_params)
+    _record_in_dvc(params, ran=any(r != "skipped" for r in results.values()))
     return results
+
+
+def _record_in_dvc(params: Params, ran: bool) -> None:
+    """In a DVC project, record what the pipeline produced in dvc.lock (`dvc commit`), so that
+    `dvc status` agrees and `dvc repro` has nothing left to do; only when dvc.yaml describes
+    exactly these stages (otherwise say how to regenerate it)."""
+    import subprocess
+    import sys
+
+    if not Path(".dvc").is_dir() or not Path("dvc.yaml").exists():
+        return
+    logger = get_run_logger()
+    if not freshness.dvc_yaml_is_current(params):
+        logger.warning("dvc.yaml does not match params.yaml: run `longdoc dvc-yaml`; not recorded")
+        return
+    if not ran and Path("dvc.lock").exists():
+        return
+    res = subprocess.run(
+        [sys.executable, "-m", "dvc", "commit", "--force", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode == 0:
+        logger.info("recorded the outputs in dvc.lock (dvc commit)")
+    else:
+        logger.warning("dvc commit failed: %s", (res.stderr or res.stdout).strip()[-500:])

@@ -419,11 +419,12 @@ def test_empty_corpus_is_clear_error(tmp_path: Path) -> None:
         run(tmp_path, src)
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith(f"no documents ingested from {src}: 2 inputs, all duplicates/quar")
+    assert msg.startswith(f"no documents ingested from {src}: 2 inputs, ")
+    assert "1 empty or whitespace-only document" in msg and "1 unsupported file type" in msg
     assert not (tmp_path / "corpus/manifest.json").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match="no inputs found"):
+    with pytest.raises(InputError, match="no files found"):
         run(tmp_path, empty)
 
 

@@ -63,5 +63,6 @@ def test_pipeline_end_to_end_then_skips(tmp_path, tiny_params):
     again = run(
         [sys.executable, "-m", "longdoc", "pipeline", "--params", str(tiny_params)], cwd=tmp_path
     )
-    for stage in ("sample", "ingest", "tokenize", "build_kernels", "pretrain", "finetune", "score"):
+    tasks = [f"finetune_{t}" for t in params["finetune"]["tasks"]]
+    for stage in ("sample", "ingest", "tokenize", "build_kernels", "pretrain", *tasks, "score"):
         assert f"{stage} skipped" in again.stdout, again.stdout

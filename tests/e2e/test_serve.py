@@ -1,6 +1,7 @@
 """`mlflow models serve -m models:/<name>@champion --env-manager local` on 127.0.0.1 answers
-/invocations with the model's predictions; the server is stopped by its PID (its process group:
-MLflow starts a uvicorn child)."""
+/invocations with the model's predictions (with the tokens read and whether the text was
+truncated), and malformed requests with a 400 whose message names each bad row, without a stack
+trace; the server is stopped by its PID (its process group: MLflow starts a uvicorn child)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -32,6 +34,35 @@ def _post(url: str, body: dict) -> dict:
     )
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
+
+
+def _post_status(url: str, body: dict) -> tuple[int, str]:
+    """(HTTP status, body text), for answers that are not 200."""
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _split(rows: list, **params) -> dict:
+    body: dict = {"dataframe_split": {"columns": ["text"], "data": rows}}
+    if params:
+        body["params"] = params
+    return body
+
+
+# (request, what the 400's message must contain)
+BAD_REQUESTS = [
+    (_split([[TEXTS[0]], [None]]), ["row 1: 'text' is null"]),
+    (_split([[12345]]), ["row 0: 'text' must be a string, not int (12345)"]),
+    (_split([[TEXTS[0]], [""], ["  \n "]]), ["row 1: 'text' is empty", "row 2: 'text' is empty"]),
+    (_split([]), ["the batch is empty"]),
+    (_split([[TEXTS[0]]], max_len=-5), ["param max_len=-5: must be at least 8"]),
+]
 
 
 def test_mlflow_models_serve_answers_invocations(tmp_path, monkeypatch):
@@ -80,9 +111,23 @@ def test_mlflow_models_serve_answers_invocations(tmp_path, monkeypatch):
         assert [p["label"] for p in preds] == list(expected["label"])
         for p, ref in zip(preds, expected["probabilities"], strict=True):
             assert max(abs(a - b) for a, b in zip(p["probabilities"], ref, strict=True)) < 1e-5
+        assert all(p["tokens"] > 0 and p["truncated"] is False for p in preds)
         # params from the signature go through too
         body["params"] = {"max_len": 16}
         assert len(_post(f"{base}/invocations", body)["predictions"]) == len(TEXTS)
+        (long,) = _post(f"{base}/invocations", _split([[" ".join(TEXTS * 20)]], max_len=16))[
+            "predictions"
+        ]
+        assert long["truncated"] is True and long["tokens"] == 16 and long["label"]
+        # malformed requests: a 400 naming each bad row, never a stack trace
+        for request, expected in BAD_REQUESTS:
+            status, text = _post_status(f"{base}/invocations", request)
+            assert status == 400, (request, status, text)
+            assert "Traceback" not in text and "stack_trace" not in text, text
+            error = json.loads(text)
+            assert error["error_code"] == "INVALID_PARAMETER_VALUE", text
+            for part in expected:
+                assert part in error["message"], (part, error["message"])
     finally:
         stop_group(server)
         log.close()

@@ -5,6 +5,7 @@ prediction-file formats. One module per task (`imdb`, `hyperpartisan`, `wikihop`
 Each task module exposes:
     NAME: str                     the task name used on the CLI and in `longdoc-<task>`
     PRIMARY_METRIC: str           the dev metric that decides champion promotion
+    GOLD_PATH, PREDICTIONS_FORMAT: str   what `longdoc evaluate` takes, for its --help
     load(root, split) -> LoadResult   split is "train" or "dev"; malformed records are skipped
                                   and reported (file, index, reason), never fatal (triviaqa's
                                   also takes domain="wikipedia"|"web" and limit=N)

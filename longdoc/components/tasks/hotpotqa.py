@@ -38,6 +38,10 @@ from longdoc.components.tasks.official import (
 
 NAME = "hotpotqa"
 PRIMARY_METRIC = "joint_f1"
+# What `longdoc evaluate` takes (shown in its --help):
+GOLD_PATH = "hotpot_dev_distractor_v1.json (or any HotpotQA file), or its directory"
+PREDICTIONS_FORMAT = 'JSON {"answer": {_id: "answer"}, "sp": {_id: [[title, sent_id], ...]}}'
+
 FILES = {"train": "hotpot_train_v1.1.json", "dev": "hotpot_dev_distractor_v1.json"}
 SPECIAL = ("yes", "no", "noanswer")
 _PUNCT = frozenset(string.punctuation)

@@ -42,6 +42,10 @@ from longdoc.components.tasks.official import (
 
 NAME = "hyperpartisan"
 PRIMARY_METRIC = "f1"
+# What `longdoc evaluate` takes (shown in its --help):
+GOLD_PATH = "a ground-truth-*-byarticle*.xml, or the data directory (its dev split)"
+PREDICTIONS_FORMAT = 'JSON {id: "true"|"false"}, or SemEval run lines "id true|false [confidence]"'
+
 LABELS = ("false", "true")  # index 1 = hyperpartisan, the positive class
 POSITIVE = "true"
 DEV_FRACTION = 1 / 3  # of the training part, when no official dev part is present

@@ -25,6 +25,10 @@ from longdoc.components.tasks.official import (
 
 NAME = "imdb"
 PRIMARY_METRIC = "accuracy"
+# What `longdoc evaluate` takes (shown in its --help):
+GOLD_PATH = "the aclImdb directory (its test/ split) or one split directory with pos/ neg/"
+PREDICTIONS_FORMAT = 'JSON {"test/pos/12": "pos"|"neg", ...}'
+
 LABELS = ("neg", "pos")
 FOLDERS = {"train": "train", "dev": "test"}
 RATINGS = {"neg": range(1, 5), "pos": range(7, 11)}  # aclImdb has no 5s or 6s

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 NAME = "triviaqa"
 PRIMARY_METRIC = "f1"
+# What `longdoc evaluate` takes (shown in its --help):
+GOLD_PATH = "qa/<domain>-dev.json (or verified-*.json), or the root holding qa/"
+PREDICTIONS_FORMAT = 'JSON {QuestionId (Web: QuestionId--Filename): "answer"}'
+
 DOMAINS = ("wikipedia", "web")
 SPLITS = ("train", "dev")
 _EXCLUDE = frozenset(string.punctuation + "\u2018\u2019\u00b4`")

@@ -29,6 +29,10 @@ from longdoc.components.tasks.official import (
 
 NAME = "wikihop"
 PRIMARY_METRIC = "accuracy"
+# What `longdoc evaluate` takes (shown in its --help):
+GOLD_PATH = "qangaroo_v1.1/wikihop/dev.json, or that directory"
+PREDICTIONS_FORMAT = 'JSON {id: "chosen candidate"}'
+
 FILES = {"train": "train.json", "dev": "dev.json"}
 
 

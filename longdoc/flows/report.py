@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from longdoc.components import tracking
 from longdoc.components.config import Params
 
 
@@ -33,7 +32,7 @@ def pipeline_report(params: Params, results: dict) -> str:
     pretrain = _manifest(params.pretrain.out).get("results", {})
     tasks = {t: _manifest(params.finetune.for_task(t).out) for t in params.finetune.tasks}
     scored = _manifest(params.score.out).get("counts", {})
-    uri = tracking.tracking_uri(params.tracking)
+    uri = params.tracking.resolved_uri()
     ran = ", ".join(f"{k} {'skipped' if v == 'skipped' else 'ran'}" for k, v in results.items())
     rows = [
         ("stages", ran),
@@ -78,3 +77,50 @@ def pipeline_report(params: Params, results: dict) -> str:
         base = (res.get("baseline") or {}).get(metric)
         lines.append(f"  {task:<14}{metric or 'not run':<10} {_fmt(long)}  vs  {_fmt(base)}")
     return "\n".join(lines)
+
+
+def summary_line(command: str, params: Params, result: dict | str) -> str:
+    """What one command did, in a line or two for a person (the details are in the output's
+    manifest.json); the pipeline gets its full report."""
+    if command == "pipeline":
+        return pipeline_report(params, result)
+    r = result if isinstance(result, dict) else {}
+    c = r.get("counts", {})
+    if command == "sample":
+        return f"sample: written to {params.sample.out}"
+    if command == "ingest":
+        return (
+            f"ingest: {c.get('written')} documents into {params.ingest.out} "
+            f"({c.get('duplicates')} duplicates, {c.get('near_duplicates', 0)} near-duplicates, "
+            f"{c.get('quarantined')} quarantined: see quarantine.jsonl)"
+        )
+    if command == "tokenize":
+        return (
+            f"tokenize: {c.get('tokens_total')} tokens, vocabulary {r.get('vocab_size')}, "
+            f"into {params.tokenize.out}"
+        )
+    if command == "build-kernels":
+        statuses = [v["status"] for v in r.get("variants", {}).values()]
+        counted = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+        return f"build-kernels: {len(statuses)} kernel variants in {params.kernels.out} ({counted})"
+    if command == "pretrain":
+        return (
+            f"pretrain: eval loss {_fmt(r.get('eval_loss'))}, bits/char {_fmt(r.get('eval_bpc'))}"
+            f"; checkpoint in {params.pretrain.out}"
+        )
+    if command == "convert":
+        return f"convert: {r.get('max_positions')}-position long model in {params.convert.out}"
+    if command == "finetune":
+        metric = r.get("primary_metric")
+        long, base = (r.get("long") or {}).get(metric), (r.get("baseline") or {}).get(metric)
+        registered = _registered({"results": r})
+        return (
+            f"finetune {r.get('task')}: dev {metric} {_fmt(long)} (baseline {_fmt(base)}); "
+            f"checkpoint in {params.finetune.out}; {registered}"
+        )
+    if command == "score":
+        return (
+            f"score: {c.get('scored')} of {c.get('inputs')} documents scored into "
+            f"{params.score.out / 'predictions.parquet'} ({c.get('errors')} errors in errors.jsonl)"
+        )
+    return f"{command}: done"
