@@ -41,8 +41,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from longdoc.components import tokenize as tok
-    from longdoc.components.config import (
+    from longdoc.components.core.config import (
         ConvertParams,
         IngestParams,
         ModelParams,
@@ -51,12 +50,13 @@ def main() -> None:
         TokenizeParams,
         TrackingParams,
     )
-    from longdoc.components.convert import convert
-    from longdoc.components.ingest import ingest
-    from longdoc.components.model import LongformerForMaskedLM
-    from longdoc.components.pretrain import evaluate, pretrain
-    from longdoc.components.sample import write_sample
-    from longdoc.components.training import bits_per_char, quiet_loading, seed_everything
+    from longdoc.components.data import tokenize as tok
+    from longdoc.components.data.ingest import ingest
+    from longdoc.components.modeling.convert import convert
+    from longdoc.components.modeling.model import LongformerForMaskedLM
+    from longdoc.components.synthetic.generator import write_sample
+    from longdoc.components.training.common import bits_per_char, quiet_loading, seed_everything
+    from longdoc.components.training.pretrain import evaluate, pretrain
 
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="conversion."))
@@ -204,7 +204,7 @@ def short_pieces(rows, tokenizer, gen):
     import numpy as np
     import torch
 
-    from longdoc.components.pretrain import mask_tokens
+    from longdoc.components.training.pretrain import mask_tokens
 
     ids = torch.from_numpy(rows.astype(np.int64)).reshape(-1, SHORT)
     return mask_tokens(
@@ -222,7 +222,7 @@ def short_loss(model, tokenizer, shards: Path, max_rows: int = 64) -> float:
     fixed masking seed (two calls see the same masks)."""
     import torch
 
-    from longdoc.components import tokenize as tok
+    from longdoc.components.data import tokenize as tok
 
     model.eval()
     gen = torch.Generator().manual_seed(1)

@@ -140,8 +140,8 @@ def write_corpus_directly(corpus: Path, mb: float, seed: int = 0) -> dict[str, A
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from longdoc.components.ingest import CORPUS_SCHEMA, SENTENCE_TYPE
-    from longdoc.components.io import sha256_bytes, sha256_file, write_manifest
+    from longdoc.components.core.io import sha256_bytes, sha256_file, write_manifest
+    from longdoc.components.data.ingest import CORPUS_SCHEMA, SENTENCE_TYPE
 
     rng = np.random.default_rng(seed)
     vocab, p = _vocab(rng)
@@ -197,8 +197,8 @@ def _peak_rss_mib() -> float:
 
 
 def _run_ingest(src: str, out: str) -> dict[str, Any]:
-    from longdoc.components.config import IngestParams
-    from longdoc.components.ingest import ingest
+    from longdoc.components.core.config import IngestParams
+    from longdoc.components.data.ingest import ingest
 
     t0 = time.monotonic()
     m = ingest(IngestParams(sources=[src], out=out, shard_max_docs=2000))
@@ -208,8 +208,8 @@ def _run_ingest(src: str, out: str) -> dict[str, Any]:
 def _run_tokenize(
     corpus: str, out: str, vocab: int, model: str, base: str | None = None
 ) -> dict[str, Any]:
-    from longdoc.components.config import TokenizeParams
-    from longdoc.components.tokenize import tokenize
+    from longdoc.components.core.config import TokenizeParams
+    from longdoc.components.data.tokenize import tokenize
 
     t0 = time.monotonic()
     params = TokenizeParams(
@@ -227,8 +227,8 @@ def _run_tokenize(
 def _train_sample_tokenizer(corpus: str, dest: str, vocab: int, model: str, mb: float) -> dict:
     """A tokenizer trained on the first `mb` MB of the corpus, for `--tokenizer-sample-mb`:
     on a multi-GB corpus training on everything costs more time than the memory check needs."""
-    from longdoc.components.ingest import iter_corpus_batches
-    from longdoc.components.tokenize import _save_tokenizer, train_tokenizer
+    from longdoc.components.data.ingest import iter_corpus_batches
+    from longdoc.components.data.tokenize import _save_tokenizer, train_tokenizer
 
     def texts() -> Any:
         seen = 0
@@ -255,10 +255,10 @@ def _raw(backend: Any, groups: list[list[str]], fast: bool = False) -> int:
 
 
 def _ours(backend: Any, corpus: str, schema: Any, dest: Path) -> int:
-    """The stage's encode pass itself (`components.tokenize._encode_part`): read the corpus
+    """The stage's encode pass itself (`components.data.tokenize._encode_part`): read the corpus
     shards, encode, map sentence offsets, write the docs shards."""
-    from longdoc.components.ingest import corpus_shards
-    from longdoc.components.tokenize import _encode_part, byte_level_lengths
+    from longdoc.components.data.ingest import corpus_shards
+    from longdoc.components.data.tokenize import _encode_part, byte_level_lengths
 
     byte_lens = byte_level_lengths(backend)
     t0 = time.monotonic()
@@ -277,7 +277,7 @@ def _datasets_map(corpus: str, hf_tok: Any, cache: Path) -> tuple[int, float]:
     from_parquet part), so the table can show the map alone too."""
     import datasets
 
-    from longdoc.components.ingest import corpus_shards
+    from longdoc.components.data.ingest import corpus_shards
 
     datasets.disable_progress_bars()
     shutil.rmtree(cache, ignore_errors=True)
@@ -308,8 +308,8 @@ def _run_compare(
     """Raw encode_batch, our encode pass and datasets.map, alternated `reps` times in one
     process (the machine is shared: alternating and keeping each one's best run compares them
     under the same conditions)."""
-    from longdoc.components.ingest import corpus_shards
-    from longdoc.components.tokenize import (
+    from longdoc.components.data.ingest import corpus_shards
+    from longdoc.components.data.tokenize import (
         _load_hf_tokenizer,
         _plain_backend,
         docs_schema,

@@ -5,11 +5,11 @@ Same weights, same documents (1k-16k tokens), same predictions, side by side in 
 - `transformers pipeline`: `pipeline("text-classification")` over transformers' own
   `LongformerForSequenceClassification` loaded from the checkpoint directory; batch size 1 (its
   default: no padding waste; `--hf-batch N` adds a padded-batch row);
-- `ours, engine fp32` / `ours, engine bf16`: `components.serving.InferenceEngine` on the same
-  texts (tokenize once, sort by length, token-budget batches, `torch.inference_mode`);
-- `ours, longdoc score`: the whole stage, `components.score.score`, from a tar.gz of the same
-  documents through the registered MLflow model to Parquet parts (reading, errors, manifest and
-  the one-off model load included).
+- `ours, engine fp32` / `ours, engine bf16`: `components.inference.serving.InferenceEngine` on
+  the same texts (tokenize once, sort by length, token-budget batches, `torch.inference_mode`);
+- `ours, longdoc score`: the whole stage, `components.inference.score.score`, from a tar.gz of
+  the same documents through the registered MLflow model to Parquet parts (reading, errors,
+  manifest and the one-off model load included).
 
 The model is random-init but not a toy (hidden 256, 4 layers, 4 heads, FFN 1024, window 256,
 16k positions) with a byte-level BPE trained on the synthetic documents. Every contender runs
@@ -64,9 +64,9 @@ def make_texts(rng: np.random.Generator, n_docs: int, lo: int, hi: int) -> list[
 def make_checkpoint(path: Path, texts: list[str], max_tokens: int) -> None:
     import torch
 
-    from longdoc.components.config import ModelParams
-    from longdoc.components.model import LongformerForSequenceClassification, make_config
-    from longdoc.components.tokenize import train_tokenizer
+    from longdoc.components.core.config import ModelParams
+    from longdoc.components.data.tokenize import train_tokenizer
+    from longdoc.components.modeling.model import LongformerForSequenceClassification, make_config
 
     tokenizer = train_tokenizer(iter(texts), vocab_size=4000, min_frequency=2)
     config = make_config(
@@ -108,10 +108,10 @@ def memory_worker(archive: Path, ckpt: Path, out: Path) -> dict:
     """Run the whole stage on `archive` in this (fresh) process; return its peak RSS."""
     import mlflow
 
-    from longdoc.components import tracking
-    from longdoc.components.config import ScoreParams, TrackingParams
-    from longdoc.components.score import score
-    from longdoc.components.serving import log_longdoc_model
+    from longdoc.components.core import tracking
+    from longdoc.components.core.config import ScoreParams, TrackingParams
+    from longdoc.components.inference.score import score
+    from longdoc.components.inference.serving import log_longdoc_model
 
     store = TrackingParams(uri=f"sqlite:///{out.parent / (out.name + '.db')}", experiment="mem")
     os.environ["MLFLOW_TRACKING_URI"] = store.uri
@@ -136,9 +136,9 @@ def memory_table(base_docs: int, factors: list[int]) -> str:
     import json
     import subprocess
 
-    from longdoc.components.config import ModelParams
-    from longdoc.components.model import LongformerForSequenceClassification, make_config
-    from longdoc.components.tokenize import train_tokenizer
+    from longdoc.components.core.config import ModelParams
+    from longdoc.components.data.tokenize import train_tokenizer
+    from longdoc.components.modeling.model import LongformerForSequenceClassification, make_config
 
     rng = np.random.default_rng(1)
     lines = [
@@ -240,11 +240,11 @@ def main() -> None:
     from transformers import AutoTokenizer, pipeline
     from transformers import LongformerForSequenceClassification as HFLongformer
 
-    from longdoc.components import tracking
-    from longdoc.components.config import ScoreParams, TrackingParams
-    from longdoc.components.score import score
-    from longdoc.components.serving import InferenceEngine, log_longdoc_model
-    from longdoc.components.training import quiet_loading
+    from longdoc.components.core import tracking
+    from longdoc.components.core.config import ScoreParams, TrackingParams
+    from longdoc.components.inference.score import score
+    from longdoc.components.inference.serving import InferenceEngine, log_longdoc_model
+    from longdoc.components.training.common import quiet_loading
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

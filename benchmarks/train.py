@@ -79,7 +79,7 @@ def worker(impl: str, n: int, threads: int, weights: str) -> dict:
         model = transformers.LongformerForMaskedLM.from_pretrained(weights)
     else:
         from longdoc import kernels
-        from longdoc.components.model import LongdocConfig, LongformerForMaskedLM
+        from longdoc.components.modeling.model import LongdocConfig, LongformerForMaskedLM
 
         if impl == "tvm":
             kernels.configure(cache_dir=os.environ.get("BENCH_KERNEL_CACHE", "data/kernels"))

@@ -18,7 +18,7 @@ CHECK = """
 import transformers.integrations.hub_kernels
 import kernels, torch
 from longdoc.kernels import attention, SlidingWindow
-from longdoc.components.model import LongdocConfig, LongformerForMaskedLM
+from longdoc.components.modeling.model import LongdocConfig, LongformerForMaskedLM
 assert 'site-packages' in kernels.__file__, kernels.__file__  # Hugging Face's, never ours
 assert hasattr(kernels, 'get_kernel'), dir(kernels)
 q = torch.randn(1, 40, 2, 8)

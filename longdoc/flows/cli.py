@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from longdoc.components.config import ConfigError, Params, load_params
-from longdoc.components.io import InputError, NothingProduced
+from longdoc.components.core.config import ConfigError, Params, load_params
+from longdoc.components.core.io import InputError, NothingProduced
 
 # Exit codes: 0 done; 1 bad input (one line on stderr); 2 bad configuration; 3 the stage ran but
 # produced nothing (every input rejected: the reasons are in its quarantine/errors file).
@@ -292,7 +292,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     """No Prefect flow here, on purpose: scoring is a pure function of two files that takes
     moments, produces no pipeline output and must work for predictions from any system without
     a Prefect server or params.yaml."""
-    from longdoc.components.evaluate import evaluate_file
+    from longdoc.components.inference.evaluate import evaluate_file
 
     logging.basicConfig(level=logging.WARNING, format="longdoc: warning: %(message)s")
     try:
@@ -305,7 +305,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _dvc_yaml(args: argparse.Namespace) -> int:
-    from longdoc.components.io import atomic_write_text
+    from longdoc.components.core.io import atomic_write_text
     from longdoc.flows.freshness import dvc_yaml
 
     try:

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from longdoc.components.config import Params, params_dict
-from longdoc.components.io import atomic_write_json, sha256_file, sha256_tree
+from longdoc.components.core.config import Params, params_dict
+from longdoc.components.core.io import atomic_write_json, sha256_file, sha256_tree
 
 STAGES = ("sample", "ingest", "tokenize", "build_kernels", "pretrain", "finetune", "score")
 MARKER = ".stage.json"
@@ -30,19 +30,21 @@ REPO = PACKAGE.parent
 # The source a stage runs, beyond the orchestration every stage shares (config, io): a change
 # here makes the stage stale for DVC and for the pipeline alike. Paths inside longdoc/.
 CODE = {
-    "sample": ("components/sample.py",),
-    "ingest": ("components/ingest.py", "components/readers.py"),
-    "tokenize": ("components/tokenize.py",),
-    "build_kernels": ("kernels",),
-    "pretrain": ("components/model.py", "components/pretrain.py", "components/training.py"),
+    "sample": ("components/synthetic",),
+    "ingest": ("components/data/ingest.py", "components/data/readers.py"),
+    "tokenize": ("components/data/tokenize.py",),
+    "build_kernels": ("kernels", "components/modeling/kernel_cache.py"),
+    "pretrain": (
+        "components/modeling/model.py",
+        "components/training/pretrain.py",
+        "components/training/common.py",
+    ),
     "finetune": (
-        "components/finetune.py",
-        "components/finetune_tasks.py",
-        "components/heads.py",
-        "components/windows.py",
+        "components/modeling",
+        "components/training",
         "components/tasks",
     ),
-    "score": ("components/score.py", "components/serving.py"),
+    "score": ("components/inference/score.py", "components/inference/serving.py"),
 }
 COMMANDS = {"build_kernels": "longdoc build-kernels", "finetune": "longdoc finetune --task {task}"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from longdoc.components.config import Params
+from longdoc.components.core.config import Params
 
 
 def _manifest(out: Path) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from longdoc.components.config import Params, load_params
+from longdoc.components.core.config import Params, load_params
 from longdoc.flows import freshness
 
 # Errors no retry can heal: a missing path stays missing, a full disk stays full.
@@ -31,7 +31,7 @@ def _transient(task, task_run, state) -> bool:
 
 def _use_kernels(params: Params) -> None:
     """Point the tvm backend at the compiled-kernel cache before a stage that runs the model."""
-    from longdoc.components import kernel_cache
+    from longdoc.components.modeling import kernel_cache
 
     kernel_cache.use(params.kernels)
 
@@ -46,28 +46,28 @@ def _finish(stage: str, params: Params, result: dict) -> dict:
 
 @task(name="write-sample", **IO_RETRIES)
 def _sample(params: Params) -> dict:
-    from longdoc.components.sample import write_sample
+    from longdoc.components.synthetic.generator import write_sample
 
     return write_sample(params.sample)
 
 
 @task(name="ingest-archives", **IO_RETRIES)
 def _ingest(params: Params) -> dict:
-    from longdoc.components.ingest import ingest
+    from longdoc.components.data.ingest import ingest
 
     return ingest(params.ingest)
 
 
 @task(name="tokenize-corpus", **IO_RETRIES)
 def _tokenize(params: Params) -> dict:
-    from longdoc.components.tokenize import tokenize
+    from longdoc.components.data.tokenize import tokenize
 
     return tokenize(params.tokenize)
 
 
 @task(name="compile-kernels")
 def _build_kernels(params: Params) -> dict:
-    from longdoc.components import kernel_cache
+    from longdoc.components.modeling import kernel_cache
 
     return kernel_cache.build(params.kernels)
 
@@ -75,7 +75,7 @@ def _build_kernels(params: Params) -> dict:
 @task(name="mlm-pretrain")
 def _pretrain(params: Params) -> dict:
     _use_kernels(params)
-    from longdoc.components.pretrain import pretrain
+    from longdoc.components.training.pretrain import pretrain
 
     return pretrain(params.pretrain, params.model, params.tracking)
 
@@ -83,7 +83,7 @@ def _pretrain(params: Params) -> dict:
 def pretrain_ranks(params: Params) -> dict:
     """Under torchrun: every rank trains (DDP) without a Prefect run per rank (N ephemeral
     servers would race for one database); rank 0 records the stage as done."""
-    from longdoc.components.pretrain import pretrain
+    from longdoc.components.training.pretrain import pretrain
 
     _use_kernels(params)
     result = pretrain(params.pretrain, params.model, params.tracking)
@@ -94,7 +94,7 @@ def pretrain_ranks(params: Params) -> dict:
 
 @task(name="convert-checkpoint")
 def _convert(params: Params) -> dict:
-    from longdoc.components.convert import convert
+    from longdoc.components.modeling.convert import convert
 
     return convert(params.convert)
 
@@ -102,7 +102,7 @@ def _convert(params: Params) -> dict:
 @task(name="finetune-task")
 def _finetune(params: Params) -> dict:
     _use_kernels(params)
-    from longdoc.components.finetune import finetune
+    from longdoc.components.training.finetune import finetune
 
     return finetune(params.finetune, params.tracking)
 
@@ -110,7 +110,7 @@ def _finetune(params: Params) -> dict:
 @task(name="score-documents", **IO_RETRIES)
 def _score(params: Params) -> dict:
     _use_kernels(params)
-    from longdoc.components.score import score
+    from longdoc.components.inference.score import score
 
     return score(params.score, params.tracking)
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from longdoc.components.config import ConfigError, Params, load_params
+from longdoc.components.core.config import ConfigError, Params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 import transformers
 
-from longdoc.components import tokenize as tok
-from longdoc.components.config import ConvertParams
-from longdoc.components.convert import convert, tile_positions
-from longdoc.components.io import InputError
-from longdoc.components.model import LongformerForMaskedLM, LongformerModel
+from longdoc.components.core.config import ConvertParams
+from longdoc.components.core.io import InputError
+from longdoc.components.data import tokenize as tok
+from longdoc.components.modeling.convert import convert, tile_positions
+from longdoc.components.modeling.model import LongformerForMaskedLM, LongformerModel
 
 TEXTS = ["the long model reads whole documents, not the first five hundred tokens"] * 20
 

@@ -8,10 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from longdoc.components import tracking
-from longdoc.components.config import FinetuneParams, FinetuneTask, TrackingParams
-from longdoc.components.finetune import _register, finetune, prediction_paths, train_task
-from longdoc.components.finetune_tasks import adapter_for
+from longdoc.components.core import tracking
+from longdoc.components.core.config import FinetuneParams, FinetuneTask, TrackingParams
 from longdoc.components.tasks import (
     ChoiceExample,
     ClassificationExample,
@@ -20,6 +18,8 @@ from longdoc.components.tasks import (
     SpanExample,
     task_module,
 )
+from longdoc.components.training.adapters import adapter_for
+from longdoc.components.training.finetune import _register, finetune, prediction_paths, train_task
 from tests.components.tiny import tiny_checkpoint
 
 FILL = "the cat sat on the mat near the old mill."

@@ -4,13 +4,6 @@ examples built here with a tiny randomly initialised model."""
 import pytest
 import torch
 
-from longdoc.components.finetune_tasks import (
-    ClassificationAdapter,
-    HotpotQAAdapter,
-    TriviaQAAdapter,
-    WikiHopAdapter,
-    _span_text,
-)
 from longdoc.components.tasks import (
     ChoiceExample,
     ClassificationExample,
@@ -19,7 +12,14 @@ from longdoc.components.tasks import (
     SpanExample,
     task_module,
 )
-from longdoc.components.windows import (
+from longdoc.components.training.adapters import (
+    ClassificationAdapter,
+    HotpotQAAdapter,
+    TriviaQAAdapter,
+    WikiHopAdapter,
+    _span_text,
+)
+from longdoc.components.training.windows import (
     best_span,
     char_span_to_tokens,
     find_occurrences,

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longdoc.components import ingest as ingest_mod
-from longdoc.components.config import IngestParams
-from longdoc.components.ingest import (
+from longdoc.components.core.config import IngestParams
+from longdoc.components.core.io import InputError, sha256_file
+from longdoc.components.data import ingest as ingest_mod
+from longdoc.components.data.ingest import (
     CORPUS_SCHEMA,
     STATE_FILE,
     corpus_shards,
@@ -23,8 +24,7 @@ from longdoc.components.ingest import (
     normalize,
     read_corpus,
 )
-from longdoc.components.io import InputError, sha256_file
-from longdoc.components.readers import (
+from longdoc.components.data.readers import (
     Document,
     Rejected,
     decode_bytes,
@@ -784,7 +784,7 @@ def test_fast_sentencizer_matches_spacy_component() -> None:
     (run by `nlp(text)`) must give the same boundaries."""
     import random
 
-    from longdoc.components.ingest import SentenceSplitter, refine_spans
+    from longdoc.components.data.ingest import SentenceSplitter, refine_spans
 
     sp = SentenceSplitter()
     rng = random.Random(0)

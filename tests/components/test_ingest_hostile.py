@@ -8,9 +8,9 @@ import struct
 import zipfile
 from pathlib import Path
 
-from longdoc.components.config import IngestParams
-from longdoc.components.ingest import ingest, read_corpus
-from longdoc.components.readers import Document, Rejected, iter_documents
+from longdoc.components.core.config import IngestParams
+from longdoc.components.data.ingest import ingest, read_corpus
+from longdoc.components.data.readers import Document, Rejected, iter_documents
 
 DEEP = "[" * 200_000 + "]" * 200_000
 

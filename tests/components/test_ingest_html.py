@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from longdoc.components.config import IngestParams
-from longdoc.components.ingest import ingest, read_corpus
-from longdoc.components.readers import (
+from longdoc.components.core.config import IngestParams
+from longdoc.components.data.ingest import ingest, read_corpus
+from longdoc.components.data.readers import (
     Document,
     Rejected,
     decode_bytes,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from longdoc.components.config import IngestParams
-from longdoc.components.ingest import STATE_FILE, ingest, read_corpus
-from longdoc.components.io import sha256_file
+from longdoc.components.core.config import IngestParams
+from longdoc.components.core.io import sha256_file
+from longdoc.components.data.ingest import STATE_FILE, ingest, read_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 SHARD_DOCS = 8
@@ -28,8 +28,8 @@ SHARD_DOCS = 8
 CHILD = """
 import sys, time
 from pathlib import Path
-from longdoc.components import ingest as m
-from longdoc.components.config import IngestParams
+from longdoc.components.data import ingest as m
+from longdoc.components.core.config import IngestParams
 
 real_close = m._ShardWriter._close_shard
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from longdoc.components.config import IngestParams
-from longdoc.components.ingest import decode_entities, ingest, normalize, read_corpus
-from longdoc.components.readers import iter_documents
+from longdoc.components.core.config import IngestParams
+from longdoc.components.data.ingest import decode_entities, ingest, normalize, read_corpus
+from longdoc.components.data.readers import iter_documents
 
 
 def test_whitespace_modes() -> None:

@@ -12,8 +12,8 @@ import pytest
 import torch
 import transformers
 
-from longdoc.components import model as M
-from longdoc.components.config import ModelParams
+from longdoc.components.core.config import ModelParams
+from longdoc.components.modeling import model as M
 
 VOCAB = 100
 PAD, BOS, EOS = 1, 0, 2

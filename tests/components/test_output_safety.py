@@ -20,9 +20,7 @@ import transformers
 from pyarrow import ipc
 
 from longdoc import kernels
-from longdoc.components import kernel_cache
-from longdoc.components import tokenize as tok
-from longdoc.components.config import (
+from longdoc.components.core.config import (
     ConvertParams,
     FinetuneParams,
     IngestParams,
@@ -35,23 +33,25 @@ from longdoc.components.config import (
     TrackingParams,
     params_dict,
 )
-from longdoc.components.convert import convert
-from longdoc.components.finetune import finetune, train_task
-from longdoc.components.finetune_tasks import adapter_for
-from longdoc.components.ingest import ingest
-from longdoc.components.io import (
+from longdoc.components.core.io import (
     OUTPUT_MARKER,
     InputError,
     claim_output_dir,
     is_longdoc_dir,
     remove_own_dir,
 )
-from longdoc.components.pretrain import pretrain
-from longdoc.components.sample import write_sample
-from longdoc.components.score import score
+from longdoc.components.data import tokenize as tok
+from longdoc.components.data.ingest import ingest
+from longdoc.components.data.tokenize import tokenize
+from longdoc.components.inference.score import score
+from longdoc.components.modeling import kernel_cache
+from longdoc.components.modeling.convert import convert
+from longdoc.components.synthetic.generator import write_sample
 from longdoc.components.tasks import ClassificationExample, task_module
-from longdoc.components.tokenize import tokenize
-from longdoc.components.training import publish_dir, staging_dir
+from longdoc.components.training.adapters import adapter_for
+from longdoc.components.training.common import publish_dir, staging_dir
+from longdoc.components.training.finetune import finetune, train_task
+from longdoc.components.training.pretrain import pretrain
 from tests.components.test_score import own_store, register
 
 REFUSE = r"holds files longdoc did not write; refusing to replace it \(use --force or choose "
@@ -81,7 +81,7 @@ def marker_stage(directory: Path) -> str:
     return json.loads((directory / OUTPUT_MARKER).read_text())["stage"]
 
 
-# --- the shared rule (components.io, components.training) ------------------------------------
+# --- the shared rule (core.io, training.common) ---------------------------------------------
 
 
 def test_claim_accepts_absent_empty_and_own_dirs_and_refuses_foreign(tmp_path):

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pytest
 from pyarrow import ipc
 
-from longdoc.components import tokenize as tok
-from longdoc.components.config import ModelParams, PretrainParams, TrackingParams, params_dict
-from longdoc.components.pretrain import pretrain
+from longdoc.components.core.config import ModelParams, PretrainParams, TrackingParams, params_dict
+from longdoc.components.data import tokenize as tok
+from longdoc.components.training.pretrain import pretrain
 
 REPO = Path(__file__).resolve().parents[2]
 SEQ = 32
@@ -41,8 +41,8 @@ MODEL = dict(
 # after the first checkpoint, so the parent has time to kill -9 it mid-run.
 RUNNER = """
 import json, sys, time
-from longdoc.components.config import ModelParams, PretrainParams, TrackingParams
-from longdoc.components.pretrain import pretrain
+from longdoc.components.core.config import ModelParams, PretrainParams, TrackingParams
+from longdoc.components.training.pretrain import pretrain
 cfg = json.loads(sys.argv[1])
 pause = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
 def on_step(step, loss):

@@ -16,9 +16,9 @@ from pathlib import Path
 import defusedxml.ElementTree as ET
 import pytest
 
-from longdoc.components import sample as S
-from longdoc.components.config import SampleParams
-from longdoc.components.io import InputError
+from longdoc.components.core.config import SampleParams
+from longdoc.components.core.io import InputError
+from longdoc.components.synthetic import generator as S
 
 SMALL = dict(
     corpus_docs=12, min_words=200, max_words=400, imdb_train=20, imdb_test=10, task_train=4,

@@ -19,17 +19,17 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from longdoc.components import tracking
-from longdoc.components.config import ScoreParams, TrackingParams
-from longdoc.components.model import (
-    LongformerForQuestionAnswering,
-    LongformerForSequenceClassification,
-)
-from longdoc.components.serving import (
+from longdoc.components.core import tracking
+from longdoc.components.core.config import ScoreParams, TrackingParams
+from longdoc.components.inference.serving import (
     CLASSIFICATION,
     InferenceEngine,
     log_longdoc_model,
     token_budget_batches,
+)
+from longdoc.components.modeling.model import (
+    LongformerForQuestionAnswering,
+    LongformerForSequenceClassification,
 )
 from tests.components.tiny import tiny_checkpoint
 
@@ -113,7 +113,7 @@ def test_score_archive_with_bad_members(tmp_path, champion):
         batch_tokens=64,
         max_len=64,
     )
-    from longdoc.components.score import score
+    from longdoc.components.inference.score import score
 
     manifest = score(params, champion)
     rows = pq.read_table(tmp_path / "pred/predictions.parquet").to_pylist()
@@ -224,8 +224,8 @@ def test_score_qa_model_with_question_field(tmp_path, monkeypatch):
         {"text": "a dreadful tedious plot"},
     ]
     src.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    from longdoc.components.io import InputError
-    from longdoc.components.score import score
+    from longdoc.components.core.io import InputError
+    from longdoc.components.inference.score import score
 
     params = ScoreParams(
         inputs=[src], model_uri="models:/longdoc-qa@champion", out=tmp_path / "qa", max_len=64
@@ -245,8 +245,8 @@ def test_score_qa_model_with_question_field(tmp_path, monkeypatch):
 
 
 def test_score_missing_source(tmp_path, champion):
-    from longdoc.components.io import InputError
-    from longdoc.components.score import score
+    from longdoc.components.core.io import InputError
+    from longdoc.components.inference.score import score
 
     params = ScoreParams(source=tmp_path / "nope.tar.gz", out=tmp_path / "pred")
     with pytest.raises(InputError, match="score input not found"):
@@ -260,8 +260,8 @@ _DRIVER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from longdoc.components import score as score_mod
-    from longdoc.components.config import ScoreParams, TrackingParams
+    from longdoc.components.inference import score as score_mod
+    from longdoc.components.core.config import ScoreParams, TrackingParams
 
     src, out, uri, marker, pause_at = sys.argv[1:6]
     real = score_mod._stream
@@ -314,7 +314,7 @@ def test_resume_after_kill_scores_each_document_once(tmp_path, champion):
     assert state["consumed"] == 9 and state["parts"] == ["part-00000.parquet", "part-00001.parquet"]
     assert not (out / "manifest.json").exists()
 
-    from longdoc.components.score import score
+    from longdoc.components.inference.score import score
 
     params = ScoreParams(
         inputs=[src],
@@ -333,7 +333,7 @@ def test_resume_after_kill_scores_each_document_once(tmp_path, champion):
 
 
 def test_champion_moves_only_to_a_better_model(tmp_path, champion):
-    from longdoc.components.finetune import _register
+    from longdoc.components.training.finetune import _register
 
     ckpt = tmp_path / "ckpt-longdoc-test-0"
     results = []
@@ -361,7 +361,7 @@ def test_a_document_the_model_chokes_on_becomes_one_error(tmp_path, champion, mo
     src.mkdir()
     for i, text in enumerate([TEXTS[0], "poison pill", TEXTS[1], TEXTS[2]]):
         (src / f"{i}.txt").write_text(text)
-    from longdoc.components.score import score
+    from longdoc.components.inference.score import score
 
     params = ScoreParams(
         inputs=[src], model_uri="models:/longdoc-test@champion", out=tmp_path / "p", max_len=32

@@ -15,9 +15,9 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from longdoc.components.config import ScoreParams
-from longdoc.components.ingest import normalize
-from longdoc.components.serving import (
+from longdoc.components.core.config import ScoreParams
+from longdoc.components.data.ingest import normalize
+from longdoc.components.inference.serving import (
     Encoded,
     InferenceEngine,
     _best_span,
@@ -130,7 +130,7 @@ def test_serving_and_score_call_the_same_documents_empty(tmp_path, monkeypatch):
     refused = {i for i in range(len(texts)) if f"row {i}:" in message}
     assert refused == {i for i, t in enumerate(texts) if is_empty_document(t)} == {0, 1, 2, 3}
 
-    from longdoc.components.score import score
+    from longdoc.components.inference.score import score
 
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from longdoc.components.io import InputError
+from longdoc.components.core.io import InputError
 from longdoc.components.tasks import hyperpartisan as hp
 
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from longdoc.components.evaluate import evaluate_file
-from longdoc.components.io import InputError
+from longdoc.components.core.io import InputError
+from longdoc.components.inference.evaluate import evaluate_file
 from longdoc.components.tasks import TASKS, Document, hotpotqa, imdb, task_module, triviaqa, wikihop
 
 

@@ -3,7 +3,7 @@ not produced by running the official scripts)."""
 
 import pytest
 
-from longdoc.components.io import InputError
+from longdoc.components.core.io import InputError
 from longdoc.components.tasks import (
     ChoiceExample,
     ClassificationExample,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from longdoc.components.config import SampleParams
-from longdoc.components.evaluate import evaluate_file
-from longdoc.components.sample import write_sample
+from longdoc.components.core.config import SampleParams
+from longdoc.components.inference.evaluate import evaluate_file
+from longdoc.components.synthetic.generator import write_sample
 from longdoc.components.tasks import TASKS, task_module, triviaqa
 
 TRAIN, DEV = 6, 3

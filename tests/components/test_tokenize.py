@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from longdoc.components import tokenize as tok_mod
-from longdoc.components.config import IngestParams, TokenizeParams
-from longdoc.components.ingest import ingest, read_corpus
-from longdoc.components.io import InputError
-from longdoc.components.tokenize import (
+from longdoc.components.core.config import IngestParams, TokenizeParams
+from longdoc.components.core.io import InputError
+from longdoc.components.data import tokenize as tok_mod
+from longdoc.components.data.ingest import ingest, read_corpus
+from longdoc.components.data.tokenize import (
     SPECIAL_TOKENS,
     STATE_FILE,
     assign_splits,
@@ -103,7 +103,7 @@ def test_tokenizer_dir_loads_with_auto_tokenizer(shards) -> None:
     assert tok.bos_token == "<s>" and tok.eos_token == "</s>" and tok.pad_token == "<pad>"
     assert tok.unk_token == "<unk>" and tok.mask_token == "<mask>"
     assert tok.model_max_length == 4096
-    from longdoc.components.io import sha256_file
+    from longdoc.components.core.io import sha256_file
 
     assert manifest["tokenizer_sha256"] == sha256_file(tdir / "tokenizer.json")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from longdoc.components.config import IngestParams, TokenizeParams
-from longdoc.components.ingest import ingest
-from longdoc.components.io import sha256_file
-from longdoc.components.tokenize import STATE_FILE, tokenize
+from longdoc.components.core.config import IngestParams, TokenizeParams
+from longdoc.components.core.io import sha256_file
+from longdoc.components.data.ingest import ingest
+from longdoc.components.data.tokenize import STATE_FILE, tokenize
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB, SEQ_LEN = 320, 64
@@ -31,8 +31,8 @@ VOCAB, SEQ_LEN = 320, 64
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from longdoc.components import tokenize as m
-from longdoc.components.config import TokenizeParams
+from longdoc.components.data import tokenize as m
+from longdoc.components.core.config import TokenizeParams
 
 out = Path(sys.argv[2])
 real_log = m._maybe_log

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from longdoc.components.config import Params
-from longdoc.components.finetune import load_imdb
-from longdoc.components.io import InputError, atomic_path, atomic_write_json
-from longdoc.components.pretrain import mask_tokens
-from longdoc.components.stages import fingerprint, is_fresh, mark_done, spec
+from longdoc.components.core.config import Params
+from longdoc.components.core.io import InputError, atomic_path, atomic_write_json
+from longdoc.components.training.finetune import load_imdb
+from longdoc.components.training.pretrain import mask_tokens
+from longdoc.flows.freshness import fingerprint, is_fresh, mark_done, spec
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from longdoc.components.config import ModelParams
-from longdoc.components.model import LongformerForMaskedLM, make_config
-from longdoc.components.tokenize import train_tokenizer
+from longdoc.components.core.config import ModelParams
+from longdoc.components.data.tokenize import train_tokenizer
+from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
 
 
 def tiny_checkpoint(

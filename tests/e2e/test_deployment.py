@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from longdoc.components import tracking
-from longdoc.components.config import TrackingParams
+from longdoc.components.core import tracking
+from longdoc.components.core.config import TrackingParams
 from tests.components.test_score import TEXTS, register
 from tests.e2e.conftest import BIN, cli_env, copy_repo
 

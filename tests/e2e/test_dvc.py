@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from longdoc.components.config import load_params
+from longdoc.components.core.config import load_params
 from longdoc.flows import freshness
 from tests.e2e.conftest import BIN, TINY, copy_repo, run
 
@@ -83,9 +83,9 @@ def test_pipeline_and_dvc_agree_and_outputs_travel_through_a_remote(tmp_path, mo
     (repo / "params.yaml").write_text(original)
     # A source file the stage runs (the pipeline hashes the installed package's copy).
     monkeypatch.setattr(freshness, "REPO", repo)
-    (repo / "longdoc/components/tokenize.py").open("a").write("\n# changed\n")
+    (repo / "longdoc/components/data/tokenize.py").open("a").write("\n# changed\n")
     assert dvc_stale(repo) == {"tokenize"} == our_stale(repo, monkeypatch)
-    run(["git", "checkout", "--", "longdoc/components/tokenize.py"], cwd=repo)
+    run(["git", "checkout", "--", "longdoc/components/data/tokenize.py"], cwd=repo)
     assert dvc_stale(repo) == set()
 
     # Versioned for real: push to a remote, and a fresh clone pulls instead of recomputing.

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from longdoc.components.config import FinetuneParams
+from longdoc.components.core.config import FinetuneParams
 from tests.e2e.conftest import run
 
 pytestmark = pytest.mark.slow

@@ -86,8 +86,8 @@ def test_output_that_is_a_file_is_one_line(tmp_path, command):
 
 
 def test_unwritable_output_is_refused_before_anything_runs(tmp_path, monkeypatch):
-    from longdoc.components.config import load_params
-    from longdoc.components.io import InputError
+    from longdoc.components.core.config import load_params
+    from longdoc.components.core.io import InputError
     from longdoc.flows import cli
 
     params = load_params(None, [f"sample.out={tmp_path / 'ro' / 'sample'}"])

@@ -4,7 +4,7 @@ agree on a real run)."""
 
 from pathlib import Path
 
-from longdoc.components.config import load_params
+from longdoc.components.core.config import load_params
 from longdoc.flows import freshness
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_fingerprint_follows_params_inputs_and_code(tmp_path, monkeypatch):
     assert not freshness.is_fresh(ingest)
     # the generator's source changed: stale, as DVC's code dependency would say
     code = tmp_path / "repo"
-    (code / "longdoc/components").mkdir(parents=True)
-    (code / "longdoc/components/sample.py").write_text("# another generator\n")
+    (code / "longdoc/components/synthetic").mkdir(parents=True)
+    (code / "longdoc/components/synthetic/generator.py").write_text("# another generator\n")
     monkeypatch.setattr(freshness, "REPO", code)
     assert not freshness.is_fresh(s)

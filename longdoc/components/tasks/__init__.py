@@ -31,7 +31,7 @@ TASKS = ("wikihop", "triviaqa", "hotpotqa", "imdb", "hyperpartisan")
 def task_module(name: str) -> ModuleType:
     """The module implementing task `name` (imported lazily: each pulls in only what it needs)."""
     if name not in TASKS:
-        from longdoc.components.io import InputError
+        from longdoc.components.core.io import InputError
 
         raise InputError(f"unknown task {name!r}; expected one of: {', '.join(TASKS)}")
     return importlib.import_module(f"longdoc.components.tasks.{name}")

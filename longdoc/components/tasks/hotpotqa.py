@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from longdoc.components.io import InputError, require_path
+from longdoc.components.core.io import InputError, require_path
 from longdoc.components.tasks import HotpotExample, LoadResult, Skipped
 from longdoc.components.tasks.official import (
     RecordError,

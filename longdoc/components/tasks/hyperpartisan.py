@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from longdoc.components.io import InputError, require_path
+from longdoc.components.core.io import InputError, require_path
 from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped
 from longdoc.components.tasks.official import (
     binary_metrics,

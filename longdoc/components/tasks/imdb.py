@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from longdoc.components.io import InputError, require_path
+from longdoc.components.core.io import InputError, require_path
 from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped
 from longdoc.components.tasks.official import (
     accuracy,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from longdoc.components.io import InputError, atomic_write_json, require_path
+from longdoc.components.core.io import InputError, atomic_write_json, require_path
 from longdoc.components.tasks import ClassificationExample, Skipped
 
 

@@ -27,7 +27,7 @@ import string
 from collections import Counter
 from pathlib import Path
 
-from longdoc.components.io import InputError, require_path
+from longdoc.components.core.io import InputError, require_path
 from longdoc.components.tasks import Document, LoadResult, Skipped, SpanExample
 from longdoc.components.tasks.official import (
     RecordError,

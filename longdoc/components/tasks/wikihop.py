@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from longdoc.components.io import InputError, require_path
+from longdoc.components.core.io import InputError, require_path
 from longdoc.components.tasks import ChoiceExample, LoadResult
 from longdoc.components.tasks.official import (
     RecordError,

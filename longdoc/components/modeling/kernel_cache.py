@@ -4,8 +4,8 @@ the runtime at that cache so training and scoring load the compiled libraries.""
 from __future__ import annotations
 
 from longdoc import kernels
-from longdoc.components.config import KernelsParams, params_dict
-from longdoc.components.io import claim_output_dir, write_manifest
+from longdoc.components.core.config import KernelsParams, params_dict
+from longdoc.components.core.io import claim_output_dir, write_manifest
 
 
 def build(params: KernelsParams) -> dict:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from longdoc.components.model import LongformerModel, LongformerPreTrainedModel
+from longdoc.components.modeling.model import LongformerModel, LongformerPreTrainedModel
 
 ANSWER_TYPES = ("span", "yes", "no")
 

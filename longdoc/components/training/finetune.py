@@ -2,12 +2,12 @@
 
 The baseline is the same model, data and recipe with inputs truncated to `baseline_max_len`
 tokens: the comparison shows what the long context buys. The long model reads inputs longer than
-`max_len` as overlapping windows (components.windows) unless `windows` is off. Both runs write
+`max_len` as overlapping windows (training.windows) unless `windows` is off. Both runs write
 their dev predictions in the task's official format beside the metrics file, and the long model
 is registered as `longdoc-<task>`; it becomes `champion` only when its dev metric (the task's
 PRIMARY_METRIC) beats the current champion's.
 
-Task-specific encoding, heads, losses and window aggregation live in components.finetune_tasks;
+Task-specific encoding, heads, losses and window aggregation live in components.training.adapters;
 this module is the recipe: load, encode once, train, predict, score, track, register.
 """
 
@@ -26,19 +26,19 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from longdoc.components import tracking
-from longdoc.components.config import FinetuneParams, TrackingParams, params_dict
-from longdoc.components.finetune_tasks import (
+from longdoc.components.core import tracking
+from longdoc.components.core.config import FinetuneParams, TrackingParams, params_dict
+from longdoc.components.core.io import InputError, atomic_write_json, require_path, write_manifest
+from longdoc.components.inference.serving import log_longdoc_model
+from longdoc.components.tasks import LoadResult, task_module
+from longdoc.components.training.adapters import (
     EncodeError,
     TaskAdapter,
     adapter_for,
     n_tokens,
     steps_for,
 )
-from longdoc.components.io import InputError, atomic_write_json, require_path, write_manifest
-from longdoc.components.serving import log_longdoc_model
-from longdoc.components.tasks import LoadResult, task_module
-from longdoc.components.training import (
+from longdoc.components.training.common import (
     Throughput,
     adamw,
     check_publish_target,
@@ -345,9 +345,9 @@ def _register(
     its `metric` beats the current champion's.
 
     Servable checkpoints (classification, extractive QA) are logged as the pyfunc model `score`
-    serves (components.serving); the HotpotQA and WikiHop models, whose heads no pyfunc wrapper
+    serves (inference.serving); the HotpotQA and WikiHop models, whose heads no pyfunc wrapper
     serves yet, are registered as their HF checkpoint directory (load it with the classes in
-    components.heads).
+    components.modeling.heads).
     """
     previous = tracking.champion_metric(name, metric)
     mlflow.log_metric(metric, value)

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from longdoc.components.config import TrackingParams
+from longdoc.components.core.config import TrackingParams
 
 CHAMPION = "champion"
 

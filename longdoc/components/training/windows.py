@@ -4,7 +4,7 @@ Why windows: a real WikiHop or TriviaQA example can be longer than the model's p
 input is cut into windows of at most `width` tokens that overlap by `overlap` tokens (so an answer
 near a cut is whole in at least one window); every window repeats the question (and the WikiHop
 candidates) in front, with global attention on them. What is combined across windows depends on
-the task (see components/finetune_tasks.py); this module holds the task-independent parts: where
+the task (see components/training/adapters.py); this module holds the task-independent parts: where
 the cuts go, span decoding, and mapping character spans to token spans.
 
 Truncation (the 512-token baseline) is the same code with `max_windows=1`: only the first window

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from longdoc.components.config import ConvertParams, params_dict
-from longdoc.components.io import InputError, require_path, write_manifest
-from longdoc.components.model import LongdocConfig, LongformerForMaskedLM
-from longdoc.components.training import (
+from longdoc.components.core.config import ConvertParams, params_dict
+from longdoc.components.core.io import InputError, require_path, write_manifest
+from longdoc.components.modeling.model import LongdocConfig, LongformerForMaskedLM
+from longdoc.components.training.common import (
     check_publish_target,
     publish_dir,
     quiet_loading,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longdoc.components.io import (
+from longdoc.components.core.io import (
     check_own_dir,
     claim_output_dir,
     mark_output_dir,

@@ -1,6 +1,6 @@
 """Ingest: documents from directories and archives into a deduplicated Parquet corpus.
 
-Reads every source with `components.readers` (streaming, bounded, hostile-input safe),
+Reads every source with `components.data.readers` (streaming, bounded, hostile-input safe),
 normalises the text, drops exact duplicates by content hash and, when `near_dup_threshold` is
 set, near-duplicates by MinHash/LSH, splits sentences with spaCy and writes size-bounded Parquet
 shards plus a quarantine file and a manifest whose counts reconcile: every input is written, a
@@ -42,8 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from longdoc.components.config import IngestParams, params_dict
-from longdoc.components.io import (
+from longdoc.components.core.config import IngestParams, params_dict
+from longdoc.components.core.io import (
     InputError,
     NothingProduced,
     atomic_path,
@@ -56,7 +56,7 @@ from longdoc.components.io import (
     versions,
     write_manifest,
 )
-from longdoc.components.readers import Document, Rejected, iter_documents
+from longdoc.components.data.readers import Document, Rejected, iter_documents
 
 __all__ = [
     "CORPUS_SCHEMA",

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longdoc.components.config import SampleParams, params_dict
-from longdoc.components.io import (
+from longdoc.components.core.config import SampleParams, params_dict
+from longdoc.components.core.io import (
     atomic_write_bytes,
     atomic_write_text,
     claim_output_dir,

@@ -47,10 +47,9 @@ import torch.distributed as dist
 from pyarrow import ipc
 from tqdm import tqdm
 
-from longdoc.components import tokenize as tok
-from longdoc.components import tracking
-from longdoc.components.config import ModelParams, PretrainParams, TrackingParams, params_dict
-from longdoc.components.io import (
+from longdoc.components.core import tracking
+from longdoc.components.core.config import ModelParams, PretrainParams, TrackingParams, params_dict
+from longdoc.components.core.io import (
     InputError,
     atomic_path,
     atomic_write_json,
@@ -61,8 +60,9 @@ from longdoc.components.io import (
     require_path,
     write_manifest,
 )
-from longdoc.components.model import LongformerForMaskedLM, make_config
-from longdoc.components.training import (
+from longdoc.components.data import tokenize as tok
+from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
+from longdoc.components.training.common import (
     Throughput,
     adamw,
     bits_per_char,

@@ -122,7 +122,7 @@ def require_path(path: Path | str, what: str) -> Path:
 OUTPUT_MARKER = ".longdoc"
 #: Markers of earlier versions, still honoured (`longdoc sample` wrote its own).
 LEGACY_MARKERS = (".longdoc-sample",)
-#: Written by the pipeline (`components.stages.mark_done`) into a finished stage's output.
+#: Written by the pipeline (`longdoc.flows.freshness.mark_done`) into a finished stage's output.
 _STAGE_RECORD = ".stage.json"
 
 

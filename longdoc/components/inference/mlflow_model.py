@@ -3,6 +3,6 @@ load, so the model is rebuilt from code instead of unpickled (no cloudpickle of 
 
 import mlflow
 
-from longdoc.components.serving import LongdocModel
+from longdoc.components.inference.serving import LongdocModel
 
 mlflow.models.set_model(LongdocModel())

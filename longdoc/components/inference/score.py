@@ -7,7 +7,7 @@ and anything it would reject lands in `errors.jsonl` with the reason instead of 
 How it stays fast and bounded:
 
 - the model (`models:/longdoc-<task>@champion` by default) is resolved to a concrete version and
-  loaded once; scoring drives its `InferenceEngine` directly (see `components.serving`):
+  loaded once; scoring drives its `InferenceEngine` directly (see `components.inference.serving`):
   documents are tokenized in one call per chunk, sorted by length and batched by a token budget,
   so batches pad to almost nothing; `torch.inference_mode`, CUDA when present, optional bf16;
 - documents stream through in chunks of `chunk_docs`: each chunk becomes one Parquet part, so
@@ -40,10 +40,9 @@ import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from longdoc.components import tracking
-from longdoc.components.config import IngestParams, ScoreParams, TrackingParams, params_dict
-from longdoc.components.ingest import decode_entities, normalize
-from longdoc.components.io import (
+from longdoc.components.core import tracking
+from longdoc.components.core.config import IngestParams, ScoreParams, TrackingParams, params_dict
+from longdoc.components.core.io import (
     InputError,
     atomic_path,
     atomic_write_json,
@@ -55,8 +54,9 @@ from longdoc.components.io import (
     versions,
     write_manifest,
 )
-from longdoc.components.readers import Document, Rejected, iter_documents
-from longdoc.components.serving import (
+from longdoc.components.data.ingest import decode_entities, normalize
+from longdoc.components.data.readers import Document, Rejected, iter_documents
+from longdoc.components.inference.serving import (
     CLASSIFICATION,
     QA,
     Encoded,

@@ -41,9 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from longdoc.components.config import TokenizeParams, params_dict
-from longdoc.components.ingest import corpus_shards
-from longdoc.components.io import (
+from longdoc.components.core.config import TokenizeParams, params_dict
+from longdoc.components.data.ingest import corpus_shards
+from longdoc.components.core.io import (
     InputError,
     atomic_path,
     atomic_write_json,

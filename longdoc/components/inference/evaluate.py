@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from longdoc.components.io import InputError, atomic_write_json
+from longdoc.components.core.io import InputError, atomic_write_json
 from longdoc.components.tasks import task_module
 
 log = logging.getLogger(__name__)

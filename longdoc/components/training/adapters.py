@@ -16,7 +16,7 @@ once, before training, and knows how to score them:
   answer span as TriviaQA, answer type (span/yes/no) from `<s>` averaged over windows, and a
   supporting-fact score per sentence (averaged over the windows holding it).
 
-Windows (components.windows) apply when an input is longer than `max_len`; with `max_windows=1`
+Windows (training.windows) apply when an input is longer than `max_len`; with `max_windows=1`
 the same code truncates, which is how the 512-token baseline is built.
 """
 
@@ -29,13 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from longdoc.components.heads import ANSWER_TYPES, LongdocForHotpotQA, LongdocForWikiHop
-from longdoc.components.model import (
+from longdoc.components.modeling.heads import ANSWER_TYPES, LongdocForHotpotQA, LongdocForWikiHop
+from longdoc.components.modeling.model import (
     LongformerForQuestionAnswering,
     LongformerForSequenceClassification,
 )
-from longdoc.components.training import quiet_loading
-from longdoc.components.windows import (
+from longdoc.components.training.common import quiet_loading
+from longdoc.components.training.windows import (
     best_span,
     char_span_to_tokens,
     find_occurrences,

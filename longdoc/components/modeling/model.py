@@ -48,7 +48,7 @@ implementation exactly when given our config:
     AutoModel.from_config(make_config(...))
 
 and our classes load any transformers Longformer checkpoint directly:
-`components.model.LongformerForMaskedLM.from_pretrained(path)`.
+`components.modeling.model.LongformerForMaskedLM.from_pretrained(path)`.
 
 Not supported: `output_attentions=True` (the kernels never materialise attention probabilities;
 it raises), and attention-probability dropout inside the local attention (the kernels have no
@@ -88,7 +88,7 @@ from transformers.models.longformer.modeling_longformer import (
 )
 from transformers.pytorch_utils import apply_chunking_to_forward
 
-from longdoc.components.config import ModelParams
+from longdoc.components.core.config import ModelParams
 from longdoc.kernels import BlockLocal, Dense, Fixed, Pattern, SlidingWindow, Strided, attention
 
 __all__ = [

@@ -16,7 +16,7 @@ empty batch or an out-of-range param is refused with an `MlflowException(INVALID
 naming each bad row, which `mlflow models serve` turns into an HTTP 400 with that message and no
 stack trace. `is_empty_document` is the one rule for "empty" that `longdoc score` applies too.
 
-`InferenceEngine` is the fast path both the pyfunc `predict` and `components.score` use: every
+`InferenceEngine` is the fast path both the pyfunc `predict` and `inference.score` use: every
 document is tokenized once, documents are sorted by length and cut into batches by a token budget
 (rows x longest row <= `batch_tokens`, so sorted neighbours pad to nearly nothing), the forward
 runs under `torch.inference_mode`, on CUDA when present, optionally in bf16.
@@ -39,8 +39,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
-from longdoc.components.ingest import normalize
-from longdoc.components.windows import best_span, word_boundaries
+from longdoc.components.data.ingest import normalize
+from longdoc.components.training.windows import best_span, word_boundaries
 
 CLASSIFICATION, QA = "classification", "qa"
 _ARCHITECTURES = {
@@ -169,11 +169,11 @@ class InferenceEngine:
     ) -> InferenceEngine:
         from transformers import AutoTokenizer
 
-        from longdoc.components.model import (
+        from longdoc.components.modeling.model import (
             LongformerForQuestionAnswering,
             LongformerForSequenceClassification,
         )
-        from longdoc.components.training import quiet_loading
+        from longdoc.components.training.common import quiet_loading
 
         kind = checkpoint_kind(checkpoint)
         model_cls = (
