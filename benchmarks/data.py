@@ -258,15 +258,15 @@ def _ours(backend: Any, corpus: str, schema: Any, dest: Path) -> int:
     """The stage's encode pass itself (`components.data.tokenize._encode_part`): read the corpus
     shards, encode, map sentence offsets, write the docs shards."""
     from longdoc.components.data.ingest import corpus_shards
+    from longdoc.components.core.stage import Progress
     from longdoc.components.data.tokenize import _encode_part, byte_level_lengths
 
     byte_lens = byte_level_lengths(backend)
-    t0 = time.monotonic()
-    progress = {"docs": 0, "tokens": 0, "total": 1, "t0": t0, "t_log": t0 + 1e9}
+    progress = Progress("tokenize", "docs", every_s=1e9)
     for k, shard in enumerate(corpus_shards(corpus)):
         path = dest / f"part-{k:05d}.arrow"
         _encode_part(backend, shard, path, schema, set(), progress, byte_lens)
-    return progress["tokens"]
+    return progress.extra["tokens"]
 
 
 def _datasets_map(corpus: str, hf_tok: Any, cache: Path) -> tuple[int, float]:

@@ -127,7 +127,7 @@ COMMANDS = [
         "finetune",
         "fine-tune on a task next to a truncated 512-token baseline; register",
         (
-            Flag("--task", "finetune.task", "the task (one of finetune.tasks)"),
+            Flag("--task", "finetune.task", "a registered task listed in finetune.tasks"),
             Flag("--max-len", "finetune.max_len", "tokens per window of the long model"),
             Flag(
                 "--baseline-max-len",
@@ -256,12 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_evaluate(sub) -> None:
     """`evaluate` scores a prediction file; it reads no params (nothing in params.yaml bears on
     an official metric), so it is not in COMMANDS."""
-    from longdoc.components.tasks import TASKS, task_module
+    from longdoc.components.tasks import all_tasks, task_names
 
     formats = "\n".join(
-        f"  {t}\n    --gold         {task_module(t).GOLD_PATH}\n"
-        f"    --predictions  {task_module(t).PREDICTIONS_FORMAT}"
-        for t in TASKS
+        f"  {t.name}\n    --gold         {t.gold_path}\n    --predictions  {t.predictions_format}"
+        for t in all_tasks()
     )
     p = sub.add_parser(
         "evaluate",
@@ -271,7 +270,7 @@ def _add_evaluate(sub) -> None:
         epilog=f"what each task takes:\n{formats}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--gold", required=True, metavar="PATH", help="gold file or directory")
     p.add_argument("--predictions", required=True, metavar="FILE", help="predictions file")
     p.add_argument("--out", metavar="FILE", help="also write the metrics JSON here")
@@ -370,13 +369,6 @@ class _QuietUserErrors(logging.Filter):
 def _prepare_environment(command: str) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if command == "score":
-        # Scoring is pure inference, which runs on the compiled TVM kernels (their own thread
-        # pool) between torch ops: torch's OpenMP threads, left spinning after each op, would
-        # take the cores the kernel needs. Read by libgomp when torch loads, so set before
-        # that; an explicit setting wins. Training stays on the default (passive slows it;
-        # benchmarks/RESULTS.md has both figures).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     quiet = _QuietUserErrors()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(quiet)

@@ -1,11 +1,12 @@
 """One local Prefect API server shared by successive `longdoc` commands.
 
 Why: without `PREFECT_API_URL`, every Prefect flow call starts a temporary server of its own
-(database migrations, the whole API imported: 5-15 s on 2 cores) and stops it at exit, so each
-`longdoc` command paid that before its first unit of work, and a `kill -9` left the temporary
-server running with nobody to stop it. Instead the first command starts one server as a detached
-daemon (`python -m longdoc.flows.server`), records it in `$PREFECT_HOME/longdoc-server.json`,
-and later commands find it there. The daemon stops itself after `IDLE_EXIT_S` without requests
+(database migrations, the whole API imported: seconds on 2 cores, see benchmarks/RESULTS.md,
+"`longdoc` command overhead") and stops it at exit, so each `longdoc` command paid that before its
+first unit of work, and a `kill -9` left the temporary server running with nobody to stop it.
+Instead the first command starts one server as a detached daemon (`python -m
+longdoc.flows.server`), records it in `$PREFECT_HOME/longdoc-server.json`, and later commands
+find it there. The daemon stops itself after `IDLE_EXIT_S` without requests
 (a running command pings it, so a long training run keeps it up), and `longdoc server stop`
 stops it at once. Nothing here runs when `PREFECT_API_URL` names a server: that server is used.
 

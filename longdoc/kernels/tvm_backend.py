@@ -405,16 +405,16 @@ def supports(pattern: Pattern) -> bool:
     return isinstance(pattern, (SlidingWindow, Strided))
 
 
-#: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (seq 1024 to
-#: 16384, heads 12, head_dim 64, window 256, one global token, 2-core AVX-512 CPU):
+#: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (the figures
+#: are in benchmarks/RESULTS.md, "Attention kernels" and "OpenMP wait policy"):
 #:
-#: * ``inference`` (no gradient needed): ``tvm``'s forward is 2.1-3.8x faster than ``torch``'s
-#:   with about a sixth of its extra memory, so yes.
-#: * ``training``: forward+backward is 0.85-1.3x ``torch``'s speed with libgomp's default spin
-#:   policy and 1.4x with ``OMP_WAIT_POLICY=PASSIVE`` (the backward dominates; its kernels are
-#:   the older, slower part), at about half its extra memory; ``torch``'s chunks run in
-#:   PyTorch's fused flash-attention CPU kernel on MKL GEMMs and are the longer-tested path, so
-#:   no.
+#: * ``inference`` (no gradient needed): ``tvm``'s forward is several times faster than
+#:   ``torch``'s with a fraction of its extra memory, so yes.
+#: * ``training``: forward+backward is about on par with ``torch``'s under libgomp's default
+#:   spin policy and only somewhat faster with ``OMP_WAIT_POLICY=PASSIVE`` (the backward
+#:   dominates; its kernels are the older, slower part), at about half its extra memory;
+#:   ``torch``'s chunks run in PyTorch's fused flash-attention CPU kernel on MKL GEMMs and are
+#:   the longer-tested path, so no.
 AUTO_ELIGIBLE = {"inference": True, "training": False}
 
 

@@ -49,8 +49,9 @@ per-(row, key) band mask: interior key blocks take a branch without it. ``P @ V`
 output transposed as well (``D x QL``): ``DB x QL`` accumulators in registers, each value row
 read once per chunk and broadcast, ``p`` a lane vector; band keys outside the sequence are
 skipped. Chunks of ``CH`` keys bound the score buffer for any window (one rescale of the
-running output per chunk). Reading keys and values in place (no packed copies) costs the kernel
-~10% but saves the packing pass and its memory.
+running output per chunk). Reading keys and values in place (no packed copies) makes the kernel
+a little slower but saves the packing pass and its memory (benchmarks/RESULTS.md, "Attention
+kernels", tuning figures).
 
 Backward schedule: one parallel loop over ``(batch, head, segment)``. A tile of ``KR`` keys
 streams the queries in tiles of ``KT`` positions, so each loaded query vector serves all keys of
@@ -69,18 +70,20 @@ from tvm.script import tirx as T
 KEY_TILE = 16  # KT: band positions per inner tile of the backward and the pack kernels
 # Backward: keys per tile; each loaded query vector serves this many keys. Chosen by timing the
 # kernel alone at seq 4096, heads 12, head_dim 64, window 256 on the 2-core AVX-512 host
-# (2 -> 4 rows: ~10-30% faster; 8 rows spill registers and lose again).
+# (4 rows beat 2; 8 rows spill registers and lose again; figures: benchmarks/RESULTS.md,
+# "Attention kernels", tuning figures).
 KEY_ROWS = 4  # dk/dv kernel (rows = keys)
 # dk/dv kernel: keys per parallel task; the task also accumulates the dq of every query its keys
 # see into private rows (SEG + 2w of them), summed afterwards by dq_overlap_add
 SEG_KEYS = 512
 # Forward tiling, chosen by timing the kernel alone (seq 4096, heads 12, head_dim 64, window 256,
 # one thread on the 2-core AVX-512 host; A/B in one process): QL rows per tile = vector lanes
-# (16: ~15% slower; 64 with 4 keys per block: ~10% slower; 48: not a power of two, scalarised),
-# KF keys per register block (KF x QL/16 accumulators, 8 -> 16 zmm; 4: ~10% slower, 16: ~15%
-# slower), CH keys per softmax chunk (64-256 on par, 512 ~5% and 1024 ~10% slower), DB output
-# columns per P @ V register block (DB x QL/16 accumulators; 4 and 16 slower), RG row tiles per
-# parallel task (amortises the task's buffer set-up; 2-16 on par).
+# (16 and 64 with 4 keys per block slower; 48: not a power of two, scalarised), KF keys per
+# register block (KF x QL/16 accumulators, 8 -> 16 zmm; 4 and 16 slower), CH keys per softmax
+# chunk (64-256 on par, 512 and 1024 slower), DB output columns per P @ V register block
+# (DB x QL/16 accumulators; 4 and 16 slower), RG row tiles per parallel task (amortises the
+# task's buffer set-up; 2-16 on par). The timings: benchmarks/RESULTS.md, "Attention kernels",
+# tuning figures.
 FWD_ROWS = 32  # QL
 FWD_KEYS = 8  # KF
 FWD_CHUNK = 128  # CH
@@ -106,22 +109,6 @@ def _exp(x):
     p = p * r * r + r + f32(1.0)
     two_n = T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
     return p * two_n
-
-
-def _tree(op, buf, start, count: int):
-    """``op``-reduction of ``buf[start : start + count]`` as a balanced tree: depth log2(count)
-    instead of a ``count``-long dependency chain per row and tile."""
-    items = [buf[start + t] for t in range(count)]
-    while len(items) > 1:
-        items = [
-            op(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
-            for i in range(0, len(items), 2)
-        ]
-    return items[0]
-
-
-def _add(x, y):
-    return x + y
 
 
 def sliding_window(

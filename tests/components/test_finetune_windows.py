@@ -10,7 +10,7 @@ from longdoc.components.tasks import (
     Document,
     HotpotExample,
     SpanExample,
-    task_module,
+    get_task,
 )
 from longdoc.components.training.adapters import (
     ClassificationAdapter,
@@ -130,7 +130,7 @@ def test_marginal_span_loss_is_shared_across_windows():
 
 def test_classification_windows_average_logits(base):
     path, tok = base
-    adapter = ClassificationAdapter(task_module("imdb"), tok)
+    adapter = ClassificationAdapter(get_task("imdb"), tok)
     ex = ClassificationExample("a", FILLER + " brilliant", 1)
     enc = adapter.encode(ex, 32, 8, None, train=True)
     assert len(enc.windows) > 2
@@ -156,7 +156,7 @@ def test_classification_windows_average_logits(base):
 
 def test_wikihop_prefix_repeats_and_scores_average_over_windows(base):
     path, tok = base
-    adapter = WikiHopAdapter(task_module("wikihop"), tok)
+    adapter = WikiHopAdapter(get_task("wikihop"), tok)
     ex = ChoiceExample(
         "w1",
         "country_of_citizenship kalen dorvash",
@@ -187,7 +187,7 @@ def test_wikihop_prefix_repeats_and_scores_average_over_windows(base):
 
 def test_triviaqa_golds_are_every_alias_occurrence_in_every_document(base):
     path, tok = base
-    adapter = TriviaQAAdapter(task_module("triviaqa"), tok)
+    adapter = TriviaQAAdapter(get_task("triviaqa"), tok)
     ex = SpanExample(
         "q1",
         "Who designed the bridge?",
@@ -223,7 +223,7 @@ def test_triviaqa_golds_are_every_alias_occurrence_in_every_document(base):
 
 def test_hotpot_sentences_types_and_prediction_format(base):
     path, tok = base
-    adapter = HotpotQAAdapter(task_module("hotpotqa"), tok)
+    adapter = HotpotQAAdapter(get_task("hotpotqa"), tok)
     context = (
         ("Cat", ("The cat sat.", " On the mat.")),
         ("Mill", ("The old mill.", " Ada Lovelace was there.", " " + FILLER)),
@@ -254,4 +254,4 @@ def test_hotpot_sentences_types_and_prediction_format(base):
     assert set(file) == {"answer", "sp"} and set(file["answer"]) == {"h1", "h2"}
     for sp in file["sp"].values():
         assert len(sp) >= 2 and all(isinstance(t, str) and isinstance(i, int) for t, i in sp)
-    task_module("hotpotqa").evaluate([span_ex, yes_ex], file)  # the official scorer accepts it
+    get_task("hotpotqa").evaluate([span_ex, yes_ex], file)  # the official scorer accepts it

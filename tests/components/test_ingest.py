@@ -772,11 +772,27 @@ def test_near_duplicates_removed_counted_and_resumable(tmp_path: Path, monkeypat
     assert (out / "duplicates.jsonl").read_text() == (tmp_path / "on/duplicates.jsonl").read_text()
 
 
-def test_lsh_bands_follow_threshold() -> None:
-    b_hi, r_hi = ingest_mod.lsh_bands(0.9, 128)
-    b_lo, r_lo = ingest_mod.lsh_bands(0.5, 128)
-    assert b_hi * r_hi <= 128 and b_lo * r_lo <= 128
-    assert (1 / b_hi) ** (1 / r_hi) > (1 / b_lo) ** (1 / r_lo)  # the LSH curve's midpoint moves
+def test_near_dup_index_finds_near_duplicates_and_keeps_distinct_docs() -> None:
+    base = _essay(1)
+    edited = list(base)
+    for i in range(0, len(edited), 80):
+        edited[i] = "edited"  # Jaccard of the 5-word shingles ~0.88
+    index = ingest_mod.NearDupIndex(0.8)
+    assert index.bands * index.rows <= 128
+    assert index.signature("... !!") is None  # no words: nothing to compare
+    for doc_id, words in (("a", base), ("c", _essay(2))):
+        index.add(doc_id, index.signature(" ".join(words)))
+    doc_id, sim = index.query(index.signature(" ".join(edited)))
+    assert doc_id == "a" and 0.8 <= sim < 1.0
+    assert index.query(index.signature(" ".join(base).upper()))[1] == 1.0  # lower-cased
+    assert index.query(index.signature(" ".join(_essay(3)))) is None  # distinct: kept
+    # a stricter threshold keeps the edited copy; a fresh index gives the same signature (resume
+    # rebuilds the index in a new process and must take the same decisions)
+    strict = ingest_mod.NearDupIndex(0.95)
+    strict.add("a", strict.signature(" ".join(base)))
+    assert strict.query(strict.signature(" ".join(edited))) is None
+    again = ingest_mod.NearDupIndex(0.8).signature(" ".join(edited))
+    assert (again.hashvalues == index.signature(" ".join(edited)).hashvalues).all()
 
 
 def test_fast_sentencizer_matches_spacy_component() -> None:

@@ -47,7 +47,7 @@ from longdoc.components.inference.score import score
 from longdoc.components.modeling import kernel_cache
 from longdoc.components.modeling.convert import convert
 from longdoc.components.synthetic.generator import write_sample
-from longdoc.components.tasks import ClassificationExample, task_module
+from longdoc.components.tasks import ClassificationExample, get_task
 from longdoc.components.training.adapters import adapter_for
 from longdoc.components.training.common import publish_dir, staging_dir
 from longdoc.components.training.finetune import finetune, train_task
@@ -329,7 +329,7 @@ def test_finetune_replaces_its_own_output(base, tmp_path, store):
     path, tokenizer = base
     cues = ("a dreadful film. ", "a brilliant film. ")
     examples = [ClassificationExample(f"c{i}", cues[i % 2] * 3, i % 2) for i in range(2)]
-    adapter = adapter_for("imdb", task_module("imdb"), tokenizer)
+    adapter = adapter_for(get_task("imdb"), tokenizer)
     params = FinetuneParams(
         task="imdb", base=path, epochs=1, batch_size=2, window_overlap=8, out=tmp_path / "x"
     )

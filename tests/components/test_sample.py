@@ -18,7 +18,13 @@ import pytest
 
 from longdoc.components.core.config import SampleParams
 from longdoc.components.core.io import InputError
-from longdoc.components.synthetic import generator as S
+from longdoc.components.synthetic import archives as SARCH
+from longdoc.components.synthetic import corpus as SCORPUS
+from longdoc.components.synthetic import generator as G
+from longdoc.components.synthetic import imdb as SIMDB
+from longdoc.components.synthetic import text as T
+from longdoc.components.synthetic import triviaqa as STRIVIA
+from longdoc.components.synthetic import wikihop as SWIKIHOP
 
 SMALL = dict(
     corpus_docs=12, min_words=200, max_words=400, imdb_train=20, imdb_test=10, task_train=4,
@@ -30,12 +36,12 @@ PUNCT = string.punctuation + "\u2018\u2019"
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, SampleParams]:
     params = SampleParams(out=tmp_path_factory.mktemp("s") / "sample", **SMALL)
-    return params.out, S.write_sample(params), params
+    return params.out, G.write_sample(params), params
 
 
 @pytest.fixture(scope="module")
-def lex() -> S.Lexicon:
-    return S.build_lexicon(0)
+def lex() -> T.Lexicon:
+    return T.build_lexicon(0)
 
 
 def words(text: str) -> list[str]:
@@ -116,27 +122,27 @@ def _hashes(root: Path) -> dict[str, str]:
 
 
 def test_deterministic(tmp_path):
-    a = S.write_sample(SampleParams(out=tmp_path / "a", **SMALL))
-    b = S.write_sample(SampleParams(out=tmp_path / "b", **SMALL))
+    a = G.write_sample(SampleParams(out=tmp_path / "a", **SMALL))
+    b = G.write_sample(SampleParams(out=tmp_path / "b", **SMALL))
     ha, hb = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
     assert len(ha) > 50 and ha == hb
     assert a["sha256"] == b["sha256"]
-    S.write_sample(SampleParams(out=tmp_path / "c", seed=1, **SMALL))
+    G.write_sample(SampleParams(out=tmp_path / "c", seed=1, **SMALL))
     hc = _hashes(tmp_path / "c")
     assert hc.get("corpus/web.tar.gz") != ha["corpus/web.tar.gz"]
 
 
 def test_rerun_replaces_previous_sample_and_refuses_foreign_dirs(tmp_path):
     out = tmp_path / "s"
-    S.write_sample(SampleParams(out=out, **SMALL))
-    S.write_sample(SampleParams(out=out, **{**SMALL, "imdb_train": 4, "task_train": 2}))
+    G.write_sample(SampleParams(out=out, **SMALL))
+    G.write_sample(SampleParams(out=out, **{**SMALL, "imdb_train": 4, "task_train": 2}))
     assert len(list((out / "aclImdb" / "train").rglob("*.txt"))) == 4  # no stale reviews
     assert len(json.loads((out / "qangaroo_v1.1/wikihop/train.json").read_text())) == 2
     foreign = tmp_path / "real"
     (foreign / "aclImdb").mkdir(parents=True)
     (foreign / "aclImdb" / "README").write_text("real data")
     with pytest.raises(InputError, match="refusing"):
-        S.write_sample(SampleParams(out=foreign, **SMALL))
+        G.write_sample(SampleParams(out=foreign, **SMALL))
     assert (foreign / "aclImdb" / "README").read_text() == "real data"
 
 
@@ -145,9 +151,9 @@ def test_rerun_replaces_previous_sample_and_refuses_foreign_dirs(tmp_path):
 
 def test_cue_words_are_exclusive(lex):
     cues = lex.cue_words()
-    assert len(cues) == 4 * S.CUES_PER_CLASS
+    assert len(cues) == 4 * T.CUES_PER_CLASS
     for cls in (lex.pos_cues, lex.neg_cues, lex.partisan_cues, lex.measured_cues):
-        assert len(set(cls)) == S.CUES_PER_CLASS
+        assert len(set(cls)) == T.CUES_PER_CLASS
     others = set(lex.nouns + lex.adjectives + lex.verbs + lex.adverbs)
     others |= {
         w.lower()
@@ -165,21 +171,21 @@ def test_cue_words_are_exclusive(lex):
     others |= {w.lower() for s in lex.orgs + lex.labels + lex.bands for w in s.split()}
     assert not cues & others
     # filler text never carries a cue word nor a relation phrase that answers a QA example
-    for tpl in S.FILLER_TEMPLATES:
-        assert not set(words(S._SLOT.sub(" ", tpl))) & cues, tpl
-        for phrase in S.KEY_PHRASES:
+    for tpl in T.FILLER_TEMPLATES:
+        assert not set(words(T._SLOT.sub(" ", tpl))) & cues, tpl
+        for phrase in T.KEY_PHRASES:
             assert phrase not in tpl, (phrase, tpl)
 
 
 def test_lexicon_depends_on_seed_only():
-    assert S.build_lexicon(3) == S.build_lexicon(3)
-    assert S.build_lexicon(3).nouns != S.build_lexicon(4).nouns
+    assert T.build_lexicon(3) == T.build_lexicon(3)
+    assert T.build_lexicon(3).nouns != T.build_lexicon(4).nouns
 
 
 def test_triviaqa_normalize():
-    assert S.triviaqa_normalize("The Tessik River") == "tessik river"
-    assert S.triviaqa_normalize("Velm & Tork") == "velm tork"
-    assert S.triviaqa_normalize("  An_apple's  core ") == "apple s core"
+    assert STRIVIA.triviaqa_normalize("The Tessik River") == "tessik river"
+    assert STRIVIA.triviaqa_normalize("Velm & Tork") == "velm tork"
+    assert STRIVIA.triviaqa_normalize("  An_apple's  core ") == "apple s core"
 
 
 # --- corpus -------------------------------------------------------------------------------------
@@ -201,7 +207,7 @@ def test_corpus_containers(sample):
         names = tf.getnames()
         assert names == sorted(names)
         for m in tf.getmembers():
-            assert m.isfile() and m.mtime == S.ARCHIVE_MTIME
+            assert m.isfile() and m.mtime == SARCH.ARCHIVE_MTIME
             data = tf.extractfile(m).read().decode("utf-8")
             if m.name.endswith(".html"):
                 html_pages.append(data)
@@ -229,7 +235,7 @@ def test_corpus_containers(sample):
 
 def test_corpus_word_range_edge(tmp_path):
     params = SampleParams(out=tmp_path / "s", **{**SMALL, "min_words": 50, "max_words": 50})
-    S.write_sample(params)
+    G.write_sample(params)
     for p in (tmp_path / "s" / "corpus" / "txt").glob("*.txt"):
         assert len(p.read_text().split()) == 50
 
@@ -237,10 +243,10 @@ def test_corpus_word_range_edge(tmp_path):
 def test_corpus_uses_cue_words(tmp_path, lex):
     """The tokenizer must see every cue word: the default-size corpus uses all of them."""
     rng = __import__("random").Random(0)
-    g = S.TextGen(lex, rng)
+    g = T.TextGen(lex, rng)
     seen: set[str] = set()
     for _ in range(80):
-        seen |= set(words(S._corpus_doc(g, 1500, 1600)[1]))
+        seen |= set(words(SCORPUS._corpus_doc(g, 1500, 1600)[1]))
     assert lex.cue_words() <= seen
 
 
@@ -255,7 +261,7 @@ def test_wikihop(sample):
         for ex in data:
             assert set(ex) == {"id", "query", "answer", "candidates", "supports"}
             relation, subject = ex["query"].split(" ", 1)
-            assert relation in S.WIKIHOP_RELATIONS and subject == subject.lower()
+            assert relation in SWIKIHOP.WIKIHOP_RELATIONS and subject == subject.lower()
             assert ex["answer"] in ex["candidates"]
             assert all(c == c.lower() for c in ex["candidates"])
             assert len(set(ex["candidates"])) == len(ex["candidates"]) >= 4
@@ -273,7 +279,7 @@ def test_wikihop_evidence_is_deep(sample):
     for ex in data:
         subject = ex["query"].split(" ", 1)[1]
         first = next(i for i, s in enumerate(ex["supports"]) if subject in s.lower())
-        deep += sum(len(s.split()) for s in ex["supports"][:first]) >= S.LATE_MIN_WORD
+        deep += sum(len(s.split()) for s in ex["supports"][:first]) >= T.LATE_MIN_WORD
     assert deep >= len(data) - 1
 
 
@@ -289,8 +295,8 @@ def test_triviaqa(sample):
             a = d["Answer"]
             assert a["Type"] == "WikipediaEntity"
             assert a["Value"] in a["Aliases"]
-            assert a["NormalizedValue"] == S.triviaqa_normalize(a["Value"])
-            assert a["NormalizedAliases"] == [S.triviaqa_normalize(x) for x in a["Aliases"]]
+            assert a["NormalizedValue"] == STRIVIA.triviaqa_normalize(a["Value"])
+            assert a["NormalizedAliases"] == [STRIVIA.triviaqa_normalize(x) for x in a["Aliases"]]
             assert d["EntityPages"]
             for page in d["EntityPages"]:
                 assert page["DocSource"] == "TagMe"
@@ -307,7 +313,7 @@ def test_triviaqa_answer_is_deep(sample):
     deep = 0
     for d in doc["Data"]:
         text = (out / "triviaqa/evidence/wikipedia" / d["EntityPages"][0]["Filename"]).read_text()
-        deep += len(text[: text.index(d["Answer"]["Value"])].split()) >= S.LATE_MIN_WORD
+        deep += len(text[: text.index(d["Answer"]["Value"])].split()) >= T.LATE_MIN_WORD
     assert deep >= len(doc["Data"]) - 1
 
 
@@ -354,14 +360,14 @@ def test_hotpotqa(sample):
 
 def test_hotpotqa_gold_is_late(tmp_path):
     params = SampleParams(out=tmp_path / "s", **{**SMALL, "task_train": 20})
-    S.write_sample(params)
+    G.write_sample(params)
     data = json.loads((tmp_path / "s" / "hotpotqa" / "hotpot_train_v1.1.json").read_text())
     deep = 0
     for ex in data:
         gold = {t for t, _ in ex["supporting_facts"]}
         first = next(i for i, (t, _) in enumerate(ex["context"]) if t in gold)
         before = sum(len("".join(s).split()) for _, s in ex["context"][:first])
-        deep += before >= S.LATE_MIN_WORD
+        deep += before >= T.LATE_MIN_WORD
     assert deep >= 0.8 * len(data)
     assert any(ex["answer"] in ("yes", "no") for ex in data)
 
@@ -380,7 +386,7 @@ def test_imdb_files(sample):
         rating = int(m.group(2))
         assert (7 <= rating <= 10) if label == "pos" else (1 <= rating <= 4), p
         assert "\n" not in text and "<br /><br />" in text
-        assert S.REVIEW_WORDS[0] - 60 <= len(words(text)) <= S.REVIEW_WORDS[1] + 60
+        assert T.REVIEW_WORDS[0] - 60 <= len(words(text)) <= T.REVIEW_WORDS[1] + 60
         counts[split, label] = counts.get((split, label), 0) + 1
     assert counts[("train", "pos")] + counts[("train", "neg")] == params.imdb_train
     assert counts[("test", "pos")] + counts[("test", "neg")] == params.imdb_test
@@ -413,21 +419,21 @@ def test_imdb_verdict_is_deep_and_the_only_signal(sample, lex):
             late += 1
             assert not set(w[:512]) & (pos | neg)
         else:
-            assert hits[-1] < S.EARLY_MAX_WORD
+            assert hits[-1] < T.EARLY_MAX_WORD
     assert late >= 0.8 * n and late < n  # most late, a few early
 
 
 def test_make_review_placement(lex):
     import random
 
-    g = S.TextGen(lex, random.Random(7))
+    g = T.TextGen(lex, random.Random(7))
     for late in (True, False):
         for _ in range(10):
-            paras, at = S.make_review(g, "neg", late)
-            w = words(S.review_text(paras))
+            paras, at = SIMDB.make_review(g, "neg", late)
+            w = words(SIMDB.review_text(paras))
             first_cue = next(i for i, x in enumerate(w) if x in lex.neg_cues)
             assert first_cue >= at  # the verdict's first sentence may open with a non-cue word
-            assert (at >= S.LATE_MIN_WORD) if late else (first_cue < S.EARLY_MAX_WORD)
+            assert (at >= T.LATE_MIN_WORD) if late else (first_cue < T.EARLY_MAX_WORD)
 
 
 def test_hyperpartisan(sample, lex):
@@ -469,5 +475,5 @@ def test_score_inbox(sample):
             body = tf.extractfile(m).read().decode("utf-8")
             if m.name.endswith(".html"):
                 body = " ".join(html_paragraphs(body).paras)
-            assert len(words(body)) >= S.REVIEW_WORDS[0] - 60
+            assert len(words(body)) >= T.REVIEW_WORDS[0] - 60
     assert set(labels.values()) == {"pos", "neg"}

@@ -9,7 +9,15 @@ import pytest
 
 from longdoc.components.core.io import InputError
 from longdoc.components.inference.evaluate import evaluate_file
-from longdoc.components.tasks import TASKS, Document, hotpotqa, imdb, task_module, triviaqa, wikihop
+from longdoc.components.tasks import (
+    Document,
+    get_task,
+    hotpotqa,
+    imdb,
+    task_names,
+    triviaqa,
+    wikihop,
+)
 
 
 def _write(path: Path, text: str | bytes) -> Path:
@@ -22,13 +30,13 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 
 def test_task_registry():
-    for name in TASKS:
-        mod = task_module(name)
-        assert mod.NAME == name and isinstance(mod.PRIMARY_METRIC, str)
+    for name in task_names():
+        mod = get_task(name)
+        assert mod.name == name and isinstance(mod.primary_metric, str)
         for fn in ("load", "load_gold", "evaluate", "load_predictions", "write_predictions"):
             assert callable(getattr(mod, fn))
     with pytest.raises(InputError, match="unknown task 'squad'"):
-        task_module("squad")
+        get_task("squad")
 
 
 # --- WikiHop ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from longdoc.components.core.config import SampleParams
 from longdoc.components.inference.evaluate import evaluate_file
 from longdoc.components.synthetic.generator import write_sample
-from longdoc.components.tasks import TASKS, task_module, triviaqa
+from longdoc.components.tasks import BUILTIN, get_task, triviaqa
 
 TRAIN, DEV = 6, 3
 ROOTS = {
@@ -50,13 +50,13 @@ def _perfect(task: str, examples: list) -> dict:
             "answer": {e.id: e.answer for e in examples},
             "sp": {e.id: [list(f) for f in e.supporting_facts] for e in examples},
         }
-    mod = task_module(task)
-    return {e.id: mod.LABELS[e.label] for e in examples}
+    mod = get_task(task)
+    return {e.id: mod.labels[e.label] for e in examples}
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", BUILTIN)
 def test_sample_loads_and_scores(sample, task, tmp_path):
-    mod = task_module(task)
+    mod = get_task(task)
     train, dev = mod.load(sample / ROOTS[task], "train"), mod.load(sample / ROOTS[task], "dev")
     sizes = (4, 4) if task == "imdb" else (TRAIN, DEV)
     assert (len(train.examples), len(dev.examples)) == sizes
@@ -65,12 +65,12 @@ def test_sample_loads_and_scores(sample, task, tmp_path):
     preds = tmp_path / "preds.json"
     mod.write_predictions(preds, _perfect(task, dev.examples))
     m = evaluate_file(task, sample / GOLD[task], preds)
-    assert m[mod.PRIMARY_METRIC] == PERFECT.get(task, 1.0)
+    assert m[mod.primary_metric] == PERFECT.get(task, 1.0)
     assert m["gold_skipped"] == 0
 
 
 def test_sample_hyperpartisan_dev_is_the_sample_dev_articles(sample):
-    dev = task_module("hyperpartisan").load(sample / "hyperpartisan", "dev")
+    dev = get_task("hyperpartisan").load(sample / "hyperpartisan", "dev")
     assert [e.id for e in dev.examples] == [f"{i:07d}" for i in range(TRAIN, TRAIN + DEV)]
 
 

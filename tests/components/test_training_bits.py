@@ -1,5 +1,6 @@
-"""Unit tests for the small shared pieces: atomic writes, stage freshness, MLM masking, the IMDB
-loader's handling of the official layout."""
+"""Unit tests for the small shared pieces: atomic writes, stage freshness, MLM masking. (The IMDB
+loader's handling of the official layout is tested with the other task loaders, in
+test_tasks_loaders.py.)"""
 
 import json
 
@@ -7,8 +8,7 @@ import pytest
 import torch
 
 from longdoc.components.core.config import Params
-from longdoc.components.core.io import InputError, atomic_path, atomic_write_json
-from longdoc.components.training.finetune import load_imdb
+from longdoc.components.core.io import atomic_path, atomic_write_json
 from longdoc.components.training.pretrain import mask_tokens
 from longdoc.flows.freshness import fingerprint, is_fresh, mark_done, spec
 
@@ -63,32 +63,3 @@ def test_mlm_masking_recipe():
     assert abs(masked.sum().item() / picked.sum().item() - 0.8) < 0.02
     assert abs(unchanged.sum().item() / picked.sum().item() - 0.1) < 0.02  # (+ random hits)
     assert torch.equal(inputs[~picked], ids[~picked])
-
-
-def _review(root, split, label, name, text="A review.<br /><br />Second paragraph."):
-    d = root / split / label
-    d.mkdir(parents=True, exist_ok=True)
-    (d / name).write_text(text)
-
-
-def test_imdb_loader_reads_official_layout(tmp_path):
-    _review(tmp_path, "train", "pos", "10_9.txt")
-    _review(tmp_path, "train", "neg", "3_1.txt")
-    examples = load_imdb(tmp_path, "train")
-    assert [(e.id, e.label) for e in examples] == [("train/neg/3", 0), ("train/pos/10", 1)]
-    assert examples[0].text == "A review.\n\nSecond paragraph."
-
-
-@pytest.mark.parametrize(
-    ("label", "name", "message"),
-    [("pos", "7.txt", "expected an IMDB file name"), ("pos", "4_2.txt", "contradicts")],
-)
-def test_imdb_loader_names_bad_files(tmp_path, label, name, message):
-    _review(tmp_path, "train", label, name)
-    with pytest.raises(InputError, match=message):
-        load_imdb(tmp_path, "train")
-
-
-def test_imdb_loader_missing_split(tmp_path):
-    with pytest.raises(InputError, match="IMDB test split not found"):
-        load_imdb(tmp_path, "test")

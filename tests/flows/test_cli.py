@@ -173,28 +173,25 @@ def test_version_help_defaults_and_hidden_aliases():
         )
 
 
-def test_score_runs_openmp_passive_unless_told_otherwise(monkeypatch):
-    """`longdoc score` is inference on the TVM kernels: torch's OpenMP threads must not spin on
-    their cores. Other commands keep libgomp's default, and an explicit setting always wins."""
-    from longdoc.flows import cli
-
-    # setenv first so that teardown restores whatever the process had (delenv alone of an
-    # unset variable records nothing, and PASSIVE would leak into later tests' subprocesses)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    defaults = {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    }
-    for key, value in defaults.items():  # what _prepare_environment would set: undone after
-        monkeypatch.setenv(key, os.environ.get(key, value))
-    cli._prepare_environment("pretrain")
-    assert "OMP_WAIT_POLICY" not in os.environ
-    cli._prepare_environment("score")
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    cli._prepare_environment("score")
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+def test_every_inference_path_runs_openmp_passive_unless_told_otherwise(tmp_path):
+    """The score task (behind `longdoc score`, the pipeline's score stage and both score
+    deployments) sets OMP_WAIT_POLICY=PASSIVE before torch loads; an explicit setting wins;
+    nothing else sets it. Fresh interpreters: whether torch is loaded is the point."""
+    code = (
+        "import os, sys; from longdoc.flows import stages;"
+        "assert 'torch' not in sys.modules; stages.inference_threads();"
+        "print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "ACTIVE", out.stderr
+    cli = (REPO / "longdoc/flows/cli.py").read_text() + (REPO / "prefect.yaml").read_text()
+    assert "OMP_WAIT_POLICY" not in cli  # one place
 
 
 def test_score_that_scores_nothing_exits_3(tmp_path, monkeypatch):

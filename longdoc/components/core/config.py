@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -162,7 +169,18 @@ class ConvertParams(_Section):
         return self
 
 
-TaskName = Literal["wikihop", "triviaqa", "hotpotqa", "imdb", "hyperpartisan"]
+def _registered_task(name: str) -> str:
+    """A task name the registry (components.tasks) knows; imported here, on use, because task
+    modules import this package's siblings."""
+    from longdoc.components.tasks import task_names, unknown_task_message
+
+    if name not in task_names():
+        raise ValueError(unknown_task_message(name))
+    return name
+
+
+#: A registered task's name (components.tasks.register adds to them).
+TaskName = Annotated[str, AfterValidator(_registered_task)]
 
 
 class FinetuneTask(_Section):
@@ -175,22 +193,18 @@ class FinetuneTask(_Section):
 
 
 def _default_tasks() -> dict[str, FinetuneTask]:
-    data = {
-        "wikihop": "qangaroo_v1.1/wikihop",
-        "triviaqa": "triviaqa",
-        "hotpotqa": "hotpotqa",
-        "imdb": "aclImdb",
-        "hyperpartisan": "hyperpartisan",
-    }
-    epochs = {"wikihop": 6, "triviaqa": 6, "hotpotqa": 6, "imdb": None, "hyperpartisan": 6}
+    """One entry per registered task, reading the task's files where `longdoc sample` writes
+    them."""
+    from longdoc.components.tasks import all_tasks
+
     return {
-        t: FinetuneTask(
-            data=Path("data/sample") / d,
-            out=Path(f"data/checkpoints/{t}"),
-            metrics=Path(f"data/metrics/finetune_{t}.json"),
-            epochs=epochs[t],
+        t.name: FinetuneTask(
+            data=Path("data/sample") / t.sample_dir,
+            out=Path(f"data/checkpoints/{t.name}"),
+            metrics=Path(f"data/metrics/finetune_{t.name}.json"),
+            epochs=t.epochs,
         )
-        for t, d in data.items()
+        for t in all_tasks()
     }
 
 
@@ -299,7 +313,7 @@ class Params(_Section):
 
 def _one_line(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -28,11 +28,10 @@ import os
 import re
 import time
 import unicodedata
-import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -46,16 +45,14 @@ from longdoc.components.core.config import IngestParams, params_dict
 from longdoc.components.core.io import (
     InputError,
     NothingProduced,
-    atomic_path,
-    atomic_write_text,
     claim_output_dir,
     require_path,
     sha256_bytes,
     sha256_file,
     sha256_tree,
     versions,
-    write_manifest,
 )
+from longdoc.components.core.stage import Progress, SideLog, Stage, fingerprint, reconcile
 from longdoc.components.data.readers import Document, Rejected, iter_documents
 
 __all__ = [
@@ -97,7 +94,7 @@ _ROW_GROUP_DOCS = 128
 _ROW_GROUP_CHARS = 32_000_000
 _MAX_STRINGS = 1_000_000  # spaCy StringStore size at which the pipeline is reloaded
 _POOL_MIN_BYTES = 64 * 1024 * 1024  # below this, worker start-up costs more than it saves
-_POOL_MIN_CPUS = 4  # on 2 shared cores a pool measured slower (21 s vs 14 s on 40 MB)
+_POOL_MIN_CPUS = 4  # on 2 shared cores a pool measured slower (benchmarks/RESULTS.md, ingest)
 _PROGRESS_EVERY_S = 5.0
 
 # --------------------------------------------------------------------------------------------
@@ -278,92 +275,61 @@ class _Done:
 # --------------------------------------------------------------------------------------------
 
 _WORD = re.compile(r"\w+")
-_FNV = np.uint64(0x100000001B3)
-_SHINGLE_CHUNK = 4096
-
-
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) with bands * rows <= num_perm that minimise the false-positive plus
-    false-negative area around `threshold` for the LSH candidate curve 1 - (1 - s^r)^b (the
-    datasketch recipe). Candidates are then checked against the threshold on the signature."""
-    s = np.linspace(0.0, 1.0, 201)
-    best, best_err = (1, num_perm), float("inf")
-    for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            p = 1.0 - (1.0 - s**r) ** b
-            fp = np.trapezoid(np.where(s < threshold, p, 0.0), s)
-            fn = np.trapezoid(np.where(s >= threshold, 1.0 - p, 0.0), s)
-            if fp + fn < best_err:
-                best, best_err = (b, r), fp + fn
-    return best
+_MINHASH_SEED = 1  # fixed: the same corpus gives the same signatures in every process and run
 
 
 class NearDupIndex:
-    """MinHash over word shingles + LSH bands: finds a kept document whose estimated Jaccard
-    similarity (of `shingle`-word shingles, lower-cased) with a new one is >= `threshold`.
+    """Near-duplicate lookup with datasketch's MinHash and MinHashLSH: finds a kept document
+    whose estimated Jaccard similarity (of `shingle`-word shingles, lower-cased) with a new one
+    is >= `threshold`.
 
-    Why this and not pairwise comparison: constant work per document whatever the corpus size.
-    Hashes are seeded constants (crc32 words, multiply-shift permutations), so the same corpus
-    gives the same decisions in every process and run, which resume relies on. Memory: the
-    signature (4 bytes x num_perm) and one table entry per band for each kept document.
+    Why LSH and not pairwise comparison: constant work per document whatever the corpus size.
+    MinHashLSH picks its bands x rows to minimise false positives plus false negatives around
+    `threshold`; its candidates are then checked against the threshold on the signatures, and the
+    most similar one (the earliest kept on a tie) is reported. The MinHash seed is fixed and its
+    shingle hash is SHA-1, so the same corpus gives the same decisions in every process and run,
+    which resume relies on. Memory: the signature (4 bytes x num_perm) and one LSH entry per band
+    for each kept document.
     """
 
     def __init__(self, threshold: float, num_perm: int = 128, shingle: int = 5) -> None:
+        from datasketch import MinHash, MinHashLSH  # imports scipy: only when the index is on
+
         self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
-        rng = np.random.default_rng(0x5EED)
-        self._a = (rng.integers(0, 2**63, num_perm, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
-        self._b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
-        self.bands, self.rows = lsh_bands(threshold, num_perm)
-        self._tables: list[dict[bytes, int]] = [{} for _ in range(self.bands)]
-        self._sigs = np.zeros((1024, num_perm), dtype=np.uint32)
+        self._empty = MinHash(num_perm=num_perm, seed=_MINHASH_SEED)
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.bands, self.rows = self._lsh.b, self._lsh.r
+        self._sigs = np.zeros((1024, num_perm), dtype=self._empty.hashvalues.dtype)
         self._ids: list[str] = []
 
-    def signature(self, text: str) -> np.ndarray | None:
-        """MinHash signature of `text`, or None when it has no words."""
+    def signature(self, text: str) -> Any:
+        """MinHash (datasketch) of `text`'s word shingles, or None when it has no words."""
         words = _WORD.findall(text.lower())
         if not words:
             return None
-        wh = np.fromiter(
-            (zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words)
-        )
         k = min(self.shingle, len(words))
-        n = len(words) - k + 1
-        h = np.zeros(n, dtype=np.uint64)
-        for j in range(k):  # FNV-style combination of k consecutive word hashes (wraps mod 2^64)
-            h = h * _FNV + wh[j : j + n]
-        h = np.unique(h)
-        sig = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
-        for i in range(0, len(h), _SHINGLE_CHUNK):
-            part = h[None, i : i + _SHINGLE_CHUNK]
-            hashed = ((self._a[:, None] * part + self._b[:, None]) >> np.uint64(32)).astype(
-                np.uint32
-            )
-            np.minimum(sig, hashed.min(axis=1), out=sig)
+        shingles = {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+        sig = self._empty.copy()  # shares the permutations instead of drawing them again
+        sig.update_batch([s.encode("utf-8") for s in shingles])
         return sig
 
-    def _keys(self, sig: np.ndarray) -> list[bytes]:
-        r = self.rows
-        return [sig[i * r : (i + 1) * r].tobytes() for i in range(self.bands)]
-
-    def query(self, sig: np.ndarray) -> tuple[str, float] | None:
+    def query(self, sig: Any) -> tuple[str, float] | None:
         """(doc_id, estimated similarity) of the most similar kept document at or above the
         threshold, or None."""
-        cands = {t[k] for t, k in zip(self._tables, self._keys(sig), strict=True) if k in t}
         best: tuple[str, float] | None = None
-        for c in sorted(cands):
-            sim = float(np.mean(self._sigs[c] == sig))
+        for c in sorted(self._lsh.query(sig)):
+            sim = float(np.mean(self._sigs[c] == sig.hashvalues))
             if sim >= self.threshold and (best is None or sim > best[1]):
                 best = (self._ids[c], sim)
         return best
 
-    def add(self, doc_id: str, sig: np.ndarray) -> None:
+    def add(self, doc_id: str, sig: Any) -> None:
         slot = len(self._ids)
         if slot == len(self._sigs):
             self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
-        self._sigs[slot] = sig
+        self._sigs[slot] = sig.hashvalues
         self._ids.append(doc_id)
-        for table, key in zip(self._tables, self._keys(sig), strict=True):
-            table.setdefault(key, slot)
+        self._lsh.insert(slot, sig, check_duplication=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,12 +374,20 @@ def _table(rows: list[_Row], spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.T
 class _ShardWriter:
     """Parquet shards of at most `max_docs` rows and about `max_chars` chars of text (a shard
     closes after the document that reaches either bound), each written to a temp name and
-    renamed when complete; `on_shard` is called after each rename (the resume checkpoint)."""
+    renamed when complete (`Stage.part`); `on_shard` is called after each rename (the resume
+    checkpoint)."""
 
     def __init__(
-        self, out: Path, max_docs: int, max_chars: int, first_index: int, on_shard: Any
+        self,
+        out: Path,
+        max_docs: int,
+        max_chars: int,
+        first_index: int,
+        on_shard: Any,
+        stage: Stage,
     ) -> None:
         self.out = out
+        self.stage = stage
         self.max_docs = max_docs
         self.max_chars = max_chars
         self._shard_chars = 0
@@ -446,7 +420,7 @@ class _ShardWriter:
         if not self._buf:
             return
         if self._writer is None:
-            self._ctx = atomic_path(self.out / self.name)
+            self._ctx = self.stage.part(self.out / self.name)
             tmp = self._ctx.__enter__()
             self._writer = pq.ParquetWriter(tmp, CORPUS_SCHEMA, compression="zstd")
         self._writer.write_table(_table(self._buf, self._buf_spans))
@@ -480,11 +454,6 @@ class _ShardWriter:
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(params: IngestParams, inputs: list[dict[str, str]]) -> str:
-    blob = json.dumps({"params": params_dict(params), "inputs": inputs}, sort_keys=True)
-    return sha256_bytes(blob.encode())
-
-
 def _clean_outputs(out: Path) -> None:
     """Remove everything a previous run wrote (manifest first: the dir stops looking done)."""
     for name in ("manifest.json", "quarantine.jsonl", "duplicates.jsonl", STATE_FILE):
@@ -494,34 +463,46 @@ def _clean_outputs(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _load_resume(out: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint of an interrupted run with the same inputs and params, if it is intact."""
-    try:
-        state = json.loads((out / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if state.get("fingerprint") != fingerprint:
-        return None
-    for shard in state.get("shards", []):
-        p = out / shard["name"]
-        if not p.is_file() or sha256_file(p) != shard["sha256"]:
-            return None
-    return state
+def _shards_intact(out: Path, state: dict[str, Any]) -> bool:
+    return all(
+        (out / s["name"]).is_file() and sha256_file(out / s["name"]) == s["sha256"]
+        for s in state.get("shards", [])
+    )
 
 
-def _truncate_partial(path: Path, consumed: int) -> list[dict[str, Any]]:
-    """Keep the partial-file records of items before `consumed`; rewrite the file to match."""
-    kept: list[dict[str, Any]] = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break  # a torn last line from a kill
-            if rec["_i"] < consumed:
-                kept.append(rec)
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    return kept
+def _resume(stage: Stage) -> tuple[list[dict[str, Any]], int]:
+    """(shards kept, inputs consumed) of an interrupted run with the same fingerprint, after
+    removing what it wrote past its checkpoint; ([], 0) after a clean start."""
+    out = stage.out
+    state = stage.load_state(lambda s: _shards_intact(out, s))
+    if state is None:
+        _clean_outputs(out)
+        return [], 0
+    (out / "manifest.json").unlink(missing_ok=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+    done_shards, consumed = state["shards"], state["consumed"]
+    for p in out.glob("part-*.parquet"):  # shards written after the checkpoint
+        if p.name not in {s["name"] for s in done_shards}:
+            p.unlink()
+    log.info("ingest: resuming after %d inputs, %d shards kept", consumed, len(done_shards))
+    return done_shards, consumed
+
+
+def _rebuild_seen(out: Path, shards: list[dict[str, Any]], near: NearDupIndex | None) -> set[str]:
+    """The doc ids (and near-duplicate index) of an uninterrupted run after `shards`."""
+    seen: set[str] = set()
+    cols = ["doc_id", "text"] if near is not None else ["doc_id"]
+    for shard in shards:
+        for batch in pq.ParquetFile(out / shard["name"]).iter_batches(columns=cols):
+            ids = batch.column("doc_id").to_pylist()
+            seen.update(ids)
+            if near is not None:
+                for doc_id, text in zip(ids, batch.column("text").to_pylist(), strict=True):
+                    sig = near.signature(text)
+                    if sig is not None:
+                        near.add(doc_id, sig)
+    return seen
 
 
 def _hash_source(src: Path, out: Path) -> str:
@@ -570,6 +551,195 @@ def _nothing_found(sources, quarantine_recs: list[dict], counts: dict, out: Path
     )
 
 
+@dataclass
+class _Pass:
+    """What one pass over the sources shares: the per-item function `_admit` reads and updates
+    it; `index` counts reader items (including those an earlier run already did)."""
+
+    params: IngestParams
+    consumed: int
+    quarantine: SideLog
+    duplicates: SideLog
+    seen: set[str]
+    near: NearDupIndex | None
+    progress: Progress
+    index: int = 0
+    chars_in: int = 0
+    source_s: Counter[str] = field(default_factory=Counter)
+
+
+def _quarantine(p: _Pass, i: int, item: Document | Rejected, reason: str) -> None:
+    p.quarantine.write(i, source=item.source, member=item.member, reason=reason)
+    p.progress.add(quarantined=1)
+
+
+def _duplicate(p: _Pass, i: int, item: Document, **fields: Any) -> None:
+    p.duplicates.write(i, source=item.source, member=item.member, **fields)
+    p.progress.add(duplicates=1)
+
+
+def _clean_text(p: _Pass, item: Document) -> str:
+    text = item.text
+    if p.params.decode_entities and not item.entities_decoded:
+        text = decode_entities(text)
+    return normalize(text, p.params.whitespace)
+
+
+def _rejection(params: IngestParams, text: str) -> str | None:
+    if not text:
+        return "empty or whitespace-only document"
+    if len(text) < params.min_chars:
+        return f"too short: {len(text)} chars < min_chars={params.min_chars}"
+    if len(text) > params.max_doc_chars:
+        return f"too long: {len(text)} chars > max_doc_chars={params.max_doc_chars}"
+    return None
+
+
+def _admit(p: _Pass, i: int, item: Document | Rejected) -> _Row | None:
+    """The per-item step: the row to write for reader item `i`, or None once it is recorded as
+    quarantined or a duplicate."""
+    if isinstance(item, Rejected):
+        _quarantine(p, i, item, item.reason)
+        return None
+    text = _clean_text(p, item)
+    p.chars_in += len(text)
+    p.progress.add(0, chars=len(text))
+    why = _rejection(p.params, text)
+    if why is not None:
+        _quarantine(p, i, item, why)
+        return None
+    doc_id = sha256_bytes(text.encode("utf-8"))
+    if doc_id in p.seen:
+        _duplicate(p, i, item, kind="exact", doc_id=doc_id)
+        return None
+    if p.near is not None and (sig := p.near.signature(text)) is not None:
+        match = p.near.query(sig)
+        if match is not None:
+            similarity = round(match[1], 4)
+            _duplicate(p, i, item, kind="near", doc_id=doc_id, of=match[0], similarity=similarity)
+            return None
+        p.near.add(doc_id, sig)
+    p.seen.add(doc_id)
+    p.progress.add(written=1)
+    meta = json.dumps(item.meta, ensure_ascii=False, sort_keys=True)
+    return _Row(i, doc_id, item.source, item.member, text, meta)
+
+
+class _SplitQueue:
+    """Rows batched for sentence splitting (in spawned workers, or in this process) and handed
+    to the shard writer in reader order."""
+
+    def __init__(self, writer: _ShardWriter, params: IngestParams, n_workers: int) -> None:
+        self.writer = writer
+        self.pool: ProcessPoolExecutor | None = None
+        self.splitter: SentenceSplitter | None = None
+        if n_workers > 0:
+            self.pool = ProcessPoolExecutor(
+                n_workers,
+                mp_context=get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(params.spacy_model, params.max_doc_chars),
+            )
+        else:
+            self.splitter = _splitter(params.spacy_model, params.max_doc_chars)
+        self.max_inflight = 2 * n_workers  # batches queued per worker; in-process: at once
+        self.pending: list[_Row] = []
+        self.pending_chars = 0
+        self.inflight: deque[tuple[list[_Row], Future | _Done]] = deque()
+
+    def add(self, row: _Row) -> None:
+        self.pending.append(row)
+        self.pending_chars += len(row.text)
+        if len(self.pending) >= _SENT_BATCH_DOCS or self.pending_chars >= _SENT_BATCH_CHARS:
+            self.submit()
+            self.drain(self.max_inflight)
+
+    def submit(self) -> None:
+        if not self.pending:
+            return
+        texts = [r.text for r in self.pending]
+        if self.pool is not None:
+            fut: Future | _Done = self.pool.submit(_worker_split, texts)
+        else:
+            fut = _Done(self.splitter.split(texts))
+        self.inflight.append((self.pending, fut))
+        self.pending, self.pending_chars = [], 0
+
+    def drain(self, keep: int) -> None:
+        while len(self.inflight) > keep:
+            rows, fut = self.inflight.popleft()
+            for row, spans in zip(rows, fut.result(), strict=True):
+                self.writer.add(row, spans)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _read_split_write(p: _Pass, sources: list[Path], out: Path, queue: _SplitQueue) -> None:
+    """Every reader item through `_admit`; the rows through the split queue into shards."""
+    t_item = time.monotonic()
+    for item in _iter_all(sources, p.params, out):
+        now = time.monotonic()  # reading this item + handling the previous one
+        p.source_s[item.source] += now - t_item
+        t_item = now
+        i = p.index
+        p.index += 1
+        if i < p.consumed:
+            continue
+        row = _admit(p, i, item)
+        if row is not None:
+            queue.add(row)
+        p.progress.add(1)
+        p.progress.maybe_log()
+    queue.submit()
+    queue.drain(0)
+    queue.writer.finish(p.index - 1)
+
+
+def _start_pass(stage: Stage, params: IngestParams) -> tuple[_Pass, list[dict[str, Any]]]:
+    """Resume or start afresh: the pass state and the shards an earlier run finished."""
+    done_shards, consumed = _resume(stage)
+    quarantine = stage.side_log(_QUARANTINE_PART)
+    duplicates = stage.side_log(_DUPLICATES_PART)
+    n_quarantined, n_duplicates = quarantine.truncate(consumed), duplicates.truncate(consumed)
+    near = None
+    if params.near_dup_threshold is not None:
+        near = NearDupIndex(
+            params.near_dup_threshold, params.near_dup_num_perm, params.near_dup_shingle
+        )
+    seen = _rebuild_seen(stage.out, done_shards, near)
+    progress = Progress("ingest", "inputs", every_s=_PROGRESS_EVERY_S, rated=("chars",))
+    progress.skip(consumed)
+    progress.add(0, written=len(seen), duplicates=n_duplicates, quarantined=n_quarantined)
+    p = _Pass(params, consumed, quarantine.open(), duplicates.open(), seen, near, progress)
+    return p, done_shards
+
+
+def _run_pass(
+    stage: Stage, p: _Pass, done_shards: list[dict], sources: list[Path], n_workers: int
+) -> list[dict[str, Any]]:
+    """The read-split-write loop; returns every shard of the corpus (kept + new)."""
+    params, out = p.params, stage.out
+
+    def checkpoint(shards: list[dict[str, Any]], consumed_upto: int) -> None:
+        stage.checkpoint(stage.new_state(shards=shards, consumed=consumed_upto))
+
+    writer = _ShardWriter(
+        out, params.shard_max_docs, params.shard_max_chars, len(done_shards), checkpoint, stage
+    )
+    writer.shards = list(done_shards)
+    queue = _SplitQueue(writer, params, n_workers)
+    try:
+        _read_split_write(p, sources, out, queue)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        queue.close()
+    return writer.shards
+
+
 def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any]:
     """Run the ingest stage; returns the manifest (also written to `params.out/manifest.json`).
 
@@ -578,258 +748,110 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
     shared cores a pool is slower), else cores - 1. Output is identical either way. Workers are
     spawned, so a script calling this with workers > 0 needs the `if __name__ == "__main__":`
     guard.
-    Raises InputError for a missing source or when no document at all could be written.
+    Raises InputError for a missing source, when no document at all could be written, when
+    another run is writing into `params.out`, or when the disk is full or read-only.
     """
     t_start = time.monotonic()
     sources = [require_path(s, "source") for s in params.sources]
     out = Path(params.out)
-    # The cleanup below deletes part-*.parquet & co. by name: only in a directory longdoc wrote.
+    # The cleanup deletes part-*.parquet & co. by name: only in a directory longdoc wrote.
     claim_output_dir(out, "ingest", force=params.force, legacy=(STATE_FILE,))
-
-    t0 = time.monotonic()
-    inputs = [{"path": str(s), "sha256": _hash_source(s, out)} for s in sources]
-    hash_s = time.monotonic() - t0
-    fingerprint = _fingerprint(params, inputs)
-
-    state = _load_resume(out, fingerprint)
-    if state is None:
-        _clean_outputs(out)
-        done_shards: list[dict[str, Any]] = []
-        consumed = 0
-    else:
-        (out / "manifest.json").unlink(missing_ok=True)
-        for p in out.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-        done_shards, consumed = state["shards"], state["consumed"]
-        for p in out.glob("part-*.parquet"):  # shards written after the checkpoint
-            if p.name not in {s["name"] for s in done_shards}:
-                p.unlink()
-        log.info("ingest: resuming after %d inputs, %d shards kept", consumed, len(done_shards))
-
-    quarantine_path = out / _QUARANTINE_PART
-    duplicates_path = out / _DUPLICATES_PART
-    old_quarantine = _truncate_partial(quarantine_path, consumed)
-    old_duplicates = _truncate_partial(duplicates_path, consumed)
-    seen: set[str] = set()
-    near = (
-        NearDupIndex(params.near_dup_threshold, params.near_dup_num_perm, params.near_dup_shingle)
-        if params.near_dup_threshold is not None
-        else None
-    )
-    for shard in done_shards:
-        cols = ["doc_id", "text"] if near is not None else ["doc_id"]
-        for batch in pq.ParquetFile(out / shard["name"]).iter_batches(columns=cols):
-            ids = batch.column("doc_id").to_pylist()
-            seen.update(ids)
-            if near is not None:  # the index of an uninterrupted run at this point
-                for doc_id, text in zip(ids, batch.column("text").to_pylist(), strict=True):
-                    sig = near.signature(text)
-                    if sig is not None:
-                        near.add(doc_id, sig)
-
-    def checkpoint(shards: list[dict[str, Any]], consumed_upto: int) -> None:
-        for fh in (qf, df):
-            fh.flush()
-            os.fsync(fh.fileno())
-        state = {"fingerprint": fingerprint, "shards": shards, "consumed": consumed_upto}
-        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
-
-    writer = _ShardWriter(
-        out, params.shard_max_docs, params.shard_max_chars, len(done_shards), checkpoint
-    )
-    writer.shards = list(done_shards)
-    n_workers = _resolve_workers(workers if workers is not None else params.workers, sources)
-    pool: ProcessPoolExecutor | None = None
-    splitter: SentenceSplitter | None = None
-    if n_workers > 0:
-        pool = ProcessPoolExecutor(
-            n_workers,
-            mp_context=get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(params.spacy_model, params.max_doc_chars),
+    with Stage("ingest", out, STATE_FILE) as stage:
+        t0 = time.monotonic()
+        inputs = [{"path": str(s), "sha256": _hash_source(s, out)} for s in sources]
+        timings = {"hash_inputs_s": time.monotonic() - t0}
+        stage.fingerprint = fingerprint(
+            params=params_dict(params), inputs=inputs, code=versions("spacy", "pyarrow")
         )
-    else:
-        splitter = _splitter(params.spacy_model, params.max_doc_chars)
+        p, done_shards = _start_pass(stage, params)
+        n_workers = _resolve_workers(workers if workers is not None else params.workers, sources)
+        t_loop = time.monotonic()
+        shards = _run_pass(stage, p, done_shards, sources, n_workers)
+        timings["read_split_write_s"] = time.monotonic() - t_loop
+        counts, recs = _final_counts(stage, p, shards, sources)
+        manifest = _manifest(params, inputs, counts, recs, shards, sources, stage.out)
+        manifest["timings"] = _timings(p, timings, n_workers, sources, t_start)
+        result = stage.finish(manifest)
+    log.info(
+        "ingest: %d inputs -> %d written, %d duplicates, %d quarantined in %.1fs (%s)",
+        counts["inputs"],
+        counts["written"],
+        counts["duplicates"],
+        counts["quarantined"],
+        manifest["timings"]["total_s"],
+        out,
+    )
+    return result
 
-    live = Counter(
-        quarantined=len(old_quarantine), duplicates=len(old_duplicates), written=len(seen)
-    )  # "duplicates" here counts exact and near ones (the log line only)
-    index = 0  # reader items seen in this pass (including the skipped, already-done ones)
-    source_s: Counter[str] = Counter()  # wall seconds per source in this pass
-    chars_in = 0
-    pending: list[_Row] = []
-    pending_chars = 0
-    inflight: deque[tuple[list[_Row], Future | _Done]] = deque()
-    max_inflight = 2 * n_workers  # batches queued per worker; in-process: written at once
-    t_loop = time.monotonic()
-    t_log = t_loop
 
-    def submit() -> None:
-        nonlocal pending, pending_chars
-        if not pending:
-            return
-        texts = [r.text for r in pending]
-        fut = pool.submit(_worker_split, texts) if pool else _Done(splitter.split(texts))
-        inflight.append((pending, fut))
-        pending, pending_chars = [], 0
-
-    def drain(keep: int) -> None:
-        while len(inflight) > keep:
-            rows, fut = inflight.popleft()
-            for row, spans in zip(rows, fut.result(), strict=True):
-                writer.add(row, spans)
-
-    with (
-        open(quarantine_path, "a", encoding="utf-8") as qf,
-        open(duplicates_path, "a", encoding="utf-8") as df,
-    ):
-
-        def quarantine(i: int, source: str, member: str, reason: str) -> None:
-            rec = {"_i": i, "source": source, "member": member, "reason": reason}
-            qf.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            live["quarantined"] += 1
-
-        try:
-            t_item = time.monotonic()
-            for item in _iter_all(sources, params, out):
-                now = time.monotonic()  # reading this item + handling the previous one
-                source_s[item.source] += now - t_item
-                t_item = now
-                i = index
-                index += 1
-                if i < consumed:
-                    continue
-                if isinstance(item, Rejected):
-                    quarantine(i, item.source, item.member, item.reason)
-                    continue
-                text = item.text
-                if params.decode_entities and not item.entities_decoded:
-                    text = decode_entities(text)
-                text = normalize(text, params.whitespace)
-                chars_in += len(text)
-                if not text:
-                    quarantine(i, item.source, item.member, "empty or whitespace-only document")
-                    continue
-                if len(text) < params.min_chars:
-                    why = f"too short: {len(text)} chars < min_chars={params.min_chars}"
-                    quarantine(i, item.source, item.member, why)
-                    continue
-                if len(text) > params.max_doc_chars:
-                    why = f"too long: {len(text)} chars > max_doc_chars={params.max_doc_chars}"
-                    quarantine(i, item.source, item.member, why)
-                    continue
-                doc_id = sha256_bytes(text.encode("utf-8"))
-                if doc_id in seen:
-                    rec = {"_i": i, "source": item.source, "member": item.member}
-                    rec.update(kind="exact", doc_id=doc_id)
-                    df.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    live["duplicates"] += 1
-                    continue
-                if near is not None and (sig := near.signature(text)) is not None:
-                    match = near.query(sig)
-                    if match is not None:
-                        rec = {"_i": i, "source": item.source, "member": item.member}
-                        rec.update(kind="near", doc_id=doc_id, of=match[0])
-                        rec["similarity"] = round(match[1], 4)
-                        df.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                        live["duplicates"] += 1
-                        continue
-                    near.add(doc_id, sig)
-                seen.add(doc_id)
-                live["written"] += 1
-                meta = json.dumps(item.meta, ensure_ascii=False, sort_keys=True)
-                pending.append(_Row(i, doc_id, item.source, item.member, text, meta))
-                pending_chars += len(text)
-                if len(pending) >= _SENT_BATCH_DOCS or pending_chars >= _SENT_BATCH_CHARS:
-                    submit()
-                    drain(max_inflight)
-                now = time.monotonic()
-                if now - t_log >= _PROGRESS_EVERY_S:
-                    t_log = now
-                    dt = now - t_loop
-                    log.info(
-                        "ingest: %d inputs, %d written, %d duplicates, %d quarantined; "
-                        "%.1f docs/s, %.2f Mchars/s",
-                        index,
-                        live["written"],
-                        live["duplicates"],
-                        live["quarantined"],
-                        (index - consumed) / dt,
-                        chars_in / dt / 1e6,
-                    )
-            submit()
-            drain(0)
-            writer.finish(index - 1)
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-
-    loop_s = time.monotonic() - t_loop
-    quarantine_recs = _truncate_partial(quarantine_path, index)
-    duplicate_recs = _truncate_partial(duplicates_path, index)
-    _finalize_jsonl(out / "quarantine.jsonl", quarantine_recs, quarantine_path)
-    _finalize_jsonl(out / "duplicates.jsonl", duplicate_recs, duplicates_path)
-
-    shards = writer.shards
-    written = sum(s["rows"] for s in shards)
+def _final_counts(
+    stage: Stage, p: _Pass, shards: list[dict[str, Any]], sources: list[Path]
+) -> tuple[dict[str, int], tuple[list[dict], list[dict]]]:
+    """Publish the side logs; the reconciled counts and the (quarantine, duplicate) records."""
+    p.progress.maybe_log(force=True)
+    p.quarantine.close()
+    p.duplicates.close()
+    quarantine_recs = list(p.quarantine.records(p.index))
+    duplicate_recs = list(p.duplicates.records(p.index))
+    p.quarantine.finalize(stage.out / "quarantine.jsonl")
+    p.duplicates.finalize(stage.out / "duplicates.jsonl")
     n_near = sum(1 for r in duplicate_recs if r.get("kind") == "near")
     counts = {
-        "inputs": index,
-        "written": written,
+        "inputs": p.index,
+        "written": sum(s["rows"] for s in shards),
         "duplicates": len(duplicate_recs) - n_near,
         "near_duplicates": n_near,
         "quarantined": len(quarantine_recs),
     }
-    dropped = counts["duplicates"] + counts["near_duplicates"] + counts["quarantined"]
-    if counts["inputs"] != written + dropped:
-        raise RuntimeError(f"ingest counts do not reconcile: {counts}")  # a bug, never input
-    if written == 0:
-        (out / STATE_FILE).unlink(missing_ok=True)
-        raise NothingProduced(_nothing_found(sources, quarantine_recs, counts, out))
+    reconcile("ingest", counts, "inputs", "written", "duplicates", "near_duplicates", "quarantined")
+    if counts["written"] == 0:
+        stage.abandon()
+        raise NothingProduced(_nothing_found(sources, quarantine_recs, counts, stage.out))
+    return counts, (quarantine_recs, duplicate_recs)
 
-    per_source = _per_source(out, shards, quarantine_recs, duplicate_recs, sources)
+
+def _manifest(
+    params: IngestParams,
+    inputs: list[dict[str, str]],
+    counts: dict[str, int],
+    recs: tuple[list[dict], list[dict]],
+    shards: list[dict[str, Any]],
+    sources: list[Path],
+    out: Path,
+) -> dict[str, Any]:
+    quarantine_recs, duplicate_recs = recs
     n_chars, n_sentences = _corpus_totals(out, shards)
-    total_s = time.monotonic() - t_start
-    manifest = {
+    return {
         "stage": "ingest",
         "inputs": inputs,
         "params": params_dict(params),
         "counts": {**counts, "chars": n_chars, "sentences": n_sentences},
-        "per_source": per_source,
+        "per_source": _per_source(out, shards, quarantine_recs, duplicate_recs, sources),
         "quarantine_reasons": _reason_kinds(quarantine_recs),
         "shards": shards,
         "schema": {f.name: str(f.type) for f in CORPUS_SCHEMA},
         "versions": versions("spacy", "pyarrow", "numpy", "charset-normalizer"),
-        "timings": {
-            "total_s": round(total_s, 3),
-            "hash_inputs_s": round(hash_s, 3),
-            "read_split_write_s": round(loop_s, 3),
-            "docs_per_s": round((index - consumed) / max(loop_s, 1e-9), 2),
-            "mchars_per_s": round(chars_in / max(loop_s, 1e-9) / 1e6, 3),
-            "workers": n_workers,
-            "resumed_after_inputs": consumed,
-            # wall seconds reading and processing each source in this run (a resumed run
-            # counts only its own pass); they add up to about read_split_write_s
-            "per_source_s": {
-                src: round(source_s[src], 3) for src in dict.fromkeys(str(x) for x in sources)
-            },
+    }
+
+
+def _timings(
+    p: _Pass, timings: dict[str, float], n_workers: int, sources: list[Path], t_start: float
+) -> dict[str, Any]:
+    loop_s = timings["read_split_write_s"]
+    return {
+        "total_s": round(time.monotonic() - t_start, 3),
+        "hash_inputs_s": round(timings["hash_inputs_s"], 3),
+        "read_split_write_s": round(loop_s, 3),
+        "docs_per_s": round((p.index - p.consumed) / max(loop_s, 1e-9), 2),
+        "mchars_per_s": round(p.chars_in / max(loop_s, 1e-9) / 1e6, 3),
+        "workers": n_workers,
+        "resumed_after_inputs": p.consumed,
+        # wall seconds reading and processing each source in this run (a resumed run counts
+        # only its own pass); they add up to about read_split_write_s
+        "per_source_s": {
+            src: round(p.source_s[src], 3) for src in dict.fromkeys(str(x) for x in sources)
         },
     }
-    write_manifest(out, **manifest)
-    (out / STATE_FILE).unlink(missing_ok=True)
-    log.info(
-        "ingest: %d inputs -> %d written, %d duplicates, %d quarantined in %.1fs (%s)",
-        index,
-        written,
-        counts["duplicates"],
-        counts["quarantined"],
-        total_s,
-        out,
-    )
-    return json.loads((out / "manifest.json").read_text())
 
 
 def _iter_all(
@@ -845,15 +867,6 @@ def _iter_all(
             json_records_path=params.json_records_path,
             xml_record_path=params.xml_record_path,
         )
-
-
-def _finalize_jsonl(dest: Path, records: list[dict[str, Any]], partial: Path) -> None:
-    lines = []
-    for rec in records:
-        rec = {k: v for k, v in rec.items() if k != "_i"}
-        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
-    atomic_write_text(dest, "".join(lines))
-    partial.unlink(missing_ok=True)
 
 
 def _per_source(

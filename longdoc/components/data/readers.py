@@ -131,7 +131,8 @@ def _read_bounded(ctx: _Ctx, f: IO[bytes], limit: int | None = None) -> bytes:
     n = 0
     while True:
         # A small first read: most members are small, and a 1 MiB read buffer per member costs
-        # page faults (measured ~20% of reading a tar of small files).
+        # page faults (a measurable share of reading a tar of small files: benchmarks/RESULTS.md,
+        # "Ingest and tokenize throughput").
         block = f.read(min(_FIRST_READ if n == 0 else _CHUNK, limit + 1 - n))
         if not block:
             break
@@ -368,18 +369,24 @@ def _record(ctx: _Ctx, member: str, obj: Any) -> Item:
     return Document(ctx.source, member, text, meta)
 
 
+def _parse_json(ctx: _Ctx, where: str, raw: str, what: str) -> Any:
+    """`json.loads(raw)`, or a Rejected naming `what` ("JSON", "JSON line") and the reason."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return ctx.reject(where, f"invalid {what}: {exc}")
+    except RecursionError:  # "[[[[..." a million deep: hostile, not a crash
+        return ctx.reject(where, f"invalid {what}: nested too deeply")
+
+
 def _read_json(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:
     raw = _decode_or_reject(ctx, member, _read_bounded(ctx, f))
     if isinstance(raw, Rejected):
         yield raw
         return
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        yield ctx.reject(member, f"invalid JSON: {exc}")
-        return
-    except RecursionError:  # "[[[[..." a million deep: hostile, not a crash
-        yield ctx.reject(member, "invalid JSON: nested too deeply")
+    data = _parse_json(ctx, member, raw, "JSON")
+    if isinstance(data, Rejected):
+        yield data
         return
     if ctx.json_records_path:
         data = _lookup(data, ctx.json_records_path)
@@ -415,15 +422,8 @@ def _read_jsonl(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Ite
         if isinstance(raw, Rejected):
             yield raw
             continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            yield ctx.reject(where, f"invalid JSON line: {exc}")
-            continue
-        except RecursionError:  # one hostile line; the lines after it are still read
-            yield ctx.reject(where, "invalid JSON line: nested too deeply")
-            continue
-        yield _record(ctx, where, obj)
+        obj = _parse_json(ctx, where, raw, "JSON line")  # a bad line: the next ones are read
+        yield obj if isinstance(obj, Rejected) else _record(ctx, where, obj)
 
 
 _INLINE_TAGS = frozenset(

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,18 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from longdoc.components.core.config import TokenizeParams, params_dict
-from longdoc.components.data.ingest import corpus_shards
 from longdoc.components.core.io import (
     InputError,
     atomic_path,
-    atomic_write_json,
     claim_output_dir,
     require_path,
     sha256_bytes,
     sha256_file,
     sha256_tree,
     versions,
-    write_manifest,
 )
+from longdoc.components.core.stage import Progress, Stage, fingerprint
+from longdoc.components.data.ingest import corpus_shards
 
 __all__ = [
     "MODEL_MAX_LENGTH",
@@ -336,7 +336,8 @@ def byte_level_lengths(backend) -> np.ndarray | None:
     normalizer, ByteLevel pre-tokenizer, BPE/unigram over the byte alphabet), else None.
 
     Why: with it, token boundaries are a cumulative sum, so the encode pass can use
-    `encode_batch_fast` (no offsets; measured ~1.4x faster than `encode_batch` here) and still
+    `encode_batch_fast` (no offsets; faster than `encode_batch`: benchmarks/RESULTS.md, "Ingest
+    and tokenize throughput") and still
     map sentence starts to tokens. Every document is checked (its token bytes must add up to its
     UTF-8 length, which fails e.g. when `<mask>` absorbed a space); one that fails is re-encoded
     with offsets.
@@ -384,96 +385,105 @@ def _starts_from_bytes(
     return np.minimum(tok, len(ids) - 1).astype(np.int32)
 
 
+class _Encoder:
+    """The per-part step of pass 2: one corpus shard into one docs shard.
+
+    Both cores: the Rust tokenizer encodes a batch on all cores with the GIL released, in a
+    helper thread, while this thread turns the previous batch into Arrow and writes it (the
+    Python side is the smaller part of the work; overlapping hides most of it). One batch ahead
+    bounds memory to two batches (see `encode_batches`).
+    """
+
+    def __init__(
+        self,
+        backend,
+        schema: pa.Schema,
+        val_ids: set[str],
+        progress: Progress,
+        byte_lens: np.ndarray | None = None,
+    ) -> None:
+        self.backend, self.schema, self.val_ids = backend, schema, val_ids
+        self.progress, self.byte_lens = progress, byte_lens
+        self.value_type = schema.field("input_ids").type.value_type
+        self.np_dtype = np.uint16 if self.value_type == pa.uint16() else np.int32
+        self.fast = byte_lens is not None and hasattr(backend, "encode_batch_fast")
+
+    def encode(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[str], list[Any]]:
+        texts = batch.column("text").to_pylist()
+        if self.fast:
+            return batch, texts, self.backend.encode_batch_fast(texts, add_special_tokens=False)
+        return batch, texts, self.backend.encode_batch(texts, add_special_tokens=False)
+
+    def write_part(self, shard: Path, tmp: Path) -> None:
+        """Encode `shard` into the Arrow IPC file `tmp` (renamed into place by the caller)."""
+        batches = encode_batches(shard)
+        with (
+            ipc.new_file(str(tmp), self.schema) as writer,
+            ThreadPoolExecutor(1, thread_name_prefix="encode") as pool,
+        ):
+            first = next(batches, None)
+            ahead = pool.submit(self.encode, first) if first is not None else None
+            while ahead is not None:
+                batch, texts, encodings = ahead.result()
+                nxt = next(batches, None)
+                ahead = pool.submit(self.encode, nxt) if nxt is not None else None
+                record = self.record(batch, texts, encodings)
+                writer.write_batch(record)
+                n_tokens = record.column("n_tokens").to_numpy()
+                self.progress.add(record.num_rows, tokens=int(n_tokens.sum()))
+                _maybe_log(self.progress)
+
+    def token_starts(self, text: str, ids: np.ndarray, enc: Any, starts: np.ndarray):
+        tok_starts = None
+        if self.fast:
+            tok_starts = _starts_from_bytes(text, ids, self.byte_lens, starts)
+            if tok_starts is None:  # rare: re-encode this one with offsets
+                enc = self.backend.encode(text, add_special_tokens=False)
+        if tok_starts is None:
+            tok_starts = _sentence_token_starts(enc, starts)
+        return tok_starts
+
+    def record(self, batch: pa.RecordBatch, texts: list[str], encodings: list[Any]):
+        doc_ids = batch.column("doc_id").to_pylist()
+        sents = batch.column("sentences")
+        sent_offsets = sents.offsets.to_numpy()
+        sent_starts = sents.values.field("start").to_numpy(zero_copy_only=False)
+        ids_list, starts_list = [], []
+        for j, enc in enumerate(encodings):
+            ids = np.asarray(enc.ids, dtype=self.np_dtype)
+            ids_list.append(ids)
+            starts = sent_starts[sent_offsets[j] : sent_offsets[j + 1]]
+            starts_list.append(self.token_starts(texts[j], ids, enc, starts))
+        n_tokens = np.fromiter((len(a) for a in ids_list), dtype=np.int32, count=len(doc_ids))
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(doc_ids, pa.string()),
+                pa.array(["validation" if i in self.val_ids else "train" for i in doc_ids]),
+                _list_array(ids_list, self.value_type),
+                pa.array(n_tokens, pa.int32()),
+                batch.column("n_chars"),
+                _list_array(starts_list, pa.int32()),
+            ],
+            schema=self.schema,
+        )
+
+
+def _maybe_log(progress: Progress, force: bool = False) -> None:
+    progress.maybe_log(force)
+
+
 def _encode_part(
     backend,
     shard: Path,
     dest: Path,
     schema: pa.Schema,
     val_ids: set[str],
-    progress: dict[str, Any],
+    progress: Progress,
     byte_lens: np.ndarray | None = None,
 ) -> None:
-    """Encode one corpus shard into one docs shard (written atomically).
-
-    Both cores: the Rust tokenizer encodes a batch on all cores with the GIL released, in a
-    helper thread, while this thread turns the previous batch into Arrow and writes it (the
-    Python side is ~10% of the work; overlapping hides most of it). One batch ahead bounds
-    memory to two batches (see `encode_batches`).
-    """
-    np_dtype = np.uint16 if schema.field("input_ids").type.value_type == pa.uint16() else np.int32
-    batches = encode_batches(shard)
-
-    fast = byte_lens is not None and hasattr(backend, "encode_batch_fast")
-
-    def encode(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[str], list[Any]]:
-        texts = batch.column("text").to_pylist()
-        if fast:
-            return batch, texts, backend.encode_batch_fast(texts, add_special_tokens=False)
-        return batch, texts, backend.encode_batch(texts, add_special_tokens=False)
-
-    with (
-        atomic_path(dest) as tmp,
-        ipc.new_file(str(tmp), schema) as writer,
-        ThreadPoolExecutor(1, thread_name_prefix="encode") as pool,
-    ):
-        first = next(batches, None)
-        ahead = pool.submit(encode, first) if first is not None else None
-        while ahead is not None:
-            batch, texts, encodings = ahead.result()
-            nxt = next(batches, None)
-            ahead = pool.submit(encode, nxt) if nxt is not None else None
-            doc_ids = batch.column("doc_id").to_pylist()
-            sents = batch.column("sentences")
-            sent_offsets = sents.offsets.to_numpy()
-            sent_starts = sents.values.field("start").to_numpy(zero_copy_only=False)
-            ids_list, starts_list = [], []
-            for j, enc in enumerate(encodings):
-                ids = np.asarray(enc.ids, dtype=np_dtype)
-                ids_list.append(ids)
-                starts = sent_starts[sent_offsets[j] : sent_offsets[j + 1]]
-                tok_starts = None
-                if fast:
-                    tok_starts = _starts_from_bytes(texts[j], ids, byte_lens, starts)
-                    if tok_starts is None:  # rare: re-encode this one with offsets
-                        enc = backend.encode(texts[j], add_special_tokens=False)
-                if tok_starts is None:
-                    tok_starts = _sentence_token_starts(enc, starts)
-                starts_list.append(tok_starts)
-            n_tokens = np.fromiter((len(a) for a in ids_list), dtype=np.int32, count=len(doc_ids))
-            record = pa.RecordBatch.from_arrays(
-                [
-                    pa.array(doc_ids, pa.string()),
-                    pa.array(["validation" if i in val_ids else "train" for i in doc_ids]),
-                    _list_array(ids_list, schema.field("input_ids").type.value_type),
-                    pa.array(n_tokens, pa.int32()),
-                    batch.column("n_chars"),
-                    _list_array(starts_list, pa.int32()),
-                ],
-                schema=schema,
-            )
-            writer.write_batch(record)
-            progress["docs"] += len(doc_ids)
-            progress["tokens"] += int(n_tokens.sum())
-            _maybe_log(progress)
-
-
-def _maybe_log(progress: dict[str, Any], force: bool = False) -> None:
-    now = time.monotonic()
-    if not force and now - progress["t_log"] < _PROGRESS_EVERY_S:
-        return
-    progress["t_log"] = now
-    dt = max(now - progress["t0"], 1e-9)
-    done, total = progress["docs"], progress["total"]
-    rate = done / dt
-    eta = (total - done) / rate if rate > 0 else float("nan")
-    log.info(
-        "tokenize: %d/%d docs, %d tokens, %.0f tokens/s, ETA %.0fs",
-        done,
-        total,
-        progress["tokens"],
-        progress["tokens"] / dt,
-        eta,
-    )
+    """Encode one corpus shard into one docs shard, written atomically (see `_Encoder`)."""
+    with atomic_path(dest) as tmp:
+        _Encoder(backend, schema, val_ids, progress, byte_lens).write_part(shard, tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,9 +496,9 @@ class _DocStore:
 
     Why not memory maps: packing visits documents in shuffled order, so over a split it touches
     every page of the docs shards, and touched pages of a file mapping count as the process's
-    resident memory. Dropping them every 128 MiB read with madvise did not bound it (measured:
-    ~650 MiB of file pages resident again after each 128 MiB read; the kernel maps pages around
-    each fault) and the 2.5 GB benchmark peaked at 1.3 GiB. A pread goes through the page cache,
+    resident memory. Dropping them every 128 MiB read with madvise did not bound it (the kernel
+    maps pages around each fault, so they come back; figures in benchmarks/RESULTS.md, History,
+    "Multi-GB memory check"). A pread goes through the page cache,
     which is not the process's memory, so RSS stays at the packer's own buffers whatever the
     corpus size. The files are mapped only while their layout is read: per record batch, the
     file position of the ids and a copy of the offsets (4 bytes per document) are kept.
@@ -715,115 +725,99 @@ def _remove_leftovers(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def tokenize(params: TokenizeParams) -> dict[str, Any]:
-    """Run the tokenize stage; returns the manifest (also written to `params.out/manifest.json`).
-
-    Raises InputError when the corpus is missing, unfinished or empty, or the base tokenizer
-    cannot be loaded.
-    """
-    t_start = time.monotonic()
-    corpus = Path(params.corpus)
-    shards = corpus_shards(corpus)  # InputError: missing / no manifest / no shards
-    corpus_manifest = json.loads((corpus / "manifest.json").read_text())
-    out = Path(params.out)
-    # docs/, packed/, tokenizer/ are deleted and replaced below: only in a directory longdoc wrote.
-    claim_output_dir(out, "tokenize", force=params.force, legacy=(STATE_FILE,))
-    (out / "manifest.json").unlink(missing_ok=True)  # from here on, the dir is unfinished
-    _remove_leftovers(out)
-
-    # Pass 1: ids -> split.
+def _corpus_ids(corpus: Path, shards: list[Path]) -> list[str]:
+    """Pass 1: the corpus' doc ids, in order."""
     doc_ids: list[str] = []
     for path in shards:
         doc_ids.extend(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist())
     if not doc_ids:
         raise InputError(f"corpus is empty: no documents in {corpus}")
-    val_ids = assign_splits(doc_ids, params.val_fraction)
+    return doc_ids
 
-    base_sha = None
-    if params.base_tokenizer is not None:
-        base_sha = sha256_tree(require_path(params.base_tokenizer, "base tokenizer"))
-    fingerprint = sha256_bytes(
-        json.dumps(
-            {
-                "params": params_dict(params),
-                "corpus": corpus_manifest.get("shards"),
-                "base_tokenizer": base_sha,
-            },
-            sort_keys=True,
-        ).encode()
-    )
-    state = _load_state(out, fingerprint)
+
+def _tokenizer_intact(out: Path, state: dict[str, Any]) -> bool:
+    tok_json = out / "tokenizer" / "tokenizer.json"
+    sha = state.get("tokenizer_sha256")
+    return bool(sha) and tok_json.is_file() and sha256_file(tok_json) == sha
+
+
+def _resume(stage: Stage) -> dict[str, Any]:
+    state = stage.load_state(lambda s: _tokenizer_intact(stage.out, s))
     if state is None:
-        _clean_outputs(out)
-        state = {"fingerprint": fingerprint, "parts": {}}
+        _clean_outputs(stage.out)
+        return stage.new_state(parts={})
+    log.info("tokenize: resuming, %d docs shards already done", len(state.get("parts", {})))
+    return state
 
-    # Tokenizer.
-    t0 = time.monotonic()
-    tok_dir = out / "tokenizer"
-    if state.get("tokenizer_sha256"):
-        hf_tok = _load_hf_tokenizer(tok_dir)
-        tokenizer_source = state["tokenizer_source"]
-    elif params.base_tokenizer is not None:
+
+def _make_tokenizer(
+    params: TokenizeParams, corpus: Path, tok_dir: Path, doc_ids: list, val_ids: set
+) -> tuple[Any, str]:
+    """(tokenizer, source): the base tokenizer, or one trained on the train split."""
+    if params.base_tokenizer is not None:
         base = require_path(params.base_tokenizer, "base tokenizer")
         hf_tok = _load_hf_tokenizer(base)
         _save_tokenizer(hf_tok, tok_dir)
-        tokenizer_source = f"base:{base}"
-    else:
-        n_train = len(doc_ids) - len(val_ids)
-        log.info(
-            "tokenize: training byte-level %s (vocab %d) on %d docs",
-            params.tokenizer_model,
-            params.vocab_size,
-            n_train,
-        )
-        hf_tok = train_tokenizer(
-            _iter_texts(corpus, val_ids),
-            params.vocab_size,
-            params.min_frequency,
-            length=n_train,
-            model=params.tokenizer_model,
-        )
-        _save_tokenizer(hf_tok, tok_dir)
-        tokenizer_source = f"trained:byte-level-{params.tokenizer_model}"
-    tokenizer_s = time.monotonic() - t0
-    tokenizer_sha = sha256_file(tok_dir / "tokenizer.json")
-    state.update(tokenizer_sha256=tokenizer_sha, tokenizer_source=tokenizer_source)
-    atomic_write_json(out / STATE_FILE, state)
+        return hf_tok, f"base:{base}"
+    n_train = len(doc_ids) - len(val_ids)
+    log.info(
+        "tokenize: training byte-level %s (vocab %d) on %d docs",
+        params.tokenizer_model,
+        params.vocab_size,
+        n_train,
+    )
+    hf_tok = train_tokenizer(
+        _iter_texts(corpus, val_ids),
+        params.vocab_size,
+        params.min_frequency,
+        length=n_train,
+        model=params.tokenizer_model,
+    )
+    _save_tokenizer(hf_tok, tok_dir)
+    return hf_tok, f"trained:byte-level-{params.tokenizer_model}"
 
-    vocab_size = len(hf_tok)
-    bos, eos = _wrapper_ids(hf_tok)
-    backend = _plain_backend(hf_tok)
-    byte_lens = byte_level_lengths(backend)
-    schema = docs_schema(vocab_size)
 
-    # Pass 2: documents, one docs shard per corpus shard (finished ones kept on resume).
-    t0 = time.monotonic()
-    docs_dir = out / "docs"
+def _tokenizer(stage: Stage, state: dict, params: TokenizeParams, corpus: Path, ids, val_ids):
+    """The run's tokenizer: the checkpointed one on resume, else made and checkpointed."""
+    tok_dir = stage.out / "tokenizer"
+    if state.get("tokenizer_sha256"):
+        return _load_hf_tokenizer(tok_dir)
+    hf_tok, source = _make_tokenizer(params, corpus, tok_dir, ids, val_ids)
+    state.update(tokenizer_sha256=sha256_file(tok_dir / "tokenizer.json"), tokenizer_source=source)
+    stage.checkpoint(state)
+    return hf_tok
+
+
+def _encode_all(stage: Stage, state: dict, shards: list[Path], encoder: _Encoder) -> list[Path]:
+    """Pass 2: one docs shard per corpus shard, each checkpointed once renamed into place;
+    finished ones (same sha256 as the state says) are kept."""
+    docs_dir = stage.out / "docs"
     docs_dir.mkdir(exist_ok=True)
-    progress = {"docs": 0, "tokens": 0, "total": len(doc_ids), "t0": t0, "t_log": t0}
     part_paths = []
     for i, shard in enumerate(shards):
         dest = docs_dir / f"part-{i:05d}.arrow"
         part_paths.append(dest)
         done = state["parts"].get(dest.name)
         if done and dest.is_file() and sha256_file(dest) == done:
-            progress["docs"] += pq.ParquetFile(shard).metadata.num_rows
+            encoder.progress.skip(pq.ParquetFile(shard).metadata.num_rows)
             continue
-        _encode_part(backend, shard, dest, schema, val_ids, progress, byte_lens)
+        with stage.part(dest) as tmp:
+            encoder.write_part(shard, tmp)
         state["parts"][dest.name] = sha256_file(dest)
-        atomic_write_json(out / STATE_FILE, state)
+        stage.checkpoint(state)
     for stale in docs_dir.glob("part-*.arrow"):
         if stale not in part_paths:
             stale.unlink()
-    _maybe_log(progress, force=True)
-    encode_s = time.monotonic() - t0
+    _maybe_log(encoder.progress, force=True)
+    return part_paths
 
-    # Pass 3: packing.
-    t0 = time.monotonic()
+
+def _pack_all(out: Path, part_paths: list[Path], params: TokenizeParams, vocab_size, bos, eos):
+    """Pass 3: packing, per split."""
     store = _DocStore(part_paths)
     try:
         pschema = packed_schema(vocab_size, params.seq_len)
-        packed = {
+        return {
             split: _pack_split(
                 store,
                 split,
@@ -838,9 +832,11 @@ def tokenize(params: TokenizeParams) -> dict[str, Any]:
         }
     finally:
         store.close()
-    pack_s = time.monotonic() - t0
 
-    # Statistics from the docs shards (small columns only).
+
+def _counts(part_paths: list[Path], packed: dict, seq_len: int) -> tuple[dict, np.ndarray]:
+    """Counts from the docs shards (small columns only), checked against the accounting
+    identity in the module docstring; and every document's n_tokens."""
     tables = [
         ipc.open_file(pa.memory_map(str(p), "r"))
         .read_all()
@@ -862,82 +858,154 @@ def tokenize(params: TokenizeParams) -> dict[str, Any]:
     counts["tokens_total"] = int(n_tokens.sum())
     counts["chars_total"] = int(n_chars.sum())
     counts["documents_total"] = int(len(n_tokens))
-    counts["packed_tokens"] = {s: params.seq_len * packed[s]["sequences"] for s in SPLITS}
-    for s in SPLITS:  # the accounting identity in the module docstring
+    counts["packed_tokens"] = {s: seq_len * packed[s]["sequences"] for s in SPLITS}
+    for s in SPLITS:
         lhs = counts["tokens"][s] + counts["special_tokens_added"][s]
         rhs = counts["packed_tokens"][s] + counts["dropped_tail_tokens"][s]
         if lhs != rhs or counts["documents"][s] != packed[s]["documents"]:
             raise RuntimeError(f"tokenize accounting does not add up for {s}: {counts}")
-    if counts["documents_total"] != len(doc_ids):
-        raise RuntimeError("tokenize: docs shards do not match the corpus")
-    _histogram(n_tokens, out / "length_histogram.png")
+    return counts, n_tokens
 
-    def cpt(chars: int, tokens: int) -> float | None:
-        return round(chars / tokens, 6) if tokens else None
 
-    total_s = time.monotonic() - t_start
-    manifest = {
+def _cpt(chars: int, tokens: int) -> float | None:
+    return round(chars / tokens, 6) if tokens else None
+
+
+def _tokenizer_info(hf_tok, state: dict) -> dict[str, Any]:
+    bos, eos = _wrapper_ids(hf_tok)
+    return {
+        "dir": "tokenizer",
+        "source": state["tokenizer_source"],
+        "vocab_size": len(hf_tok),
+        "bos_id": bos,
+        "eos_id": eos,
+        "pad_id": hf_tok.pad_token_id,
+        "mask_id": hf_tok.mask_token_id,
+    }
+
+
+def _files(out: Path, state: dict, part_paths: list[Path]) -> dict[str, Any]:
+    packed = {s: out / "packed" / f"{s}.arrow" for s in SPLITS}
+    return {
+        "docs": [{"name": f"docs/{p.name}", "sha256": state["parts"][p.name]} for p in part_paths],
+        "packed": {
+            s: {"name": f"packed/{s}.arrow", "sha256": sha256_file(p)} for s, p in packed.items()
+        },
+        "histogram": "length_histogram.png",
+    }
+
+
+def _manifest(
+    params: TokenizeParams, inputs: dict, hf_tok, state: dict, counts: dict, n_tokens
+) -> dict[str, Any]:
+    vocab_size = len(hf_tok)
+    return {
         "stage": "tokenize",
-        "inputs": {
-            "corpus": str(corpus),
-            "corpus_shards": corpus_manifest.get("shards"),
-            "base_tokenizer": str(params.base_tokenizer) if params.base_tokenizer else None,
-            "base_tokenizer_sha256": base_sha,
-        },
+        "inputs": inputs,
         "params": params_dict(params),
-        "tokenizer": {
-            "dir": "tokenizer",
-            "source": tokenizer_source,
-            "vocab_size": vocab_size,
-            "bos_id": bos,
-            "eos_id": eos,
-            "pad_id": hf_tok.pad_token_id,
-            "mask_id": hf_tok.mask_token_id,
-        },
-        "tokenizer_sha256": tokenizer_sha,
+        "tokenizer": _tokenizer_info(hf_tok, state),
+        "tokenizer_sha256": state["tokenizer_sha256"],
         "vocab_size": vocab_size,
         "id_dtype": str(id_type(vocab_size)),
         "seq_len": params.seq_len,
         "counts": counts,
-        "chars_per_token": cpt(counts["chars_total"], counts["tokens_total"]),
+        "chars_per_token": _cpt(counts["chars_total"], counts["tokens_total"]),
         "chars_per_token_by_split": {
-            s: cpt(counts["chars"][s], counts["tokens"][s]) for s in SPLITS
+            s: _cpt(counts["chars"][s], counts["tokens"][s]) for s in SPLITS
         },
         "length_distribution": _length_stats(n_tokens),
-        "files": {
-            "docs": [
-                {"name": f"docs/{p.name}", "sha256": state["parts"][p.name]} for p in part_paths
-            ],
-            "packed": {
-                s: {
-                    "name": f"packed/{s}.arrow",
-                    "sha256": sha256_file(out / "packed" / f"{s}.arrow"),
-                }
-                for s in SPLITS
-            },
-            "histogram": "length_histogram.png",
-        },
         "versions": versions("tokenizers", "transformers", "pyarrow", "numpy"),
-        "timings": {
-            "total_s": round(total_s, 3),
-            "tokenizer_s": round(tokenizer_s, 3),
-            "encode_s": round(encode_s, 3),
-            "pack_s": round(pack_s, 3),
-            "tokens_per_s": round(counts["tokens_total"] / max(encode_s, 1e-9), 1),
-        },
     }
-    write_manifest(out, **manifest)
-    (out / STATE_FILE).unlink(missing_ok=True)
+
+
+def _inputs(params: TokenizeParams, corpus: Path, corpus_manifest: dict) -> dict[str, Any]:
+    base_sha = None
+    if params.base_tokenizer is not None:
+        base_sha = sha256_tree(require_path(params.base_tokenizer, "base tokenizer"))
+    return {
+        "corpus": str(corpus),
+        "corpus_shards": corpus_manifest.get("shards"),
+        "base_tokenizer": str(params.base_tokenizer) if params.base_tokenizer else None,
+        "base_tokenizer_sha256": base_sha,
+    }
+
+
+def tokenize(params: TokenizeParams) -> dict[str, Any]:
+    """Run the tokenize stage; returns the manifest (also written to `params.out/manifest.json`).
+
+    Raises InputError when the corpus is missing, unfinished or empty, the base tokenizer
+    cannot be loaded, another run is writing into `params.out`, or the disk is full or
+    read-only.
+    """
+    t_start = time.monotonic()
+    corpus = Path(params.corpus)
+    shards = corpus_shards(corpus)  # InputError: missing / no manifest / no shards
+    corpus_manifest = json.loads((corpus / "manifest.json").read_text())
+    out = Path(params.out)
+    # docs/, packed/, tokenizer/ are deleted and replaced below: only in a directory longdoc wrote.
+    claim_output_dir(out, "tokenize", force=params.force, legacy=(STATE_FILE,))
+    with Stage("tokenize", out, STATE_FILE) as stage:
+        (out / "manifest.json").unlink(missing_ok=True)  # from here on, the dir is unfinished
+        _remove_leftovers(out)
+        doc_ids = _corpus_ids(corpus, shards)
+        val_ids = assign_splits(doc_ids, params.val_fraction)
+        inputs = _inputs(params, corpus, corpus_manifest)
+        stage.fingerprint = fingerprint(
+            params=params_dict(params),
+            corpus=inputs["corpus_shards"],
+            base_tokenizer=inputs["base_tokenizer_sha256"],
+            code=versions("tokenizers"),
+        )
+        state = _resume(stage)
+        timings = _Timings()
+        with timings("tokenizer_s"):
+            hf_tok = _tokenizer(stage, state, params, corpus, doc_ids, val_ids)
+        vocab_size, (bos, eos) = len(hf_tok), _wrapper_ids(hf_tok)
+        backend = _plain_backend(hf_tok)
+        progress = Progress("tokenize", "docs", len(doc_ids), _PROGRESS_EVERY_S, ("tokens",))
+        encoder = _Encoder(
+            backend, docs_schema(vocab_size), val_ids, progress, byte_level_lengths(backend)
+        )
+        with timings("encode_s"):
+            part_paths = _encode_all(stage, state, shards, encoder)
+        with timings("pack_s"):
+            packed = _pack_all(out, part_paths, params, vocab_size, bos, eos)
+        counts, n_tokens = _counts(part_paths, packed, params.seq_len)
+        if counts["documents_total"] != len(doc_ids):
+            raise RuntimeError("tokenize: docs shards do not match the corpus")
+        _histogram(n_tokens, out / "length_histogram.png")
+        manifest = _manifest(params, inputs, hf_tok, state, counts, n_tokens)
+        manifest["files"] = _files(out, state, part_paths)
+        manifest["timings"] = timings.summary(t_start, counts["tokens_total"])
+        result = stage.finish(manifest)
     log.info(
         "tokenize: %d docs, %d tokens, %s sequences of %d in %.1fs (%s)",
         counts["documents_total"],
         counts["tokens_total"],
         counts["sequences"],
         params.seq_len,
-        total_s,
+        manifest["timings"]["total_s"],
         out,
     )
-    return json.loads((out / "manifest.json").read_text())
+    return result
+
+
+class _Timings(dict):
+    """Wall seconds per named phase (`with timings("encode_s"): ...`)."""
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self[name] = time.monotonic() - t0
+
+    def summary(self, t_start: float, tokens: int) -> dict[str, float]:
+        out = {"total_s": round(time.monotonic() - t_start, 3)}
+        out.update({k: round(v, 3) for k, v in self.items()})
+        out["tokens_per_s"] = round(tokens / max(self["encode_s"], 1e-9), 1)
+        return out
 
 
 def _plain_backend(hf_tok):
@@ -949,17 +1017,3 @@ def _plain_backend(hf_tok):
     backend.no_truncation()
     backend.no_padding()
     return backend
-
-
-def _load_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
-    try:
-        state = json.loads((out / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if state.get("fingerprint") != fingerprint or not state.get("tokenizer_sha256"):
-        return None
-    tok_json = out / "tokenizer" / "tokenizer.json"
-    if not tok_json.is_file() or sha256_file(tok_json) != state["tokenizer_sha256"]:
-        return None
-    log.info("tokenize: resuming, %d docs shards already done", len(state.get("parts", {})))
-    return state

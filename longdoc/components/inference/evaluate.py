@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from longdoc.components.core.io import InputError, atomic_write_json
-from longdoc.components.tasks import task_module
+from longdoc.components.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def evaluate_file(
     task: str, gold: Path | str, predictions: Path | str, out: Path | str | None = None
 ) -> dict:
     """The task's official metrics for `predictions` against `gold`; also written to `out`."""
-    mod = task_module(task)
+    mod = get_task(task)
     gold_set = mod.load_gold(Path(gold))
     for s in gold_set.skipped:
         log.warning("gold record skipped: %s[%s]: %s", s.file, s.index, s.reason)

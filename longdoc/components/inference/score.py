@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
@@ -44,16 +43,13 @@ from longdoc.components.core import tracking
 from longdoc.components.core.config import IngestParams, ScoreParams, TrackingParams, params_dict
 from longdoc.components.core.io import (
     InputError,
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
     claim_output_dir,
     require_path,
     sha256_bytes,
     sha256_tree,
     versions,
-    write_manifest,
 )
+from longdoc.components.core.stage import Progress, SideLog, Stage, fingerprint, reconcile
 from longdoc.components.data.ingest import decode_entities, normalize
 from longdoc.components.data.readers import Document, Rejected, iter_documents
 from longdoc.components.inference.serving import (
@@ -160,10 +156,13 @@ def _fingerprint(params: ScoreParams, inputs: list[dict[str, str]], model: dict)
     }
     # the columns too: parts written with another table layout are never mixed with new ones
     columns = prediction_schema(model["kind"]).names
-    blob = json.dumps(
-        {"params": relevant, "inputs": inputs, "model": model, "columns": columns}, sort_keys=True
+    return fingerprint(
+        params=relevant,
+        inputs=inputs,
+        model=model,
+        columns=columns,
+        code=versions("torch", "transformers"),
     )
-    return sha256_bytes(blob.encode())
 
 
 def _clean(out: Path) -> None:
@@ -174,30 +173,6 @@ def _clean(out: Path) -> None:
         preds.unlink()
     for name in (ERRORS, _ERRORS_PART, "manifest.json", STATE_FILE):
         (out / name).unlink(missing_ok=True)
-
-
-def _load_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
-    try:
-        state = json.loads((out / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return state if state.get("fingerprint") == fingerprint else None
-
-
-def _truncate_errors(path: Path, consumed: int) -> int:
-    """Keep the error records of items before `consumed` (a kill can leave later ones, or a torn
-    last line); returns how many were kept."""
-    kept: list[str] = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break
-            if rec["_i"] < consumed:
-                kept.append(json.dumps(rec, ensure_ascii=False) + "\n")
-    atomic_write_text(path, "".join(kept))
-    return len(kept)
 
 
 def _stream(params: ScoreParams, sources: list[Path]) -> Iterator[Document | Rejected]:
@@ -242,6 +217,207 @@ def _score_chunk(
     return out
 
 
+@dataclass
+class _Run:
+    """What the per-item and per-chunk steps of one scoring run share. `state` is the
+    checkpointed part (a JSON dict); the rest is rebuilt on resume."""
+
+    params: ScoreParams
+    stage: Stage
+    engine: InferenceEngine
+    model: dict[str, str]
+    state: dict[str, Any]
+    errors: SideLog
+    progress: Progress
+    question_field: str | None
+    pending: list[_Pending] = field(default_factory=list)
+    labels: Counter = field(default_factory=Counter)
+    per_source: dict[str, Counter] = field(default_factory=dict)
+    infer_s: float = 0.0
+    scored_now: int = 0  # in this run (the state counts every run)
+    tokens_now: int = 0
+
+    @property
+    def preds_dir(self) -> Path:
+        return self.stage.out / PREDICTIONS
+
+
+def _new_state(stage: Stage) -> dict[str, Any]:
+    return stage.new_state(
+        consumed=0,
+        parts=[],
+        scored=0,
+        errors=0,
+        tokens=0,
+        truncated=0,
+        labels={},
+        per_source={},
+        runs=0,
+    )
+
+
+def _error(run: _Run, index: int, source: str, member: str, reason: str) -> None:
+    run.errors.write(index, source=source, member=member, reason=reason)
+    run.state["errors"] += 1
+    run.per_source.setdefault(source, Counter())["errors"] += 1
+    run.progress.add(0, errors=1)
+
+
+def _admit(run: _Run, index: int, item: Document | Rejected) -> None:
+    """The per-item step: queue stream item `index` for scoring, or record why it cannot be."""
+    if isinstance(item, Rejected):
+        _error(run, index, item.source, item.member, item.reason)
+        return
+    # cleaned as ingest cleans training text (its defaults), so the model sees the same kind
+    # of text it was trained on
+    text = normalize(item.text if item.entities_decoded else decode_entities(item.text))
+    qf = run.question_field
+    question = item.meta.get(qf) if qf else None
+    if is_empty_document(text):  # the served model refuses the same documents
+        _error(run, index, item.source, item.member, "empty document")
+    elif qf and not (isinstance(question, str) and not is_empty_document(question)):
+        _error(run, index, item.source, item.member, f"no {qf!r} field (question)")
+    else:
+        cap = run.engine.max_len * _CHARS_PER_TOKEN_CAP
+        doc_id = sha256_bytes(text.encode())
+        run.pending.append(
+            _Pending(index, item.source, item.member, doc_id, text[:cap], question, len(text) > cap)
+        )
+
+
+def _row(run: _Run, p: _Pending, enc: Encoded, pred: dict[str, Any], now: datetime) -> dict:
+    """One predictions row; counts it."""
+    truncated = enc.truncated or p.clipped
+    if "label" in pred:
+        run.labels[pred["label"]] += 1
+    run.per_source.setdefault(p.source, Counter())["scored"] += 1
+    run.state["tokens"] += len(enc.input_ids)
+    run.state["truncated"] += int(truncated)
+    run.scored_now += 1
+    run.tokens_now += len(enc.input_ids)
+    run.progress.add(0, scored=1, tokens=len(enc.input_ids))
+    return {
+        "doc_id": p.doc_id,
+        "source": p.source,
+        "member": p.member,
+        "tokens": len(enc.input_ids),
+        "truncated": truncated,
+        **pred,
+        "model_name": run.model["name"],
+        "model_version": run.model["version"],
+        "scored_at": now,
+    }
+
+
+def _score_pending(run: _Run) -> None:
+    """The per-chunk step: score the pending documents into one new part (written whole
+    before any checkpoint names it)."""
+    t = time.perf_counter()
+    scored = _score_chunk(run.engine, run.pending, run.params.batch_tokens)
+    run.infer_s += time.perf_counter() - t
+    now = datetime.now(UTC)
+    rows = []
+    for p, result in zip(run.pending, scored, strict=True):
+        if isinstance(result, str):
+            _error(run, p.index, p.source, p.member, result)
+        else:
+            rows.append(_row(run, p, *result, now))
+    part = f"part-{len(run.state['parts']):05d}.parquet"
+    schema = prediction_schema(run.engine.kind)
+    with run.stage.part(run.preds_dir / part) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    run.state["parts"].append(part)
+    run.state["scored"] += len(rows)
+    run.pending.clear()
+
+
+def _checkpoint(run: _Run, consumed: int) -> None:
+    """Score the pending chunk into one part, then record everything up to `consumed`."""
+    if run.pending:
+        _score_pending(run)
+    run.state.update(
+        consumed=consumed,
+        labels=dict(run.labels),
+        per_source={k: dict(v) for k, v in run.per_source.items()},
+    )
+    run.stage.checkpoint(run.state)
+    run.progress.maybe_log()
+
+
+def _score_stream(run: _Run, sources: list[Path]) -> None:
+    """Every stream item through `_admit`; a checkpoint per chunk of documents (or, for input
+    that is mostly errors, per enough items to be worth one)."""
+    resumed_at, chunk = run.state["consumed"], run.params.chunk_docs
+    n_items = since_checkpoint = 0
+    for index, item in enumerate(_stream(run.params, sources)):
+        n_items = index + 1
+        if index < resumed_at:
+            continue  # done before the kill: read past it (reading is cheap, models are not)
+        since_checkpoint += 1
+        run.progress.add(1)
+        _admit(run, index, item)
+        if len(run.pending) >= chunk or since_checkpoint >= 4 * chunk:
+            _checkpoint(run, index + 1)
+            since_checkpoint = 0
+    _checkpoint(run, max(n_items, resumed_at))
+
+
+def _load_model(params: ScoreParams, tracking_params: TrackingParams):
+    """(engine, model info, question field) after checking the model fits the params."""
+    tracking.setup(tracking_params)
+    engine, name, version, pinned = load_engine(params)
+    if engine.kind == QA and not params.question_field:
+        raise InputError(
+            f"score model {pinned} answers questions: set score.question_field to the record "
+            "field that holds each document's question"
+        )
+    if engine.kind == CLASSIFICATION and params.question_field:
+        log.warning("%s is a classifier: score.question_field is ignored", pinned)
+    model = {"uri": params.model_uri, "name": name, "version": version, "kind": engine.kind}
+    return engine, model, params.question_field if engine.kind == QA else None
+
+
+def _resume(stage: Stage) -> dict[str, Any] | None:
+    """The state to go on from: None when a finished run with this fingerprint stands."""
+    state = stage.load_state()
+    if state and state.get("complete"):
+        if (stage.out / "manifest.json").exists():
+            return None
+        state = None  # finished but its manifest is gone: start over rather than guess
+    if state is None:
+        _clean(stage.out)
+        state = _new_state(stage)
+    preds_dir = stage.out / PREDICTIONS
+    preds_dir.mkdir(exist_ok=True)
+    for part in preds_dir.glob("part-*.parquet"):  # written, but the kill came before the state
+        if part.name not in state["parts"]:
+            part.unlink()
+    state["runs"] += 1
+    if state["consumed"]:
+        log.info(
+            "resuming %s after %d input items (%d parts)",
+            stage.out,
+            state["consumed"],
+            len(state["parts"]),
+        )
+    return state
+
+
+def _start(stage: Stage, params: ScoreParams, engine, model, question_field) -> _Run | None:
+    state = _resume(stage)
+    if state is None:
+        return None
+    errors = stage.side_log(_ERRORS_PART)
+    state["errors"] = errors.truncate(state["consumed"])
+    progress = Progress("score", "items", every_s=_PROGRESS_EVERY_S, rated=("tokens",))
+    progress.skip(state["consumed"])
+    progress.add(0, scored=state["scored"], errors=state["errors"])
+    run = _Run(params, stage, engine, model, state, errors.open(), progress, question_field)
+    run.labels.update(state["labels"])
+    run.per_source = {k: Counter(v) for k, v in state["per_source"].items()}
+    return run
+
+
 def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     """Score every document of `params.sources()` into `params.out`; returns the manifest.
 
@@ -252,216 +428,50 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     # `_clean` deletes predictions and errors by name: only in a directory longdoc wrote (checked
     # now, before the model loads; claimed and marked below).
     claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,), create=False)
-    tracking.setup(tracking_params)
-    engine, name, version, pinned = load_engine(params)
-    if engine.kind == QA and not params.question_field:
-        raise InputError(
-            f"score model {pinned} answers questions: set score.question_field to the record "
-            "field that holds each document's question"
-        )
-    if engine.kind == CLASSIFICATION and params.question_field:
-        log.warning("%s is a classifier: score.question_field is ignored", pinned)
-    question_field = params.question_field if engine.kind == QA else None
-
+    engine, model, question_field = _load_model(params, tracking_params)
     out = claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,))
-    inputs = [{"path": str(s), "sha256": sha256_tree(s)} for s in sources]
-    model_info = {"uri": params.model_uri, "name": name, "version": version, "kind": engine.kind}
-    fingerprint = _fingerprint(params, inputs, model_info)
-    state = _load_state(out, fingerprint)
-    if state and state.get("complete"):
-        if (out / "manifest.json").exists():
+    with Stage("score", out, STATE_FILE) as stage:
+        inputs = [{"path": str(s), "sha256": sha256_tree(s)} for s in sources]
+        stage.fingerprint = _fingerprint(params, inputs, model)
+        run = _start(stage, params, engine, model, question_field)
+        if run is None:
+            name, version = model["name"], model["version"]
             log.info("%s: every document already scored with %s v%s", out, name, version)
             return json.loads((out / "manifest.json").read_text())
-        state = None  # finished but its manifest is gone: start over rather than guess
-    if state is None:
-        _clean(out)
-        state = {
-            "fingerprint": fingerprint,
-            "consumed": 0,
-            "parts": [],
-            "scored": 0,
-            "errors": 0,
-            "tokens": 0,
-            "truncated": 0,
-            "labels": {},
-            "per_source": {},
-            "runs": 0,
-        }
-    preds_dir = out / PREDICTIONS
-    preds_dir.mkdir(exist_ok=True)
-    for part in preds_dir.glob("part-*.parquet"):  # written, but the kill came before the state
-        if part.name not in state["parts"]:
-            part.unlink()
-    errors_path = out / _ERRORS_PART
-    state["errors"] = _truncate_errors(errors_path, state["consumed"])
-    state["runs"] += 1
-    resumed_at = state["consumed"]
-    if resumed_at:
-        log.info(
-            "resuming %s after %d input items (%d parts)", out, resumed_at, len(state["parts"])
-        )
+        resumed_at = run.state["consumed"]
+        _score_stream(run, sources)
+        return _finish(run, inputs, resumed_at, time.perf_counter() - t0)
 
-    labels = Counter(state["labels"])
-    per_source: dict[str, Counter] = {k: Counter(v) for k, v in state["per_source"].items()}
-    cap = engine.max_len * _CHARS_PER_TOKEN_CAP
-    schema = prediction_schema(engine.kind)
-    pending: list[_Pending] = []
-    errors_file = open(errors_path, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-    progress = {"t": time.perf_counter(), "docs": 0, "tokens": 0, "infer_s": 0.0, "logged": 0.0}
-    since_checkpoint = 0
 
-    def error(index: int, source: str, member: str, reason: str) -> None:
-        rec = {"_i": index, "source": source, "member": member, "reason": reason}
-        errors_file.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        state["errors"] += 1
-        per_source.setdefault(source, Counter())["errors"] += 1
-
-    def checkpoint(consumed: int) -> None:
-        """Score the pending chunk into one part, then record everything up to `consumed`."""
-        if pending:
-            t = time.perf_counter()
-            scored = _score_chunk(engine, pending, params.batch_tokens)
-            progress["infer_s"] += time.perf_counter() - t
-            now = datetime.now(UTC)
-            rows = []
-            for p, result in zip(pending, scored, strict=True):
-                if isinstance(result, str):
-                    error(p.index, p.source, p.member, result)
-                    continue
-                enc, pred = result
-                rows.append(
-                    {
-                        "doc_id": p.doc_id,
-                        "source": p.source,
-                        "member": p.member,
-                        "tokens": len(enc.input_ids),
-                        "truncated": enc.truncated or p.clipped,
-                        **pred,
-                        "model_name": name,
-                        "model_version": version,
-                        "scored_at": now,
-                    }
-                )
-                if "label" in pred:
-                    labels[pred["label"]] += 1
-                per_source.setdefault(p.source, Counter())["scored"] += 1
-                state["tokens"] += len(enc.input_ids)
-                state["truncated"] += int(enc.truncated or p.clipped)
-                progress["tokens"] += len(enc.input_ids)
-            part = f"part-{len(state['parts']):05d}.parquet"
-            with atomic_path(preds_dir / part) as tmp:
-                pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-            state["parts"].append(part)
-            state["scored"] += len(rows)
-            progress["docs"] += len(rows)
-            pending.clear()
-        errors_file.flush()
-        os.fsync(errors_file.fileno())
-        state.update(
-            consumed=consumed,
-            labels=dict(labels),
-            per_source={k: dict(v) for k, v in per_source.items()},
-        )
-        atomic_write_json(out / STATE_FILE, state)
-        elapsed = time.perf_counter() - progress["t"]
-        if progress["docs"] and elapsed - progress["logged"] >= _PROGRESS_EVERY_S:
-            progress["logged"] = elapsed
-            log.info(
-                "scored %d documents (%.1f docs/s, %.0f tokens/s), %d errors",
-                state["scored"],
-                progress["docs"] / max(elapsed, 1e-9),
-                progress["tokens"] / max(elapsed, 1e-9),
-                state["errors"],
-            )
-
-    n_items = 0
-    try:
-        for index, item in enumerate(_stream(params, sources)):
-            n_items = index + 1
-            if index < resumed_at:
-                continue  # done before the kill: read past it (reading is cheap, models are not)
-            since_checkpoint += 1
-            if isinstance(item, Rejected):
-                error(index, item.source, item.member, item.reason)
-            else:
-                # cleaned as ingest cleans training text (its defaults), so the model sees
-                # the same kind of text it was trained on
-                raw = item.text if item.entities_decoded else decode_entities(item.text)
-                text = normalize(raw)
-                question = item.meta.get(question_field) if question_field else None
-                if is_empty_document(text):  # the served model refuses the same documents
-                    error(index, item.source, item.member, "empty document")
-                elif question_field and not (
-                    isinstance(question, str) and not is_empty_document(question)
-                ):
-                    error(
-                        index, item.source, item.member, f"no {question_field!r} field (question)"
-                    )
-                else:
-                    pending.append(
-                        _Pending(
-                            index,
-                            item.source,
-                            item.member,
-                            sha256_bytes(text.encode()),
-                            text[:cap],
-                            question,
-                            len(text) > cap,
-                        )
-                    )
-            # A chunk of documents, or (for input that is mostly errors) enough items to be
-            # worth a checkpoint.
-            if len(pending) >= params.chunk_docs or since_checkpoint >= 4 * params.chunk_docs:
-                checkpoint(index + 1)
-                since_checkpoint = 0
-        checkpoint(max(n_items, resumed_at))
-    finally:
-        errors_file.close()
-
+def _finish(run: _Run, inputs: list[dict], resumed_at: int, seconds: float) -> dict:
+    """Publish errors.jsonl, check the counts reconcile, write the manifest last."""
+    state, schema = run.state, prediction_schema(run.engine.kind)
     if not state["parts"]:  # an input with no scorable document: still a readable, empty table
-        part = "part-00000.parquet"
-        with atomic_path(preds_dir / part) as tmp:
+        with run.stage.part(run.preds_dir / "part-00000.parquet") as tmp:
             pq.write_table(schema.empty_table(), tmp)
-        state["parts"].append(part)
-
-    n_errors = 0
-    with atomic_path(out / ERRORS) as tmp, open(tmp, "w", encoding="utf-8") as dst:
-        with open(errors_path, encoding="utf-8") as src:  # streamed: errors can be millions
-            for line in src:
-                rec = json.loads(line)
-                rec.pop("_i")
-                dst.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n_errors += 1
-    seconds = time.perf_counter() - t0
+        state["parts"].append("part-00000.parquet")
+    run.progress.maybe_log(force=True)
+    n_errors = run.errors.finalize(run.stage.out / ERRORS)
     counts = {"inputs": state["consumed"], "scored": state["scored"], "errors": n_errors}
-    if counts["inputs"] != counts["scored"] + counts["errors"]:  # a bug, never bad input
-        raise RuntimeError(f"score counts do not reconcile: {counts}")
+    reconcile("score", counts, "inputs", "scored", "errors")
     manifest = {
         "stage": "score",
         "inputs": inputs,
-        "model": model_info,
-        "model_uri": params.model_uri,
-        "model_version": version,
-        "params": params_dict(params),
+        "model": run.model,
+        "model_uri": run.params.model_uri,
+        "model_version": run.model["version"],
+        "params": params_dict(run.params),
         "counts": counts,
-        "per_source": state["per_source"],
-        "labels": state["labels"],
-        "tokens": state["tokens"],
-        "truncated": state["truncated"],
-        "parts": state["parts"],
-        "runs": state["runs"],
+        **{k: state[k] for k in ("per_source", "labels", "tokens", "truncated", "parts", "runs")},
         "this_run": {
             "resumed_after_items": resumed_at,
-            "scored": progress["docs"],
-            "tokens": progress["tokens"],
+            "scored": run.scored_now,
+            "tokens": run.tokens_now,
             "seconds": round(seconds, 2),
-            "docs_per_s": round(progress["docs"] / max(seconds, 1e-9), 2),
-            "model_tokens_per_s": round(progress["tokens"] / max(progress["infer_s"], 1e-9)),
+            "docs_per_s": round(run.scored_now / max(seconds, 1e-9), 2),
+            "model_tokens_per_s": round(run.tokens_now / max(run.infer_s, 1e-9)),
         },
         "versions": versions("torch", "transformers", "mlflow"),
     }
-    write_manifest(out, **manifest)
-    state["complete"] = True
-    atomic_write_json(out / STATE_FILE, state)
-    errors_path.unlink(missing_ok=True)
+    run.stage.finish(manifest, final_state={**state, "complete": True})
     return manifest

@@ -309,20 +309,6 @@ def _best_span(doc: Encoded, start: torch.Tensor, end: torch.Tensor) -> dict[str
     return {"answer": doc.text[a:b].strip(), "score": float(torch.tensor(best).exp())}
 
 
-def predict_texts(model, tokenizer, texts: list[str], max_len: int, batch_size: int = 8):
-    """Class probabilities for `texts`, truncated to `max_len` tokens (fine-tuning's evaluation
-    uses this on its in-memory model). `batch_size` sets the token budget: batch_size x max_len."""
-    was_training = model.training
-    device = str(next(model.parameters()).device)
-    dtype = next(model.parameters()).dtype
-    engine = InferenceEngine(model, tokenizer, CLASSIFICATION, max_len=max_len, device=device)
-    try:
-        preds = engine.predict_texts(texts, batch_tokens=batch_size * engine.max_len)
-    finally:
-        model.to(dtype=dtype).train(was_training)
-    return [p["probabilities"] for p in preds]
-
-
 class LongdocModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around an HF-format checkpoint directory (model + tokenizer)."""
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped
+from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped, Task, register
 from longdoc.components.tasks.official import (
     binary_metrics,
     check_str_map,
@@ -252,3 +252,22 @@ def evaluate(gold: list[ClassificationExample], predictions: dict) -> dict:
     """Accuracy, and precision/recall/F1 of hyperpartisan=true (see the module docstring)."""
     predictions = _coerce(predictions, "Hyperpartisan predictions")
     return binary_metrics(classification_gold(gold, LABELS), predictions, POSITIVE)
+
+
+TASK = register(
+    Task(
+        name=NAME,
+        load=load,
+        evaluate=evaluate,
+        load_gold=load_gold,
+        load_predictions=load_predictions,
+        write_predictions=write_predictions,
+        primary_metric=PRIMARY_METRIC,
+        adapter="classification",
+        labels=LABELS,
+        gold_path=GOLD_PATH,
+        predictions_format=PREDICTIONS_FORMAT,
+        epochs=6,
+        sample="longdoc.components.synthetic.hyperpartisan:write_hyperpartisan",
+    )
+)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped
+from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped, Task, register
 from longdoc.components.tasks.official import (
     accuracy,
     check_str_map,
@@ -102,3 +102,23 @@ def evaluate(gold: list[ClassificationExample], predictions: dict[str, str]) -> 
     """Accuracy over every gold review (a missing prediction counts as wrong)."""
     check_str_map(predictions, "IMDB predictions", LABELS)
     return accuracy(classification_gold(gold, LABELS), predictions)
+
+
+TASK = register(
+    Task(
+        name=NAME,
+        load=load,
+        evaluate=evaluate,
+        load_gold=load_gold,
+        load_predictions=load_predictions,
+        write_predictions=write_predictions,
+        primary_metric=PRIMARY_METRIC,
+        adapter="classification",
+        labels=LABELS,
+        gold_path=GOLD_PATH,
+        predictions_format=PREDICTIONS_FORMAT,
+        data_dir="aclImdb",
+        epochs=2,  # params.yaml: imdb trains to ~zero loss well within 2 epochs
+        sample="longdoc.components.synthetic.imdb:write_imdb",
+    )
+)

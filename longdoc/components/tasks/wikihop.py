@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import ChoiceExample, LoadResult
+from longdoc.components.tasks import ChoiceExample, LoadResult, Task, register
 from longdoc.components.tasks.official import (
     RecordError,
     accuracy,
@@ -89,3 +89,22 @@ def evaluate(gold: list[ChoiceExample], predictions: dict[str, str]) -> dict:
             raise InputError(f"gold question {ex.id!r} has no answer")
         answers[ex.id] = ex.candidates[ex.answer]
     return accuracy(answers, predictions)
+
+
+TASK = register(
+    Task(
+        name=NAME,
+        load=load,
+        evaluate=evaluate,
+        load_gold=load_gold,
+        load_predictions=load_predictions,
+        write_predictions=write_predictions,
+        primary_metric=PRIMARY_METRIC,
+        adapter="choice",
+        gold_path=GOLD_PATH,
+        predictions_format=PREDICTIONS_FORMAT,
+        data_dir="qangaroo_v1.1/wikihop",
+        epochs=6,
+        sample="longdoc.components.synthetic.wikihop:write_wikihop",
+    )
+)

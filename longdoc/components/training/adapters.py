@@ -34,6 +34,7 @@ from longdoc.components.modeling.model import (
     LongformerForQuestionAnswering,
     LongformerForSequenceClassification,
 )
+from longdoc.components.tasks import Task, get_task
 from longdoc.components.training.common import quiet_loading
 from longdoc.components.training.windows import (
     best_span,
@@ -201,8 +202,8 @@ class TaskAdapter:
 
     kind: str = ""
 
-    def __init__(self, task_module, tokenizer) -> None:
-        self.task = task_module
+    def __init__(self, task: Task, tokenizer) -> None:
+        self.task = task  # the registration: labels, evaluate, write_predictions...
         self.tokenizer = tokenizer
         self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.pad = tokenizer.pad_token_id
@@ -229,12 +230,12 @@ class TaskAdapter:
 
 
 class ClassificationAdapter(TaskAdapter):
-    """IMDB and Hyperpartisan: `{id: label}` with the task's label names."""
+    """IMDB and Hyperpartisan: `{id: label}` with the task's label names (`Task.labels`)."""
 
     kind = "classification"
 
     def build_model(self, base):
-        labels = tuple(self.task.LABELS)
+        labels = tuple(self.task.labels)
         with quiet_loading():  # the MLM head is dropped and the classifier is new: expected
             return LongformerForSequenceClassification.from_pretrained(
                 base,
@@ -268,7 +269,7 @@ class ClassificationAdapter(TaskAdapter):
         return F.cross_entropy(self.logits(model, enc)[None], target[None])
 
     def predict(self, model, enc):
-        return self.task.LABELS[int(self.logits(model, enc).argmax())]
+        return self.task.labels[int(self.logits(model, enc).argmax())]
 
 
 class WikiHopAdapter(TaskAdapter):
@@ -534,20 +535,29 @@ class HotpotQAAdapter(TaskAdapter):
         }
 
 
+#: Adapter kinds a task registration (components.tasks.Task.adapter) may name.
 ADAPTERS: dict[str, type[TaskAdapter]] = {
-    "imdb": ClassificationAdapter,
-    "hyperpartisan": ClassificationAdapter,
-    "wikihop": WikiHopAdapter,
-    "triviaqa": TriviaQAAdapter,
-    "hotpotqa": HotpotQAAdapter,
+    ClassificationAdapter.kind: ClassificationAdapter,
+    WikiHopAdapter.kind: WikiHopAdapter,
+    TriviaQAAdapter.kind: TriviaQAAdapter,
+    HotpotQAAdapter.kind: HotpotQAAdapter,
 }
 
 
-def adapter_for(task: str, task_module, tokenizer) -> TaskAdapter:
-    try:
-        return ADAPTERS[task](task_module, tokenizer)
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(ADAPTERS)}") from None
+def adapter_for(task: Task | str, tokenizer) -> TaskAdapter:
+    """The adapter the registration of `task` (a Task or a registered name) asks for."""
+    if isinstance(task, str):
+        task = get_task(task)
+    cls = task.adapter
+    if isinstance(cls, str):
+        try:
+            cls = ADAPTERS[cls]
+        except KeyError:
+            raise ValueError(
+                f"task {task.name!r}: unknown adapter kind {cls!r}; "
+                f"expected one of {', '.join(ADAPTERS)} or a TaskAdapter subclass"
+            ) from None
+    return cls(task, tokenizer)
 
 
 def n_tokens(enc: Encoded) -> int:

@@ -14,10 +14,8 @@ this module is the recipe: load, encode once, train, predict, score, track, regi
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -30,7 +28,7 @@ from longdoc.components.core import tracking
 from longdoc.components.core.config import FinetuneParams, TrackingParams, params_dict
 from longdoc.components.core.io import InputError, atomic_write_json, require_path, write_manifest
 from longdoc.components.inference.serving import log_longdoc_model
-from longdoc.components.tasks import LoadResult, task_module
+from longdoc.components.tasks import LoadResult, get_task
 from longdoc.components.training.adapters import (
     EncodeError,
     TaskAdapter,
@@ -50,38 +48,6 @@ from longdoc.components.training.common import (
 )
 
 log = logging.getLogger(__name__)
-
-IMDB_LABELS = ("neg", "pos")
-_IMDB_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
-
-
-@dataclass(frozen=True)
-class Example:
-    id: str
-    text: str
-    label: int
-
-
-def load_imdb(root: Path, split: str) -> list[Example]:
-    """All-or-nothing IMDB reading (raises on the first bad file), kept for callers that want
-    that; fine-tuning uses components.tasks.imdb, which skips and reports bad files.
-
-    The aclImdb layout: `<split>/{pos,neg}/<id>_<rating>.txt`, `<br />` as line breaks."""
-    split_dir = require_path(Path(root) / split, f"IMDB {split} split")
-    examples = []
-    for label, name in enumerate(IMDB_LABELS):
-        for path in sorted((split_dir / name).glob("*.txt")):
-            m = _IMDB_NAME.match(path.name)
-            if not m:
-                raise InputError(f"{path}: expected an IMDB file name <id>_<rating>.txt")
-            rating = int(m.group(2))
-            if (rating >= 7) != (label == 1) or not 1 <= rating <= 10:
-                raise InputError(f"{path}: rating {rating} contradicts the '{name}' folder")
-            text = path.read_text(encoding="utf-8").replace("<br />", "\n")
-            examples.append(Example(f"{split}/{name}/{m.group(1)}", text, label))
-    if not examples:
-        raise InputError(f"{split_dir}: no reviews found under pos/ or neg/")
-    return examples
 
 
 def _report_skipped(task: str, split: str, result: LoadResult, limit: int = 20) -> None:
@@ -259,11 +225,11 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
     """Fine-tune the long model and the truncated baseline on `params.task`; register the long
     one. Malformed records are reported (file, index, reason) and skipped."""
     task = params.task
-    module = task_module(task)
+    spec = get_task(task)  # its registration: loader, metric, adapter
     require_path(params.base, "base checkpoint")
     check_publish_target(Path(params.out), "finetune", force=params.force)  # not after training
-    train_res = module.load(params.data, "train")
-    dev_res = module.load(params.data, "dev")
+    train_res = spec.load(params.data, "train")
+    dev_res = spec.load(params.data, "dev")
     for split, res in (("train", train_res), ("dev", dev_res)):
         _report_skipped(task, split, res)
     train = train_res.examples[: params.max_train_samples]
@@ -274,10 +240,10 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
             "need at least one of each"
         )
     tokenizer = AutoTokenizer.from_pretrained(params.base)
-    adapter = adapter_for(task, module, tokenizer)
+    adapter = adapter_for(spec, tokenizer)
     out = Path(params.out)
     long_preds, base_preds = prediction_paths(params.metrics)
-    primary = module.PRIMARY_METRIC
+    primary = spec.primary_metric
 
     tracking.setup(tracking_params)
     name = tracking.registered_name(task)

@@ -37,7 +37,9 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -370,6 +372,60 @@ def _autocast(params: PretrainParams, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+@dataclass
+class LoopState:
+    """Where a pretraining run stands; checkpointed as `state.json` (these keys)."""
+
+    step: int = 0
+    rows: int = 0  # position in the cyclic stream of packed rows
+    tokens: int = 0
+    run_id: str | None = None
+    eval0: float | None = None  # validation loss before the first step
+    fp: str | None = None  # `fingerprint` of the parameters that wrote the checkpoint
+
+    @classmethod
+    def from_json(cls, data: dict) -> LoopState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Job:
+    """One pretraining run's inputs (shared by every step of `_train` and by `_finish`)."""
+
+    params: PretrainParams
+    model_params: ModelParams
+    tracking_params: TrackingParams
+    env: _Dist
+    shards: Path
+    tokenizer: Any
+    chars_per_token: float
+    manifest: dict
+    on_step: Callable[[int, float], None] | None = None
+
+    @property
+    def root(self) -> Path:
+        return checkpoint_root(Path(self.params.out))
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "log.jsonl"
+
+
+@dataclass
+class _Trainer:
+    """The model and what updates it."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    data: PackedRows
+    ddp: Any = None
+
+
 def pretrain(
     params: PretrainParams,
     model_params: ModelParams,
@@ -392,7 +448,7 @@ def pretrain(
     tokenizer = tok.load_tokenizer(shards)
     env = _Dist()
     try:
-        return _train(
+        job = _Job(
             params,
             model_params,
             tracking_params,
@@ -403,24 +459,16 @@ def pretrain(
             manifest,
             on_step,
         )
+        return _train(job)
     finally:
         env.close()
 
 
-def _train(
-    params,
-    model_params,
-    tracking_params,
-    env,
-    shards,
-    tokenizer,
-    chars_per_token,
-    manifest,
-    on_step,
-) -> dict:
+def _build(job: _Job) -> _Trainer:
+    params = job.params
     seed_everything(params.seed)
-    data = PackedRows(shards, "train")
-    model = build_model(params, model_params, tokenizer).to(env.device)
+    data = PackedRows(job.shards, "train")
+    model = build_model(params, job.model_params, job.tokenizer).to(job.env.device)
     if params.gradient_checkpointing:
         kwargs = {"use_reentrant": False}  # non-reentrant: works with DDP and unused params
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
@@ -430,9 +478,14 @@ def _train(
     model.train()
     optimizer = adamw(model, params.lr, params.weight_decay)
     scheduler = warmup_linear_decay(optimizer, params.warmup_steps, params.steps)
+    return _Trainer(model, optimizer, scheduler, data)
 
-    root = checkpoint_root(Path(params.out))
-    fp = fingerprint(params, model_params)
+
+def _resume(job: _Job, t: _Trainer) -> tuple[LoopState, bool]:
+    """(state, resumed): from the newest checkpoint written with the same parameters, else a
+    fresh state; the loss log is cut back to the checkpoint's step."""
+    env, root = job.env, job.root
+    fp = fingerprint(job.params, job.model_params)
     start = None
     if env.main:
         start = latest_checkpoint(root) if root.exists() else None
@@ -441,156 +494,173 @@ def _train(
             remove_own_dir(root, "pretrain", _CKPT_LEGACY)
             start = None
     start = env.broadcast(str(start) if start else None)
-    state = {"step": 0, "rows": 0, "tokens": 0, "run_id": None, "eval0": None}
+    state = LoopState(fp=fp)
     if start is not None:
-        state = load_checkpoint(Path(start), model, optimizer, scheduler, env.rank)
-        log.info("pretrain: resuming from %s (step %d)", start, state["step"])
-    log_path = root / "log.jsonl"
+        loaded = load_checkpoint(Path(start), t.model, t.optimizer, t.scheduler, env.rank)
+        state = LoopState.from_json({**loaded, "fp": fp})
+        log.info("pretrain: resuming from %s (step %d)", start, state.step)
     if env.main:
         root.mkdir(parents=True, exist_ok=True)
         mark_output_dir(root, "pretrain")
-        kept = _read_log(log_path, state["step"])
-        with atomic_path(log_path) as tmp:
+        kept = _read_log(job.log_path, state.step)
+        with atomic_path(job.log_path) as tmp:
             tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    return state, start is not None
 
-    ddp = model
-    if env.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[env.device] if env.device.type == "cuda" else None,
-            find_unused_parameters=True,  # the global q/k/v get no gradient without globals
-        )
 
+def _wrap_ddp(job: _Job, model):
+    if job.env.world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[job.env.device] if job.env.device.type == "cuda" else None,
+        find_unused_parameters=True,  # the global q/k/v get no gradient without globals
+    )
+
+
+def _log_start(job: _Job, model, state: LoopState) -> None:
+    """A fresh run's parameters and step-0 validation loss (rank 0)."""
+    params = job.params
+    mlflow.set_tag("stage", "pretrain")
+    mlflow.log_params({f"pretrain.{k}": v for k, v in params_dict(params).items()})
+    mlflow.log_params({f"model.{k}": v for k, v in params_dict(job.model_params).items()})
+    mlflow.log_params(
+        {"n_parameters": sum(p.numel() for p in model.parameters()), "world_size": job.env.world}
+    )
+    eval_loss = evaluate(
+        model, job.tokenizer, job.shards, params.batch_size, params.eval_batches, 0
+    )
+    mlflow.log_metrics(_eval_metrics(eval_loss, job.chars_per_token), step=0)
+    state.eval0 = eval_loss
+
+
+def _train(job: _Job) -> dict:
+    env = job.env
+    t = _build(job)
+    state, resumed = _resume(job, t)
+    t.ddp = _wrap_ddp(job, t.model)
     run_ctx = contextlib.nullcontext()
     if env.main:
-        tracking.setup(tracking_params)
-        run_ctx = _start_run(state.get("run_id"))
+        tracking.setup(job.tracking_params)
+        run_ctx = _start_run(state.run_id)
     with run_ctx as run:
-        if env.main and start is None:
-            mlflow.set_tag("stage", "pretrain")
-            mlflow.log_params({f"pretrain.{k}": v for k, v in params_dict(params).items()})
-            mlflow.log_params({f"model.{k}": v for k, v in params_dict(model_params).items()})
-            mlflow.log_params(
-                {
-                    "n_parameters": sum(p.numel() for p in model.parameters()),
-                    "world_size": env.world,
-                }
-            )
-            eval_loss = evaluate(
-                model, tokenizer, shards, params.batch_size, params.eval_batches, 0
-            )
-            mlflow.log_metrics(_eval_metrics(eval_loss, chars_per_token), step=0)
-            state["eval0"] = eval_loss
+        if env.main and not resumed:
+            _log_start(job, t.model, state)
         if env.main:
-            state["run_id"] = run.info.run_id
+            state.run_id = run.info.run_id
         env.barrier()
-
-        b, accum, world = params.batch_size, params.grad_accum, env.world
-        rows_per_step = b * accum * world
-        step_tokens = rows_per_step * data.seq_len
-        speed = Throughput()
-        bar = tqdm(
-            total=params.steps,
-            initial=state["step"],
-            desc="pretrain",
-            unit="step",
-            mininterval=2,
-            disable=not env.main,
-        )
-        logf = open(log_path, "a") if env.main else None  # noqa: SIM115 (closed below)
-        try:
-            for step in range(state["step"] + 1, params.steps + 1):
-                micro = []
-                for a in range(accum):
-                    first = state["rows"] + (a * world + env.rank) * b
-                    ids = data.rows(first, b)
-                    micro.append(
-                        mask_rows(
-                            ids,
-                            first,
-                            seed=params.seed,
-                            tokenizer=tokenizer,
-                            vocab_size=model.config.vocab_size,
-                            probability=params.mlm_probability,
-                        )
-                    )
-                count = env.sum(
-                    torch.tensor(float(sum(int((y != -100).sum()) for _, y in micro)))
-                ).item()
-                total = torch.zeros((), device=env.device)
-                for k, (x, y) in enumerate(micro):
-                    sync = world == 1 or k == accum - 1
-                    with contextlib.nullcontext() if sync else ddp.no_sync():
-                        y = y.to(env.device)
-                        with _autocast(params, env.device):
-                            # the vocabulary projection only at the masked positions
-                            logits = ddp(
-                                input_ids=x.to(env.device), labels=y, labelled_logits_only=True
-                            ).logits
-                        loss_sum = torch.nn.functional.cross_entropy(
-                            logits.float(), y[y != -100], reduction="sum"
-                        )
-                        (loss_sum * world / max(count, 1.0)).backward()
-                    total += loss_sum.detach()
-                loss = env.sum(total).item() / max(count, 1.0)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["rows"] += rows_per_step
-                state["tokens"] += step_tokens
-                state["step"] = step
-                tps = speed.add(step_tokens)
-                lr = scheduler.get_last_lr()[0]
-                if env.main:
-                    logf.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
-                    logf.flush()
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-                    mlflow.log_metrics({"loss": loss, "lr": lr, "tokens_per_s": tps}, step=step)
-                if (
-                    params.checkpoint_every
-                    and step % params.checkpoint_every == 0
-                    and step < params.steps
-                ):
-                    rng = env.gather(_rng_state())
-                    if env.main:
-                        state["fp"] = fp
-                        save_checkpoint(
-                            root,
-                            step,
-                            model,
-                            optimizer,
-                            scheduler,
-                            rng,
-                            state,
-                            params.keep_checkpoints,
-                        )
-                if env.main and on_step is not None:
-                    on_step(step, loss)
-        finally:
-            bar.close()
-            if logf is not None:
-                logf.close()
+        _loop(job, t, state)
         if not env.main:
             env.barrier()
             return {"rank": env.rank}
-        summary = _finish(
-            params,
-            model_params,
-            model,
-            tokenizer,
-            shards,
-            state,
-            log_path,
-            chars_per_token,
-            manifest,
-            run,
-        )
+        summary = _finish(job, t.model, state, run)
     env.barrier()
-    if is_longdoc_dir(root, "pretrain", _CKPT_LEGACY):  # marked above; never another's dir
-        shutil.rmtree(root, ignore_errors=True)
+    if is_longdoc_dir(job.root, "pretrain", _CKPT_LEGACY):  # marked above; never another's dir
+        shutil.rmtree(job.root, ignore_errors=True)
     return summary
+
+
+def _micro_batches(job: _Job, t: _Trainer, state: LoopState) -> list:
+    """This rank's (masked inputs, labels) of the next step: micro-batches r, r + W, ..."""
+    b, world, rank = job.params.batch_size, job.env.world, job.env.rank
+    micro = []
+    for a in range(job.params.grad_accum):
+        first = state.rows + (a * world + rank) * b
+        micro.append(
+            mask_rows(
+                t.data.rows(first, b),
+                first,
+                seed=job.params.seed,
+                tokenizer=job.tokenizer,
+                vocab_size=t.model.config.vocab_size,
+                probability=job.params.mlm_probability,
+            )
+        )
+    return micro
+
+
+def _step(job: _Job, t: _Trainer, state: LoopState) -> float:
+    """One optimizer step; returns the loss over the masked tokens of all ranks."""
+    env, params = job.env, job.params
+    micro = _micro_batches(job, t, state)
+    count = env.sum(torch.tensor(float(sum(int((y != -100).sum()) for _, y in micro)))).item()
+    total = torch.zeros((), device=env.device)
+    for k, (x, y) in enumerate(micro):
+        sync = env.world == 1 or k == len(micro) - 1
+        with contextlib.nullcontext() if sync else t.ddp.no_sync():
+            y = y.to(env.device)
+            with _autocast(params, env.device):
+                # the vocabulary projection only at the masked positions
+                logits = t.ddp(
+                    input_ids=x.to(env.device), labels=y, labelled_logits_only=True
+                ).logits
+            loss_sum = torch.nn.functional.cross_entropy(
+                logits.float(), y[y != -100], reduction="sum"
+            )
+            (loss_sum * env.world / max(count, 1.0)).backward()
+        total += loss_sum.detach()
+    loss = env.sum(total).item() / max(count, 1.0)
+    torch.nn.utils.clip_grad_norm_(t.model.parameters(), params.max_grad_norm)
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def _maybe_checkpoint(job: _Job, t: _Trainer, state: LoopState) -> None:
+    every, step = job.params.checkpoint_every, state.step
+    if not every or step % every != 0 or step >= job.params.steps:
+        return
+    rng = job.env.gather(_rng_state())
+    if job.env.main:
+        save_checkpoint(
+            job.root,
+            step,
+            t.model,
+            t.optimizer,
+            t.scheduler,
+            rng,
+            state.to_json(),
+            job.params.keep_checkpoints,
+        )
+
+
+def _loop(job: _Job, t: _Trainer, state: LoopState) -> None:
+    """Steps from `state.step + 1` to `params.steps`: loss log, metrics, checkpoints."""
+    params, env = job.params, job.env
+    rows_per_step = params.batch_size * params.grad_accum * env.world
+    step_tokens = rows_per_step * t.data.seq_len
+    speed = Throughput()
+    bar = tqdm(
+        total=params.steps,
+        initial=state.step,
+        desc="pretrain",
+        unit="step",
+        mininterval=2,
+        disable=not env.main,
+    )
+    logf = open(job.log_path, "a") if env.main else None  # noqa: SIM115 (closed below)
+    try:
+        for step in range(state.step + 1, params.steps + 1):
+            loss = _step(job, t, state)
+            state.rows += rows_per_step
+            state.tokens += step_tokens
+            state.step = step
+            tps = speed.add(step_tokens)
+            lr = t.scheduler.get_last_lr()[0]
+            if env.main:
+                logf.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
+                logf.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                mlflow.log_metrics({"loss": loss, "lr": lr, "tokens_per_s": tps}, step=step)
+            _maybe_checkpoint(job, t, state)
+            if env.main and job.on_step is not None:
+                job.on_step(step, loss)
+    finally:
+        bar.close()
+        if logf is not None:
+            logf.close()
 
 
 def _start_run(run_id: str | None):
@@ -602,33 +672,39 @@ def _start_run(run_id: str | None):
     return mlflow.start_run(run_name="pretrain")
 
 
-def _finish(
-    params, model_params, model, tokenizer, shards, state, log_path, chars_per_token, manifest, run
-) -> dict:
-    eval_loss = evaluate(model, tokenizer, shards, params.batch_size, params.eval_batches, 0)
-    final = _eval_metrics(eval_loss, chars_per_token)
-    mlflow.log_metrics(final, step=params.steps)
-    entries = _read_log(log_path, params.steps)
-    curve = {
-        "train": [(e["step"], e["loss"]) for e in entries],
-        "validation": [(0, state["eval0"]), (params.steps, eval_loss)]
-        if state.get("eval0") is not None
-        else [(params.steps, eval_loss)],
-    }
-    staging = staging_dir(Path(params.out), "pretrain")
+def _publish(job: _Job, model, curve: dict) -> None:
+    """The HF checkpoint (+ loss log) to `params.out`, via a staging dir; plots to MLflow."""
+    staging = staging_dir(Path(job.params.out), "pretrain")
     model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.copyfile(log_path, staging / "train_log.jsonl")
+    job.tokenizer.save_pretrained(staging)
+    shutil.copyfile(job.log_path, staging / "train_log.jsonl")
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(
             str(plot_curve(curve, Path(tmp) / "loss_curve.png", "MLM loss")), "plots"
         )
     mlflow.log_artifacts(str(staging), "checkpoint")
-    publish_dir(staging, Path(params.out), stage="pretrain", force=params.force)
+    publish_dir(staging, Path(job.params.out), stage="pretrain", force=job.params.force)
+
+
+def _finish(job: _Job, model, state: LoopState, run) -> dict:
+    params = job.params
+    eval_loss = evaluate(
+        model, job.tokenizer, job.shards, params.batch_size, params.eval_batches, 0
+    )
+    final = _eval_metrics(eval_loss, job.chars_per_token)
+    mlflow.log_metrics(final, step=params.steps)
+    entries = _read_log(job.log_path, params.steps)
+    curve = {
+        "train": [(e["step"], e["loss"]) for e in entries],
+        "validation": [(0, state.eval0), (params.steps, eval_loss)]
+        if state.eval0 is not None
+        else [(params.steps, eval_loss)],
+    }
+    _publish(job, model, curve)
     summary = {
         "run_id": run.info.run_id,
         "steps": params.steps,
-        "tokens_seen": state["tokens"],
+        "tokens_seen": state.tokens,
         "final_train_loss": entries[-1]["loss"] if entries else float("nan"),
         **final,
         "checkpoint": str(params.out),
@@ -637,9 +713,12 @@ def _finish(
     write_manifest(
         params.out,
         stage="pretrain",
-        inputs={"shards": str(shards), "tokenizer_sha256": manifest.get("tokenizer_sha256")},
+        inputs={
+            "shards": str(job.shards),
+            "tokenizer_sha256": job.manifest.get("tokenizer_sha256"),
+        },
         params=params_dict(params),
-        model=params_dict(model_params),
+        model=params_dict(job.model_params),
         results=summary,
     )
     log.info("pretrain: eval loss %.3f, bpc %.3f", final["eval_loss"], final["eval_bpc"])
