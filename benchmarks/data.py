@@ -257,8 +257,8 @@ def _raw(backend: Any, groups: list[list[str]], fast: bool = False) -> int:
 def _ours(backend: Any, corpus: str, schema: Any, dest: Path) -> int:
     """The stage's encode pass itself (`components.data.tokenize._encode_part`): read the corpus
     shards, encode, map sentence offsets, write the docs shards."""
-    from longdoc.components.data.ingest import corpus_shards
     from longdoc.components.core.stage import Progress
+    from longdoc.components.data.ingest import corpus_shards
     from longdoc.components.data.tokenize import _encode_part, byte_level_lengths
 
     byte_lens = byte_level_lengths(backend)

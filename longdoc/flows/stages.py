@@ -133,7 +133,7 @@ def _score(params: Params) -> dict:
     _use_kernels(params)
     from longdoc.components.inference.score import score
 
-    return score(params.score, params.tracking)
+    return score(params.score, params.tracking, ingest=params.ingest)
 
 
 @flow(name="sample")

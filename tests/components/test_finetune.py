@@ -86,9 +86,10 @@ def test_short_finetune_loss_goes_down(task, base, tracked, tmp_path):
     path, tokenizer = base
     adapter = adapter_for(get_task(task), tokenizer)
     examples = _examples(task)
-    params = FinetuneParams(
-        task=task, base=path, epochs=6, batch_size=1, lr=3e-3, warmup_ratio=0.0, window_overlap=8
-    )
+    params = FinetuneParams(  # no tasks entry: `epochs`, not the task's default, applies
+        task=task, tasks={}, data=tmp_path, base=path, epochs=6, batch_size=1, lr=3e-3,
+        warmup_ratio=0.0, window_overlap=8,
+    )  # fmt: skip
     with mlflow.start_run():
         result = train_task(
             params, adapter, examples, examples, 64, True, None, "long", tmp_path / "p.json"

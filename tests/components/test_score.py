@@ -143,6 +143,7 @@ def test_score_archive_with_bad_members(tmp_path, champion):
         "member",
         "tokens",
         "truncated",
+        "windows",
         "label",
         "probabilities",
         "model_name",
@@ -204,14 +205,25 @@ def test_batched_predictions_equal_one_at_a_time(tmp_path):
     full = [len(engine.tokenizer(t)["input_ids"]) for t in texts]
     assert [e.truncated for e in encoded] == [n > 48 for n in full]
     assert any(n > 48 for n in full) and any(n <= 48 for n in full)
-    assert [len(e.input_ids) for e in encoded] == [min(n, 48) for n in full]
-    assert len(encoded[-1].input_ids) == 48
+    assert [e.tokens for e in encoded] == [min(n, 48) for n in full]
+    assert [len(e.windows) for e in encoded] == [1] * len(texts)  # a checkpoint without
+    assert len(encoded[-1].windows[0].ids) == 48  # recorded window settings truncates
     # the truncated ids are what truncating at max_len gives
     ref = engine.tokenizer(texts[-1], truncation=True, max_length=48)["input_ids"]
-    assert encoded[-1].input_ids == list(ref)
+    assert encoded[-1].windows[0].ids == list(ref)
     bf16 = InferenceEngine.from_checkpoint(ckpt, max_len=48, bf16=True).predict_texts(texts)
     for a, b in zip(bf16, single, strict=True):
         assert _max_diff(a, b) < 0.05
+    # read as windows, the windows of several documents share batches without changing a
+    # prediction, and nothing is truncated
+    windowed = InferenceEngine.from_checkpoint(ckpt, max_len=48, windows=True, window_overlap=8)
+    encoded = windowed.encode(texts)
+    assert not any(e.truncated for e in encoded) and [e.tokens for e in encoded] == full
+    assert len(encoded[-1].windows) > 2
+    batched = windowed.predict_texts(texts, batch_tokens=200)
+    single = [windowed.predict_texts([t], batch_tokens=1)[0] for t in texts]
+    for a, b in zip(batched, single, strict=True):
+        assert a["label"] == b["label"] and _max_diff(a, b) < 1e-5
 
 
 def test_score_qa_model_with_question_field(tmp_path, monkeypatch):
@@ -266,8 +278,8 @@ _DRIVER = textwrap.dedent(
     src, out, uri, marker, pause_at = sys.argv[1:6]
     real = score_mod._stream
 
-    def paused(params, sources):
-        for i, item in enumerate(real(params, sources)):
+    def paused(params, sources, *args):
+        for i, item in enumerate(real(params, sources, *args)):
             if i == int(pause_at):
                 Path(marker).write_text("paused")
                 time.sleep(600)

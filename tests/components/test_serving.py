@@ -20,7 +20,7 @@ from longdoc.components.data.ingest import normalize
 from longdoc.components.inference.serving import (
     Encoded,
     InferenceEngine,
-    _best_span,
+    _best_answer,
     checkpoint_kind,
     is_empty_document,
     serving_requirements,
@@ -34,11 +34,11 @@ def test_classifier_pyfunc_round_trip(tmp_path, monkeypatch):
     model = mlflow.pyfunc.load_model("models:/longdoc-cls@champion")
     sig = model.metadata.signature
     assert sig.inputs.input_names() == ["text"]
-    assert sig.outputs.input_names() == ["label", "probabilities", "tokens", "truncated"]
+    assert sig.outputs.input_names() == ["label", "probabilities", "tokens", "truncated", "windows"]
     assert model.metadata.metadata["longdoc_kind"] == "classification"
     assert model.metadata.saved_input_example_info is not None  # logged with an example
     out = model.predict(pd.DataFrame({"text": TEXTS}), params={"max_len": 32})
-    assert list(out.columns) == ["label", "probabilities", "tokens", "truncated"]
+    assert list(out.columns) == ["label", "probabilities", "tokens", "truncated", "windows"]
     assert len(out) == 3
     # the same predictions as the engine on the checkpoint it was logged from
     engine = InferenceEngine.from_checkpoint(tmp_path / "ckpt-longdoc-cls-0", max_len=32)
@@ -49,8 +49,8 @@ def test_classifier_pyfunc_round_trip(tmp_path, monkeypatch):
             < 1e-5
         )
     # tokens read and truncation, as batch scoring reports them
-    assert list(out["tokens"]) == [len(e.input_ids) for e in engine.encode(TEXTS)]
-    assert not out["truncated"].any()
+    assert list(out["tokens"]) == [e.tokens for e in engine.encode(TEXTS)]
+    assert not out["truncated"].any() and (out["windows"] == 1).all()
     long = model.predict(pd.DataFrame({"text": [" ".join(TEXTS * 20)]}), params={"max_len": 16})
     assert long["truncated"][0] and long["tokens"][0] == 16
     # requirements are pinned to this environment's versions
@@ -67,7 +67,7 @@ def test_qa_pyfunc_answers_from_the_text(tmp_path, monkeypatch):
     assert model.metadata.signature.inputs.input_names() == ["text", "question"]
     frame = pd.DataFrame({"text": TEXTS, "question": ["what?", "which plot?", "where?"]})
     out = model.predict(frame)
-    assert list(out.columns) == ["answer", "score", "tokens", "truncated"]
+    assert list(out.columns) == ["answer", "score", "tokens", "truncated", "windows"]
     for answer, score, text in zip(out["answer"], out["score"], TEXTS, strict=True):
         assert answer and answer in text and 0 < score <= 1
     assert (out["tokens"] > 0).all() and not out["truncated"].any()
@@ -158,15 +158,22 @@ def test_unservable_checkpoint_is_refused_clearly(tmp_path):
 def test_qa_answer_is_whole_words_within_the_context():
     """Decoding as fine-tuning does: a span may not start or end inside a word, nor leave the
     context; here the model prefers the sub-word piece "igi" of "Luigi" and the question."""
+    from longdoc.components.training.adapters import Window
+
     text = "Luigi went home"
-    # tokens: <s> who </s> Lu igi went home </s>
-    offsets = [(0, 0), (0, 3), (0, 0), (0, 2), (2, 5), (5, 10), (10, 15), (0, 0)]
-    context = [False, False, False, True, True, True, True, False]
-    doc = Encoded(
-        input_ids=list(range(8)), truncated=False, offsets=offsets, context=context, text=text
+    # tokens: <s> who </s> Lu igi went home </s>; context = positions 3..6
+    offsets = [(0, 0, 2), (0, 2, 5), (0, 5, 10), (0, 10, 15)]
+    window = Window(
+        ids=list(range(8)),
+        global_positions=[0, 1],
+        context=(3, 7),
+        offsets=offsets,
+        word_start=[True, False, True, True],
+        word_end=[False, True, True, True],
     )
+    doc = Encoded("0", [window], segments=[text])
     start = torch.tensor([0.0, 9.0, 0.0, 2.0, 5.0, 0.0, 0.0, 0.0])
     end = torch.tensor([0.0, 9.0, 0.0, 0.0, 5.0, 1.0, 0.0, 0.0])
-    out = _best_span(doc, start, end)
+    out = _best_answer(doc, [(start, end)])
     assert out["answer"] == "Luigi"
     assert 0.0 < out["score"] <= 1.0

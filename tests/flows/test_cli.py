@@ -213,3 +213,41 @@ def test_score_that_scores_nothing_exits_3(tmp_path, monkeypatch):
     assert _errors(res) == [
         f"longdoc: error: nothing scored (reasons in {Path('preds') / 'errors.jsonl'})"
     ]
+
+
+def _processes_with_home(home: Path) -> set[int]:
+    """PIDs of live processes whose environment has PREFECT_HOME=home (ours, in this test)."""
+    needle = f"PREFECT_HOME={home}".encode()
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.add(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_kill_9_of_a_command_leaves_nothing_running_but_the_shared_server(tmp_path):
+    import json
+    import signal
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longdoc", "sample", "--out", "s"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:  # killed while the stage works
+        if "Beginning flow run" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    server = json.loads((tmp_path / "longdoc-server.json").read_text())["pid"]
+    time.sleep(1)
+    assert _processes_with_home(tmp_path) - {os.getpid()} == {server}

@@ -68,14 +68,14 @@ STATE_FILE = ".score-state.json"
 ERRORS = "errors.jsonl"
 _ERRORS_PART = "errors.partial.jsonl"
 _PROGRESS_EVERY_S = 10.0
-_CHARS_PER_TOKEN_CAP = 64  # as serving: text past max_len * 64 chars can never be read
 
 _DOCUMENT_FIELDS = [
     ("doc_id", pa.string()),  # sha256 of the normalised text, as ingest's doc_id
     ("source", pa.string()),
     ("member", pa.string()),
-    ("tokens", pa.int32()),  # tokens the model read (after truncation)
-    ("truncated", pa.bool_()),  # the document was longer than max_len tokens
+    ("tokens", pa.int32()),  # tokens the model read (one window's specials + the text's)
+    ("truncated", pa.bool_()),  # some of the document was not read (a truncating model)
+    ("windows", pa.int32()),  # windows of max_len tokens the document was read as
 ]
 _PREDICTION_FIELDS = {
     CLASSIFICATION: [
@@ -147,13 +147,23 @@ def load_engine(params: ScoreParams) -> tuple[InferenceEngine, str, str, str]:
     return engine, name, version, pinned
 
 
-def _fingerprint(params: ScoreParams, inputs: list[dict[str, str]], model: dict) -> str:
+def _fingerprint(
+    params: ScoreParams,
+    inputs: list[dict[str, str]],
+    model: dict,
+    ingest: IngestParams | None = None,
+    engine: InferenceEngine | None = None,
+) -> str:
     """What the predictions depend on; batch sizes and the device do not change them."""
     relevant = {
         k: v
         for k, v in params_dict(params).items()
         if k in ("max_len", "bf16", "text_field", "question_field")
     }
+    if ingest is not None:  # the normalisation decides the text (and doc_id)
+        relevant["ingest"] = {"whitespace": ingest.whitespace, "decode": ingest.decode_entities}
+    if engine is not None:  # how long documents are read
+        relevant["read"] = [engine.max_len, engine.windows, engine.window_overlap]
     # the columns too: parts written with another table layout are never mixed with new ones
     columns = prediction_schema(model["kind"]).names
     return fingerprint(
@@ -175,8 +185,9 @@ def _clean(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _stream(params: ScoreParams, sources: list[Path]) -> Iterator[Document | Rejected]:
-    ingest = IngestParams()
+def _stream(
+    params: ScoreParams, sources: list[Path], ingest: IngestParams
+) -> Iterator[Document | Rejected]:
     return chain.from_iterable(
         iter_documents(
             src,
@@ -230,6 +241,7 @@ class _Run:
     errors: SideLog
     progress: Progress
     question_field: str | None
+    ingest: IngestParams = field(default_factory=IngestParams)
     pending: list[_Pending] = field(default_factory=list)
     labels: Counter = field(default_factory=Counter)
     per_source: dict[str, Counter] = field(default_factory=dict)
@@ -250,6 +262,7 @@ def _new_state(stage: Stage) -> dict[str, Any]:
         errors=0,
         tokens=0,
         truncated=0,
+        windowed=0,
         labels={},
         per_source={},
         runs=0,
@@ -268,9 +281,13 @@ def _admit(run: _Run, index: int, item: Document | Rejected) -> None:
     if isinstance(item, Rejected):
         _error(run, index, item.source, item.member, item.reason)
         return
-    # cleaned as ingest cleans training text (its defaults), so the model sees the same kind
-    # of text it was trained on
-    text = normalize(item.text if item.entities_decoded else decode_entities(item.text))
+    # cleaned as the configured ingest cleans the corpus, so the model sees the same kind of
+    # text it was trained on and a document's doc_id is its id in the corpus
+    ingest = run.ingest
+    text = item.text
+    if ingest.decode_entities and not item.entities_decoded:
+        text = decode_entities(text)
+    text = normalize(text, ingest.whitespace)
     qf = run.question_field
     question = item.meta.get(qf) if qf else None
     if is_empty_document(text):  # the served model refuses the same documents
@@ -278,10 +295,11 @@ def _admit(run: _Run, index: int, item: Document | Rejected) -> None:
     elif qf and not (isinstance(question, str) and not is_empty_document(question)):
         _error(run, index, item.source, item.member, f"no {qf!r} field (question)")
     else:
-        cap = run.engine.max_len * _CHARS_PER_TOKEN_CAP
+        cap = run.engine.char_cap()  # None: windows read the whole text
         doc_id = sha256_bytes(text.encode())
+        clipped = cap is not None and len(text) > cap
         run.pending.append(
-            _Pending(index, item.source, item.member, doc_id, text[:cap], question, len(text) > cap)
+            _Pending(index, item.source, item.member, doc_id, text[:cap], question, clipped)
         )
 
 
@@ -291,17 +309,19 @@ def _row(run: _Run, p: _Pending, enc: Encoded, pred: dict[str, Any], now: dateti
     if "label" in pred:
         run.labels[pred["label"]] += 1
     run.per_source.setdefault(p.source, Counter())["scored"] += 1
-    run.state["tokens"] += len(enc.input_ids)
+    run.state["tokens"] += enc.tokens
     run.state["truncated"] += int(truncated)
+    run.state["windowed"] = run.state.get("windowed", 0) + int(len(enc.windows) > 1)
     run.scored_now += 1
-    run.tokens_now += len(enc.input_ids)
-    run.progress.add(0, scored=1, tokens=len(enc.input_ids))
+    run.tokens_now += enc.tokens
+    run.progress.add(0, scored=1, tokens=enc.tokens)
     return {
         "doc_id": p.doc_id,
         "source": p.source,
         "member": p.member,
-        "tokens": len(enc.input_ids),
+        "tokens": enc.tokens,
         "truncated": truncated,
+        "windows": len(enc.windows),
         **pred,
         "model_name": run.model["name"],
         "model_version": run.model["version"],
@@ -349,7 +369,7 @@ def _score_stream(run: _Run, sources: list[Path]) -> None:
     that is mostly errors, per enough items to be worth one)."""
     resumed_at, chunk = run.state["consumed"], run.params.chunk_docs
     n_items = since_checkpoint = 0
-    for index, item in enumerate(_stream(run.params, sources)):
+    for index, item in enumerate(_stream(run.params, sources, run.ingest)):
         n_items = index + 1
         if index < resumed_at:
             continue  # done before the kill: read past it (reading is cheap, models are not)
@@ -403,7 +423,14 @@ def _resume(stage: Stage) -> dict[str, Any] | None:
     return state
 
 
-def _start(stage: Stage, params: ScoreParams, engine, model, question_field) -> _Run | None:
+def _start(
+    stage: Stage,
+    params: ScoreParams,
+    engine,
+    model,
+    question_field,
+    ingest: IngestParams | None = None,
+) -> _Run | None:
     state = _resume(stage)
     if state is None:
         return None
@@ -413,13 +440,19 @@ def _start(stage: Stage, params: ScoreParams, engine, model, question_field) -> 
     progress.skip(state["consumed"])
     progress.add(0, scored=state["scored"], errors=state["errors"])
     run = _Run(params, stage, engine, model, state, errors.open(), progress, question_field)
+    run.ingest = ingest or IngestParams()
     run.labels.update(state["labels"])
     run.per_source = {k: Counter(v) for k, v in state["per_source"].items()}
     return run
 
 
-def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
+def score(
+    params: ScoreParams, tracking_params: TrackingParams, *, ingest: IngestParams | None = None
+) -> dict:
     """Score every document of `params.sources()` into `params.out`; returns the manifest.
+
+    Documents are read and normalised with `ingest` (the configuration's `ingest` section;
+    default `IngestParams()`), so a document's `doc_id` is its `doc_id` in the corpus.
 
     Writes `predictions.parquet/part-*.parquet`, `errors.jsonl` (source, member, reason) and
     `manifest.json` whose counts reconcile: inputs = scored + errors."""
@@ -432,8 +465,9 @@ def score(params: ScoreParams, tracking_params: TrackingParams) -> dict:
     out = claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,))
     with Stage("score", out, STATE_FILE) as stage:
         inputs = [{"path": str(s), "sha256": sha256_tree(s)} for s in sources]
-        stage.fingerprint = _fingerprint(params, inputs, model)
-        run = _start(stage, params, engine, model, question_field)
+        ingest = ingest or IngestParams()
+        stage.fingerprint = _fingerprint(params, inputs, model, ingest, engine)
+        run = _start(stage, params, engine, model, question_field, ingest)
         if run is None:
             name, version = model["name"], model["version"]
             log.info("%s: every document already scored with %s v%s", out, name, version)
@@ -463,6 +497,7 @@ def _finish(run: _Run, inputs: list[dict], resumed_at: int, seconds: float) -> d
         "params": params_dict(run.params),
         "counts": counts,
         **{k: state[k] for k in ("per_source", "labels", "tokens", "truncated", "parts", "runs")},
+        "windowed": state.get("windowed", 0),  # documents read as more than one window
         "this_run": {
             "resumed_after_items": resumed_at,
             "scored": run.scored_now,

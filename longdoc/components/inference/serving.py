@@ -17,16 +17,21 @@ naming each bad row, which `mlflow models serve` turns into an HTTP 400 with tha
 stack trace. `is_empty_document` is the one rule for "empty" that `longdoc score` applies too.
 
 `InferenceEngine` is the fast path both the pyfunc `predict` and `inference.score` use: every
-document is tokenized once, documents are sorted by length and cut into batches by a token budget
-(rows x longest row <= `batch_tokens`, so sorted neighbours pad to nearly nothing), the forward
-runs under `torch.inference_mode`, on CUDA when present, optionally in bf16.
+document is tokenized once (one batched tokenizer call), cut into the windows fine-tuning reads
+(training.adapters: the same functions, the window settings the checkpoint was fine-tuned with,
+recorded in its config by training.windows.record_window_settings), the windows of all documents
+are sorted by length and cut into batches by a token budget (rows x longest row <=
+`batch_tokens`, so sorted neighbours pad to nearly nothing), the forward runs under
+`torch.inference_mode`, on CUDA when present, optionally in bf16, and each document's windows are
+put back together as fine-tuning's dev predictions are (classification: logits averaged; QA: the
+best span over all windows). A checkpoint without recorded settings (fine-tuned before they were
+recorded) is read as it always was served: truncated at `max_len`.
 """
 
 from __future__ import annotations
 
 import json
 import numbers
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,18 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from longdoc.components.data.ingest import normalize
-from longdoc.components.training.windows import best_span, word_boundaries
+from longdoc.components.training.adapters import (
+    MAX_ANSWER_TOKENS,
+    MAX_QUESTION_TOKENS,
+    Encoded,
+    _span_text,
+    aggregate_class_logits,
+    best_window_span,
+    classification_encoded,
+    span_score,
+    span_windows,
+)
+from longdoc.components.training.windows import window_settings
 
 CLASSIFICATION, QA = "classification", "qa"
 _ARCHITECTURES = {
@@ -54,9 +70,12 @@ _ARCHITECTURES = {
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "pandas", "mlflow")
 
 DEFAULT_BATCH_TOKENS = 16384
-MAX_ANSWER_TOKENS = 30  # longest answer span considered, as run_qa.py's max_answer_length
-_N_BEST = 20  # start/end candidates per document, as run_qa.py's n_best_size
-_CHARS_PER_TOKEN_CAP = 64  # texts are clipped to max_len * this many chars before tokenizing
+__all__ = ["MAX_ANSWER_TOKENS", "Encoded"]  # one limit and one type, from training.adapters
+# Truncating engines clip texts to max_len * this many chars before tokenizing (no real
+# tokenizer averages more than 64 characters a token, so the clip never changes the kept tokens);
+# `longdoc score` clips with the same number.
+_CHARS_PER_TOKEN_CAP = 64
+MIN_CONTEXT_TOKENS = 16  # a QA window must leave this many tokens for the text (as fine-tuning)
 MIN_MAX_LEN = 8  # the shortest `max_len` a request may ask for: specials + a few words
 _EMPTY_PROBE_CHARS = 4096
 _MAX_ROW_ERRORS = 50  # bad rows listed one by one in a refusal; the rest are counted
@@ -96,18 +115,6 @@ def checkpoint_kind(checkpoint: Path | str) -> str:
     )
 
 
-@dataclass
-class Encoded:
-    """One tokenized document: its ids, whether it was cut to max_len, and for QA the character
-    offsets of every token and which tokens belong to the context."""
-
-    input_ids: list[int]
-    truncated: bool
-    offsets: list[tuple[int, int]] | None = None
-    context: list[bool] | None = None
-    text: str | None = None  # QA: the (clipped) context, to cut the answer from
-
-
 def token_budget_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Indices grouped into batches: sorted by length, each batch's rows x longest row within
     `batch_tokens` (a longer single document still gets a batch of its own).
@@ -135,7 +142,11 @@ def _pick_device(device: str) -> torch.device:
 
 
 class InferenceEngine:
-    """A loaded checkpoint (model + tokenizer) that turns documents into predictions."""
+    """A loaded checkpoint (model + tokenizer) that turns documents into predictions.
+
+    `max_len` caps the window width the checkpoint was fine-tuned with (its recorded
+    `max_len`, else the model's positions); `windows` / `window_overlap` default to the recorded
+    settings (older checkpoints: no windows, i.e. truncation at `max_len`)."""
 
     def __init__(
         self,
@@ -146,6 +157,8 @@ class InferenceEngine:
         max_len: int | None = None,
         device: str = "auto",
         bf16: bool = False,
+        windows: bool | None = None,
+        window_overlap: int | None = None,
     ) -> None:
         self.kind = kind
         self.tokenizer = tokenizer
@@ -154,7 +167,13 @@ class InferenceEngine:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         config = model.config
         limit = int(config.max_position_embeddings) - 2  # RoBERTa positions start at pad + 1
+        settings = window_settings(config) or {}
+        limit = min(limit, int(settings.get("max_len", limit)))
         self.max_len = min(max_len, limit) if max_len else limit
+        self.windows = bool(settings.get("windows", False)) if windows is None else windows
+        self.window_overlap = int(
+            settings.get("window_overlap", 0) if window_overlap is None else window_overlap
+        )
         if kind == CLASSIFICATION:
             self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
 
@@ -166,6 +185,8 @@ class InferenceEngine:
         max_len: int | None = None,
         device: str = "auto",
         bf16: bool = False,
+        windows: bool | None = None,
+        window_overlap: int | None = None,
     ) -> InferenceEngine:
         from transformers import AutoTokenizer
 
@@ -184,57 +205,64 @@ class InferenceEngine:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         with quiet_loading():
             model = model_cls.from_pretrained(checkpoint)
-        return cls(model, tokenizer, kind, max_len=max_len, device=device, bf16=bf16)
+        return cls(
+            model,
+            tokenizer,
+            kind,
+            max_len=max_len,
+            device=device,
+            bf16=bf16,
+            windows=windows,
+            window_overlap=window_overlap,
+        )
+
+    def char_cap(self, max_len: int | None = None) -> int | None:
+        """How many characters of a text can matter: max_len * 64 when truncating; None (all)
+        with windows, which read the whole text."""
+        if self.windows:
+            return None
+        return (min(max_len, self.max_len) if max_len else self.max_len) * _CHARS_PER_TOKEN_CAP
 
     # ------------------------------------------------------------------ tokenizing
 
     def encode(
         self, texts: list[str], questions: list[str] | None = None, max_len: int | None = None
     ) -> list[Encoded]:
-        """Tokenize a list of documents (one fast-tokenizer call: it runs in parallel).
-
-        Texts are first clipped to `max_len * 64` characters: no real tokenizer averages more
-        than 64 characters a token, so the clip never changes the kept tokens, and it keeps a
-        64 MB document from costing 64 MB of token ids."""
+        """Tokenize a list of documents (one fast-tokenizer call: it runs in parallel) and cut
+        each into the windows fine-tuning reads (training.adapters), or into its first window
+        when the engine truncates. Each result carries `tokens` (read) and `truncated`."""
         limit = min(max_len, self.max_len) if max_len else self.max_len  # per call: no shared state
-        cap = limit * _CHARS_PER_TOKEN_CAP
-        clipped = [t[:cap] for t in texts]
+        cap = self.char_cap(limit)
+        clipped = [t[:cap] for t in texts] if cap else list(texts)
+        max_windows = None if self.windows else 1
+        tok = self.tokenizer
+        cls, sep = tok.cls_token_id, tok.sep_token_id
+        out = []
         if self.kind == CLASSIFICATION:
-            # One token over the cap tells "cut" from "exactly max_len"; dropping that token
-            # (keeping the final </s>) gives what truncating at max_len gives.
-            enc = self.tokenizer(clipped, truncation=True, max_length=limit + 1)
-            out = []
-            for ids, text in zip(enc["input_ids"], texts, strict=True):
-                cut = len(ids) > limit
-                if cut:
-                    ids = ids[: limit - 1] + ids[-1:]
-                out.append(Encoded(list(ids), cut or len(text) > cap))
+            ids = tok(clipped, add_special_tokens=False)["input_ids"] if clipped else []
+            for i, (row, text) in enumerate(zip(ids, texts, strict=True)):
+                enc = classification_encoded(
+                    str(i), list(row), cls, sep, limit, self.window_overlap, max_windows
+                )
+                enc.truncated = enc.truncated or (cap is not None and len(text) > cap)
+                out.append(enc)
             return out
         if questions is None:
             raise ValueError("a QA model needs a question for every document")
-        enc = self.tokenizer(
-            questions,
-            clipped,
-            truncation="only_second",
-            max_length=limit,
-            return_offsets_mapping=True,
-        )
-        out = []
-        for row, text in enumerate(clipped):
-            seq_ids = enc.sequence_ids(row)
-            context = [s == 1 for s in seq_ids]
-            ids = enc["input_ids"][row]
-            last = max((i for i, c in enumerate(context) if c), default=-1)
-            ends_early = last >= 0 and enc["offset_mapping"][row][last][1] < len(text.rstrip())
-            out.append(
-                Encoded(
-                    list(ids),
-                    bool(len(texts[row]) > cap or ends_early),
-                    offsets=[tuple(o) for o in enc["offset_mapping"][row]],
-                    context=context,
-                    text=text,
-                )
-            )
+        q_ids = tok(list(questions), add_special_tokens=False)["input_ids"] if clipped else []
+        ctx = tok(clipped, add_special_tokens=False, return_offsets_mapping=True) if clipped else {}
+        for i, text in enumerate(clipped):
+            tokens = list(ctx["input_ids"][i])
+            offsets = [tuple(o) for o in ctx["offset_mapping"][i]]
+            windows = span_windows(
+                list(q_ids[i]), tokens, offsets, text, 0, cls, sep, limit,
+                self.window_overlap, max_windows,
+            )  # fmt: skip
+            prefix = min(len(q_ids[i]), MAX_QUESTION_TOKENS) + 3
+            read = len(tokens) if self.windows else min(len(tokens), limit - prefix - 1)
+            enc = Encoded(str(i), windows, segments=[text], tokens=prefix + read + 1)
+            enc.truncated = read < len(tokens) or (cap is not None and len(texts[i]) > cap)
+            out.append(enc)
         return out
 
     # ------------------------------------------------------------------ inference
@@ -242,33 +270,50 @@ class InferenceEngine:
     def run(
         self, docs: list[Encoded], batch_tokens: int = DEFAULT_BATCH_TOKENS
     ) -> list[dict[str, Any]]:
-        """Predictions for `docs`, in their order: {label, probabilities} or {answer, score}."""
-        results: list[dict[str, Any] | None] = [None] * len(docs)
+        """Predictions for `docs`, in their order: {label, probabilities} or {answer, score}.
+
+        The windows of all documents are batched together by the token budget; each
+        document's window outputs are then combined exactly as fine-tuning's dev predictions
+        combine them (training.adapters)."""
         pad = self.tokenizer.pad_token_id
-        for batch in token_budget_batches([len(d.input_ids) for d in docs], batch_tokens):
-            width = max(len(docs[i].input_ids) for i in batch)
+        items = [(d, w) for d, doc in enumerate(docs) for w in range(len(doc.windows))]
+        outputs: dict[tuple[int, int], Any] = {}
+        lengths = [len(docs[d].windows[w].ids) for d, w in items]
+        for batch in token_budget_batches(lengths, batch_tokens):
+            width = max(lengths[i] for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
+            glob = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
-                n = len(docs[i].input_ids)
-                ids[row, :n] = torch.tensor(docs[i].input_ids)
+                window = docs[items[i][0]].windows[items[i][1]]
+                n = len(window.ids)
+                ids[row, :n] = torch.tensor(window.ids)
                 mask[row, :n] = 1
+                glob[row, window.global_positions] = 1
             with torch.inference_mode():
-                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+                out = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    global_attention_mask=glob.to(self.device),
+                )
             if self.kind == CLASSIFICATION:
-                probs = torch.softmax(out.logits.float(), -1).cpu()
+                logits = out.logits.float().cpu()
                 for row, i in enumerate(batch):
-                    p = probs[row].tolist()
-                    results[i] = {
-                        "label": self.labels[max(range(len(p)), key=p.__getitem__)],
-                        "probabilities": p,
-                    }
+                    outputs[items[i]] = logits[row]
             else:
-                start = out.start_logits.float().cpu()
-                end = out.end_logits.float().cpu()
+                start, end = out.start_logits.float().cpu(), out.end_logits.float().cpu()
                 for row, i in enumerate(batch):
-                    results[i] = _best_span(docs[i], start[row], end[row])
-        return results  # type: ignore[return-value]
+                    outputs[items[i]] = (start[row], end[row])
+        results = []
+        for d, doc in enumerate(docs):
+            rows = [outputs[(d, w)] for w in range(len(doc.windows))]
+            if self.kind == CLASSIFICATION:
+                probs = torch.softmax(aggregate_class_logits(torch.stack(rows)), -1).tolist()
+                label = self.labels[max(range(len(probs)), key=probs.__getitem__)]
+                results.append({"label": label, "probabilities": probs})
+            else:
+                results.append(_best_answer(doc, rows))
+        return results
 
     def predict_texts(
         self,
@@ -280,33 +325,21 @@ class InferenceEngine:
         return self.run(self.encode(texts, questions, max_len), batch_tokens)
 
 
-def _best_span(doc: Encoded, start: torch.Tensor, end: torch.Tensor) -> dict[str, Any]:
-    """The most probable context span of at most MAX_ANSWER_TOKENS tokens that starts and ends on
-    word boundaries (as fine-tuning decodes); its score is P(start) x P(end) with both softmaxes
-    taken over the context tokens only."""
-    assert doc.context is not None and doc.offsets is not None and doc.text is not None
-    n = len(doc.input_ids)
-    ctx = torch.tensor(doc.context[:n], dtype=torch.bool)
-    if not bool(ctx.any()):
-        return {"answer": "", "score": 0.0}
-    # question tokens' offsets point into the question: blank them before looking at the text
-    offsets = [o if c else (0, 0) for o, c in zip(doc.offsets[:n], doc.context[:n], strict=True)]
-    word_start, word_end = word_boundaries(doc.text, offsets)
-    neg = torch.finfo(torch.float32).min
-    ls = torch.log_softmax(start[:n].float().masked_fill(~ctx, neg), -1)
-    le = torch.log_softmax(end[:n].float().masked_fill(~ctx, neg), -1)
-    best, s, e = best_span(
-        ls,
-        le,
-        torch.tensor(word_start, dtype=torch.bool),
-        MAX_ANSWER_TOKENS,
-        _N_BEST,
-        allowed_end=torch.tensor(word_end, dtype=torch.bool),
-    )
+def _best_answer(doc: Encoded, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """The best span over all windows of one document, decoded as fine-tuning decodes its dev
+    predictions (whole words, at most MAX_ANSWER_TOKENS tokens, start + end logit compared
+    across windows); its score is P(start) x P(end), both softmaxes over every window."""
+    width = max(len(w.ids) for w in doc.windows)
+    start = torch.zeros((len(rows), width))
+    end = torch.zeros((len(rows), width))
+    for i, (s, e) in enumerate(rows):
+        n = len(doc.windows[i].ids)
+        start[i, :n], end[i, :n] = s[:n], e[:n]
+    best, w, s, e = best_window_span(doc, start, end, width)
     if best == float("-inf"):
         return {"answer": "", "score": 0.0}
-    a, b = doc.offsets[s][0], doc.offsets[e][1]
-    return {"answer": doc.text[a:b].strip(), "score": float(torch.tensor(best).exp())}
+    answer = _span_text(doc, doc.windows[w], s, e)
+    return {"answer": answer, "score": span_score(doc, start, end, width, best)}
 
 
 class LongdocModel(mlflow.pyfunc.PythonModel):
@@ -325,8 +358,9 @@ class LongdocModel(mlflow.pyfunc.PythonModel):
         docs = engine.encode(texts, questions, max_len)
         preds = engine.run(docs, batch_tokens)
         for pred, doc in zip(preds, docs, strict=True):
-            pred["tokens"] = len(doc.input_ids)
+            pred["tokens"] = doc.tokens
             pred["truncated"] = doc.truncated
+            pred["windows"] = len(doc.windows)
         return pd.DataFrame(preds, columns=_output_columns(engine.kind))
 
 
@@ -335,7 +369,7 @@ LongdocClassifier = LongdocModel  # the name models logged before the QA kind im
 
 def _output_columns(kind: str) -> list[str]:
     kind_columns = ["label", "probabilities"] if kind == CLASSIFICATION else ["answer", "score"]
-    return [*kind_columns, "tokens", "truncated"]
+    return [*kind_columns, "tokens", "truncated", "windows"]
 
 
 def _refuse(problems: list[str], what: str) -> MlflowException:
@@ -393,7 +427,8 @@ def _checked_rows(
 ) -> tuple[list[str], list[str] | None]:
     """The texts (and for QA the questions) of a request, or a refusal with one line per bad
     row: a null, non-string or empty text or question, or (QA) a question that leaves no room
-    for the context within `max_len` tokens."""
+    for the context within `max_len` tokens (a question is cut to MAX_QUESTION_TOKENS tokens and
+    must leave MIN_CONTEXT_TOKENS a window, as in fine-tuning)."""
     if not isinstance(model_input, pd.DataFrame):
         model_input = pd.DataFrame(model_input)
     columns = ["text", "question"] if engine.kind == QA else ["text"]
@@ -415,13 +450,13 @@ def _checked_rows(
                 reasons.setdefault(row, []).append(reason)
     if engine.kind == QA:
         tok = engine.tokenizer
-        room = max_len - tok.num_special_tokens_to_add(pair=True) - 1
+        room = max_len - tok.num_special_tokens_to_add(pair=True) - MIN_CONTEXT_TOKENS
         rows = [r for r, q in enumerate(cells["question"]) if isinstance(q, str)]
         # clipped as texts are: a question past max_len * 64 characters is too long anyway
         clipped = [cells["question"][r][: max_len * _CHARS_PER_TOKEN_CAP] for r in rows]
         ids = tok(clipped, add_special_tokens=False)["input_ids"] if rows else []
         for row, question_ids in zip(rows, ids, strict=True):
-            if len(question_ids) > room:
+            if min(len(question_ids), MAX_QUESTION_TOKENS) > room:
                 reasons.setdefault(row, []).append(
                     f"the question is {len(question_ids)} tokens, which leaves no room for the "
                     f"text within max_len={max_len} tokens"
@@ -440,7 +475,7 @@ def model_signature(kind: str) -> ModelSignature:
             ParamSpec("batch_tokens", "long", DEFAULT_BATCH_TOKENS),
         ]
     )
-    read = [ColSpec("long", "tokens"), ColSpec("boolean", "truncated")]
+    read = [ColSpec("long", "tokens"), ColSpec("boolean", "truncated"), ColSpec("long", "windows")]
     if kind == CLASSIFICATION:
         inputs = Schema([ColSpec("string", "text")])
         outputs = Schema(

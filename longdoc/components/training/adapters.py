@@ -48,7 +48,8 @@ from longdoc.components.training.windows import (
 #: Longest question prefix kept (tokens); WikiHop candidates are cut to MAX_CANDIDATE_TOKENS each.
 MAX_QUESTION_TOKENS = 64
 MAX_CANDIDATE_TOKENS = 16
-#: Longest answer span considered at prediction time, in tokens.
+#: Longest answer span considered at prediction time, in tokens (fine-tuning's dev predictions
+#: and serving: one limit).
 MAX_ANSWER_TOKENS = 16
 #: Supporting-fact sentences predicted when none scores above 0.5 (every HotpotQA question has
 #: at least two).
@@ -82,6 +83,10 @@ class Encoded:
     segments: list[str] = field(default_factory=list)  # texts that spans are cut from
     item_keys: list[Any] = field(default_factory=list)  # candidate strings / (title, sent_id)
     item_labels: list[float] = field(default_factory=list)  # supporting-fact targets
+    # serving: tokens the model read (one window's specials + every input token covered) and
+    # whether some of the input was not read (truncation)
+    tokens: int = 0
+    truncated: bool = False
 
     @property
     def has_span_target(self) -> bool:
@@ -246,12 +251,11 @@ class ClassificationAdapter(TaskAdapter):
 
     def encode(self, example, max_len, overlap, max_windows, train):
         tokens = _ids(self.tokenizer, example.text)
-        width = max_len - 2
-        windows = [
-            Window(ids=[self.cls] + tokens[s : s + width] + [self.sep], global_positions=[0])
-            for s in window_starts(len(tokens), width, min(overlap, width // 2), max_windows)
-        ]
-        return Encoded(example.id, windows, label=example.label)
+        enc = classification_encoded(
+            example.id, tokens, self.cls, self.sep, max_len, overlap, max_windows
+        )
+        enc.label = example.label
+        return enc
 
     def logits(self, model, enc: Encoded) -> torch.Tensor:
         b = _batch(enc, self.pad, self._device(model))
@@ -260,7 +264,7 @@ class ClassificationAdapter(TaskAdapter):
             attention_mask=b["attention_mask"],
             global_attention_mask=b["global"].to(b["input_ids"].device),
         )
-        return out.logits.float().mean(0)  # windows vote with equal weight
+        return aggregate_class_logits(out.logits)
 
     def loss(self, model, enc):
         if enc.label is None:
@@ -270,6 +274,32 @@ class ClassificationAdapter(TaskAdapter):
 
     def predict(self, model, enc):
         return self.task.labels[int(self.logits(model, enc).argmax())]
+
+
+def classification_encoded(
+    id: str,
+    tokens: list[int],
+    cls: int,
+    sep: int,
+    max_len: int,
+    overlap: int,
+    max_windows: int | None,
+) -> Encoded:
+    """`<s> tokens[s:s+max_len-2] </s>` per window start s, global attention on `<s>`: what
+    fine-tuning trains and predicts on and what serving scores (inference.serving)."""
+    width = max_len - 2
+    starts = window_starts(len(tokens), width, min(overlap, width // 2), max_windows)
+    windows = [
+        Window(ids=[cls] + tokens[s : s + width] + [sep], global_positions=[0]) for s in starts
+    ]
+    read = min(len(tokens), starts[-1] + width)
+    return Encoded(id, windows, tokens=read + 2, truncated=read < len(tokens))
+
+
+def aggregate_class_logits(window_logits: torch.Tensor) -> torch.Tensor:
+    """One example's class logits from its windows' (W, C) logits: windows vote with equal
+    weight (the mean). Fine-tuning's loss and dev predictions and serving all use this."""
+    return window_logits.float().mean(0)
 
 
 class WikiHopAdapter(TaskAdapter):
@@ -345,31 +375,16 @@ class TriviaQAAdapter(TaskAdapter):
 
     def encode(self, example, max_len, overlap, max_windows, train):
         q = _ids(self.tokenizer, example.question)[:MAX_QUESTION_TOKENS]
-        prefix = [self.cls] + q + [self.sep, self.sep]
         windows: list[Window] = []
         segments = []
         for d, doc in enumerate(example.documents):
             segments.append(doc.text)
             tokens, offsets = _with_offsets(self.tokenizer, doc.text)
-            spans = []
-            if train:
-                for cs, ce in find_occurrences(doc.text, example.answers):
-                    t = char_span_to_tokens(offsets, cs, ce)
-                    if t is not None:
-                        spans.append(t)
-            windows += _context_windows(
-                prefix,
-                list(range(len(q) + 1)),  # <s> and the question
-                tokens,
-                offsets,
-                d,
-                self.sep,
-                max_len,
-                overlap,
-                max_windows,
-                answer_spans=spans,
-                text=doc.text,
-            )
+            answers = example.answers if train else ()
+            windows += span_windows(
+                q, tokens, offsets, doc.text, d, self.cls, self.sep, max_len, overlap,
+                max_windows, answers,
+            )  # fmt: skip
         if not windows:
             raise EncodeError("no evidence documents")
         return Encoded(example.id, windows, segments=segments)
@@ -395,7 +410,49 @@ class TriviaQAAdapter(TaskAdapter):
         return _best_text(enc, start.cpu(), end.cpu(), width)
 
 
-def _best_text(enc: Encoded, start, end, width: int) -> str:
+def span_windows(
+    question_ids: list[int],
+    tokens: list[int],
+    offsets: list[tuple[int, int]],
+    text: str,
+    segment: int,
+    cls: int,
+    sep: int,
+    max_len: int,
+    overlap: int,
+    max_windows: int | None,
+    answers=(),
+) -> list[Window]:
+    """The windows of one context (a TriviaQA evidence document, a served QA text):
+    `<s> question </s></s> context[s:s+width] </s>`, global attention on `<s>` and the question,
+    gold spans at every occurrence of every `answers` string. The question is cut to
+    MAX_QUESTION_TOKENS tokens; EncodeError when it leaves no room for context."""
+    q = question_ids[:MAX_QUESTION_TOKENS]
+    spans = []
+    for cs, ce in find_occurrences(text, answers) if answers else ():
+        t = char_span_to_tokens(offsets, cs, ce)
+        if t is not None:
+            spans.append(t)
+    return _context_windows(
+        [cls] + q + [sep, sep],
+        list(range(len(q) + 1)),  # <s> and the question
+        tokens,
+        offsets,
+        segment,
+        sep,
+        max_len,
+        overlap,
+        max_windows,
+        answer_spans=spans,
+        text=text,
+    )
+
+
+def best_window_span(enc: Encoded, start, end, width: int) -> tuple[float, int, int, int]:
+    """(score, window, start, end) of the best span (at most MAX_ANSWER_TOKENS tokens, word
+    boundaries) over every window of `enc`, from (W, width) start/end logits; score is
+    start + end logit (-inf when no span is allowed). Fine-tuning's dev predictions and serving
+    both decode with this."""
     allowed, allowed_end, _, _ = _span_masks(enc, width)
     best = (float("-inf"), 0, 0, 0)
     for i in range(len(enc.windows)):
@@ -404,9 +461,23 @@ def _best_text(enc: Encoded, start, end, width: int) -> str:
         )
         if score > best[0]:
             best = (score, i, s, e)
-    if best[0] == float("-inf"):
+    return best
+
+
+def span_score(enc: Encoded, start, end, width: int, best: float) -> float:
+    """P(start) x P(end) of a span scoring `best`, both softmaxes taken jointly over the tokens
+    that may start (end) a span in every window (the shared normalisation training uses)."""
+    allowed, allowed_end, _, _ = _span_masks(enc, width)
+    neg = torch.finfo(torch.float32).min
+    z = torch.logsumexp(start.float().masked_fill(~allowed, neg).reshape(-1), 0)
+    z = z + torch.logsumexp(end.float().masked_fill(~allowed_end, neg).reshape(-1), 0)
+    return float(torch.exp(torch.tensor(best) - z))
+
+
+def _best_text(enc: Encoded, start, end, width: int) -> str:
+    score, i, s, e = best_window_span(enc, start, end, width)
+    if score == float("-inf"):
         return ""
-    _, i, s, e = best
     return _span_text(enc, enc.windows[i], s, e)
 
 

@@ -1,11 +1,11 @@
-"""Fine-tuning the long model on one of the five tasks, next to a truncated baseline.
+"""Fine-tuning the long model on a registered task (components.tasks), next to a truncated baseline.
 
 The baseline is the same model, data and recipe with inputs truncated to `baseline_max_len`
 tokens: the comparison shows what the long context buys. The long model reads inputs longer than
 `max_len` as overlapping windows (training.windows) unless `windows` is off. Both runs write
 their dev predictions in the task's official format beside the metrics file, and the long model
 is registered as `longdoc-<task>`; it becomes `champion` only when its dev metric (the task's
-PRIMARY_METRIC) beats the current champion's.
+registered primary metric) beats the current champion's.
 
 Task-specific encoding, heads, losses and window aggregation live in components.training.adapters;
 this module is the recipe: load, encode once, train, predict, score, track, register.
@@ -46,6 +46,7 @@ from longdoc.components.training.common import (
     staging_dir,
     warmup_linear_decay,
 )
+from longdoc.components.training.windows import record_window_settings
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ def train_task(
         }
         if out is not None:
             staging = staging_dir(out, "finetune")
+            # serving reads long inputs exactly as the dev predictions were made
+            record_window_settings(model.config, max_len, overlap, windows)
             model.save_pretrained(staging)
             adapter.tokenizer.save_pretrained(staging)
             publish_dir(staging, out, stage="finetune", force=params.force)

@@ -38,6 +38,29 @@ def window_starts(n: int, width: int, overlap: int, max_windows: int | None = No
     return starts
 
 
+#: The config.json key of a fine-tuned checkpoint that records how it read long inputs, so
+#: serving (inference.serving) reads them the same way.
+WINDOW_CONFIG_KEY = "longdoc_windows"
+
+
+def record_window_settings(config, max_len: int, overlap: int, windows: bool) -> None:
+    """Note on a model config (saved with the checkpoint) the window settings it was fine-tuned
+    and evaluated with: `max_len` tokens a window, `window_overlap` shared by neighbours,
+    `windows` false = truncation at max_len."""
+    setattr(
+        config,
+        WINDOW_CONFIG_KEY,
+        {"max_len": int(max_len), "window_overlap": int(overlap), "windows": bool(windows)},
+    )
+
+
+def window_settings(config) -> dict | None:
+    """The settings `record_window_settings` noted on `config`, or None (a checkpoint saved
+    before they were recorded)."""
+    value = getattr(config, WINDOW_CONFIG_KEY, None)
+    return dict(value) if isinstance(value, dict) else None
+
+
 def char_span_to_tokens(
     offsets: Sequence[tuple[int, int]], start: int, end: int
 ) -> tuple[int, int] | None:
