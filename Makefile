@@ -42,7 +42,7 @@ test: lint
 # The lock is pip's own resolution of pyproject.toml's ranges in a clean venv, frozen: the set a
 # fresh `make install` gets is exactly the set that resolution produced and CI tested.
 lock:
-	rm -rf .venv-lock
+	rm -rf .venv-lock build
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/$(PIP) torch==2.13.0
 	.venv-lock/bin/$(PIP) ".[dev]"
@@ -50,7 +50,7 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable --disable-pip-version-check \
 	    | grep -v '^longdoc[= @]' | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
-	rm -rf .venv-lock
+	rm -rf .venv-lock build
 
 # Drift guard: the newest allowed releases, no lock, the fast tests. Run it before `make lock`
 # and whenever a dependency releases; a failure here is what a user without the lock would meet.

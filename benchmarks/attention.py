@@ -105,7 +105,7 @@ def worker(impl: str, n: int, threads: int) -> dict[str, float]:
         if impl == "tvm":
             kernels.configure(cache_dir=os.environ.get("BENCH_KERNEL_CACHE", "data/kernels"))
             kernels.build_kernels(
-                kernels.config.cache_dir(), dtypes=("float32",), head_dims=(HEAD_DIM,)
+                kernels.settings.cache_dir(), dtypes=("float32",), head_dims=(HEAD_DIM,)
             )
         q, k, v = (torch.randn(1, n, HEADS, HEAD_DIM, requires_grad=True) for _ in range(3))
         gmask = torch.zeros(1, n, dtype=torch.bool)

@@ -83,7 +83,9 @@ def worker(impl: str, n: int, threads: int, weights: str) -> dict:
 
         if impl == "tvm":
             kernels.configure(cache_dir=os.environ.get("BENCH_KERNEL_CACHE", "data/kernels"))
-            kernels.build_kernels(kernels.config.cache_dir(), dtypes=("float32",), head_dims=(64,))
+            kernels.build_kernels(
+                kernels.settings.cache_dir(), dtypes=("float32",), head_dims=(64,)
+            )
         config = LongdocConfig.from_pretrained(weights)
         config.attention_backend = impl
         model = LongformerForMaskedLM.from_pretrained(weights, config=config)

@@ -5,8 +5,8 @@
 
 from .api import attention, available_backends, select_backend
 from .build import build_kernels
-from .config import configure
 from .patterns import BlockLocal, Dense, Fixed, Pattern, SlidingWindow, Strided
+from .settings import configure
 
 __all__ = [
     "attention",

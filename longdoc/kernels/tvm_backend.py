@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from . import torch_backend
-from .config import cache_dir
 from .patterns import Pattern, SlidingWindow, Strided
+from .settings import cache_dir
 
 log = logging.getLogger(__name__)
 

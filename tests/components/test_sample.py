@@ -21,10 +21,10 @@ from longdoc.components.core.io import InputError
 from longdoc.components.synthetic import archives as SARCH
 from longdoc.components.synthetic import corpus as SCORPUS
 from longdoc.components.synthetic import generator as G
-from longdoc.components.synthetic import imdb as SIMDB
+from longdoc.components.synthetic import imdb_sample as SIMDB
 from longdoc.components.synthetic import text as T
-from longdoc.components.synthetic import triviaqa as STRIVIA
-from longdoc.components.synthetic import wikihop as SWIKIHOP
+from longdoc.components.synthetic import triviaqa_sample as STRIVIA
+from longdoc.components.synthetic import wikihop_sample as SWIKIHOP
 
 SMALL = dict(
     corpus_docs=12, min_words=200, max_words=400, imdb_train=20, imdb_test=10, task_train=4,

@@ -45,9 +45,9 @@ BACKENDS = ["dense", "torch"] + (["tvm"] if HAVE_TVM else [])
 def tvm_cache(tmp_path_factory):
     """Compile the TVM variants these tests use once, into a private cache directory (compiles
     take well under a second each here), so neither ``tvm`` nor ``auto`` touches data/kernels."""
-    from longdoc.kernels import config
+    from longdoc.kernels import settings
 
-    previous = config.cache_dir()
+    previous = settings.cache_dir()
     root = tmp_path_factory.mktemp("kernels-cache")
     kernels.configure(cache_dir=root)
     if HAVE_TVM:

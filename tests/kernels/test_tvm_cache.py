@@ -69,9 +69,9 @@ def test_second_build_and_runtime_load_from_cache(built, monkeypatch):
     # loading reports the first build's compile time rather than timing a new compile
     assert summary["variants"][label]["seconds"] == first["seconds"] > 0
     monkeypatch.setattr(tvm_backend, "_loaded", {})
-    from longdoc.kernels import config
+    from longdoc.kernels import settings
 
-    previous = config.cache_dir()
+    previous = settings.cache_dir()
     kernels.configure(cache_dir=root)
     try:
         q, k, v = (torch.randn(2, 37, 3, HEAD_DIM) for _ in range(3))

@@ -10,7 +10,7 @@ from typing import Any
 from longdoc.components.core.config import SampleParams
 from longdoc.components.core.io import atomic_write_bytes, atomic_write_text
 from longdoc.components.synthetic.archives import html_page, tar_gz_bytes
-from longdoc.components.synthetic.imdb import make_review, review_text
+from longdoc.components.synthetic.imdb_sample import make_review, review_text
 from longdoc.components.synthetic.text import (
     Lexicon,
     TextGen,

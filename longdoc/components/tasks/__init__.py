@@ -92,6 +92,26 @@ def register(task: Task) -> Task:
     return task
 
 
+def register_module(module_name: str, **fields: Any) -> Task:
+    """Register the task a module defines by the conventional names: NAME, PRIMARY_METRIC,
+    GOLD_PATH, PREDICTIONS_FORMAT and the functions load, evaluate, load_gold, load_predictions,
+    write_predictions; `fields` gives the rest (adapter, labels, data_dir, epochs, sample)."""
+    import sys
+
+    mod = sys.modules[module_name]
+    functions = ("load", "evaluate", "load_gold", "load_predictions", "write_predictions")
+    return register(
+        Task(
+            name=mod.NAME,
+            primary_metric=mod.PRIMARY_METRIC,
+            gold_path=mod.GOLD_PATH,
+            predictions_format=mod.PREDICTIONS_FORMAT,
+            **{f: getattr(mod, f) for f in functions},
+            **fields,
+        )
+    )
+
+
 def _discover() -> None:
     global _discovered
     if _discovered:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import HotpotExample, LoadResult, Skipped, Task, register
+from longdoc.components.tasks import HotpotExample, LoadResult, Skipped, register_module
 from longdoc.components.tasks.official import (
     RecordError,
     check_str_map,
@@ -268,19 +268,9 @@ def load_gold(path: Path | str) -> LoadResult:
     return load(path, "dev") if path.is_dir() else _load_file(path)
 
 
-TASK = register(
-    Task(
-        name=NAME,
-        load=load,
-        evaluate=evaluate,
-        load_gold=load_gold,
-        load_predictions=load_predictions,
-        write_predictions=write_predictions,
-        primary_metric=PRIMARY_METRIC,
-        adapter="hotpot",
-        gold_path=GOLD_PATH,
-        predictions_format=PREDICTIONS_FORMAT,
-        epochs=6,
-        sample="longdoc.components.synthetic.hotpotqa:write_hotpotqa",
-    )
+TASK = register_module(
+    __name__,
+    adapter="hotpot",
+    epochs=6,
+    sample="longdoc.components.synthetic.hotpotqa_sample:write_hotpotqa",
 )

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped, Task, register
+from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped, register_module
 from longdoc.components.tasks.official import (
     binary_metrics,
     check_str_map,
@@ -254,20 +254,10 @@ def evaluate(gold: list[ClassificationExample], predictions: dict) -> dict:
     return binary_metrics(classification_gold(gold, LABELS), predictions, POSITIVE)
 
 
-TASK = register(
-    Task(
-        name=NAME,
-        load=load,
-        evaluate=evaluate,
-        load_gold=load_gold,
-        load_predictions=load_predictions,
-        write_predictions=write_predictions,
-        primary_metric=PRIMARY_METRIC,
-        adapter="classification",
-        labels=LABELS,
-        gold_path=GOLD_PATH,
-        predictions_format=PREDICTIONS_FORMAT,
-        epochs=6,
-        sample="longdoc.components.synthetic.hyperpartisan:write_hyperpartisan",
-    )
+TASK = register_module(
+    __name__,
+    adapter="classification",
+    labels=LABELS,
+    epochs=6,
+    sample="longdoc.components.synthetic.hyperpartisan_sample:write_hyperpartisan",
 )

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped, Task, register
+from longdoc.components.tasks import ClassificationExample, LoadResult, Skipped, register_module
 from longdoc.components.tasks.official import (
     accuracy,
     check_str_map,
@@ -104,21 +104,11 @@ def evaluate(gold: list[ClassificationExample], predictions: dict[str, str]) -> 
     return accuracy(classification_gold(gold, LABELS), predictions)
 
 
-TASK = register(
-    Task(
-        name=NAME,
-        load=load,
-        evaluate=evaluate,
-        load_gold=load_gold,
-        load_predictions=load_predictions,
-        write_predictions=write_predictions,
-        primary_metric=PRIMARY_METRIC,
-        adapter="classification",
-        labels=LABELS,
-        gold_path=GOLD_PATH,
-        predictions_format=PREDICTIONS_FORMAT,
-        data_dir="aclImdb",
-        epochs=2,  # params.yaml: imdb trains to ~zero loss well within 2 epochs
-        sample="longdoc.components.synthetic.imdb:write_imdb",
-    )
+TASK = register_module(
+    __name__,
+    adapter="classification",
+    labels=LABELS,
+    data_dir="aclImdb",
+    epochs=2,  # params.yaml: imdb trains to ~zero loss well within 2 epochs
+    sample="longdoc.components.synthetic.imdb_sample:write_imdb",
 )

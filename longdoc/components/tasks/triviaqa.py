@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import Document, LoadResult, Skipped, SpanExample, Task, register
+from longdoc.components.tasks import Document, LoadResult, Skipped, SpanExample, register_module
 from longdoc.components.tasks.official import (
     RecordError,
     check_str_map,
@@ -278,19 +278,9 @@ def write_predictions(path: Path | str, predictions: dict[str, str]) -> Path:
     return write_json_predictions(path, check_str_map(predictions, "TriviaQA predictions"))
 
 
-TASK = register(
-    Task(
-        name=NAME,
-        load=load,
-        evaluate=evaluate,
-        load_gold=load_gold,
-        load_predictions=load_predictions,
-        write_predictions=write_predictions,
-        primary_metric=PRIMARY_METRIC,
-        adapter="span",
-        gold_path=GOLD_PATH,
-        predictions_format=PREDICTIONS_FORMAT,
-        epochs=6,
-        sample="longdoc.components.synthetic.triviaqa:write_triviaqa",
-    )
+TASK = register_module(
+    __name__,
+    adapter="span",
+    epochs=6,
+    sample="longdoc.components.synthetic.triviaqa_sample:write_triviaqa",
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from longdoc.components.core.io import InputError, require_path
-from longdoc.components.tasks import ChoiceExample, LoadResult, Task, register
+from longdoc.components.tasks import ChoiceExample, LoadResult, register_module
 from longdoc.components.tasks.official import (
     RecordError,
     accuracy,
@@ -91,20 +91,10 @@ def evaluate(gold: list[ChoiceExample], predictions: dict[str, str]) -> dict:
     return accuracy(answers, predictions)
 
 
-TASK = register(
-    Task(
-        name=NAME,
-        load=load,
-        evaluate=evaluate,
-        load_gold=load_gold,
-        load_predictions=load_predictions,
-        write_predictions=write_predictions,
-        primary_metric=PRIMARY_METRIC,
-        adapter="choice",
-        gold_path=GOLD_PATH,
-        predictions_format=PREDICTIONS_FORMAT,
-        data_dir="qangaroo_v1.1/wikihop",
-        epochs=6,
-        sample="longdoc.components.synthetic.wikihop:write_wikihop",
-    )
+TASK = register_module(
+    __name__,
+    adapter="choice",
+    data_dir="qangaroo_v1.1/wikihop",
+    epochs=6,
+    sample="longdoc.components.synthetic.wikihop_sample:write_wikihop",
 )
