@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
@@ -81,6 +83,23 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@dataclass
+class _Loop:
+    """What one fine-tuning run's loop reads and updates (one place, not a dozen arguments)."""
+
+    model: torch.nn.Module
+    adapter: TaskAdapter
+    train: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    gen: torch.Generator
+    batch_size: int
+    speed: Throughput = field(default_factory=Throughput)
+    step: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+
+
 def train_task(
     params: FinetuneParams,
     adapter: TaskAdapter,
@@ -95,17 +114,8 @@ def train_task(
     """One fine-tuning run inside its own (nested) MLflow run: encode, train, predict on dev,
     score with the task's official metric. Returns the metrics and run facts."""
     gen = seed_everything(params.seed)
-    model = adapter.build_model(params.base)
-    if max_len > model.config.max_position_embeddings - 2:
-        raise InputError(
-            f"finetune.max_len={max_len} exceeds the model's "
-            f"{model.config.max_position_embeddings - 2} positions"
-        )
-    device = _device()
-    model.to(device)
-    max_windows = None if windows else 1
-    overlap = params.window_overlap
-    skipped: list[dict] = []
+    model = _build(adapter, params.base, max_len)
+    max_windows, overlap, skipped = (None if windows else 1), params.window_overlap, []
     train_enc = _encode_all(adapter, train, max_len, overlap, max_windows, True, skipped)
     dev_enc = _encode_all(adapter, dev, max_len, overlap, max_windows, False, skipped)
     if not train_enc:
@@ -114,105 +124,131 @@ def train_task(
     steps = steps_for(len(train_enc), params.batch_size, epochs)
     optimizer = adamw(model, params.lr, 0.01)
     scheduler = warmup_linear_decay(optimizer, int(params.warmup_ratio * steps), steps)
-    curve: list[tuple[int, float]] = []
-    epoch_losses: list[float] = []
+    loop = _Loop(model, adapter, train_enc, optimizer, scheduler, gen, params.batch_size)
+    train_windows = sum(len(e.windows) for e in train_enc)
     with mlflow.start_run(run_name=run_name, nested=True) as run:
-        mlflow.log_params(
-            {
-                "max_len": max_len,
-                "windows": windows,
-                "n_train": len(train_enc),
-                "n_dev": len(dev_enc),
-                "train_windows": sum(len(e.windows) for e in train_enc),
-                "epochs_run": epochs,
-            }
-        )
-        mlflow.log_params(
-            {
-                k: v
-                for k, v in params_dict(params).items()
-                if k not in ("max_len", "windows", "tasks")  # the run's own values are above
-            }
-        )
-        speed = Throughput()
+        run_facts = {"max_len": max_len, "windows": windows, "n_train": len(train_enc)}
+        run_facts.update(n_dev=len(dev_enc), train_windows=train_windows, epochs_run=epochs)
+        mlflow.log_params(run_facts)
+        # the run's own max_len/windows are above; `tasks` is every task's entry
+        skip = ("max_len", "windows", "tasks")
+        mlflow.log_params({k: v for k, v in params_dict(params).items() if k not in skip})
         started = time.perf_counter()
-        step = 0
         bar = tqdm(
             total=steps, desc=f"finetune {params.task} {run_name}", unit="step", mininterval=2
         )
         for _epoch in range(epochs):
-            model.train()
-            order = torch.randperm(len(train_enc), generator=gen).tolist()
-            total, counted = 0.0, 0
-            for start in range(0, len(order), params.batch_size):
-                batch = [train_enc[i] for i in order[start : start + params.batch_size]]
-                batch_loss, used, tokens = 0.0, 0, 0
-                for enc in batch:
-                    loss = adapter.loss(model, enc)
-                    if loss is None:  # nothing to learn from (e.g. answer not in the evidence)
-                        continue
-                    (loss / len(batch)).backward()
-                    batch_loss += loss.item()
-                    used += 1
-                    tokens += n_tokens(enc)
-                if used:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-                if not used:
-                    continue
-                mean = batch_loss / used
-                total, counted = total + batch_loss, counted + used
-                tps = speed.add(tokens)
-                curve.append((step, mean))
-                mlflow.log_metrics({"loss": mean, "tokens_per_s": tps}, step=step)
-                bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-            epoch_losses.append(total / max(1, counted))
-            mlflow.log_metric("epoch_loss", epoch_losses[-1], step=len(epoch_losses))
+            _train_epoch(loop, bar)
         bar.close()
         train_seconds = time.perf_counter() - started
-        model.eval()
-        with torch.no_grad():
-            predictions = {enc.id: adapter.predict(model, enc) for enc in dev_enc}
-        prediction_file = adapter.prediction_file(predictions)
-        dev_metrics = adapter.task.evaluate(dev, prediction_file)
-        metrics = {
-            **{k: float(v) for k, v in dev_metrics.items() if isinstance(v, int | float)},
-            "first_epoch_loss": epoch_losses[0],
-            "final_epoch_loss": epoch_losses[-1],
-            "train_seconds": train_seconds,
-        }
-        mlflow.log_metrics(metrics)
-        if predictions_path is not None:
-            adapter.task.write_predictions(predictions_path, prediction_file)
-            mlflow.log_artifact(str(predictions_path), "predictions")
-        if curve:
-            with tempfile.TemporaryDirectory() as tmp:
-                png = plot_curve({run_name: curve}, Path(tmp) / "loss_curve.png", "loss")
-                mlflow.log_artifact(str(png), "plots")
+        metrics = _evaluate_dev(loop, dev, dev_enc, predictions_path, train_seconds)
+        _log_curve(loop.curve, run_name)
         result = {
             "run_id": run.info.run_id,
             "max_len": max_len,
             "windows": windows,
             "epochs": epochs,
-            "train_windows": sum(len(e.windows) for e in train_enc),
-            "epoch_losses": epoch_losses,
-            "tokens_per_s": speed.add(0),
+            "train_windows": train_windows,
+            "epoch_losses": loop.epoch_losses,
+            "tokens_per_s": loop.speed.add(0),
             "not_encoded": skipped,
             "predictions": None if predictions_path is None else str(predictions_path),
             **metrics,
         }
         if out is not None:
-            staging = staging_dir(out, "finetune")
             # serving reads long inputs exactly as the dev predictions were made
             record_window_settings(model.config, max_len, overlap, windows)
-            model.save_pretrained(staging)
-            adapter.tokenizer.save_pretrained(staging)
-            publish_dir(staging, out, stage="finetune", force=params.force)
+            _save(model, adapter, out, params.force)
     return result
+
+
+def _build(adapter: TaskAdapter, base: Path, max_len: int) -> torch.nn.Module:
+    model = adapter.build_model(base)
+    if max_len > model.config.max_position_embeddings - 2:
+        raise InputError(
+            f"finetune.max_len={max_len} exceeds the model's "
+            f"{model.config.max_position_embeddings - 2} positions"
+        )
+    return model.to(_device())
+
+
+def _train_epoch(loop: _Loop, bar) -> None:
+    """One pass over the training set in a seeded order; logs loss and speed per step."""
+    loop.model.train()
+    order = torch.randperm(len(loop.train), generator=loop.gen).tolist()
+    total, counted = 0.0, 0
+    for start in range(0, len(order), loop.batch_size):
+        batch = [loop.train[i] for i in order[start : start + loop.batch_size]]
+        batch_loss, used, tokens = _step(loop, batch)
+        loop.step += 1
+        bar.update(1)
+        if not used:
+            continue
+        mean = batch_loss / used
+        total, counted = total + batch_loss, counted + used
+        tps = loop.speed.add(tokens)
+        loop.curve.append((loop.step, mean))
+        mlflow.log_metrics({"loss": mean, "tokens_per_s": tps}, step=loop.step)
+        bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+    loop.epoch_losses.append(total / max(1, counted))
+    mlflow.log_metric("epoch_loss", loop.epoch_losses[-1], step=len(loop.epoch_losses))
+
+
+def _step(loop: _Loop, batch: list) -> tuple[float, int, int]:
+    """One optimizer step over `batch` (gradients averaged); returns (summed loss, examples
+    that had something to learn from, tokens)."""
+    batch_loss, used, tokens = 0.0, 0, 0
+    for enc in batch:
+        loss = loop.adapter.loss(loop.model, enc)
+        if loss is None:  # nothing to learn from (e.g. answer not in the evidence)
+            continue
+        (loss / len(batch)).backward()
+        batch_loss += loss.item()
+        used += 1
+        tokens += n_tokens(enc)
+    if used:
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), 1.0)
+        loop.optimizer.step()
+        loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return batch_loss, used, tokens
+
+
+def _evaluate_dev(
+    loop: _Loop, dev: list, dev_enc: list, predictions_path: Path | None, train_seconds: float
+) -> dict:
+    """Predict every dev example, score with the task's official metric, log, write the
+    predictions file in the task's official format."""
+    loop.model.eval()
+    with torch.no_grad():
+        predictions = {enc.id: loop.adapter.predict(loop.model, enc) for enc in dev_enc}
+    prediction_file = loop.adapter.prediction_file(predictions)
+    dev_metrics = loop.adapter.task.evaluate(dev, prediction_file)
+    metrics = {
+        **{k: float(v) for k, v in dev_metrics.items() if isinstance(v, int | float)},
+        "first_epoch_loss": loop.epoch_losses[0],
+        "final_epoch_loss": loop.epoch_losses[-1],
+        "train_seconds": train_seconds,
+    }
+    mlflow.log_metrics(metrics)
+    if predictions_path is not None:
+        loop.adapter.task.write_predictions(predictions_path, prediction_file)
+        mlflow.log_artifact(str(predictions_path), "predictions")
+    return metrics
+
+
+def _log_curve(curve: list[tuple[int, float]], run_name: str) -> None:
+    if curve:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_curve({run_name: curve}, Path(tmp) / "loss_curve.png", "loss")
+            mlflow.log_artifact(str(png), "plots")
+
+
+def _save(model: torch.nn.Module, adapter: TaskAdapter, out: Path, force: bool) -> None:
+    staging = staging_dir(out, "finetune")
+    model.save_pretrained(staging)
+    adapter.tokenizer.save_pretrained(staging)
+    publish_dir(staging, out, stage="finetune", force=force)
 
 
 def prediction_paths(metrics: Path) -> tuple[Path, Path]:
@@ -231,17 +267,8 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
     spec = get_task(task)  # its registration: loader, metric, adapter
     require_path(params.base, "base checkpoint")
     check_publish_target(Path(params.out), "finetune", force=params.force)  # not after training
-    train_res = spec.load(params.data, "train")
-    dev_res = spec.load(params.data, "dev")
-    for split, res in (("train", train_res), ("dev", dev_res)):
-        _report_skipped(task, split, res)
-    train = train_res.examples[: params.max_train_samples]
-    dev = dev_res.examples[: params.max_eval_samples]
-    if not train or not dev:
-        raise InputError(
-            f"{params.data}: {task} has {len(train)} train and {len(dev)} dev examples; "
-            "need at least one of each"
-        )
+    train_res, dev_res = (spec.load(params.data, split) for split in ("train", "dev"))
+    train, dev = _examples(params, train_res, dev_res)
     tokenizer = AutoTokenizer.from_pretrained(params.base)
     adapter = adapter_for(spec, tokenizer)
     out = Path(params.out)
@@ -284,15 +311,8 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
                 "records": [vars(s) for s in (train_res.skipped + dev_res.skipped)[:100]],
             },
         }
-    atomic_write_json(
-        params.metrics,
-        {
-            "task": task,
-            "primary_metric": primary,
-            "long": long_run,
-            "baseline": base_run,
-        },
-    )
+    metrics = {"task": task, "primary_metric": primary, "long": long_run, "baseline": base_run}
+    atomic_write_json(params.metrics, metrics)
     write_manifest(
         out,
         stage="finetune",
@@ -301,6 +321,21 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
         results=summary,
     )
     return summary
+
+
+def _examples(params: FinetuneParams, train_res: LoadResult, dev_res: LoadResult):
+    """The train and dev examples this run uses (debug caps applied); skipped records are
+    reported, and an empty split is an error naming the data directory."""
+    for split, res in (("train", train_res), ("dev", dev_res)):
+        _report_skipped(params.task, split, res)
+    train = train_res.examples[: params.max_train_samples]
+    dev = dev_res.examples[: params.max_eval_samples]
+    if not train or not dev:
+        raise InputError(
+            f"{params.data}: {params.task} has {len(train)} train and {len(dev)} dev examples; "
+            "need at least one of each"
+        )
+    return train, dev
 
 
 def _register(
