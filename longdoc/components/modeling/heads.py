@@ -9,7 +9,7 @@ saved checkpoint is a Longformer checkpoint plus a few extra tensors: transforme
 Why pooled spans rather than one special token per candidate/sentence (the Longformer paper's
 choice): a freshly pretrained small model has never seen such markers, and the mean of a
 candidate's (or a sentence's) own token states carries what it says from the first step.
-Pooling is a (windows, items, seq) weight matrix built by the encoder in finetune_tasks.py, so
+Pooling is a (windows, items, seq) weight matrix built by the encoder in training/adapters.py, so
 items split by a window cut are pooled over the part each window holds.
 """
 
