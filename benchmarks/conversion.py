@@ -53,9 +53,9 @@ def main() -> None:
     from longdoc.components.data import tokenize as tok
     from longdoc.components.data.ingest import ingest
     from longdoc.components.modeling.convert import convert
-    from longdoc.components.modeling.model import LongformerForMaskedLM
+    from longdoc.components.modeling.model import LongformerForMaskedLM, quiet_loading
     from longdoc.components.synthetic.generator import write_sample
-    from longdoc.components.training.common import bits_per_char, quiet_loading, seed_everything
+    from longdoc.components.training.common import bits_per_char, seed_everything
     from longdoc.components.training.pretrain import evaluate, pretrain
 
     start = time.perf_counter()

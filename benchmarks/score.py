@@ -257,7 +257,7 @@ def main() -> None:
     from longdoc.components.core.config import ScoreParams, TrackingParams
     from longdoc.components.inference.score import score
     from longdoc.components.inference.serving import InferenceEngine, log_longdoc_model
-    from longdoc.components.training.common import quiet_loading
+    from longdoc.components.modeling.model import quiet_loading
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

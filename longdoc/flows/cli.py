@@ -9,6 +9,7 @@ input errors end the process with one line on stderr and a non-zero exit, not a 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -175,8 +176,13 @@ def _lookup(params: Params, key: str):
     return node() if callable(node) else node
 
 
+@functools.cache
+def _defaults() -> Params:
+    return Params()
+
+
 def _default(key: str) -> str:
-    value = _lookup(Params(), key)
+    value = _lookup(_defaults(), key)
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "none"
     return "null" if value is None else str(value)
@@ -297,8 +303,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         metrics = evaluate_file(args.task, args.gold, args.predictions, args.out)
     except InputError as exc:
-        print(f"longdoc: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(str(exc))
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -315,9 +320,7 @@ def _dvc_yaml(args: argparse.Namespace) -> int:
     dest = Path(args.params).with_name("dvc.yaml")
     current = dest.exists() and dest.read_text() == text
     if args.check:
-        if not current:
-            print(f"longdoc: error: {dest} is out of date: run `longdoc dvc-yaml`", file=sys.stderr)
-        return 0 if current else EXIT_INPUT
+        return 0 if current else _fail(f"{dest} is out of date: run `longdoc dvc-yaml`")
     if not current:
         atomic_write_text(dest, text)
     print(f"dvc-yaml: {dest} {'unchanged' if current else 'written'}")
@@ -366,7 +369,12 @@ class _QuietUserErrors(logging.Filter):
         return not any(f"{cls.__name__}:" in message for cls in (InputError, ConfigError))
 
 
-def _prepare_environment(command: str) -> None:
+def _fail(message: str, code: int = EXIT_INPUT) -> int:
+    print(f"longdoc: error: {message}", file=sys.stderr)
+    return code
+
+
+def _prepare_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     quiet = _QuietUserErrors()
@@ -394,41 +402,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_paths(cmd, params)
     except InputError as exc:
-        print(f"longdoc: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    _prepare_environment(args.command)
-    from longdoc.flows.server import ServerError, ensure_api
+        return _fail(str(exc))
+    _prepare_environment()
+    ranks = args.command == "pretrain" and "LOCAL_RANK" in os.environ
+    if not ranks:  # torchrun ranks train without Prefect runs (see flows.pretrain_ranks)
+        from longdoc.flows.server import ServerError, ensure_api
 
-    try:
-        ensure_api()
-    except ServerError as exc:
-        print(f"longdoc: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        try:
+            ensure_api()
+        except ServerError as exc:
+            return _fail(str(exc))
     # Prefect is imported only now: once the configuration and paths are known good.
     from longdoc.flows import stages as flows
 
     try:
         if args.command == "pipeline":
             result = flows.pipeline_flow(params, force=args.force)
-        elif args.command == "pretrain" and "LOCAL_RANK" in os.environ:
+        elif ranks:
             result = flows.pretrain_ranks(params)  # torchrun: DDP, one process per rank
             if "rank" in result:
                 return 0  # rank 0 prints the summary
         else:
             result = flows.STAGE_FLOWS[cmd.flow](params)
     except NothingProduced as exc:
-        print(f"longdoc: error: {exc}", file=sys.stderr)
-        return EXIT_EMPTY
+        return _fail(str(exc), EXIT_EMPTY)
     except (InputError, ConfigError) as exc:
-        print(f"longdoc: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(str(exc))
     from longdoc.flows.report import summary_line
 
     print(summary_line(args.command, params, result))
     if args.command == "score" and not result["counts"].get("scored"):
         errors = Path(params.score.out) / "errors.jsonl"
-        print(f"longdoc: error: nothing scored (reasons in {errors})", file=sys.stderr)
-        return EXIT_EMPTY
+        return _fail(f"nothing scored (reasons in {errors})", EXIT_EMPTY)
     return 0
 
 

@@ -47,22 +47,32 @@ CODE = {
     "score": ("components/inference/score.py", "components/inference/serving.py"),
 }
 COMMANDS = {"build_kernels": "longdoc build-kernels", "finetune": "longdoc finetune --task {task}"}
+# The params.yaml sections each stage reads (its own section last; finetune: see _finetune_spec).
+SECTIONS = {
+    "sample": ("sample",),
+    "ingest": ("ingest",),
+    "tokenize": ("tokenize",),
+    "build_kernels": ("kernels",),
+    "pretrain": ("model", "pretrain"),
+    "score": ("score",),
+}
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One DVC stage / one pipeline step. `param_keys` are params.yaml keys (DVC tracks their
-    values), `values` the validated values of the same keys (the pipeline hashes them)."""
+    """One DVC stage / one pipeline step. `values` maps the params.yaml keys the stage reads
+    (DVC tracks them) to their validated values (the pipeline hashes them); `task` is the
+    fine-tuning task of a `finetune_<task>` stage."""
 
     name: str
     stage: str
     cmd: str
     out: Path
-    param_keys: tuple[str, ...]
     values: dict[str, Any]
     inputs: tuple[Path, ...]
     code: tuple[Path, ...]
     metrics: Path | None = None
+    task: str | None = None
 
 
 def _upstream(out: Path) -> Path:
@@ -73,18 +83,9 @@ def _upstream(out: Path) -> Path:
 def spec(stage: str, p: Params) -> StageSpec:
     """The spec of `stage` under `p` (finetune: the task `p.finetune.task`)."""
     code = tuple(Path("longdoc") / c for c in CODE[stage])
-    cmd = COMMANDS.get(stage, f"longdoc {stage}")
-    sections = {
-        "sample": ("sample",),
-        "ingest": ("ingest",),
-        "tokenize": ("tokenize",),
-        "build_kernels": ("kernels",),
-        "pretrain": ("model", "pretrain"),
-        "score": ("score",),
-    }
     if stage == "finetune":
         return _finetune_spec(p, code)
-    keys = sections[stage]
+    keys = SECTIONS[stage]
     values = {k: params_dict(getattr(p, k)) for k in keys}
     inputs: list[Path] = []
     metrics = None
@@ -104,8 +105,9 @@ def spec(stage: str, p: Params) -> StageSpec:
         task = _model_task(p)
         if task is not None:  # a longdoc-<task> model this pipeline trains: its run is a dep
             inputs.append(_upstream(p.finetune.for_task(task).out))
-    out = {"kernels": p.kernels.out}.get(keys[0]) or getattr(p, keys[-1]).out
-    return StageSpec(stage, stage, cmd, out, keys, values, tuple(inputs), code, metrics)
+    out = getattr(p, keys[-1]).out  # the stage's own section (last) names its output
+    cmd = COMMANDS.get(stage, f"longdoc {stage}")
+    return StageSpec(stage, stage, cmd, out, values, tuple(inputs), code, metrics)
 
 
 def _finetune_spec(p: Params, code: tuple[Path, ...]) -> StageSpec:
@@ -121,11 +123,11 @@ def _finetune_spec(p: Params, code: tuple[Path, ...]) -> StageSpec:
         "finetune",
         COMMANDS["finetune"].format(task=f.task),
         f.out,
-        tuple(values),
         values,
         inputs,
         code,
         f.metrics,
+        f.task,
     )
 
 
@@ -221,7 +223,7 @@ def dvc_yaml(p: Params, params_file: Path | str = "params.yaml") -> str:
         }
         # Only keys present in params.yaml: DVC refuses a missing one, and a key left out is the
         # built-in default, which changes only with the code (a dependency already).
-        params = [k for k in s.param_keys if _has_key(raw, k)]
+        params = [k for k in s.values if _has_key(raw, k)]
         if params:
             entry["params"] = params
         entry["outs"] = [str(s.out)]

@@ -231,9 +231,8 @@ def pipeline_flow(params: Params | None = None, force: bool = False) -> dict:
             results[s.name] = "skipped"
             continue
         run_params = params
-        if s.stage == "finetune":
-            task = s.name.removeprefix("finetune_")
-            run_params = params.model_copy(update={"finetune": params.finetune.for_task(task)})
+        if s.task is not None:
+            run_params = params.model_copy(update={"finetune": params.finetune.for_task(s.task)})
         results[s.name] = STAGE_FLOWS[s.stage](run_params)
     _record_in_dvc(params, ran=any(r != "skipped" for r in results.values()))
     return results
@@ -244,7 +243,6 @@ def _record_in_dvc(params: Params, ran: bool) -> None:
     `dvc status` agrees and `dvc repro` has nothing left to do; only when dvc.yaml describes
     exactly these stages (otherwise say how to regenerate it)."""
     import subprocess
-    import sys
 
     if not Path(".dvc").is_dir() or not Path("dvc.yaml").exists():
         return

@@ -17,7 +17,7 @@ from longdoc.components.training.adapters import (
     HotpotQAAdapter,
     TriviaQAAdapter,
     WikiHopAdapter,
-    _span_text,
+    span_text,
 )
 from longdoc.components.training.windows import (
     best_span,
@@ -200,7 +200,7 @@ def test_triviaqa_golds_are_every_alias_occurrence_in_every_document(base):
     )
     enc = adapter.encode(ex, 64, 16, None, train=True)
     golds = [
-        _span_text(enc, w, s, e)
+        span_text(enc, w, s, e)
         for w in enc.windows
         for s, e in zip(w.gold_starts, w.gold_ends, strict=True)
     ]
@@ -237,7 +237,7 @@ def test_hotpot_sentences_types_and_prediction_format(base):
     assert enc.item_keys[3] == ("Mill", 1) and enc.item_labels[3] == 1.0
     assert sum(enc.item_labels) == 1.0
     golds = {
-        _span_text(enc, w, s, e)
+        span_text(enc, w, s, e)
         for w in enc.windows
         for s, e in zip(w.gold_starts, w.gold_ends, strict=True)
     }

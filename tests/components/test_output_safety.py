@@ -38,7 +38,9 @@ from longdoc.components.core.io import (
     InputError,
     claim_output_dir,
     is_longdoc_dir,
+    publish_dir,
     remove_own_dir,
+    staging_dir,
 )
 from longdoc.components.data import tokenize as tok
 from longdoc.components.data.ingest import ingest
@@ -49,7 +51,6 @@ from longdoc.components.modeling.convert import convert
 from longdoc.components.synthetic.generator import write_sample
 from longdoc.components.tasks import ClassificationExample, get_task
 from longdoc.components.training.adapters import adapter_for
-from longdoc.components.training.common import publish_dir, staging_dir
 from longdoc.components.training.finetune import finetune, train_task
 from longdoc.components.training.pretrain import pretrain
 from tests.components.test_score import own_store, register

@@ -183,7 +183,7 @@ def claim_output_dir(
     or empty directory, or one longdoc wrote (`is_longdoc_dir`), is fine; anything else raises
     InputError naming the directory, unless `force` (the user's explicit `<stage>.force: true` /
     `--force`) says it may be replaced. Without `create` it only checks (for stages that publish
-    a finished directory in its place at the end, see `training.publish_dir`).
+    a finished directory in its place at the end, see `publish_dir`).
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -220,3 +220,52 @@ def remove_own_dir(path: Path | str, stage: str, legacy: tuple[str, ...] = ()) -
     check_own_dir(path, stage, legacy)
     if Path(path).exists():
         shutil.rmtree(path)
+
+
+def _sibling(dest: Path, suffix: str) -> Path:
+    return Path(dest).with_name(Path(dest).name + suffix)
+
+
+def check_publish_target(dest: Path, stage: str, *, force: bool = False) -> None:
+    """Fail now, before hours of work, if publishing to `dest` would destroy data longdoc did not
+    write: `dest` must be absent, empty or longdoc's (or `force`), and `<dest>.old` /
+    `<dest>.partial`, which publishing deletes, absent, empty or longdoc's whatever `force` says.
+    Changes nothing."""
+    claim_output_dir(dest, stage, force=force, create=False)
+    for suffix in (".old", ".partial"):
+        check_own_dir(_sibling(dest, suffix), stage)
+
+
+def publish_dir(staging: Path, dest: Path, *, stage: str = "", force: bool = False) -> None:
+    """Replace `dest` with the fully written `staging` directory.
+
+    Why: a checkpoint directory must never be half written under its final name; readers see
+    either the old complete one or the new complete one. And only a directory longdoc wrote is
+    replaced (`check_publish_target`; `force` lets a foreign `dest` go): the previous `dest` is
+    moved to `<dest>.old` and deleted once the new one is in place, and a `<dest>.old` that is
+    not longdoc's is never deleted.
+    """
+    dest = Path(dest)
+    check_publish_target(dest, stage, force=force)
+    old = _sibling(dest, ".old")
+    remove_own_dir(old, stage)
+    moved = False
+    if dest.exists() or dest.is_symlink():
+        dest.rename(old)
+        moved = True
+    Path(staging).rename(dest)
+    if moved:  # what this run moved aside: checked above (or released by `force`)
+        if old.is_symlink():
+            old.unlink()  # the link only; whatever it pointed at stays
+        else:
+            shutil.rmtree(old)
+
+
+def staging_dir(dest: Path, stage: str = "") -> Path:
+    """A fresh, marked `<dest>.partial` to write into before `publish_dir`; a leftover one of a
+    killed run is deleted only if longdoc wrote it."""
+    staging = _sibling(dest, ".partial")
+    remove_own_dir(staging, stage)
+    staging.mkdir(parents=True)
+    mark_output_dir(staging, stage or "longdoc")
+    return staging

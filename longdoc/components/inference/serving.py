@@ -49,11 +49,11 @@ from longdoc.components.training.adapters import (
     MAX_ANSWER_TOKENS,
     MAX_QUESTION_TOKENS,
     Encoded,
-    _span_text,
     aggregate_class_logits,
     best_window_span,
     classification_encoded,
     span_score,
+    span_text,
     span_windows,
 )
 from longdoc.components.training.windows import window_settings
@@ -193,8 +193,8 @@ class InferenceEngine:
         from longdoc.components.modeling.model import (
             LongformerForQuestionAnswering,
             LongformerForSequenceClassification,
+            quiet_loading,
         )
-        from longdoc.components.training.common import quiet_loading
 
         kind = checkpoint_kind(checkpoint)
         model_cls = (
@@ -338,7 +338,7 @@ def _best_answer(doc: Encoded, rows: list[tuple[torch.Tensor, torch.Tensor]]) ->
     best, w, s, e = best_window_span(doc, start, end, width)
     if best == float("-inf"):
         return {"answer": "", "score": 0.0}
-    answer = _span_text(doc, doc.windows[w], s, e)
+    answer = span_text(doc, doc.windows[w], s, e)
     return {"answer": answer, "score": span_score(doc, start, end, width, best)}
 
 

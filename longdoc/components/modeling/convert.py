@@ -19,14 +19,15 @@ from pathlib import Path
 import torch
 
 from longdoc.components.core.config import ConvertParams, params_dict
-from longdoc.components.core.io import InputError, require_path, write_manifest
-from longdoc.components.modeling.model import LongdocConfig, LongformerForMaskedLM
-from longdoc.components.training.common import (
+from longdoc.components.core.io import (
+    InputError,
     check_publish_target,
     publish_dir,
-    quiet_loading,
+    require_path,
     staging_dir,
+    write_manifest,
 )
+from longdoc.components.modeling.model import LongdocConfig, LongformerForMaskedLM, quiet_loading
 
 log = logging.getLogger(__name__)
 

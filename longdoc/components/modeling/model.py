@@ -59,7 +59,8 @@ it there; hidden-state dropout is unchanged).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -111,6 +112,22 @@ PATTERNS = ("sliding", "block", "strided", "fixed", "dense")
 
 
 # --------------------------------------------------------------------------- configuration
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' per-weight load report and progress bar for loads where a fresh
+    task head is expected (MLM checkpoint -> classifier); real problems still raise."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
 
 
 @strict

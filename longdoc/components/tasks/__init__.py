@@ -1,8 +1,9 @@
 """The fine-tuning tasks and their one registry.
 
-A task is one module that ends with one `register(Task(...))`: its loader, official metric and
-prediction-file format, the kind of adapter that windows, heads and aggregates it for
-fine-tuning, its default `finetune.tasks` entry and the writer of its part of `longdoc sample`.
+A task is one module that ends with one `register_module(__name__, ...)` (or
+`register(Task(...))`): its loader, official metric and prediction-file format, the kind of
+adapter that windows, heads and aggregates it for fine-tuning, its default `finetune.tasks`
+entry and the writer of its part of `longdoc sample`.
 Config validation, the CLI, `dvc.yaml`'s stages, `longdoc sample` and the pipeline all read the
 registry; nothing else lists task names.
 
@@ -26,6 +27,7 @@ What a registration carries (see `Task`):
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -96,8 +98,6 @@ def register_module(module_name: str, **fields: Any) -> Task:
     """Register the task a module defines by the conventional names: NAME, PRIMARY_METRIC,
     GOLD_PATH, PREDICTIONS_FORMAT and the functions load, evaluate, load_gold, load_predictions,
     write_predictions; `fields` gives the rest (adapter, labels, data_dir, epochs, sample)."""
-    import sys
-
     mod = sys.modules[module_name]
     functions = ("load", "evaluate", "load_gold", "load_predictions", "write_predictions")
     return register(

@@ -33,9 +33,9 @@ from longdoc.components.modeling.heads import ANSWER_TYPES, LongdocForHotpotQA, 
 from longdoc.components.modeling.model import (
     LongformerForQuestionAnswering,
     LongformerForSequenceClassification,
+    quiet_loading,
 )
 from longdoc.components.tasks import Task, get_task
-from longdoc.components.training.common import quiet_loading
 from longdoc.components.training.windows import (
     best_span,
     char_span_to_tokens,
@@ -147,7 +147,7 @@ def _span_masks(enc: Encoded, width: int) -> tuple[torch.Tensor, ...]:
     return allowed, allowed_end, starts, ends
 
 
-def _span_text(enc: Encoded, window: Window, start: int, end: int) -> str:
+def span_text(enc: Encoded, window: Window, start: int, end: int) -> str:
     seg, cs, _ = window.offsets[start - window.context[0]]
     seg_end, _, ce = window.offsets[end - window.context[0]]
     if seg_end != seg:  # a span never crosses documents; keep the start's document
@@ -478,7 +478,7 @@ def _best_text(enc: Encoded, start, end, width: int) -> str:
     score, i, s, e = best_window_span(enc, start, end, width)
     if score == float("-inf"):
         return ""
-    return _span_text(enc, enc.windows[i], s, e)
+    return span_text(enc, enc.windows[i], s, e)
 
 
 class HotpotQAAdapter(TaskAdapter):

@@ -28,7 +28,15 @@ from transformers import AutoTokenizer
 
 from longdoc.components.core import tracking
 from longdoc.components.core.config import FinetuneParams, TrackingParams, params_dict
-from longdoc.components.core.io import InputError, atomic_write_json, require_path, write_manifest
+from longdoc.components.core.io import (
+    InputError,
+    atomic_write_json,
+    check_publish_target,
+    publish_dir,
+    require_path,
+    staging_dir,
+    write_manifest,
+)
 from longdoc.components.inference.serving import log_longdoc_model
 from longdoc.components.tasks import LoadResult, get_task
 from longdoc.components.training.adapters import (
@@ -41,11 +49,8 @@ from longdoc.components.training.adapters import (
 from longdoc.components.training.common import (
     Throughput,
     adamw,
-    check_publish_target,
     plot_curve,
-    publish_dir,
     seed_everything,
-    staging_dir,
     warmup_linear_decay,
 )
 from longdoc.components.training.windows import record_window_settings

@@ -56,10 +56,13 @@ from longdoc.components.core.io import (
     atomic_path,
     atomic_write_json,
     check_own_dir,
+    check_publish_target,
     is_longdoc_dir,
     mark_output_dir,
+    publish_dir,
     remove_own_dir,
     require_path,
+    staging_dir,
     write_manifest,
 )
 from longdoc.components.data import tokenize as tok
@@ -68,11 +71,8 @@ from longdoc.components.training.common import (
     Throughput,
     adamw,
     bits_per_char,
-    check_publish_target,
     plot_curve,
-    publish_dir,
     seed_everything,
-    staging_dir,
     warmup_linear_decay,
 )
 
