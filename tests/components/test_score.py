@@ -265,6 +265,23 @@ def test_score_missing_source(tmp_path, champion):
         score(params, champion)
 
 
+
+def test_second_score_into_a_locked_output_stops_before_loading_a_model(tmp_path, monkeypatch):
+    from longdoc.components.core.io import claim_output_dir
+    from longdoc.components.core.stage import OutputLocked, output_lock
+    from longdoc.components.inference import score as score_mod
+
+    def no_model(*args):  # the lock must stop the run first: loading a model takes seconds
+        raise AssertionError("the model was loaded although the output is locked")
+
+    monkeypatch.setattr(score_mod, "_load_model", no_model)
+    src = tmp_path / "docs.jsonl"
+    src.write_text('{"text": "a document"}\n')
+    params = ScoreParams(source=src, out=tmp_path / "pred")
+    claim_output_dir(params.out, "score")  # as the first run did before it locked
+    with output_lock(params.out, "score"), pytest.raises(OutputLocked, match=str(os.getpid())):
+        score_mod.score(params, TrackingParams(uri=f"sqlite:///{tmp_path}/m.db", experiment="t"))
+
 # The driver scores in a child process whose input stream stops after PAUSE_AT items (the test
 # then kills it with SIGKILL): a deterministic "mid-way", with two parts written and a chunk
 # still in memory.

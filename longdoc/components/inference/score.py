@@ -458,12 +458,11 @@ def score(
     `manifest.json` whose counts reconcile: inputs = scored + errors."""
     t0 = time.perf_counter()
     sources = [require_path(s, "score input") for s in params.sources()]
-    # `_clean` deletes predictions and errors by name: only in a directory longdoc wrote (checked
-    # now, before the model loads; claimed and marked below).
-    claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,), create=False)
-    engine, model, question_field = _load_model(params, tracking_params)
+    # `_clean` deletes predictions and errors by name: only in a directory longdoc wrote. The
+    # lock comes before the model loads, so a second run into `out` stops at once.
     out = claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,))
     with Stage("score", out, STATE_FILE) as stage:
+        engine, model, question_field = _load_model(params, tracking_params)
         inputs = [{"path": str(s), "sha256": sha256_tree(s)} for s in sources]
         ingest = ingest or IngestParams()
         stage.fingerprint = _fingerprint(params, inputs, model, ingest, engine)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,85 +36,108 @@ def _hotpot_paragraph(
     return [s if i == 0 else " " + s for i, s in enumerate(sents)], idx
 
 
-def _hotpot_example(g: TextGen, late: bool, level: str) -> dict[str, Any]:
+# A question kind builds its gold paragraphs and question and says how a distractor looks:
+# (gold, question, answer, type, fake) where gold is [(title, intro sentence or "" when the fact
+# itself opens the paragraph, [facts])] and fake() is (title, templates) of a distractor stating
+# the same relations for other entities.
+Question = tuple[
+    list[tuple[str, str, list[str]]], str, str, str, Callable[[], tuple[str, list[str]]]
+]
+
+
+def _bridge_company(g: TextGen) -> Question:
+    """person -> company -> city."""
     rng, lex = g.rng, g.lex
-    y = lambda: str(rng.randint(1850, 2015))  # noqa: E731
-    kind = rng.random()
-    # gold: [(title, intro sentence or "" when the fact itself opens the paragraph, [facts])];
-    # fake(): (title, templates) of a distractor stating the same relations for other entities
-    if kind < 0.3:  # bridge: person -> company -> city
-        p, o, c = g.person(), g.pick(lex.orgs), g.pick(lex.cities)
-        g.exclude = {p, o, c, *p.split()}
-        what, years = g.fill("{A} {N}"), rng.randint(2, 30)
-        gold = [
-            (p, f"{p} is a {what}.", [f"{p} worked for {o} for {years} years."]),
-            (o, f"{o} is an organisation.", [f"{o} is a {g.fill('{A}')} company based in {c}."]),
-        ]
-        q = f"In which city is the company that {p} worked for based?"
-        answer, qtype = c, "bridge"
+    p, o, c = g.person(), g.pick(lex.orgs), g.pick(lex.cities)
+    g.exclude = {p, o, c, *p.split()}
+    what, years = g.fill("{A} {N}"), rng.randint(2, 30)
+    gold = [
+        (p, f"{p} is a {what}.", [f"{p} worked for {o} for {years} years."]),
+        (o, f"{o} is an organisation.", [f"{o} is a {g.fill('{A}')} company based in {c}."]),
+    ]
 
-        def fake() -> tuple[str, list[str]]:
-            if rng.random() < 0.5:
-                return g.person(), ["{S} worked for {O} for {D} years."]
-            return g.pick(lex.orgs), ["{S} is a {A} company based in {C}."]
+    def fake() -> tuple[str, list[str]]:
+        if rng.random() < 0.5:
+            return g.person(), ["{S} worked for {O} for {D} years."]
+        return g.pick(lex.orgs), ["{S} is a {A} company based in {C}."]
 
-    elif kind < 0.6:  # bridge: album -> band -> city
-        al, b, c = g.album(), g.pick(lex.bands), g.pick(lex.cities)
-        g.exclude = {al, b, c}
-        ordinal = rng.choice(ORDINALS)
-        gold = [
-            (al, f"{al} is a record.", [f"{al} is the {ordinal} studio album by {b}."]),
-            (b, f"{b} are a group.", [f"{b} is a {g.fill('{A}')} band formed in {c} in {y()}."]),
-        ]
-        q = f"In which city was the band that recorded {al} formed?"
-        answer, qtype = c, "bridge"
+    return gold, f"In which city is the company that {p} worked for based?", c, "bridge", fake
 
-        def fake() -> tuple[str, list[str]]:
-            if rng.random() < 0.5:
-                return g.album(), ["{S} is the {ORD} studio album by {B}."]
-            return g.pick(lex.bands), ["{S} is a {A} band formed in {C} in {Y}."]
 
-    elif kind < 0.8:  # comparison: founding years
-        o1, o2 = rng.sample(lex.orgs, 2)
-        y1, y2 = rng.sample(range(1850, 2015), 2)
-        g.exclude = {o1, o2}
-        gold = [
-            (o1, f"{o1} is an organisation.", [f"{o1} was founded in {y1}."]),
-            (o2, f"{o2} is an organisation.", [f"{o2} was founded in {y2}."]),
-        ]
-        q = f"Which was founded first, {o1} or {o2}?"
-        answer, qtype = (o1 if y1 < y2 else o2), "comparison"
+def _bridge_band(g: TextGen) -> Question:
+    """album -> band -> city."""
+    rng, lex = g.rng, g.lex
+    al, b, c = g.album(), g.pick(lex.bands), g.pick(lex.cities)
+    g.exclude = {al, b, c}
+    ordinal = rng.choice(ORDINALS)
+    formed = f"{b} is a {g.fill('{A}')} band formed in {c} in {rng.randint(1850, 2015)}."
+    gold = [
+        (al, f"{al} is a record.", [f"{al} is the {ordinal} studio album by {b}."]),
+        (b, f"{b} are a group.", [formed]),
+    ]
 
-        def fake() -> tuple[str, list[str]]:
-            return g.pick(lex.orgs), ["{S} was founded in {Y}."]
+    def fake() -> tuple[str, list[str]]:
+        if rng.random() < 0.5:
+            return g.album(), ["{S} is the {ORD} studio album by {B}."]
+        return g.pick(lex.bands), ["{S} is a {A} band formed in {C} in {Y}."]
 
-    else:  # comparison with a yes/no answer: nationality
-        p1 = g.person()
-        g.exclude = {p1}
-        p2 = g.person()
-        k1 = g.pick(lex.countries)
-        k2 = k1 if rng.random() < 0.5 else rng.choice([k for k in lex.countries if k != k1])
-        g.exclude = {p1, p2, k1, k2}
-        gold = [
-            (p1, "", [f"{p1} is a {g.fill('{A} {N}')} from {k1}."]),
-            (p2, "", [f"{p2} is a {g.fill('{A} {N}')} from {k2}."]),
-        ]
-        q = f"Were {p1} and {p2} of the same nationality?"
-        answer, qtype = ("yes" if k1 == k2 else "no"), "comparison"
+    return gold, f"In which city was the band that recorded {al} formed?", c, "bridge", fake
 
-        def fake() -> tuple[str, list[str]]:
-            return g.person(), ["{S} is a {A} {N} from {K}."]
 
-    gold_paras = []
-    for title, intro, facts in gold:
-        if intro:
-            sents, idx = _hotpot_paragraph(g, intro, facts, rng.randint(90, 150))
-        else:  # the fact opens the paragraph, as a Wikipedia lead sentence would
-            sents, idx = _hotpot_paragraph(g, facts[0], [], rng.randint(90, 150))
-            idx = [0]
-        gold_paras.append((title, sents, idx))
-    taken = {t for t, _, _ in gold_paras}
-    distractors = []
+def _compare_founding(g: TextGen) -> Question:
+    """Which organisation was founded first."""
+    rng, lex = g.rng, g.lex
+    o1, o2 = rng.sample(lex.orgs, 2)
+    y1, y2 = rng.sample(range(1850, 2015), 2)
+    g.exclude = {o1, o2}
+    gold = [
+        (o1, f"{o1} is an organisation.", [f"{o1} was founded in {y1}."]),
+        (o2, f"{o2} is an organisation.", [f"{o2} was founded in {y2}."]),
+    ]
+    answer = o1 if y1 < y2 else o2
+    return (
+        gold,
+        f"Which was founded first, {o1} or {o2}?",
+        answer,
+        "comparison",
+        lambda: (g.pick(lex.orgs), ["{S} was founded in {Y}."]),
+    )
+
+
+def _compare_nationality(g: TextGen) -> Question:
+    """Two people of the same nationality or not: a yes/no answer."""
+    rng, lex = g.rng, g.lex
+    p1 = g.person()
+    g.exclude = {p1}
+    p2 = g.person()
+    k1 = g.pick(lex.countries)
+    k2 = k1 if rng.random() < 0.5 else rng.choice([k for k in lex.countries if k != k1])
+    g.exclude = {p1, p2, k1, k2}
+    gold = [
+        (p1, "", [f"{p1} is a {g.fill('{A} {N}')} from {k1}."]),
+        (p2, "", [f"{p2} is a {g.fill('{A} {N}')} from {k2}."]),
+    ]
+    return (
+        gold,
+        f"Were {p1} and {p2} of the same nationality?",
+        "yes" if k1 == k2 else "no",
+        "comparison",
+        lambda: (g.person(), ["{S} is a {A} {N} from {K}."]),
+    )
+
+
+# (upper bound of a uniform draw, question kind): 30% / 30% / 20% / 20%
+_QUESTION_KINDS = (
+    (0.3, _bridge_company),
+    (0.6, _bridge_band),
+    (0.8, _compare_founding),
+    (1.0, _compare_nationality),
+)
+
+
+def _distractors(g: TextGen, fake: Callable[[], tuple[str, list[str]]], taken: set[str]) -> list:
+    """Eight paragraphs about other entities stating the same relations as the gold ones."""
+    rng, distractors = g.rng, []
     while len(distractors) < 8:
         title, tpls = fake()
         if title in taken:
@@ -125,25 +148,43 @@ def _hotpot_example(g: TextGen, late: bool, level: str) -> dict[str, Any]:
             g, g.sent("{S} is a {A} {N}.", S=title), facts, rng.randint(150, 220)
         )
         distractors.append((title, sents, []))
+    return distractors
+
+
+def _late_context(rng: random.Random, gold_paras: list, distractors: list) -> list:
+    """The gold paragraphs placed after distractors worth at least LATE_MIN_WORD words."""
+    acc, k = 0, 0
+    while k < len(distractors) and acc < LATE_MIN_WORD:
+        acc += sum(nwords(s.strip()) for s in distractors[k][1])
+        k += 1
+    first = rng.randint(k, len(distractors))
+    second = rng.randint(first, len(distractors))
+    return (
+        distractors[:first]
+        + [gold_paras[0]]
+        + distractors[first:second]
+        + [gold_paras[1]]
+        + distractors[second:]
+    )
+
+
+def _hotpot_example(g: TextGen, late: bool, level: str) -> dict[str, Any]:
+    rng = g.rng
+    kind = rng.random()
+    build = next(b for bound, b in _QUESTION_KINDS if kind < bound)
+    gold, q, answer, qtype, fake = build(g)
+    gold_paras = []
+    for title, intro, facts in gold:
+        if intro:
+            sents, idx = _hotpot_paragraph(g, intro, facts, rng.randint(90, 150))
+        else:  # the fact opens the paragraph, as a Wikipedia lead sentence would
+            sents, idx = _hotpot_paragraph(g, facts[0], [], rng.randint(90, 150))
+            idx = [0]
+        gold_paras.append((title, sents, idx))
+    distractors = _distractors(g, fake, {t for t, _, _ in gold_paras})
     g.exclude = set()
-    # place the gold paragraphs: late = after distractors worth LATE_MIN_WORD words
     rng.shuffle(gold_paras)
-    if late:
-        acc, k = 0, 0
-        while k < len(distractors) and acc < LATE_MIN_WORD:
-            acc += sum(nwords(s.strip()) for s in distractors[k][1])
-            k += 1
-        first = rng.randint(k, len(distractors))
-        second = rng.randint(first, len(distractors))
-        context = (
-            distractors[:first]
-            + [gold_paras[0]]
-            + distractors[first:second]
-            + [gold_paras[1]]
-            + distractors[second:]
-        )
-    else:
-        context = gold_paras + distractors
+    context = _late_context(rng, gold_paras, distractors) if late else gold_paras + distractors
     sp = [[t, i] for t, _, idx in gold_paras for i in idx]
     return {
         "_id": f"{rng.getrandbits(96):024x}",

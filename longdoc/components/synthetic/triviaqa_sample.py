@@ -77,6 +77,63 @@ def _trivia_answer(g: TextGen, kind: str) -> tuple[str, list[str], set[str]]:
     return f"{river} River", [f"{river} River", f"River {river}", river], {river}
 
 
+def _city_page(g: TextGen, root: Path, city: str, city_pages: dict[str, str]) -> dict:
+    """The answerless page about `city` (written once, shared by its landmarks' questions)."""
+    if city not in city_pages:
+        g.exclude = set()
+        cp, _ = g.paragraphs(ENCYCLOPEDIC, g.rng.randint(300, 600), (4, 8))
+        lead = f"{city} is a city in the {g.pick(g.lex.regions)} region."
+        city_pages[city] = join_paragraphs([[lead], *cp]) + "\n"
+        atomic_write_text(root / "evidence/wikipedia" / f"{city}.txt", city_pages[city])
+    return {"DocSource": "TagMe", "Filename": f"{city}.txt", "Title": city}
+
+
+def _trivia_question(
+    g: TextGen, root: Path, title: str, late: bool, city_pages: dict[str, str]
+) -> tuple[str, list[str], list[dict], list[str]]:
+    """(answer value, aliases, entity pages, question phrasings) about landmark `title`; writes
+    its evidence page with the answer sentence early or `late`."""
+    rng = g.rng
+    city = title.rsplit(" ", 1)[0]
+    questions, key, kind = rng.choice(_TRIVIA_KINDS)
+    value, aliases, avoid = _trivia_answer(g, kind)
+    g.exclude = avoid | {title}
+    intro = g.sent("{T} is a {A} landmark in {C}, in the {G} region.", T=title, C=city)
+    body, _ = g.paragraphs(ENCYCLOPEDIC + TOPICAL * 2, rng.randint(*ARTICLE_WORDS), (4, 9), T=title)
+    key_sent = key.replace("{T}", title).replace("{ANS}", value)
+    answer_sent = g.sent(rng.choice(_TRIVIA_FRAMES), KEY=key_sent)
+    paras, _ = insert_block([[intro], *body], [answer_sent], late, rng, own_paragraph=False)
+    fname = f"{title.replace(' ', '_')}.txt"
+    atomic_write_text(root / "evidence" / "wikipedia" / fname, join_paragraphs(paras) + "\n")
+    pages = [{"DocSource": "TagMe", "Filename": fname, "Title": title}]
+    if rng.random() < 0.33:
+        pages.append(_city_page(g, root, city, city_pages))
+    g.exclude = set()
+    return value, aliases, pages, questions
+
+
+def _trivia_record(
+    value: str, aliases: list[str], pages: list[dict], question: str, qid: str, source: str
+) -> dict[str, Any]:
+    norm = [triviaqa_normalize(a) for a in aliases]
+    answer = {
+        "Aliases": aliases,
+        "MatchedWikiEntityName": value,
+        "NormalizedAliases": norm,
+        "NormalizedMatchedWikiEntityName": triviaqa_normalize(value),
+        "NormalizedValue": triviaqa_normalize(value),
+        "Type": "WikipediaEntity",
+        "Value": value,
+    }
+    return {
+        "Answer": answer,
+        "EntityPages": pages,
+        "Question": question,
+        "QuestionId": qid,
+        "QuestionSource": source,
+    }
+
+
 def write_triviaqa(root: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any]:
     """Questions about a landmark, each answered by one sentence of its (long) Wikipedia-style
     evidence page that repeats the question's key phrase next to the answer; a second, answerless
@@ -92,48 +149,11 @@ def write_triviaqa(root: Path, params: SampleParams, lex: Lexicon) -> dict[str, 
             while (title := g.landmark()) in titles:
                 pass
             titles.add(title)
-            city = title.rsplit(" ", 1)[0]
-            questions, key, kind = rng.choice(_TRIVIA_KINDS)
-            value, aliases, avoid = _trivia_answer(g, kind)
-            g.exclude = avoid | {title}
-            intro = g.sent("{T} is a {A} landmark in {C}, in the {G} region.", T=title, C=city)
-            body, _ = g.paragraphs(
-                ENCYCLOPEDIC + TOPICAL * 2, rng.randint(*ARTICLE_WORDS), (4, 9), T=title
-            )
-            key_sent = key.replace("{T}", title).replace("{ANS}", value)
-            answer_sent = g.sent(rng.choice(_TRIVIA_FRAMES), KEY=key_sent)
-            paras, _ = insert_block([[intro], *body], [answer_sent], late, rng, own_paragraph=False)
-            fname = f"{title.replace(' ', '_')}.txt"
-            text = join_paragraphs(paras) + "\n"
-            atomic_write_text(root / "evidence" / "wikipedia" / fname, text)
-            pages = [{"DocSource": "TagMe", "Filename": fname, "Title": title}]
-            if rng.random() < 0.33:
-                if city not in city_pages:
-                    g.exclude = set()
-                    cp, _ = g.paragraphs(ENCYCLOPEDIC, rng.randint(300, 600), (4, 8))
-                    lead = f"{city} is a city in the {g.pick(lex.regions)} region."
-                    city_pages[city] = join_paragraphs([[lead], *cp]) + "\n"
-                    atomic_write_text(root / "evidence/wikipedia" / f"{city}.txt", city_pages[city])
-                pages.append({"DocSource": "TagMe", "Filename": f"{city}.txt", "Title": city})
-            g.exclude = set()
+            value, aliases, pages, questions = _trivia_question(g, root, title, late, city_pages)
             prefix, source = rng.choice(_TRIVIA_SOURCES)
-            norm = [triviaqa_normalize(a) for a in aliases]
+            question = rng.choice(questions).replace("{T}", title)
             data.append(
-                {
-                    "Answer": {
-                        "Aliases": aliases,
-                        "MatchedWikiEntityName": value,
-                        "NormalizedAliases": norm,
-                        "NormalizedMatchedWikiEntityName": triviaqa_normalize(value),
-                        "NormalizedValue": triviaqa_normalize(value),
-                        "Type": "WikipediaEntity",
-                        "Value": value,
-                    },
-                    "EntityPages": pages,
-                    "Question": rng.choice(questions).replace("{T}", title),
-                    "QuestionId": f"{prefix}_{split}_{i}",
-                    "QuestionSource": source,
-                }
+                _trivia_record(value, aliases, pages, question, f"{prefix}_{split}_{i}", source)
             )
         doc = {
             "Data": data,

@@ -481,6 +481,38 @@ def _best_text(enc: Encoded, start, end, width: int) -> str:
     return span_text(enc, enc.windows[i], s, e)
 
 
+def _hotpot_context(context) -> tuple[str, list, list, list]:
+    """The paragraphs as one text ("title. sentences\n" each) with, per sentence, its character
+    span, its paragraph title's span and its (title, sentence index) key."""
+    parts, sent_chars, title_chars, keys, pos = [], [], [], [], 0
+    for title, sentences in context:
+        head = f"{title}. "
+        parts.append(head)
+        span = (pos, pos + len(title))
+        pos += len(head)
+        for j, sent in enumerate(sentences):
+            parts.append(sent)
+            sent_chars.append((pos, pos + len(sent)))
+            title_chars.append(span)
+            keys.append((title, j))
+            pos += len(sent)
+        parts.append("\n")
+        pos += 1
+    return "".join(parts), sent_chars, title_chars, keys
+
+
+def _hotpot_answer(answer: str | None, text: str, offsets) -> tuple[int | None, list]:
+    """(answer type label, token spans of the answer in `text`): None, [] without an answer;
+    yes/no answers have no span."""
+    if answer is None:
+        return None, []
+    answer = answer.strip()
+    if answer.lower() in ("yes", "no"):
+        return ANSWER_TYPES.index(answer.lower()), []
+    found = (char_span_to_tokens(offsets, cs, ce) for cs, ce in find_occurrences(text, [answer]))
+    return 0, [t for t in found if t is not None]
+
+
 class HotpotQAAdapter(TaskAdapter):
     """HotpotQA: `{"answer": {_id: answer}, "sp": {_id: [[title, sent_id], ...]}}`."""
 
@@ -493,22 +525,7 @@ class HotpotQAAdapter(TaskAdapter):
     def encode(self, example, max_len, overlap, max_windows, train):
         q = _ids(self.tokenizer, example.question)[:MAX_QUESTION_TOKENS]
         prefix = [self.cls] + q + [self.sep, self.sep]
-        parts, sent_chars, keys, pos = [], [], [], 0
-        title_chars = []  # per sentence: its paragraph title's characters
-        for title, sentences in example.context:
-            head = f"{title}. "
-            parts.append(head)
-            span = (pos, pos + len(title))
-            pos += len(head)
-            for j, sent in enumerate(sentences):
-                parts.append(sent)
-                sent_chars.append((pos, pos + len(sent)))
-                title_chars.append(span)
-                keys.append((title, j))
-                pos += len(sent)
-            parts.append("\n")
-            pos += 1
-        text = "".join(parts)
+        text, sent_chars, title_chars, keys = _hotpot_context(example.context)
         tokens, offsets = _with_offsets(self.tokenizer, text)
         items = []
         # a sentence is pooled with its paragraph's title: whether the title is what the
@@ -518,16 +535,7 @@ class HotpotQAAdapter(TaskAdapter):
                 t = char_span_to_tokens(offsets, a, b)
                 if t is not None:
                     items.append((k, *t))
-        answer = (example.answer or "").strip()
-        label = None
-        spans = []
-        if example.answer is not None:
-            label = ANSWER_TYPES.index(answer.lower()) if answer.lower() in ("yes", "no") else 0
-            if label == 0:
-                for cs, ce in find_occurrences(text, [answer]):
-                    t = char_span_to_tokens(offsets, cs, ce)
-                    if t is not None:
-                        spans.append(t)
+        label, spans = _hotpot_answer(example.answer, text, offsets)
         gold = {(t, i) for t, i in example.supporting_facts}
         windows = _context_windows(
             prefix,
