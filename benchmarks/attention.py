@@ -12,6 +12,9 @@ Shape (issue 3): batch 1, heads 12, head_dim 64, window 256 one-sided (transform
 Implementations:
 
 * ``tvm``, ``torch``: ``kernels.attention(..., backend=...)`` on ``(1, n, 12, 64)`` q, k, v.
+* ``tvm-block`` (issue 18): ``tvm`` with ``BlockLocal(block=256, neighbors=0)``, the disjoint
+  block pattern of the same reach as the window (a query sees at most 255 positions away, the
+  window 256) at half its keys (256 per query instead of 513). Opt-in: ``--impls ... tvm-block``.
 * ``hf-core``: transformers' ``LongformerSelfAttention`` minus its projections. The module also
   does the q/k/v and global q/k/v projections (5 full ``n x 768 x 768`` matmuls + 1 for the
   global query), which a model needs with any attention. They are timed separately in the same
@@ -19,6 +22,12 @@ Implementations:
   for peak memory (an approximation for memory: the two peaks need not coincide).
 * ``sdpa-dense``: ``torch.nn.functional.scaled_dot_product_attention`` with a dense boolean
   ``n x n`` mask (the mask itself is built outside the measurement; it is ``n^2`` bytes).
+* ``flex`` (issue 18): PyTorch's FlexAttention, ``torch.compile(flex_attention)`` with a
+  sliding-window + global-token ``BlockMask`` (``create_block_mask`` on the CPU, block 128,
+  built outside the measurement; the compile happens in the warm-up). **Forward only**: torch
+  2.13 has no FlexAttention backward on CPU (the worker checks: ``NotImplementedError``), so
+  its forward+backward columns are empty and the comparison with it is ``tvm`` forward vs
+  ``flex`` forward, printed after the table.
 
 How each number is taken:
 
@@ -30,8 +39,9 @@ How each number is taken:
 * forward = inference (``torch.no_grad``); forward+backward = forward with grad, then
   ``backward`` of a random output gradient. Times are medians over repeats (at least 3 and
   about 2 s per measurement, at most 15; 2 when one call takes over 3 s).
-* Useful GFLOP/s = ``4 * n * (2w+1) * d * heads`` / forward time (global token ignored), shown
-  next to a fp32 matmul rate (``2048^3`` ``torch.mm``) measured in the same run.
+* Useful GFLOP/s = ``4 * n * keys * d * heads`` / forward time (keys per query: ``2w+1``, or
+  the block's 256 for ``tvm-block``; global token ignored), shown next to a fp32 matmul rate
+  (``2048^3`` ``torch.mm``) measured in the same run.
 
 Threads: torch and TVM use ``--threads`` (default: usable cores). On a shared machine numbers
 are noisy; compare the ratios printed side by side.
@@ -57,10 +67,12 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_flags, load_average
 from rss import peak_extra_mb
 
 HEADS, HEAD_DIM, WINDOW = 12, 64, 256
-IMPLS = ("tvm", "torch", "hf-core", "sdpa-dense")
+IMPLS = ("tvm", "torch", "hf-core", "sdpa-dense", "flex", "tvm-block")
+DEFAULT_IMPLS = ("tvm", "torch", "hf-core", "sdpa-dense", "flex")
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
@@ -84,13 +96,47 @@ def _median_time(fn, budget_s: float = 2.0, min_reps: int = 3, max_reps: int = 1
     return statistics.median(times)
 
 
-def _measure(fwd, fwdbwd) -> dict[str, float]:
-    fwdbwd()  # warm-up: kernel loading, thread pools
+def _measure(fwd, fwdbwd) -> dict[str, float | None]:
+    """Times and peak extra memory of ``fwd`` and ``fwdbwd`` (None: the implementation has no
+    backward here; its fields are None)."""
+    if fwdbwd is not None:
+        fwdbwd()  # warm-up: kernel loading, thread pools
     fwd()
-    res = {"fwd_mb": peak_extra_mb(fwd), "fwdbwd_mb": peak_extra_mb(fwdbwd)}
+    res: dict[str, float | None] = {"fwd_mb": peak_extra_mb(fwd), "fwdbwd_mb": None}
     res["fwd_s"] = _median_time(fwd)
-    res["fwdbwd_s"] = _median_time(fwdbwd)
+    res["fwdbwd_s"] = None
+    if fwdbwd is not None:
+        res["fwdbwd_mb"] = peak_extra_mb(fwdbwd)
+        res["fwdbwd_s"] = _median_time(fwdbwd)
     return res
+
+
+def _flex_worker(n: int) -> dict[str, float | None]:
+    """FlexAttention forward with a sliding-window + global-token BlockMask (see the module
+    docstring); checks that its CPU backward is still missing (fails loudly once it exists, so
+    this benchmark gets its forward+backward columns)."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def sliding_window_with_global(b, h, q_idx, kv_idx):
+        return ((q_idx - kv_idx).abs() <= WINDOW) | (q_idx == 0) | (kv_idx == 0)
+
+    block_mask = create_block_mask(sliding_window_with_global, None, None, n, n, device="cpu")
+    flex = torch.compile(flex_attention, dynamic=False)
+    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM) for _ in range(3))
+
+    def fwd():
+        with torch.no_grad():
+            flex(q, k, v, block_mask=block_mask)
+
+    res = _measure(fwd, None)
+    probe = torch.randn(1, 1, 128, 16, requires_grad=True)
+    small = create_block_mask(sliding_window_with_global, None, None, 128, 128, device="cpu")
+    try:
+        flex(probe, probe, probe, block_mask=small).sum().backward()
+    except NotImplementedError:
+        return res
+    raise RuntimeError("FlexAttention now has a CPU backward: time it here (fwdbwd)")
 
 
 def worker(impl: str, n: int, threads: int) -> dict[str, float]:
@@ -98,11 +144,12 @@ def worker(impl: str, n: int, threads: int) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    if impl in ("tvm", "torch"):
+    if impl in ("tvm", "torch", "tvm-block"):
         sys.path.insert(0, str(ROOT))
         from longdoc import kernels
 
-        if impl == "tvm":
+        backend = impl.split("-")[0]
+        if backend == "tvm":
             kernels.configure(cache_dir=os.environ.get("BENCH_KERNEL_CACHE", "data/kernels"))
             kernels.build_kernels(
                 kernels.settings.cache_dir(), dtypes=("float32",), head_dims=(HEAD_DIM,)
@@ -110,11 +157,14 @@ def worker(impl: str, n: int, threads: int) -> dict[str, float]:
         q, k, v = (torch.randn(1, n, HEADS, HEAD_DIM, requires_grad=True) for _ in range(3))
         gmask = torch.zeros(1, n, dtype=torch.bool)
         gmask[0, 0] = True
-        pattern = kernels.SlidingWindow(WINDOW)
+        if impl == "tvm-block":
+            pattern = kernels.BlockLocal(block=WINDOW, neighbors=0)
+        else:
+            pattern = kernels.SlidingWindow(WINDOW)
         gout = torch.randn(1, n, HEADS, HEAD_DIM)
 
         def run():
-            return kernels.attention(q, k, v, pattern, global_mask=gmask, backend=impl)
+            return kernels.attention(q, k, v, pattern, global_mask=gmask, backend=backend)
 
         def fwd():
             with torch.no_grad():
@@ -221,6 +271,9 @@ def worker(impl: str, n: int, threads: int) -> dict[str, float]:
         res.update({f"proj_{key}": val for key, val in proj.items()})
         return res
 
+    if impl == "flex":
+        return _flex_worker(n)
+
     raise ValueError(f"unknown implementation {impl!r}")
 
 
@@ -237,8 +290,9 @@ def matmul_gflops(threads: int, size: int = 2048) -> float:
     return 2 * size**3 / t / 1e9
 
 
-def useful_gflop(n: int) -> float:
-    return 4 * n * (2 * WINDOW + 1) * HEAD_DIM * HEADS / 1e9
+def useful_gflop(n: int, impl: str = "tvm") -> float:
+    keys = WINDOW if impl == "tvm-block" else 2 * WINDOW + 1
+    return 4 * n * keys * HEAD_DIM * HEADS / 1e9
 
 
 def run_worker(
@@ -263,6 +317,12 @@ def run_worker(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def _fmt_ms(s: float | None) -> str:
     return "—" if s is None else (f"{s * 1e3:.0f}" if s >= 0.1 else f"{s * 1e3:.1f}")
 
@@ -283,14 +343,17 @@ def table(results: dict, seqs: list[int], impls: list[str], mm: float) -> str:
                 lines.append(f"| {n} | {impl} | {r or 'skipped'} | | | | | | |")
                 continue
             ratio = mem = "—"
-            if ref and impl != "hf-core":
+            has_bwd = r["fwdbwd_s"] is not None
+            if ref and impl != "hf-core" and has_bwd:
                 ratio = f"{ref['fwdbwd_s'] / r['fwdbwd_s']:.2f}× faster"
                 if ref["fwdbwd_mb"] > 0:
                     mem = f"{r['fwdbwd_mb'] / ref['fwdbwd_mb']:.0%}"
-            gf = useful_gflop(n) / r["fwd_s"] if r["fwd_s"] > 0 else float("nan")
+            gf = useful_gflop(n, impl) / r["fwd_s"] if r["fwd_s"] > 0 else float("nan")
+            bwd_ms = _fmt_ms(r["fwdbwd_s"]) if has_bwd else "no CPU backward"
+            bwd_mb = f"{r['fwdbwd_mb']:.0f}" if has_bwd else "—"
             lines.append(
-                f"| {n} | {impl} | {_fmt_ms(r['fwd_s'])} | {_fmt_ms(r['fwdbwd_s'])} | {ratio} | "
-                f"{r['fwd_mb']:.0f} / {r['fwdbwd_mb']:.0f} | {mem} | {gf:.0f} | {gf / mm:.0%} |"
+                f"| {n} | {impl} | {_fmt_ms(r['fwd_s'])} | {bwd_ms} | {ratio} | "
+                f"{r['fwd_mb']:.0f} / {bwd_mb} | {mem} | {gf:.0f} | {gf / mm:.0%} |"
             )
     return "\n".join(lines)
 
@@ -308,8 +371,14 @@ def plot(results: dict, seqs: list[int], impls: list[str], path: Path) -> None:
             continue
         ns = [n for n, _ in pts]
         axes[0].plot(ns, [r["fwd_s"] * 1e3 for _, r in pts], "o-", label=impl)
-        axes[1].plot(ns, [r["fwdbwd_s"] * 1e3 for _, r in pts], "o-", label=impl)
-        axes[2].plot(ns, [max(r["fwdbwd_mb"], 1) for _, r in pts], "o-", label=impl)
+        bwd = [(m, r) for m, r in pts if r["fwdbwd_s"] is not None]
+        if bwd:
+            axes[1].plot(
+                [m for m, _ in bwd], [r["fwdbwd_s"] * 1e3 for _, r in bwd], "o-", label=impl
+            )
+            axes[2].plot(
+                [m for m, _ in bwd], [max(r["fwdbwd_mb"], 1) for _, r in bwd], "o-", label=impl
+            )
     titles = ("forward time (ms)", "forward+backward time (ms)", "peak extra memory, fwd+bwd (MiB)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log", base=2)
@@ -328,7 +397,7 @@ def plot(results: dict, seqs: list[int], impls: list[str], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seqs", type=int, nargs="+", default=[1024, 4096, 16384])
-    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    ap.add_argument("--impls", nargs="+", default=list(DEFAULT_IMPLS), choices=IMPLS)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument(
         "--dense-max-seq",
@@ -361,7 +430,8 @@ def main() -> None:
         return
 
     start = time.perf_counter()
-    load_at_start = os.getloadavg()[0]  # other jobs on the cores make every figure noisier
+    load_at_start = load_average()  # other jobs on the cores make every figure noisier
+    print(f"CPU flags: {cpu_flags()}; load average (1/5/15 min): {load_at_start}", flush=True)
     mm = matmul_gflops(args.threads)
     print(f"fp32 matmul (2048^3 torch.mm, {args.threads} threads): {mm:.0f} GFLOP/s", flush=True)
     results: dict = {}
@@ -382,7 +452,7 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         summary = (
             f"fwd {_fmt_ms(r['fwd_s'])} ms, fwd+bwd {_fmt_ms(r['fwdbwd_s'])} ms, "
-            f"{r['fwdbwd_mb']:.0f} MiB"
+            f"{r['fwdbwd_mb'] or 0:.0f} MiB"
             if isinstance(r, dict)
             else r
         )
@@ -396,7 +466,9 @@ def main() -> None:
         if not ok:
             results[key] = runs[-1]
             continue
-        results[key] = {f: statistics.median(r[f] for r in ok) for f in ok[0]}
+        results[key] = {
+            f: None if ok[0][f] is None else statistics.median(r[f] for r in ok) for f in ok[0]
+        }
     mm_after = matmul_gflops(args.threads)
     mm = statistics.median([mm, mm_after])
     text = table(results, args.seqs, args.impls, mm)
@@ -414,10 +486,34 @@ def main() -> None:
     for impl in args.impls:
         a, b = results.get((4096, impl)), results.get((16384, impl))
         if isinstance(a, dict) and isinstance(b, dict):
-            growth.append(
-                f"{impl}: fwd ×{b['fwd_s'] / a['fwd_s']:.2f}, "
-                f"fwd+bwd ×{b['fwdbwd_s'] / a['fwdbwd_s']:.2f}"
+            bwd = (
+                f", fwd+bwd ×{b['fwdbwd_s'] / a['fwdbwd_s']:.2f}"
+                if a["fwdbwd_s"] and b["fwdbwd_s"]
+                else ""
             )
+            growth.append(f"{impl}: fwd ×{b['fwd_s'] / a['fwd_s']:.2f}{bwd}")
+    vs_flex = []
+    for n in args.seqs:
+        ours, flex = results.get((n, "tvm")), results.get((n, "flex"))
+        if isinstance(ours, dict) and isinstance(flex, dict):
+            vs_flex.append(f"{n}: {flex['fwd_s'] / ours['fwd_s']:.2f}x")
+    if vs_flex:
+        print(
+            "tvm forward vs FlexAttention forward (flex has no CPU backward): " + ", ".join(vs_flex)
+        )
+    block_cost = []
+    for n in args.seqs:
+        slide, block = results.get((n, "tvm")), results.get((n, "tvm-block"))
+        if isinstance(slide, dict) and isinstance(block, dict):
+            block_cost.append(
+                f"{n}: fwd {block['fwd_s'] / slide['fwd_s']:.2f}, "
+                f"fwd+bwd {block['fwdbwd_s'] / slide['fwdbwd_s']:.2f}"
+            )
+    if block_cost:
+        print(
+            "tvm BlockLocal(256, 0) time / tvm SlidingWindow(256) time (same reach, half the "
+            "keys): " + "; ".join(block_cost)
+        )
     if growth:
         print("time growth 4096 -> 16384: " + "; ".join(growth))
     print(f"fp32 matmul: {mm:.0f} GFLOP/s (median of before/after: {mm_after:.0f} after)")
@@ -436,11 +532,12 @@ def main() -> None:
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         extra = "\n".join(
             [
-                f"\n## Attention kernels (issue 3), {when}\n",
+                f"\n## Attention kernels (issues 3, 18), {when}\n",
                 f"Command: `{cmd.strip()}`  ",
                 f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-                f"no GPU; 1-minute load average at the start {load_at_start:.2f} (above ~0.5 "
-                "other jobs share the cores: compare ratios).  ",
+                f"no GPU, CPU flags: {cpu_flags()}; load average (1/5/15 min) at the start "
+                f"{load_at_start}, at the end {load_average()} (above ~0.5 other jobs share the "
+                "cores: compare ratios).  ",
                 f"Each figure: median of {args.rounds} round(s), every other round in reverse "
                 "order.  ",
                 f"Workers' OpenMP wait policy: {policy}.  ",
@@ -448,6 +545,24 @@ def main() -> None:
                 f"head_dim {HEAD_DIM}, window {WINDOW} one-sided, one global token.\n",
                 text,
                 *(["", "Time growth 4096 → 16384: " + "; ".join(growth)] if growth else []),
+                *(
+                    [
+                        "",
+                        "`tvm` forward vs FlexAttention forward (FlexAttention has no CPU "
+                        "backward in torch " + _torch_version() + "): " + ", ".join(vs_flex),
+                    ]
+                    if vs_flex
+                    else []
+                ),
+                *(
+                    [
+                        "",
+                        "`tvm` BlockLocal(256, 0) time / `tvm` SlidingWindow(256) time (same "
+                        "reach, half the keys): " + "; ".join(block_cost),
+                    ]
+                    if block_cost
+                    else []
+                ),
                 "",
             ]
         )

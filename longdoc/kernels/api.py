@@ -3,14 +3,17 @@
 Backends:
 
 * ``dense``: masked full attention, any pattern; the oracle (O(seq^2) memory).
+* ``sdpa``: the same in one fused ``scaled_dot_product_attention`` call (no score matrix; a
+  boolean ``seq x seq`` mask unless the pattern covers the sequence; see ``kernels.dense``).
 * ``torch``: banded pure PyTorch, O(seq * window) memory, any device; ``SlidingWindow`` (with
   dilation, per-head dilation, causal) and ``BlockLocal``; ``Strided`` and ``Fixed`` as a band or
   block plus their long-range part (O(seq * (s + seq/s)) memory, never seq x seq).
 * ``tvm``: TVM-compiled sliding-window kernels (see ``kernels.tvm_backend``).
-* ``auto``: ``tvm`` where it is eligible (CPU calls that need no gradient: see
-  ``kernels.tvm_backend.AUTO_ELIGIBLE``) and its kernel is already cached for the
-  device/dtype/head_dim; else ``torch`` where the pattern allows (``SlidingWindow``,
-  ``BlockLocal``, ``Strided``, ``Fixed``), else ``dense`` (``Dense``).
+* ``auto``: ``sdpa`` for short inputs (``fused_dense_pays``: the pattern covers the sequence,
+  or its band spans it) and for ``Dense``; else ``tvm`` where it is eligible (CPU calls that
+  need no gradient: see ``kernels.tvm_backend.AUTO_ELIGIBLE``) and its kernel is already cached
+  for the device/dtype/head_dim; else ``torch`` (``SlidingWindow``, ``BlockLocal``,
+  ``Strided``, ``Fixed``).
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ import importlib.util
 import torch
 
 from . import torch_backend
-from .dense import dense_attention
-from .patterns import Pattern
+from .dense import dense_attention, fused_attention
+from .patterns import BlockLocal, Dense, Pattern, SlidingWindow
 
-BACKENDS = ("auto", "dense", "torch", "tvm")
+BACKENDS = ("auto", "dense", "sdpa", "torch", "tvm")
 
 
 def available_backends() -> tuple[str, ...]:
     """Backends usable in this environment (``tvm`` only if the package is installed; checking
     does not import it)."""
-    names = ["dense", "torch"]
+    names = ["dense", "sdpa", "torch"]
     if importlib.util.find_spec("tvm") is not None:
         names.append("tvm")
     return tuple(names)
@@ -59,10 +62,30 @@ def _check_inputs(q, k, v, pattern, global_mask, key_padding_mask) -> None:
             raise ValueError(f"{name} must be a bool tensor of shape (batch, seq) = ({b}, {n})")
 
 
+def fused_dense_pays(pattern: Pattern, seq_len: int) -> bool:
+    """Whether one fused dense call (``sdpa``) is the cheaper way to compute ``pattern`` at this
+    length: the pattern covers the sequence (plain full attention: nothing for a band to skip),
+    or its band spans it (an undilated bidirectional window of ``2w+1 >= seq`` keys, blocks
+    reaching ``(2 neighbors + 1) * block >= seq`` positions), where the dense call does at most
+    about 4/3 of the band's work but in one fused kernel instead of chunks or row tiles that
+    each overhang the sequence; or ``Dense``, which no structured backend serves."""
+    if isinstance(pattern, Dense) or pattern.covers(seq_len):
+        return True
+    if isinstance(pattern, SlidingWindow):
+        dilations = pattern.dilation if isinstance(pattern.dilation, tuple) else (pattern.dilation,)
+        bidirectional = not pattern.causal and set(dilations) == {1}
+        return bidirectional and seq_len <= 2 * pattern.window + 1
+    if isinstance(pattern, BlockLocal):
+        return seq_len <= (2 * pattern.neighbors + 1) * pattern.block
+    return False
+
+
 def select_backend(q: torch.Tensor, pattern: Pattern, needs_grad: bool) -> str:
     """The backend ``auto`` picks for this call (exposed for logging and tests)."""
     from . import tvm_backend
 
+    if fused_dense_pays(pattern, q.shape[1]):
+        return "sdpa"
     if tvm_backend.usable_cached(q, pattern, needs_grad):
         return "tvm"
     if torch_backend.supports(pattern):
@@ -98,6 +121,8 @@ def attention(
         backend = select_backend(q, pattern, needs_grad)
     if backend == "dense":
         return dense_attention(q, k, v, pattern, global_mask, key_padding_mask)
+    if backend == "sdpa":
+        return fused_attention(q, k, v, pattern, global_mask, key_padding_mask)
     if backend == "torch":
         if not torch_backend.supports(pattern):
             raise ValueError(

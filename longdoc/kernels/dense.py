@@ -1,7 +1,14 @@
-"""The ``dense`` backend: masked full attention. The oracle every other backend must match.
+"""Dense attention: the ``dense`` backend (the oracle) and the fused ``sdpa`` path.
 
-It materialises the ``(batch, heads, seq, seq)`` score matrix, so it is only for tests, short
-sequences and the patterns no structured backend covers.
+* ``dense_attention``: masked full attention, written out. The oracle every other backend must
+  match. It materialises the ``(batch, heads, seq, seq)`` score matrix, so it is only for tests,
+  short sequences and the patterns no structured backend covers.
+* ``fused_attention``: the same function in one call of PyTorch's fused
+  ``scaled_dot_product_attention`` (the flash-attention CPU kernel, forward and backward; no
+  score matrix in memory). With no mask at all when the pattern covers the whole sequence and
+  nothing is padding (plain full attention, what RoBERTa runs), else a boolean
+  ``(batch, heads or 1, seq, seq)`` mask. ``auto`` uses it for short inputs (see
+  ``kernels.api``), where a window covers (nearly) everything and a band saves no work.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .patterns import Pattern
 
@@ -71,4 +79,37 @@ def dense_attention(
     cdt = compute_dtype(q.dtype)
     qt, kt, vt = (x.transpose(1, 2).to(cdt) for x in (q, k, v))
     out = masked_softmax_attention(qt, kt, vt, allowed)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    global_mask: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``dense_attention`` in one fused SDPA call on ``(batch, seq, heads, dim)`` tensors.
+
+    When the pattern covers the sequence, global tokens change nothing (every pair is allowed
+    already): only padding keys are masked. A query with no usable key gets a fully open mask
+    row (a finite softmax: no NaN in the forward or the backward) and is zeroed afterwards.
+    """
+    batch, seq, heads, dim = q.shape
+    cdt = compute_dtype(q.dtype)
+    qt, kt, vt = (x.transpose(1, 2).to(cdt) for x in (q, k, v))
+    if pattern.covers(seq):
+        allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+    else:
+        allowed = allowed_mask(pattern, seq, heads, global_mask, key_padding_mask, q.device)
+    if allowed is None:
+        out = F.scaled_dot_product_attention(qt, kt, vt)
+    else:
+        has_any = allowed.any(dim=-1, keepdim=True)
+        if bool(has_any.all()):
+            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed)
+        else:
+            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed | ~has_any)
+            out = out * has_any.to(out.dtype)
     return out.transpose(1, 2).to(q.dtype)

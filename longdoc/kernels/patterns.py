@@ -41,6 +41,11 @@ class Pattern:
     def mask(self, seq_len: int, device: torch.device | str | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def covers(self, seq_len: int) -> bool:
+        """Whether every (query, key) pair of a ``seq_len`` sequence is allowed, for every head:
+        then the pattern is plain full attention at this length (``.mask`` is all True)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class SlidingWindow(Pattern):
@@ -95,6 +100,12 @@ class SlidingWindow(Pattern):
             allowed = allowed & (diff >= 0)
         return allowed
 
+    def covers(self, seq_len: int) -> bool:
+        if seq_len <= 1:
+            return True
+        dilations = self.dilation if isinstance(self.dilation, tuple) else (self.dilation,)
+        return not self.causal and set(dilations) == {1} and self.window >= seq_len - 1
+
 
 @dataclass(frozen=True)
 class BlockLocal(Pattern):
@@ -111,6 +122,9 @@ class BlockLocal(Pattern):
     def mask(self, seq_len: int, device: torch.device | str | None = None) -> torch.Tensor:
         i, j = _offsets(seq_len, device)
         return (i // self.block - j // self.block).abs() <= self.neighbors
+
+    def covers(self, seq_len: int) -> bool:
+        return (seq_len - 1) // self.block <= self.neighbors
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,11 @@ class Strided(Pattern):
         if self.causal:
             allowed = allowed & (diff >= 0)
         return allowed
+
+    def covers(self, seq_len: int) -> bool:
+        if seq_len <= 1:
+            return True
+        return not self.causal and (self.stride >= seq_len - 1 or self.stride == 1)
 
 
 @dataclass(frozen=True)
@@ -163,6 +182,11 @@ class Fixed(Pattern):
             allowed = allowed & (j <= i)
         return allowed
 
+    def covers(self, seq_len: int) -> bool:
+        if seq_len <= 1:
+            return True
+        return not self.causal and (seq_len <= self.block or self.summary == self.block)
+
 
 @dataclass(frozen=True)
 class Dense(Pattern):
@@ -175,3 +199,6 @@ class Dense(Pattern):
         if self.causal:
             return j <= i
         return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device)
+
+    def covers(self, seq_len: int) -> bool:
+        return seq_len <= 1 or not self.causal

@@ -191,9 +191,10 @@ def torch_attention(
     the global keys/values ``(B', G, h, D)`` and their validity ``(B', G)`` (or ``None``), and
     returns the ``(B', m, h, D)`` output.
 
-    ``band_part`` replaces the band of ``Strided`` (the TVM backend's kernel again): it gets
-    ``(q, k, v, key_ok, window, causal)`` on ``(B, n, H, D)`` tensors and returns the band's
-    ``(out, lse)`` with ``lse = -inf`` on rows that have no usable key.
+    ``band_part`` replaces the band of ``Strided`` and the own block of ``Fixed`` (the TVM
+    backend's kernel again): it gets ``(q, k, v, key_ok, window, causal)`` (``Strided``) or
+    ``(q, k, v, key_ok, 0, causal, block)`` (``Fixed``) on ``(B, n, H, D)`` tensors and returns
+    that part's ``(out, lse)`` with ``lse = -inf`` on rows that have no usable key.
     """
     if not supports(pattern):
         raise ValueError(f"backend 'torch' does not support pattern {pattern}")
@@ -220,7 +221,7 @@ def torch_attention(
         if isinstance(pattern, Strided):
             parts = _strided(qt, kt, vt, key_ok, pattern, band_part)
         else:
-            parts = _fixed(qt, kt, vt, key_ok, pattern)
+            parts = _fixed(qt, kt, vt, key_ok, pattern, band_part)
         if gk is not None:
             parts.append(_global_part(qt, gk, gv, g_ok))
         out = _merge(parts)
@@ -437,7 +438,9 @@ def _strided(
     return [local, strided]
 
 
-def _fixed(q, k, v, key_ok, pattern: Fixed) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _fixed(
+    q, k, v, key_ok, pattern: Fixed, band_part: LocalFn | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``Fixed(block, summary)``: the query's own block + the last ``summary`` positions of every
     *other* block (earlier blocks only when causal).
 
@@ -447,9 +450,13 @@ def _fixed(q, k, v, key_ok, pattern: Fixed) -> list[tuple[torch.Tensor, torch.Te
     """
     b, n, h, d = q.shape
     blk, summ, causal = pattern.block, pattern.summary, pattern.causal
-    a = torch.arange(blk, device=q.device)
-    own = (a.view(-1, 1) >= a.view(1, -1)) if causal else torch.ones(blk, blk, dtype=torch.bool)
-    local = _local_part(q, k, v, key_ok, blk, 0, 0, own.to(q.device))
+    if band_part is None:
+        a = torch.arange(blk, device=q.device)
+        own = (a.view(-1, 1) >= a.view(1, -1)) if causal else torch.ones(blk, blk, dtype=torch.bool)
+        local = _local_part(q, k, v, key_ok, blk, 0, 0, own.to(q.device))
+    else:
+        out, lse = band_part(q, k, v, key_ok, 0, causal, blk)
+        local = (out, torch.where(torch.isfinite(lse), lse, torch.full_like(lse, _EMPTY_LSE)))
 
     pos = torch.arange(n, device=q.device)
     cols = pos[pos % blk >= blk - summ]  # (M,) summary key positions

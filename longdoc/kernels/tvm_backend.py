@@ -3,11 +3,18 @@ build cache.
 
 What it supports:
 
-* Patterns: ``SlidingWindow`` (any window, int or per-head dilation, causal or not) and
-  ``Strided`` (its band ``|i-j| <= stride`` in the kernels, the every-``stride``-th keys in torch,
-  merged by log-sum-exp). Dilation is folded into the batch dimension and global query rows are
-  computed outside the kernels (see ``kernels.torch_backend``); the forward kernel takes the
-  global *keys* before each band, so it computes one softmax over band + global keys.
+* Patterns: ``SlidingWindow`` (any window, int or per-head dilation, causal or not),
+  ``BlockLocal`` (any block and neighbors; a block need not divide the length), ``Strided``
+  (its band ``|i-j| <= stride`` in the kernels, the every-``stride``-th keys in torch) and
+  ``Fixed`` (the query's own block, causal or not, in the kernels, the summary columns in
+  torch); the parts are merged by log-sum-exp. The kernels take each query's keys as a
+  contiguous range given by runtime arguments (``_BandSpec``: a window around the query, or
+  whole blocks), so one compiled library serves every pattern; a block pattern costs its own
+  keys (a ``BlockLocal(b)`` query reads ``b`` keys where a window of the same reach reads
+  ``2b+1``). CUDA kernels: sliding windows only. Dilation is folded into the batch dimension
+  and global query rows are computed outside the kernels (see ``kernels.torch_backend``); the
+  forward kernel takes the global *keys* before each band, so it computes one softmax over
+  band + global keys.
 * dtypes: float32 kernels. bfloat16 inputs are computed by the float32 kernel (upcast on the
   way in, rounded on the way out), exactly like the ``torch`` backend computes them.
 * Devices: CPU through LLVM (``kernels.tvm_source``: forward reading q, k, v in place with the
@@ -43,13 +50,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from . import torch_backend
-from .patterns import Pattern, SlidingWindow, Strided
+from .patterns import BlockLocal, Fixed, Pattern, SlidingWindow, Strided
 from .settings import cache_dir
 
 log = logging.getLogger(__name__)
@@ -402,7 +409,7 @@ def cached_variant_exists(head_dim: int, target_name: str = "llvm") -> bool:
 
 
 def supports(pattern: Pattern) -> bool:
-    return isinstance(pattern, (SlidingWindow, Strided))
+    return isinstance(pattern, (SlidingWindow, Strided, BlockLocal, Fixed))
 
 
 #: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (the figures
@@ -452,24 +459,56 @@ def _head_groups(x: torch.Tensor) -> list[slice]:
     return [slice(h0, min(h, h0 + hc)) for h0 in range(0, h, hc)]
 
 
-def _fwd_band_len(m: int, w: int) -> int:
+class _BandSpec(NamedTuple):
+    """Which keys the compiled kernels give each query (see ``tvm_source._row_lo``): a sliding
+    window (``block == 0``: keys ``i - window .. i + window``, or ``.. i`` when causal) or
+    blocks (``block > 0``: the query's block and ``neighbors`` blocks each side, capped at the
+    query when causal)."""
+
+    window: int = 0
+    causal: bool = False
+    block: int = 0
+    neighbors: int = 0
+
+    @property
+    def reach(self) -> int:
+        """How far from a query its keys (and from a key its queries) can be on either side:
+        the zero padding the kernels' packed buffers put before the sequence (their ``w``)."""
+        return self.window if self.block == 0 else (self.neighbors + 1) * self.block - 1
+
+    def row_hi(self, i: int) -> int:
+        """One past the last key of query ``i`` (``tvm_source._row_hi``)."""
+        if self.block == 0:
+            return i + self.window + 1 - (self.window if self.causal else 0)
+        end = (i // self.block + self.neighbors + 1) * self.block
+        return min(end, i + 1) if self.causal else end
+
+    def query_hi(self, j: int) -> int:
+        """One past the last query that sees key ``j`` (``tvm_source._query_hi``)."""
+        if self.block == 0:
+            return j + self.window + 1
+        return (j // self.block + self.neighbors + 1) * self.block
+
+
+def _fwd_band_len(m: int, spec: _BandSpec) -> int:
     """Number of packed band positions (after the global slots) that the forward kernel's ``ok``
-    vector covers: ``w`` before the sequence, the ``m`` positions, then enough that the last row
-    tile's key blocks (``FWD_ROWS`` rows, whole blocks of ``FWD_KEYS`` keys) stay inside."""
+    vector covers: ``spec.reach`` before the sequence, the ``m`` positions, then enough that the
+    last row tile's keys (``FWD_ROWS`` rows, whole blocks of ``FWD_KEYS`` keys) stay inside."""
     from .tvm_source import FWD_KEYS, FWD_ROWS
 
     mt = -(-m // FWD_ROWS) * FWD_ROWS
-    return mt + 2 * w + FWD_KEYS
+    return spec.reach + spec.row_hi(mt - 1) + FWD_KEYS
 
 
-def _band_len(m: int, rows: int, w: int) -> int:
-    """Length ``NP`` of a band-side packed buffer: ``w`` zero rows on the left, then the ``m``
-    positions, then zeros far enough that the last tile (``rows`` rows, reading whole key tiles
-    of ``KEY_TILE``) stays inside; a multiple of ``KEY_TILE`` (the pack kernels' block)."""
+def _band_len(m: int, rows: int, spec: _BandSpec) -> int:
+    """Length ``NP`` of a band-side packed buffer: ``spec.reach`` zero rows on the left, then the
+    ``m`` positions, then zeros far enough that the last tile (``rows`` keys, reading whole
+    query tiles of ``KEY_TILE``) stays inside; a multiple of ``KEY_TILE`` (the pack kernels'
+    block)."""
     from .tvm_source import KEY_TILE
 
     mt = -(-m // rows) * rows
-    need = mt + 2 * w + KEY_TILE
+    need = spec.reach + spec.query_hi(mt - 1) + KEY_TILE
     return -(-need // KEY_TILE) * KEY_TILE
 
 
@@ -497,12 +536,12 @@ class _Band(torch.autograd.Function):
     query: ``O(G * m)``) are computed here in torch."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, window: int, causal: bool):
+    def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec):
         from .tvm_source import FWD_KEYS
 
         q, k, v = (x.contiguous() for x in (q, k, v))
         b, m, h, d = q.shape
-        w = int(window)
+        w = spec.reach
         # the kernel reads q, k, v and the global keys in place (no packed copies); it numbers
         # the keys gp global slots first, then the band positions (see kernels.tvm_source)
         if gk is None:
@@ -510,12 +549,13 @@ class _Band(torch.autograd.Function):
         else:
             gk, gv = gk.contiguous(), gv.contiguous()
             gp, gk_, gv_ = -(-gk.shape[1] // FWD_KEYS) * FWD_KEYS, gk, gv
-        okp = _band_ok(key_ok, g_ok, gp, w, gp + _fwd_band_len(m, w))
+        okp = _band_ok(key_ok, g_ok, gp, w, gp + _fwd_band_len(m, spec))
         out = torch.empty(b, m, h, d, dtype=torch.float32)
         lse = torch.empty(b, m, h, dtype=torch.float32)
-        fns["fwd"](q, k, v, gk_, gv_, okp, out, lse, w, int(causal), gp)
+        causal, blk, nbr = int(spec.causal), spec.block, spec.neighbors
+        fns["fwd"](q, k, v, gk_, gv_, okp, out, lse, w, causal, gp, blk, nbr)
         ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, g_ok)
-        ctx.fns, ctx.w, ctx.causal = fns, w, bool(causal)
+        ctx.fns, ctx.spec = fns, spec
         return out, lse
 
     @staticmethod
@@ -523,7 +563,8 @@ class _Band(torch.autograd.Function):
         from .tvm_source import BIG, KEY_ROWS, KEY_TILE, SEG_KEYS
 
         q, k, v, key_ok, out, lse, gk, gv, g_ok = ctx.saved_tensors
-        fns, w, causal = ctx.fns, ctx.w, int(ctx.causal)
+        fns, spec = ctx.fns, ctx.spec
+        w, causal, blk, nbr = spec.reach, int(spec.causal), spec.block, spec.neighbors
         b, m, h, d = q.shape
         if g_out is None:
             g_out = torch.zeros_like(out)
@@ -535,13 +576,14 @@ class _Band(torch.autograd.Function):
         delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
         lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
         okf = key_ok.to(torch.float32).contiguous()
-        len_k = _band_len(m, KEY_ROWS, w)
+        len_k = _band_len(m, KEY_ROWS, spec)
         dq, dk, dv = (torch.empty(b, m, h, d, dtype=torch.float32) for _ in range(3))
         segs = -(-m // SEG_KEYS)
         for hs in _head_groups(q):
             # one pass over the band from the keys' side: dk, dv per key, and each key tile's
             # ds^T k into private dq rows per segment of SEG_KEYS keys (no write races), which
             # dq_overlap_add then sums. The band's p and ds are computed once, not twice.
+            # private rows of a segment: its keys' queries reach ``w`` before and after it
             dqp = torch.empty(
                 b, hs.stop - hs.start, segs, SEG_KEYS + 2 * w + KEY_TILE, d, dtype=torch.float32
             )
@@ -552,7 +594,25 @@ class _Band(torch.autograd.Function):
             right = len_k - w - m
             lsep = _pad_seq(lse_s[:, :, hs], w, right, BIG).permute(0, 2, 1).contiguous()
             deltap = _pad_seq(delta[:, :, hs], w, right).permute(0, 2, 1).contiguous()
-            fns["dkdv"](k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w, causal, hs.start)
+            fns["dkdv"](
+                k,
+                v,
+                okf,
+                qt,
+                dot,
+                qp,
+                dop,
+                lsep,
+                deltap,
+                dk,
+                dv,
+                dqp,
+                w,
+                causal,
+                hs.start,
+                blk,
+                nbr,
+            )
             del qt, dot, qp, dop
             fns["dq_add"](dqp, dq, w, hs.start)
             del dqp
@@ -584,7 +644,10 @@ class _GpuBand(torch.autograd.Function):
     gradients; the kernels read the ``(B, m, H, D)`` tensors directly (no packed copies)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, window: int, causal: bool):
+    def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec):
+        if spec.block:
+            raise ValueError("the GPU kernels compute sliding windows only, not blocks")
+        window, causal = spec.window, spec.causal
         q, k, v = (x.contiguous() for x in (q, k, v))
         b, m, h, d = q.shape
         if gk is None:  # the kernels take G >= 1: one unusable slot
@@ -640,24 +703,10 @@ def _band_ok(
     return ok
 
 
-# The compiled band kernels were seen to give wrong rows (even NaN) within a window of the end
-# of an odd-length sequence once the window reaches the forward's key chunk, in some processes
-# and not others (so likely a read past a partial last tile); tests/kernels/test_attention.py
-# has the regression test. Until the kernel source is fixed, a length that is not a multiple of
-# the query tile is padded with masked keys up to one, and the extra rows are dropped; F.pad and
-# the slice are in the autograd graph, so gradients are exact.
-PAD_TO = 32  # tvm_source.FWD_ROWS
-
-
-def _local_fn(fns, window: int, causal: bool, band=_Band):
+def _local_fn(fns, spec: _BandSpec, band=_Band):
     def local(q, k, v, key_ok, gk, gv, g_ok):
-        m = q.shape[1]
-        pad = -m % PAD_TO
-        if pad:
-            q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
-            key_ok = F.pad(key_ok, (0, pad), value=False)
-        out, _ = band.apply(q, k, v, key_ok, gk, gv, g_ok, fns, window, causal)
-        return out[:, :m]
+        out, _ = band.apply(q, k, v, key_ok, gk, gv, g_ok, fns, spec)
+        return out
 
     return local
 
@@ -676,8 +725,9 @@ def tvm_attention(
     cached library for the tensors' device (tests of the CUDA path's arithmetic)."""
     if not supports(pattern):
         raise ValueError(
-            f"backend 'tvm' does not support pattern {pattern}; it compiles SlidingWindow and "
-            "the band of Strided (use backend='torch' or 'dense', or 'auto')"
+            f"backend 'tvm' does not support pattern {pattern}; it compiles SlidingWindow, "
+            "BlockLocal and the local parts of Strided and Fixed (use backend='sdpa' or 'dense', "
+            "or 'auto')"
         )
     if tvm_version() is None:
         raise ValueError("backend 'tvm' needs the apache-tvm package, which is not installed")
@@ -692,19 +742,30 @@ def tvm_attention(
         fns, band = _kernel(q.shape[-1]), _Band
     else:
         raise ValueError(f"backend 'tvm' runs on CPU and CUDA devices, not {q.device}")
+    if band is _GpuBand and isinstance(pattern, (BlockLocal, Fixed)):
+        raise ValueError(
+            f"backend 'tvm': the GPU kernels compute sliding windows only, not {pattern} "
+            "(use backend='torch')"
+        )
     dtype = q.dtype
     q32, k32, v32 = (x.to(torch.float32) for x in (q, k, v))
-    if isinstance(pattern, Strided):
-        # the band |i - j| <= stride by the kernels, the long-range part in torch (folded by
-        # residue class; see kernels.torch_backend._strided), merged by log-sum-exp
-        def band_part(q, k, v, key_ok, window, causal):
-            return band.apply(q, k, v, key_ok, None, None, None, fns, window, causal)
+    if isinstance(pattern, (Strided, Fixed)):
+        # the band |i - j| <= stride (Strided) or the query's own block (Fixed) by the kernels,
+        # the long-range part in torch (see kernels.torch_backend._strided / _fixed), merged by
+        # log-sum-exp
+        def band_part(q, k, v, key_ok, window, causal, block=0):
+            spec = _BandSpec(window, causal, block)
+            return band.apply(q, k, v, key_ok, None, None, None, fns, spec)
 
         out = torch_backend.torch_attention(
             q32, k32, v32, pattern, global_mask, key_padding_mask, band_part=band_part
         )
         return out.to(dtype)
-    local = _local_fn(fns, pattern.window, pattern.causal, band)
+    if isinstance(pattern, BlockLocal):
+        spec = _BandSpec(block=pattern.block, neighbors=pattern.neighbors)
+    else:
+        spec = _BandSpec(pattern.window, pattern.causal)
+    local = _local_fn(fns, spec, band)
     out = torch_backend.torch_attention(
         q32, k32, v32, pattern, global_mask, key_padding_mask, local=local
     )

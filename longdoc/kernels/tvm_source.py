@@ -111,6 +111,38 @@ def _exp(x):
     return p * two_n
 
 
+def _row_lo(i, w, blk, nbr):
+    """First key (sequence row) of query ``i``: ``i - w`` for a sliding window (``blk == 0``),
+    the first row of block ``i // blk - nbr`` for block-local patterns (``blk > 0``)."""
+    return T.Select(blk > 0, (T.floordiv(i, T.max(blk, 1)) - nbr) * blk, i - w)
+
+
+def _row_hi(i, w, causal, blk, nbr):
+    """One past the last key of query ``i``: ``i + w + 1`` (``i + 1`` when causal) for a sliding
+    window, the end of block ``i // blk + nbr`` for block-local ones (capped at ``i + 1`` when
+    causal)."""
+    block_end = (T.floordiv(i, T.max(blk, 1)) + nbr + 1) * blk
+    return T.Select(
+        blk > 0,
+        T.Select(causal > 0, T.min(block_end, i + 1), block_end),
+        i + w + 1 - causal * w,
+    )
+
+
+def _query_lo(j, w, causal, blk, nbr):
+    """First query that sees key ``j`` (the transpose of ``_row_lo``/``_row_hi``)."""
+    return T.Select(
+        blk > 0,
+        T.Select(causal > 0, j, (T.floordiv(j, T.max(blk, 1)) - nbr) * blk),
+        j - w + causal * w,
+    )
+
+
+def _query_hi(j, w, blk, nbr):
+    """One past the last query that sees key ``j``."""
+    return T.Select(blk > 0, (T.floordiv(j, T.max(blk, 1)) + nbr + 1) * blk, j + w + 1)
+
+
 def sliding_window(
     head_dim: int,
     key_tile: int = KEY_TILE,
@@ -201,6 +233,8 @@ def sliding_window(
         w: T.int32,
         causal: T.int32,
         gp: T.int32,
+        blk: T.int32,
+        nbr: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_fwd", "tirx.noalias": True})
         B = T.int32()
@@ -216,10 +250,7 @@ def sliding_window(
         ok = T.match_buffer(ok_h, (B, NP), "float32")
         o = T.match_buffer(o_h, (B, n, HF, D), "float32")
         lse = T.match_buffer(lse_h, (B, n, HF), "float32")
-        nkeys = 2 * w + 1 - causal * w
-        nb = (nkeys + QL - 1 + KF - 1) // KF * KF  # band keys per row tile (whole key blocks)
         nchg = (gp + CH - 1) // CH
-        nchunks = nchg + (nb + CH - 1) // CH
         nt = (n + QL - 1) // QL
         ngrp = (nt + RG - 1) // RG
         for r in T.parallel(B * HF * ngrp):
@@ -232,10 +263,20 @@ def sliding_window(
             mv = T.alloc_buffer((QL,), "float32", scope="local")
             al = T.alloc_buffer((QL,), "float32", scope="local")
             lsum = T.alloc_buffer((QL,), "float32", scope="local")
+            rlo = T.alloc_buffer((QL,), "int32", scope="local")
+            rhi = T.alloc_buffer((QL,), "int32", scope="local")
             b = r // (HF * ngrp)
             h = r // ngrp % HF
             for g in T.serial(T.min(RG, nt - r % ngrp * RG)):
                 i0 = (r % ngrp * RG + g) * QL
+                # each row's keys: sequence rows [rlo, rhi) (monotone in the row), and the
+                # tile's: [lo0, lo0 + nb), whole key blocks
+                for a in T.serial(QL):
+                    rlo[a] = _row_lo(i0 + a, w, blk, nbr)
+                    rhi[a] = _row_hi(i0 + a, w, causal, blk, nbr)
+                lo0 = rlo[0]
+                nb = (rhi[QL - 1] - lo0 + KF - 1) // KF * KF
+                nchunks = nchg + (nb + CH - 1) // CH
                 # the tile's queries, transposed: lanes = rows
                 for a in T.serial(QL):
                     for d in T.vectorized(D):
@@ -263,7 +304,7 @@ def sliding_window(
                     glob = ch < nchg
                     # global chunk: slots pbase.. of gk/gv; band chunk: packed positions pbase..
                     # = sequence rows pbase - gp - w.. (clamped; out-of-range keys have ok = 0)
-                    pbase = T.Select(glob, ch * CH, gp + i0 + (ch - nchg) * CH)
+                    pbase = T.Select(glob, ch * CH, gp + w + lo0 + (ch - nchg) * CH)
                     ubase = (ch - nchg) * CH
                     cnt = T.Select(glob, T.min(CH, gp - ch * CH), T.min(CH, nb - ubase))
                     for a in T.vectorized(QL):
@@ -314,8 +355,8 @@ def sliding_window(
                                                 D - 1 + dl,
                                             ]
                                         )
-                        u0 = ubase + kb * KF
-                        if glob or (u0 >= QL - 1 and u0 + KF - 1 < nkeys):
+                        j0 = lo0 + ubase + kb * KF  # sequence row of the block's first key
+                        if glob or (j0 >= rlo[QL - 1] and j0 + KF <= rhi[0]):
                             for j in T.unroll(KF):
                                 for a in T.vectorized(QL):
                                     sb[(kb * KF + j) * QL + a] = T.Select(
@@ -324,13 +365,13 @@ def sliding_window(
                                         T.float32(NEG),
                                     )
                                     mv[a] = T.max(mv[a], sb[(kb * KF + j) * QL + a])
-                        else:  # a band edge: the band of row a is u - a in [0, nkeys)
+                        else:  # a band edge: row a sees sequence rows [rlo[a], rhi[a])
                             for j in T.unroll(KF):
                                 for a in T.vectorized(QL):
                                     sb[(kb * KF + j) * QL + a] = T.Select(
                                         ok[b, pbase + kb * KF + j] > T.float32(0)
-                                        and u0 + j - a >= 0
-                                        and u0 + j - a < nkeys,
+                                        and j0 + j >= rlo[a]
+                                        and j0 + j < rhi[a],
                                         s[j * QL + a] * T.float32(scale),
                                         T.float32(NEG),
                                     )
@@ -376,7 +417,11 @@ def sliding_window(
                     else:
                         rb = pbase - gp - w  # sequence row of the chunk's key 0
                         y0 = T.max(0, -rb)
-                        y1 = T.min(cnt, n - rb)
+                        # y1 >= y0: a chunk that starts past the sequence end (the last row
+                        # tile, windows over a chunk) has n - rb < 0, and a negative odd count
+                        # made the odd-key tail below run once (floormod) and read sb at a
+                        # negative index: garbage, even NaN, rows near the end of odd lengths
+                        y1 = T.max(y0, T.min(cnt, n - rb))
                         for db in T.serial(D // DB):
                             for x in T.unroll(DB):
                                 for a in T.vectorized(QL):
@@ -434,6 +479,8 @@ def sliding_window(
         w: T.int32,
         causal: T.int32,
         h0: T.int32,
+        blk: T.int32,
+        nbr: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_bwd_dkdv", "tirx.noalias": True})
         B = T.int32()
@@ -455,8 +502,6 @@ def sliding_window(
         dk = T.match_buffer(dk_h, (B, n, HF, D), "float32")
         dv = T.match_buffer(dv_h, (B, n, HF, D), "float32")
         dqp = T.match_buffer(dqp_h, (B, HG, NS, SP, D), "float32")
-        nq = 2 * w + 1 - causal * w
-        ntiles = (nq + KR - 1 + KT - 1) // KT
         for r in T.parallel(B * HG * NS):
             s = T.alloc_buffer((KR * KT,), "float32", scope="local")
             dp = T.alloc_buffer((KR * KT,), "float32", scope="local")
@@ -467,6 +512,8 @@ def sliding_window(
             ak = T.alloc_buffer((KR * D,), "float32", scope="local")
             av = T.alloc_buffer((KR * D,), "float32", scope="local")
             kok = T.alloc_buffer((KR,), "float32", scope="local")
+            kql = T.alloc_buffer((KR,), "int32", scope="local")
+            kqh = T.alloc_buffer((KR,), "int32", scope="local")
             b = r // (HG * NS)
             h = r // NS % HG
             g = r % NS
@@ -476,7 +523,14 @@ def sliding_window(
                     dqp[b, h, g, x, dd] = T.float32(0)
             for jt in T.serial(SEG // KR):
                 j0 = g * SEG + jt * KR
-                base = j0 + causal * w
+                # key a of the tile is seen by queries [kql[a], kqh[a]); the tile streams the
+                # queries [qs, qs + ntiles * KT), packed position base = qs + w
+                for a in T.serial(KR):
+                    kql[a] = _query_lo(j0 + a, w, causal, blk, nbr)
+                    kqh[a] = _query_hi(j0 + a, w, blk, nbr)
+                qs = kql[0]
+                base = qs + w
+                ntiles = (kqh[KR - 1] - qs + KT - 1) // KT
                 if j0 < n:
                     for a in T.unroll(KR):
                         for dd in T.vectorized(D):
@@ -532,8 +586,8 @@ def sliding_window(
                                 s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
                                 dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
                                 s[a * KT + t] = T.if_then_else(
-                                    c * KT + t - a >= 0
-                                    and c * KT + t - a < nq
+                                    qs + c * KT + t >= kql[a]
+                                    and qs + c * KT + t < kqh[a]
                                     and kok[a] > T.float32(0),
                                     _exp(
                                         s[a * KT + t] * T.float32(scale)

@@ -448,3 +448,33 @@ def test_make_config_from_params():
 def test_bad_attention_config_is_a_clear_error(bad, match):
     with pytest.raises(ValueError, match=match):
         our_config(**bad)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dense"])
+def test_classification_inference_computes_only_the_global_rows_of_the_last_layer(
+    monkeypatch, backend
+):
+    torch.manual_seed(0)
+    model = M.LongformerForSequenceClassification(
+        our_config(num_labels=3, attention_backend=backend)
+    ).eval()
+    b = batch(37)
+    with torch.no_grad():  # hidden states asked for: every layer whole, the reference
+        whole = model(**b, output_hidden_states=True).logits
+    calls = []
+    real = M.attention
+    monkeypatch.setattr(M, "attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        pruned = model(**b).logits
+    assert len(calls) == model.config.num_hidden_layers - 1  # no local attention in the last
+    assert (pruned - whole).abs().max().item() <= 1e-6
+    with torch.no_grad():  # <s> not global in one row: nothing to prune, every layer whole
+        glob = b["global_attention_mask"].clone()
+        glob[1, 0] = 0
+        calls.clear()
+        model(**{**b, "global_attention_mask": glob})
+    assert len(calls) == model.config.num_hidden_layers
+    model.train()
+    calls.clear()
+    model(**b)
+    assert len(calls) == model.config.num_hidden_layers

@@ -34,11 +34,12 @@ PATTERNS = [
 # backend -> pattern types it must serve; asking for anything else is a clear ValueError
 SUPPORTED = {
     "dense": (SlidingWindow, BlockLocal, Strided, Fixed, Dense),
+    "sdpa": (SlidingWindow, BlockLocal, Strided, Fixed, Dense),
     "torch": (SlidingWindow, BlockLocal, Strided, Fixed),
-    "tvm": (SlidingWindow, Strided),
+    "tvm": (SlidingWindow, Strided, BlockLocal, Fixed),
 }
 HAVE_TVM = "tvm" in kernels.available_backends()
-BACKENDS = ["dense", "torch"] + (["tvm"] if HAVE_TVM else [])
+BACKENDS = ["dense", "sdpa", "torch"] + (["tvm"] if HAVE_TVM else [])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,12 +102,13 @@ def check(backend, pattern, b, n, h, d, dtype, seed, **kw):
 @pytest.mark.parametrize("pattern", PATTERNS, ids=str)
 def test_pattern_mask_matches_definition(pattern):
     heads = pattern.heads or 2
-    for n in (1, 7, 19):
+    for n in (1, 2, 4, 5, 7, 19):
         mask = pattern.mask(n)
         expected = brute_mask(pattern, n, heads)
         if mask.dim() == 2:
             mask = mask.expand(heads, n, n)
         assert torch.equal(mask, expected)
+        assert pattern.covers(n) == bool(expected.all()), n
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -188,10 +190,8 @@ def test_errors_are_clear():
     q = torch.randn(1, 8, 4, 8)
     with pytest.raises(ValueError, match="torch.*Dense"):
         attention(q, q, q, Dense(), backend="torch")
-    with pytest.raises(ValueError, match="tvm.*Fixed"):
-        attention(q, q, q, Fixed(4, 2), backend="tvm")
-    with pytest.raises(ValueError, match="tvm.*BlockLocal"):
-        attention(q, q, q, BlockLocal(4), backend="tvm")
+    with pytest.raises(ValueError, match="tvm.*Dense"):
+        attention(q, q, q, Dense(), backend="tvm")
     with pytest.raises(ValueError, match="unknown attention backend"):
         attention(q, q, q, Dense(), backend="cuda-magic")
     with pytest.raises(ValueError, match="3 heads"):
@@ -205,19 +205,55 @@ def test_errors_are_clear():
 
 
 def test_auto_selection():
-    q = torch.randn(1, 8, 4, 32)
+    q = torch.randn(1, 10, 4, 32)
     assert kernels.select_backend(q, Strided(4), needs_grad=True) == "torch"
     assert kernels.select_backend(q, Fixed(4, 1), needs_grad=True) == "torch"
-    assert kernels.select_backend(q, Dense(), needs_grad=False) == "dense"
+    assert kernels.select_backend(q, Dense(causal=True), needs_grad=False) == "sdpa"
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=True) == "torch"
     # tvm: for calls without gradients, when its kernel is cached (the fixture built d=32)
     inference = "tvm" if HAVE_TVM else "torch"
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == inference
     assert kernels.select_backend(q[..., :24], SlidingWindow(4), needs_grad=False) == "torch"
-    assert kernels.select_backend(q, BlockLocal(4), needs_grad=False) == "torch"
-    out = attention(q, q, q, Dense(causal=True))  # auto falls back to dense for Dense
+    assert kernels.select_backend(q, BlockLocal(4), needs_grad=False) == inference
+    assert kernels.select_backend(q, BlockLocal(4), needs_grad=True) == "torch"
+    out = attention(q, q, q, Dense(causal=True))  # auto: the fused dense call for Dense
     ref = reference_attention(q, q, q, Dense(causal=True))
     assert rel_err(out, ref) <= 1e-4
+
+
+def test_auto_uses_one_fused_call_for_short_inputs(monkeypatch):
+    """Where the pattern covers the sequence (or its band spans it) ``auto`` runs one SDPA
+    call: with no mask at all when nothing is padding, with a boolean mask otherwise."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    select = kernels.select_backend
+    n = 9
+    q = torch.randn(2, n, 4, 8)
+    assert select(q, SlidingWindow(8), needs_grad=True) == "sdpa"  # covers
+    assert select(q, SlidingWindow(4), needs_grad=True) == "sdpa"  # band spans: 2w+1 = 9
+    assert select(q, BlockLocal(3, neighbors=1), needs_grad=False) == "sdpa"
+    assert select(q, SlidingWindow(3), needs_grad=True) == "torch"
+    assert select(q, SlidingWindow(8, dilation=2), needs_grad=True) == "torch"
+    assert select(q, SlidingWindow(8, causal=True), needs_grad=True) == "torch"
+    assert select(q, BlockLocal(4), needs_grad=True) == "torch"
+    g = torch.zeros(2, n, dtype=torch.bool)
+    g[:, 0] = True
+    out = attention(q, q, q, SlidingWindow(8), global_mask=g)
+    assert len(calls) == 1 and calls[0] is None  # covered, no padding: plain full attention
+    assert rel_err(out, reference_attention(q, q, q, SlidingWindow(8), g)) <= 1e-4
+    pad = torch.zeros(2, n, dtype=torch.bool)
+    pad[1, 5:] = True
+    for pattern in (SlidingWindow(8), SlidingWindow(4), BlockLocal(3, neighbors=1)):
+        calls.clear()
+        out = attention(q, q, q, pattern, global_mask=g, key_padding_mask=pad)
+        assert len(calls) == 1 and calls[0] is not None
+        assert rel_err(out, reference_attention(q, q, q, pattern, g, pad)) <= 1e-4
 
 
 def test_available_backends_and_lazy_tvm_import():
@@ -291,11 +327,11 @@ def test_auto_picks_tvm_only_when_eligible_and_cached(monkeypatch):
     from longdoc.kernels import tvm_backend
 
     monkeypatch.setattr(tvm_backend, "AUTO_ELIGIBLE", {"inference": True, "training": True})
-    q = torch.randn(1, 8, 4, 32)
+    q = torch.randn(1, 10, 4, 32)
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == "tvm"
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=True) == "tvm"
     assert kernels.select_backend(q[..., :24], SlidingWindow(4), needs_grad=False) == "torch"
-    assert kernels.select_backend(q, BlockLocal(4), needs_grad=False) == "torch"
+    assert kernels.select_backend(q, BlockLocal(4), needs_grad=True) == "tvm"
     assert kernels.select_backend(q.double(), SlidingWindow(4), needs_grad=False) == "torch"
     monkeypatch.setattr(tvm_backend, "AUTO_ELIGIBLE", {"inference": False, "training": False})
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == "torch"
@@ -308,7 +344,10 @@ def test_auto_picks_tvm_only_when_eligible_and_cached(monkeypatch):
         (SlidingWindow(5), 8),
         (SlidingWindow(3, dilation=(1, 2), causal=True), 5),  # odd head_dim: kernel tail path
         (SlidingWindow(20), 16),
+        (BlockLocal(5, neighbors=1), 8),  # blocks that do not divide the length (67)
+        (BlockLocal(40), 5),  # blocks wider than a row tile, odd head_dim
     ],
+    ids=str,
 )
 def test_tvm_backward_is_compiled(monkeypatch, pattern, d):
     """The tvm backend's gradients come from its compiled backward kernels, not from a torch
@@ -330,6 +369,7 @@ def test_tvm_head_groups_match_reference(monkeypatch):
     monkeypatch.setattr(tvm_backend, "CHUNK_BYTES", 1)  # one head per group
     assert len(tvm_backend._head_groups(torch.empty(1, 5, 3, 8))) == 3
     check("tvm", SlidingWindow(4, dilation=(1, 2, 1)), 2, 61, 3, 8, torch.float32, seed=11)
+    check("tvm", BlockLocal(7, neighbors=1), 2, 61, 3, 8, torch.float32, seed=12)
 
 
 @pytest.mark.parametrize("pattern", [Strided(32), Strided(32, causal=False), Fixed(32, 2)], ids=str)
@@ -358,9 +398,14 @@ def test_torch_sparse_patterns_bfloat16(pattern):
 
 
 @pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
-@pytest.mark.parametrize("pattern", [Strided(6), Strided(5, causal=False)], ids=str)
+@pytest.mark.parametrize(
+    "pattern",
+    [Strided(6), Strided(5, causal=False), Fixed(7, 2), Fixed(6, 1, causal=False)],
+    ids=str,
+)
 def test_tvm_strided_band_is_compiled(monkeypatch, pattern):
-    """``tvm`` runs Strided's band in its kernels (only the long-range part is torch)."""
+    """``tvm`` runs Strided's band and Fixed's own block in its kernels (only the long-range
+    part is torch)."""
     from longdoc.kernels import torch_backend
 
     def no_torch_band(*args, **kwargs):
@@ -378,6 +423,8 @@ def test_tvm_strided_band_is_compiled(monkeypatch, pattern):
         (SlidingWindow(600, causal=True), 900, 8),
         (SlidingWindow(1), 70, 8),
         (SlidingWindow(256), 600, 64),  # the benchmark's window and head_dim
+        (BlockLocal(100, neighbors=1), 777, 8),  # 300 keys: three chunks, blocks across tiles
+        (Fixed(150, 4), 401, 8),  # causal own block over two chunks
     ],
     ids=str,
 )
@@ -386,7 +433,10 @@ def test_tvm_forward_multi_chunk_band(pattern, n, d):
     between chunks) and bands shorter than one row tile (every key block is a band edge)."""
     from longdoc.kernels.tvm_source import FWD_CHUNK, FWD_ROWS
 
-    nkeys = 2 * pattern.window + 1 - pattern.causal * pattern.window
+    if isinstance(pattern, SlidingWindow):
+        nkeys = 2 * pattern.window + 1 - pattern.causal * pattern.window
+    else:
+        nkeys = pattern.block * (2 * getattr(pattern, "neighbors", 0) + 1)
     assert nkeys + FWD_ROWS - 1 > FWD_CHUNK or nkeys < FWD_ROWS
     check("tvm", pattern, 1, n, 2, d, torch.float32, seed=n)
 
@@ -414,7 +464,9 @@ def test_tvm_forward_many_global_keys():
 @pytest.mark.parametrize("n", [2047, 3971, 4095])
 def test_tvm_odd_lengths_with_large_windows(tvm_cache, n):
     """Regression: odd lengths with a 128-token window gave wrong (even NaN) rows within a
-    window of the end at head_dim 64, in some processes; forward and backward must match."""
+    window of the end at head_dim 64, in some processes: the forward's P @ V loop read its score
+    buffer at a negative index for chunks starting past the sequence end (kernels.tvm_source,
+    ``y1``). Now run unpadded (no ``PAD_TO`` workaround); forward and backward must match."""
     kernels.build_kernels(tvm_cache, head_dims=(64,))
     torch.manual_seed(n)
     q, k, v = (torch.randn(1, n, 2, 64, requires_grad=True) for _ in range(3))

@@ -18,6 +18,14 @@ What a layer computes (the same function as transformers' Longformer, read from 
   recomputed densely (they are O(globals x seq)) and written over;
 - padding queries output zeros (as in transformers), padding tokens are never global.
 
+Short inputs: with the default `attention_backend="auto"`, when a layer's window covers the
+whole (padded) input, the local rows are one fused SDPA call (the global keys and rows need no
+special case there: every pair is allowed), with no mask at all when nothing is padding, i.e.
+exactly RoBERTa's attention; up to `2w+1` tokens, where the band spans the input, one SDPA call
+with the band's boolean mask. Only the few global rows are then recomputed with the global
+projections as above (they use their own keys and values, so they cannot share that call).
+See `kernels.api.fused_dense_pays`; explicit backends are honoured as given.
+
 Configuration: `LongdocConfig` is transformers' `LongformerConfig` (same fields, HF meaning:
 `attention_window` is the full two-sided window per layer, one side = w // 2) plus
 
@@ -288,6 +296,12 @@ def _global_index(global_mask: torch.Tensor) -> _GlobalIndex | None:
     return _GlobalIndex(slots, slot_used, batch, pos, slot)
 
 
+def _gather_rows(hidden_states: torch.Tensor, gi: _GlobalIndex) -> torch.Tensor:
+    """`(batch, globals, hidden)`: the hidden states at each sequence's global slots."""
+    embed = hidden_states.shape[-1]
+    return torch.gather(hidden_states, 1, gi.slots.unsqueeze(-1).expand(-1, -1, embed))
+
+
 def _first_sep(input_ids: torch.Tensor, sep_token_id: int | None) -> torch.Tensor:
     """Index of the first `sep_token_id` in each row (rows must contain one)."""
     if sep_token_id is None:
@@ -403,7 +417,9 @@ class LongformerSelfAttention(nn.Module):
             raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.backend!r}")
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(*x.shape[:2], self.num_heads, self.head_dim)
+        # heads from the tensor, not the config: under tensor parallelism (training.parallel)
+        # the projections output only this rank's heads
+        return x.view(*x.shape[:2], -1, self.head_dim)
 
     def forward(
         self,
@@ -429,7 +445,7 @@ class LongformerSelfAttention(nn.Module):
             out = self._global_rows(hidden_states, out, key_padding_mask, global_index)
         if key_padding_mask is not None:  # transformers zeroes padding queries
             out = out.masked_fill(key_padding_mask[:, :, None, None], 0.0)
-        return out.reshape(batch, seq, self.embed_dim)
+        return out.reshape(batch, seq, -1)
 
     def _global_rows(
         self,
@@ -440,8 +456,19 @@ class LongformerSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """Global queries attend every non-padding key with the global projections: a dense
         `(globals x seq)` attention, cheap because global tokens are few."""
-        embed = hidden_states.shape[-1]
-        gathered = torch.gather(hidden_states, 1, gi.slots.unsqueeze(-1).expand(-1, -1, embed))
+        glob = self.global_attention(
+            hidden_states, _gather_rows(hidden_states, gi), key_padding_mask
+        )
+        return out.index_put((gi.batch, gi.pos), glob[gi.batch, gi.slot].to(out.dtype))
+
+    def global_attention(
+        self,
+        hidden_states: torch.Tensor,
+        gathered: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`(batch, globals, heads, head_dim)`: the global rows `gathered` (their hidden states)
+        attending every non-padding key of `hidden_states`."""
         qg = self._heads(self.query_global(gathered)) / math.sqrt(self.head_dim)
         kg = self._heads(self.key_global(hidden_states))
         vg = self._heads(self.value_global(hidden_states))
@@ -452,8 +479,7 @@ class LongformerSelfAttention(nn.Module):
             )
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vg.dtype)
         probs = nn.functional.dropout(probs, p=self.dropout, training=self.training)
-        glob = torch.einsum("bhgs,bshd->bghd", probs, vg)
-        return out.index_put((gi.batch, gi.pos), glob[gi.batch, gi.slot].to(out.dtype))
+        return torch.einsum("bhgs,bshd->bghd", probs, vg)
 
 
 class LongformerSelfOutput(nn.Module):
@@ -520,6 +546,24 @@ class LongformerLayer(GradientCheckpointingLayer):
     def ff_chunk(self, attn_output: torch.Tensor) -> torch.Tensor:
         return self.output(self.intermediate(attn_output), attn_output)
 
+    def forward_global_rows(
+        self,
+        hidden_states: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        global_index: _GlobalIndex | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        """This layer's output at the global rows only, written over `hidden_states` (every
+        other row keeps its input). Every step after the attention is row-wise, so those rows
+        equal `forward`'s; a head that reads only global rows (classification on `<s>`) skips
+        the last layer's local attention, its q/k/v and its feed-forward for every other row."""
+        gi = global_index
+        gathered = _gather_rows(hidden_states, gi)
+        glob = self.attention.self.global_attention(hidden_states, gathered, key_padding_mask)
+        attn = self.attention.output(glob.flatten(2).to(gathered.dtype), gathered)
+        rows = self.ff_chunk(attn)
+        return hidden_states.index_put((gi.batch, gi.pos), rows[gi.batch, gi.slot])
+
 
 class LongformerEncoder(nn.Module):
     def __init__(self, config: LongformerConfig):
@@ -534,13 +578,20 @@ class LongformerEncoder(nn.Module):
         self,
         hidden_states: torch.Tensor,
         output_hidden_states: bool = False,
+        last_layer_global_rows_only: bool = False,
         **masks: Any,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """`last_layer_global_rows_only`: the last layer computes only the global rows (see
+        `LongformerLayer.forward_global_rows`); the other rows of the result are stale."""
         all_hidden = (hidden_states,) if output_hidden_states else None
-        for layer in self.layer:
+        layers = list(self.layer)
+        last = layers.pop() if last_layer_global_rows_only else None
+        for layer in layers:
             hidden_states = layer(hidden_states, **masks)
             if all_hidden is not None:
                 all_hidden = all_hidden + (hidden_states,)
+        if last is not None:
+            hidden_states = last.forward_global_rows(hidden_states, **masks)
         return hidden_states, all_hidden
 
 
@@ -629,28 +680,16 @@ class LongformerModel(LongformerPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def forward(
+    def _layer_masks(
         self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        global_attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> tuple | LongformerBaseModelOutputWithPooling:
-        """`attention_mask`: 1 = token, 0 = padding. `global_attention_mask`: 1 = global
-        (attends to and is attended by every token), 0 = local. Padding is never global."""
-        _no_attentions(output_attentions, self.config)
-        output_hidden_states = (
-            output_hidden_states
-            if output_hidden_states is not None
-            else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        global_attention_mask: torch.Tensor | None,
+    ) -> dict[str, Any]:
+        """Check the inputs and turn the HF-style masks into what every layer takes, once per
+        forward: `key_padding_mask` (None when nothing is padding, so short unpadded inputs run
+        unmasked attention), `global_mask` (never on padding) and its `global_index`."""
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         if input_ids is not None:
@@ -662,18 +701,47 @@ class LongformerModel(LongformerPreTrainedModel):
             raise ValueError("You have to specify either input_ids or inputs_embeds")
         if len(shape) != 2:
             raise ValueError(f"expected (batch, seq) inputs, got shape {tuple(shape)}")
-
         valid = (
             attention_mask.to(device) != 0
             if attention_mask is not None
             else torch.ones(shape, dtype=torch.bool, device=device)
         )
-        key_padding_mask = None if bool(valid.all()) else ~valid
         global_index = global_mask = None
         if global_attention_mask is not None:
             global_mask = (global_attention_mask.to(device) != 0) & valid
             global_index = _global_index(global_mask)
+        return {
+            "key_padding_mask": None if bool(valid.all()) else ~valid,
+            "global_mask": global_mask,
+            "global_index": global_index,
+        }
 
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        last_layer_global_rows_only: bool = False,
+        **kwargs: Any,
+    ) -> tuple | LongformerBaseModelOutputWithPooling:
+        """`attention_mask`: 1 = token, 0 = padding. `global_attention_mask`: 1 = global
+        (attends to and is attended by every token), 0 = local. Padding is never global.
+        `last_layer_global_rows_only` (ours, for heads that read only global rows): the last
+        hidden state is exact at the global rows only (see `LongformerEncoder.forward`)."""
+        _no_attentions(output_attentions, self.config)
+        output_hidden_states = (
+            output_hidden_states
+            if output_hidden_states is not None
+            else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        masks = self._layer_masks(input_ids, inputs_embeds, attention_mask, global_attention_mask)
         embedding_output = self.embeddings(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -683,9 +751,9 @@ class LongformerModel(LongformerPreTrainedModel):
         sequence_output, all_hidden = self.encoder(
             embedding_output,
             output_hidden_states=output_hidden_states,
-            key_padding_mask=key_padding_mask,
-            global_mask=global_mask,
-            global_index=global_index,
+            last_layer_global_rows_only=last_layer_global_rows_only
+            and masks["global_index"] is not None,
+            **masks,
         )
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         if not return_dict:
@@ -787,6 +855,22 @@ class LongformerForSequenceClassification(LongformerPreTrainedModel):
         self.classifier = LongformerClassificationHead(config)
         self.post_init()
 
+    def _reads_global_rows_only(
+        self,
+        attention_mask: torch.Tensor | None,
+        global_attention_mask: torch.Tensor,
+        output_hidden_states: bool | None,
+    ) -> bool:
+        """Inference on a global `<s>` reads one row of the last layer: compute only its global
+        rows (the same values; the local rows there are work nobody reads). Training keeps the
+        whole layer, as does anyone asking for the hidden states."""
+        if self.training or output_hidden_states or self.config.output_hidden_states:
+            return False
+        first = global_attention_mask[:, 0] != 0
+        if attention_mask is not None:
+            first = first & (attention_mask[:, 0] != 0)
+        return bool(first.all())
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -816,6 +900,9 @@ class LongformerForSequenceClassification(LongformerPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=False,
+            last_layer_global_rows_only=self._reads_global_rows_only(
+                attention_mask, global_attention_mask, output_hidden_states
+            ),
         )
         logits = self.classifier(outputs[0])
         loss = None

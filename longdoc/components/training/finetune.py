@@ -13,6 +13,7 @@ this module is the recipe: load, encode once, train, predict, score, track, regi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -39,6 +40,7 @@ from longdoc.components.core.io import (
 )
 from longdoc.components.inference.serving import log_longdoc_model
 from longdoc.components.tasks import LoadResult, get_task
+from longdoc.components.training import parallel
 from longdoc.components.training.adapters import (
     EncodeError,
     TaskAdapter,
@@ -84,10 +86,6 @@ def _encode_all(
     return encoded
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class _Loop:
     """What one fine-tuning run's loop reads and updates (one place, not a dozen arguments)."""
@@ -99,6 +97,8 @@ class _Loop:
     scheduler: Any
     gen: torch.Generator
     batch_size: int
+    env: parallel.DistEnv
+    filler: Any = None  # fsdp: an example with a loss, run at zero weight to keep ranks in step
     speed: Throughput = field(default_factory=Throughput)
     step: int = 0
     curve: list[tuple[int, float]] = field(default_factory=list)
@@ -115,66 +115,95 @@ def train_task(
     out: Path | None,
     run_name: str,
     predictions_path: Path | None = None,
+    env: parallel.DistEnv | None = None,
 ) -> dict:
     """One fine-tuning run inside its own (nested) MLflow run: encode, train, predict on dev,
-    score with the task's official metric. Returns the metrics and run facts."""
+    score with the task's official metric. Returns the metrics and run facts.
+
+    Under torchrun every rank calls this with the same examples (`env`): each trains on its
+    share of every batch and predicts its share of dev; rank 0 alone logs, scores and saves, and
+    the other ranks return `{"rank": r}`."""
+    env = env or parallel.DistEnv()
+    loop, dev_enc, skipped = _setup(params, adapter, train, dev, max_len, windows, env)
+    epochs = params.task_epochs
+    facts = {"max_len": max_len, "windows": windows, "n_train": len(loop.train)}
+    facts.update(n_dev=len(dev_enc), train_windows=sum(len(e.windows) for e in loop.train))
+    with _main_run(env, run_name) as run:
+        if env.main:
+            mlflow.log_params({**facts, "epochs_run": epochs, "world_size": env.world})
+            # the run's own max_len/windows are above; `tasks` is every task's entry
+            skip = ("max_len", "windows", "tasks")
+            mlflow.log_params({k: v for k, v in params_dict(params).items() if k not in skip})
+        started = time.perf_counter()
+        steps = steps_for(len(loop.train), params.batch_size, epochs)
+        name = f"finetune {params.task} {run_name}"
+        with tqdm(total=steps, desc=name, unit="step", mininterval=2, disable=not env.main) as bar:
+            for _epoch in range(epochs):
+                _train_epoch(loop, bar)
+        train_seconds = time.perf_counter() - started
+        predictions = _predict_dev(loop, dev_enc)
+        model = parallel.full_model(loop.model, env) if out is not None else None
+        if not env.main:
+            return {"rank": env.rank}
+        metrics = _score_dev(loop, dev, predictions, predictions_path, train_seconds)
+        _log_curve(loop.curve, run_name)
+        if out is not None:
+            # serving reads long inputs exactly as the dev predictions were made
+            record_window_settings(model.config, max_len, params.window_overlap, windows)
+            _save(model, adapter, out, params.force)
+    return {
+        "run_id": run.info.run_id,
+        **{k: facts[k] for k in ("max_len", "windows", "train_windows")},
+        "epochs": epochs,
+        "epoch_losses": loop.epoch_losses,
+        "tokens_per_s": loop.speed.add(0),
+        "not_encoded": skipped,
+        "predictions": None if predictions_path is None else str(predictions_path),
+        **metrics,
+    }
+
+
+def _main_run(env: parallel.DistEnv, run_name: str):
+    """The nested MLflow run on rank 0; nothing on the other ranks."""
+    if env.main:
+        return mlflow.start_run(run_name=run_name, nested=True)
+    return contextlib.nullcontext()
+
+
+def _setup(params, adapter, train, dev, max_len, windows, env) -> tuple[_Loop, list, list]:
+    """Seed (every rank alike), build and shard the model, encode, make the optimizer."""
     gen = seed_everything(params.seed)
-    model = _build(adapter, params.base, max_len)
+    model = _build(adapter, params.base, max_len, env.device)
+    parallel.prepare(model, env)  # fsdp/tp: before the optimizer sees the parameters
     max_windows, overlap, skipped = (None if windows else 1), params.window_overlap, []
     train_enc = _encode_all(adapter, train, max_len, overlap, max_windows, True, skipped)
     dev_enc = _encode_all(adapter, dev, max_len, overlap, max_windows, False, skipped)
     if not train_enc:
         raise InputError(f"finetune {params.task}: no training example could be encoded")
-    epochs = params.task_epochs
-    steps = steps_for(len(train_enc), params.batch_size, epochs)
+    steps = steps_for(len(train_enc), params.batch_size, params.task_epochs)
     optimizer = adamw(model, params.lr, 0.01)
     scheduler = warmup_linear_decay(optimizer, int(params.warmup_ratio * steps), steps)
-    loop = _Loop(model, adapter, train_enc, optimizer, scheduler, gen, params.batch_size)
-    train_windows = sum(len(e.windows) for e in train_enc)
-    with mlflow.start_run(run_name=run_name, nested=True) as run:
-        run_facts = {"max_len": max_len, "windows": windows, "n_train": len(train_enc)}
-        run_facts.update(n_dev=len(dev_enc), train_windows=train_windows, epochs_run=epochs)
-        mlflow.log_params(run_facts)
-        # the run's own max_len/windows are above; `tasks` is every task's entry
-        skip = ("max_len", "windows", "tasks")
-        mlflow.log_params({k: v for k, v in params_dict(params).items() if k not in skip})
-        started = time.perf_counter()
-        bar = tqdm(
-            total=steps, desc=f"finetune {params.task} {run_name}", unit="step", mininterval=2
-        )
-        for _epoch in range(epochs):
-            _train_epoch(loop, bar)
-        bar.close()
-        train_seconds = time.perf_counter() - started
-        metrics = _evaluate_dev(loop, dev, dev_enc, predictions_path, train_seconds)
-        _log_curve(loop.curve, run_name)
-        result = {
-            "run_id": run.info.run_id,
-            "max_len": max_len,
-            "windows": windows,
-            "epochs": epochs,
-            "train_windows": train_windows,
-            "epoch_losses": loop.epoch_losses,
-            "tokens_per_s": loop.speed.add(0),
-            "not_encoded": skipped,
-            "predictions": None if predictions_path is None else str(predictions_path),
-            **metrics,
-        }
-        if out is not None:
-            # serving reads long inputs exactly as the dev predictions were made
-            record_window_settings(model.config, max_len, overlap, windows)
-            _save(model, adapter, out, params.force)
-    return result
+    loop = _Loop(model, adapter, train_enc, optimizer, scheduler, gen, params.batch_size, env)
+    if env.mode == "fsdp":
+        loop.filler = _filler(adapter, model, train_enc)
+    return loop, dev_enc, skipped
 
 
-def _build(adapter: TaskAdapter, base: Path, max_len: int) -> torch.nn.Module:
+def _build(adapter: TaskAdapter, base: Path, max_len: int, device: torch.device) -> torch.nn.Module:
     model = adapter.build_model(base)
     if max_len > model.config.max_position_embeddings - 2:
         raise InputError(
             f"finetune.max_len={max_len} exceeds the model's "
             f"{model.config.max_position_embeddings - 2} positions"
         )
-    return model.to(_device())
+    return model.to(device)
+
+
+@torch.no_grad()
+def _filler(adapter: TaskAdapter, model: torch.nn.Module, train_enc: list):
+    """The first training example that has a loss (adapters decide "nothing to learn" before
+    any forward pass, so every rank runs the same forwards here)."""
+    return next((e for e in train_enc if adapter.loss(model, e) is not None), None)
 
 
 def _train_epoch(loop: _Loop, bar) -> None:
@@ -193,40 +222,68 @@ def _train_epoch(loop: _Loop, bar) -> None:
         total, counted = total + batch_loss, counted + used
         tps = loop.speed.add(tokens)
         loop.curve.append((loop.step, mean))
-        mlflow.log_metrics({"loss": mean, "tokens_per_s": tps}, step=loop.step)
+        if loop.env.main:
+            mlflow.log_metrics({"loss": mean, "tokens_per_s": tps}, step=loop.step)
         bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
     loop.epoch_losses.append(total / max(1, counted))
-    mlflow.log_metric("epoch_loss", loop.epoch_losses[-1], step=len(loop.epoch_losses))
+    if loop.env.main:
+        mlflow.log_metric("epoch_loss", loop.epoch_losses[-1], step=len(loop.epoch_losses))
 
 
 def _step(loop: _Loop, batch: list) -> tuple[float, int, int]:
-    """One optimizer step over `batch` (gradients averaged); returns (summed loss, examples
-    that had something to learn from, tokens)."""
-    batch_loss, used, tokens = 0.0, 0, 0
-    for enc in batch:
-        loss = loop.adapter.loss(loop.model, enc)
+    """One optimizer step over `batch`, of which this rank runs examples r, r + W, ... (W data
+    ranks); gradients are averaged as one process averages them over the whole batch. Returns
+    (summed loss, examples that had something to learn from, tokens), summed over the ranks."""
+    env = loop.env
+    mine = batch[env.dp_rank :: env.dp_world]
+    # fsdp: every forward gathers parameters, so every rank runs as many as the busiest one
+    slots = -(-len(batch) // env.dp_world) if env.mode == "fsdp" else len(mine)
+    stats = torch.zeros(3, dtype=torch.float64)
+    for j in range(slots):
+        enc = mine[j] if j < len(mine) else None
+        loss = None if enc is None else loop.adapter.loss(loop.model, enc)
         if loss is None:  # nothing to learn from (e.g. answer not in the evidence)
+            if env.mode == "fsdp" and loop.filler is not None:
+                (loop.adapter.loss(loop.model, loop.filler) * 0.0).backward()
             continue
-        (loss / len(batch)).backward()
-        batch_loss += loss.item()
-        used += 1
-        tokens += n_tokens(enc)
+        (loss * env.dp_world / len(batch)).backward()
+        stats += torch.tensor([loss.item(), 1.0, n_tokens(enc)], dtype=torch.float64)
+    batch_loss, used, tokens = env.data_sum(stats).tolist()
     if used:
-        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), 1.0)
+        parallel.sync_gradients(loop.model, env, wrapped=False)
+        parallel.clip_grad_norm(loop.model, 1.0)
         loop.optimizer.step()
         loop.scheduler.step()
     loop.optimizer.zero_grad(set_to_none=True)
-    return batch_loss, used, tokens
+    return batch_loss, int(used), int(tokens)
 
 
-def _evaluate_dev(
-    loop: _Loop, dev: list, dev_enc: list, predictions_path: Path | None, train_seconds: float
+@torch.no_grad()
+def _predict_dev(loop: _Loop, dev_enc: list) -> dict | None:
+    """Every dev example's prediction, in dev order, on rank 0 (None elsewhere): each data rank
+    predicts its share and rank 0 gathers them."""
+    env, model, adapter = loop.env, loop.model, loop.adapter
+    model.eval()
+    mine = dev_enc[env.dp_rank :: env.dp_world]
+    slots = -(-len(dev_enc) // env.dp_world) if env.mode == "fsdp" else len(mine)
+    predictions = {}
+    for j in range(slots):
+        if j < len(mine):
+            predictions[mine[j].id] = adapter.predict(model, mine[j])
+        else:  # fsdp: a discarded prediction keeps this rank's parameter gathers in step
+            adapter.predict(model, dev_enc[0])
+    gathered = env.gather(predictions)
+    if not env.main:
+        return None
+    merged = {k: v for part in gathered for k, v in part.items()}
+    return {enc.id: merged[enc.id] for enc in dev_enc}
+
+
+def _score_dev(
+    loop: _Loop, dev: list, predictions: dict, predictions_path: Path | None, train_seconds: float
 ) -> dict:
-    """Predict every dev example, score with the task's official metric, log, write the
-    predictions file in the task's official format."""
-    loop.model.eval()
-    with torch.no_grad():
-        predictions = {enc.id: loop.adapter.predict(loop.model, enc) for enc in dev_enc}
+    """Score the dev predictions with the task's official metric, log, write the predictions
+    file in the task's official format (rank 0)."""
     prediction_file = loop.adapter.prediction_file(predictions)
     dev_metrics = loop.adapter.task.evaluate(dev, prediction_file)
     metrics = {
@@ -267,65 +324,89 @@ def prediction_paths(metrics: Path) -> tuple[Path, Path]:
 
 def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
     """Fine-tune the long model and the truncated baseline on `params.task`; register the long
-    one. Malformed records are reported (file, index, reason) and skipped."""
-    task = params.task
-    spec = get_task(task)  # its registration: loader, metric, adapter
+    one. Malformed records are reported (file, index, reason) and skipped.
+
+    Under torchrun every rank calls this (`finetune.parallel` says how they share the work);
+    rank 0 alone tracks, registers and writes, and the other ranks return `{"rank": r}`."""
+    spec = get_task(params.task)  # its registration: loader, metric, adapter
     require_path(params.base, "base checkpoint")
     check_publish_target(Path(params.out), "finetune", force=params.force)  # not after training
     train_res, dev_res = (spec.load(params.data, split) for split in ("train", "dev"))
     train, dev = _examples(params, train_res, dev_res)
-    tokenizer = AutoTokenizer.from_pretrained(params.base)
-    adapter = adapter_for(spec, tokenizer)
-    out = Path(params.out)
-    long_preds, base_preds = prediction_paths(params.metrics)
-    primary = spec.primary_metric
+    adapter = adapter_for(spec, AutoTokenizer.from_pretrained(params.base))
+    env = parallel.DistEnv(params.parallel, params.tp_size)
+    try:
+        if env.main:
+            tracking.setup(tracking_params)
+        parent = mlflow.start_run(run_name=f"finetune-{params.task}") if env.main else None
+        with parent or contextlib.nullcontext():
+            long_run, base_run = _train_both(params, adapter, train, dev, env)
+            registered = _track_result(params, adapter, long_run, base_run) if env.main else None
+        env.barrier()  # no rank leaves the group while rank 0 still works in it
+    finally:
+        env.close()
+    if not env.main:
+        return {"rank": env.rank}
+    summary = {
+        "task": params.task,
+        "primary_metric": spec.primary_metric,
+        "run_id": parent.info.run_id,
+        "long": long_run,
+        "baseline": base_run,
+        "registered": registered,
+        "checkpoint": str(params.out),
+        "skipped": {
+            "train": len(train_res.skipped),
+            "dev": len(dev_res.skipped),
+            "records": [vars(s) for s in (train_res.skipped + dev_res.skipped)[:100]],
+        },
+    }
+    _write_results(params, summary)
+    return summary
 
-    tracking.setup(tracking_params)
-    name = tracking.registered_name(task)
-    with mlflow.start_run(run_name=f"finetune-{task}") as parent:
-        mlflow.set_tag("stage", "finetune")
-        mlflow.set_tag("task", task)
-        long_run = train_task(
-            params, adapter, train, dev, params.max_len, params.windows, out, "long", long_preds
-        )
-        base_run = None
-        if params.baseline_max_len is not None:
-            base_max = params.baseline_max_len
-            base_run = train_task(
-                params, adapter, train, dev, base_max, False, None, "baseline", base_preds
-            )
-            mlflow.log_metric(f"baseline_{primary}", base_run[primary])
-        registered = None
-        if params.register_model:
-            # classifiers and TriviaQA's extractive QA model are what `longdoc score` serves
-            servable = adapter.kind in ("classification", "span")
-            registered = _register(name, out, long_run[primary], primary, servable)
-        else:
-            mlflow.log_metric(primary, long_run[primary])
-        summary = {
-            "task": task,
-            "primary_metric": primary,
-            "run_id": parent.info.run_id,
-            "long": long_run,
-            "baseline": base_run,
-            "registered": registered,
-            "checkpoint": str(out),
-            "skipped": {
-                "train": len(train_res.skipped),
-                "dev": len(dev_res.skipped),
-                "records": [vars(s) for s in (train_res.skipped + dev_res.skipped)[:100]],
-            },
-        }
-    metrics = {"task": task, "primary_metric": primary, "long": long_run, "baseline": base_run}
-    atomic_write_json(params.metrics, metrics)
+
+def _train_both(params: FinetuneParams, adapter: TaskAdapter, train, dev, env):
+    """The long model (saved to `params.out`) and the truncated baseline (if configured)."""
+    long_preds, base_preds = prediction_paths(params.metrics)
+    long_run = train_task(
+        params, adapter, train, dev, params.max_len, params.windows, Path(params.out), "long",
+        long_preds, env,
+    )  # fmt: skip
+    base_run = None
+    if params.baseline_max_len is not None:
+        base_run = train_task(
+            params, adapter, train, dev, params.baseline_max_len, False, None, "baseline",
+            base_preds, env,
+        )  # fmt: skip
+    return long_run, base_run
+
+
+def _track_result(params: FinetuneParams, adapter: TaskAdapter, long_run, base_run):
+    """Log the primary metrics in the parent run; register the long model when configured."""
+    mlflow.set_tags({"stage": "finetune", "task": params.task})
+    primary = adapter.task.primary_metric
+    if base_run is not None:
+        mlflow.log_metric(f"baseline_{primary}", base_run[primary])
+    if not params.register_model:
+        mlflow.log_metric(primary, long_run[primary])
+        return None
+    # classifiers and TriviaQA's extractive QA model are what `longdoc score` serves
+    servable = adapter.kind in ("classification", "span")
+    name = tracking.registered_name(params.task)
+    return _register(name, Path(params.out), long_run[primary], primary, servable)
+
+
+def _write_results(params: FinetuneParams, summary: dict) -> None:
+    """The DVC metrics file and the checkpoint's manifest."""
+    keys = ("task", "primary_metric", "long", "baseline")
+    atomic_write_json(params.metrics, {k: summary[k] for k in keys})
     write_manifest(
-        out,
+        params.out,
         stage="finetune",
         inputs={"data": str(params.data), "base": str(params.base)},
         params=params_dict(params),
         results=summary,
     )
-    return summary
 
 
 def _examples(params: FinetuneParams, train_res: LoadResult, dev_res: LoadResult):

@@ -45,7 +45,6 @@ import mlflow
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.distributed as dist
 from pyarrow import ipc
 from tqdm import tqdm
 
@@ -67,6 +66,7 @@ from longdoc.components.core.io import (
 )
 from longdoc.components.data import tokenize as tok
 from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
+from longdoc.components.training import parallel
 from longdoc.components.training.common import (
     Throughput,
     adamw,
@@ -207,58 +207,6 @@ def build_model(params: PretrainParams, model_params: ModelParams, tokenizer):
     return LongformerForMaskedLM(config)
 
 
-# --------------------------------------------------------------------------- distribution
-
-
-class _Dist:
-    """Rank, world size and device; under torchrun (WORLD_SIZE > 1) joins the process group
-    (nccl with CUDA, gloo on CPU)."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.owned = False
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
-        if cuda:
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
-            self.owned = True
-        self.rank = dist.get_rank() if self.world > 1 else 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(value)
-        return value
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def gather(self, obj):
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj):
-        if self.world == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def close(self) -> None:
-        if self.owned:
-            dist.destroy_process_group()
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -285,12 +233,18 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def fingerprint(params: PretrainParams, model_params: ModelParams) -> str:
+def fingerprint(params: PretrainParams, model_params: ModelParams, data_world: int = 1) -> str:
     """What a checkpoint must agree on to be resumed: everything that shapes the trajectory
-    except the run length and bookkeeping."""
+    except the run length and bookkeeping. A step sees `batch_size * grad_accum * data_world`
+    rows however they are split into micro-batches and ranks, and every parallel mode computes
+    the same steps (up to float summation order); a sharded checkpoint reshards into any mode
+    and world size. So a run may resume under another layout with the same rows per step."""
     cfg = params_dict(params)
-    for key in ("steps", "out", "metrics", "checkpoint_every", "keep_checkpoints", "eval_batches"):
+    bookkeeping = ("steps", "out", "metrics", "checkpoint_every", "keep_checkpoints")
+    layout = ("parallel", "tp_size", "batch_size", "grad_accum")
+    for key in (*bookkeeping, *layout, "eval_batches"):
         cfg.pop(key)
+    cfg["rows_per_step"] = params.batch_size * params.grad_accum * data_world
     blob = json.dumps({"pretrain": cfg, "model": params_dict(model_params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -310,23 +264,43 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def save_checkpoint(
-    root: Path, step: int, model, optimizer, scheduler, rng: list, state: dict, keep: int
-) -> Path:
+    root: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    rng: list,
+    state: dict,
+    keep: int,
+    env: parallel.DistEnv | None = None,
+) -> Path | None:
+    """Rank 0 writes the step (every rank calls this when `env` is sharded: each writes its
+    model and optimizer shards under `shards/`); the other ranks return None."""
     from safetensors.torch import save_model
 
+    sharded = env is not None and env.sharded
     final = root / f"step-{step:08d}"
     tmp = root / f".step-{step:08d}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-        tmp / "trainer_state.pt",
-    )
+    if env is None or env.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if sharded:
+        env.barrier()
+        parallel.save_sharded(tmp / "shards", model, optimizer)
+        env.barrier()
+        if not env.main:
+            return None
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
+    trainer = {"scheduler": scheduler.state_dict(), "rng": rng}
+    if not sharded:
+        trainer["optimizer"] = optimizer.state_dict()
+    torch.save(trainer, tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    for f in tmp.iterdir():  # the rename below must not publish data still in the page cache
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):  # the rename below must not publish data still in the page cache
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -336,11 +310,19 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
+    """Weights, optimizer, scheduler and this rank's RNG from a step; a step written by a
+    sharded mode (a `shards/` directory) is read collectively."""
     from safetensors.torch import load_model
 
-    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
     blob = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(blob["optimizer"])
+    if (path / "shards").is_dir():  # written by fsdp/tp: resharded to this run's layout
+        parallel.load_sharded(path / "shards", model, optimizer)
+    elif parallel.is_sharded(model):
+        parallel.load_full(path / "model.safetensors", model, optimizer, blob["optimizer"])
+    else:
+        device = str(next(model.parameters()).device)
+        load_model(model, str(path / "model.safetensors"), device=device)
+        optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     if rank < len(blob["rng"]):
         _set_rng_state(blob["rng"][rank])
@@ -399,7 +381,7 @@ class _Job:
     params: PretrainParams
     model_params: ModelParams
     tracking_params: TrackingParams
-    env: _Dist
+    env: parallel.DistEnv
     shards: Path
     tokenizer: Any
     chars_per_token: float
@@ -446,7 +428,7 @@ def pretrain(
     manifest = json.loads(require_path(shards / "manifest.json", "shards manifest").read_text())
     chars_per_token = float(manifest.get("chars_per_token") or 1.0)
     tokenizer = tok.load_tokenizer(shards)
-    env = _Dist()
+    env = parallel.DistEnv(params.parallel, params.tp_size)
     try:
         job = _Job(
             params,
@@ -476,6 +458,7 @@ def _build(job: _Job) -> _Trainer:
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.train()
+    parallel.prepare(model, job.env, bf16=params.bf16)  # fsdp/tp: before the optimizer
     optimizer = adamw(model, params.lr, params.weight_decay)
     scheduler = warmup_linear_decay(optimizer, params.warmup_steps, params.steps)
     return _Trainer(model, optimizer, scheduler, data)
@@ -485,7 +468,7 @@ def _resume(job: _Job, t: _Trainer) -> tuple[LoopState, bool]:
     """(state, resumed): from the newest checkpoint written with the same parameters, else a
     fresh state; the loss log is cut back to the checkpoint's step."""
     env, root = job.env, job.root
-    fp = fingerprint(job.params, job.model_params)
+    fp = fingerprint(job.params, job.model_params, env.dp_world)
     start = None
     if env.main:
         start = latest_checkpoint(root) if root.exists() else None
@@ -508,16 +491,6 @@ def _resume(job: _Job, t: _Trainer) -> tuple[LoopState, bool]:
     return state, start is not None
 
 
-def _wrap_ddp(job: _Job, model):
-    if job.env.world == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model,
-        device_ids=[job.env.device] if job.env.device.type == "cuda" else None,
-        find_unused_parameters=True,  # the global q/k/v get no gradient without globals
-    )
-
-
 def _log_start(job: _Job, model, state: LoopState) -> None:
     """A fresh run's parameters and step-0 validation loss (rank 0)."""
     params = job.params
@@ -538,22 +511,25 @@ def _train(job: _Job) -> dict:
     env = job.env
     t = _build(job)
     state, resumed = _resume(job, t)
-    t.ddp = _wrap_ddp(job, t.model)
+    t.ddp = parallel.wrap_ddp(t.model, env)
     run_ctx = contextlib.nullcontext()
     if env.main:
         tracking.setup(job.tracking_params)
         run_ctx = _start_run(state.run_id)
     with run_ctx as run:
+        start_model = None if resumed else parallel.full_model(t.model, env)
         if env.main and not resumed:
-            _log_start(job, t.model, state)
+            _log_start(job, start_model, state)
+        del start_model
         if env.main:
             state.run_id = run.info.run_id
         env.barrier()
         _loop(job, t, state)
+        final_model = parallel.full_model(t.model, env)  # rank 0 (collective when sharded)
         if not env.main:
             env.barrier()
             return {"rank": env.rank}
-        summary = _finish(job, t.model, state, run)
+        summary = _finish(job, final_model, state, run)
     env.barrier()
     if is_longdoc_dir(job.root, "pretrain", _CKPT_LEGACY):  # marked above; never another's dir
         shutil.rmtree(job.root, ignore_errors=True)
@@ -562,7 +538,7 @@ def _train(job: _Job) -> dict:
 
 def _micro_batches(job: _Job, t: _Trainer, state: LoopState) -> list:
     """This rank's (masked inputs, labels) of the next step: micro-batches r, r + W, ..."""
-    b, world, rank = job.params.batch_size, job.env.world, job.env.rank
+    b, world, rank = job.params.batch_size, job.env.dp_world, job.env.dp_rank
     micro = []
     for a in range(job.params.grad_accum):
         first = state.rows + (a * world + rank) * b
@@ -583,11 +559,12 @@ def _step(job: _Job, t: _Trainer, state: LoopState) -> float:
     """One optimizer step; returns the loss over the masked tokens of all ranks."""
     env, params = job.env, job.params
     micro = _micro_batches(job, t, state)
-    count = env.sum(torch.tensor(float(sum(int((y != -100).sum()) for _, y in micro)))).item()
+    count = torch.tensor(float(sum(int((y != -100).sum()) for _, y in micro)))
+    count = env.data_sum(count).item()
     total = torch.zeros((), device=env.device)
     for k, (x, y) in enumerate(micro):
         sync = env.world == 1 or k == len(micro) - 1
-        with contextlib.nullcontext() if sync else t.ddp.no_sync():
+        with contextlib.nullcontext() if sync else parallel.no_sync(t.ddp):
             y = y.to(env.device)
             with _autocast(params, env.device):
                 # the vocabulary projection only at the masked positions
@@ -597,10 +574,11 @@ def _step(job: _Job, t: _Trainer, state: LoopState) -> float:
             loss_sum = torch.nn.functional.cross_entropy(
                 logits.float(), y[y != -100], reduction="sum"
             )
-            (loss_sum * env.world / max(count, 1.0)).backward()
+            (loss_sum * env.dp_world / max(count, 1.0)).backward()  # gradients are averaged
         total += loss_sum.detach()
-    loss = env.sum(total).item() / max(count, 1.0)
-    torch.nn.utils.clip_grad_norm_(t.model.parameters(), params.max_grad_norm)
+    loss = env.data_sum(total).item() / max(count, 1.0)
+    parallel.sync_gradients(t.model, env, wrapped=t.ddp is not t.model)
+    parallel.clip_grad_norm(t.model, params.max_grad_norm)
     t.optimizer.step()
     t.scheduler.step()
     t.optimizer.zero_grad(set_to_none=True)
@@ -612,7 +590,7 @@ def _maybe_checkpoint(job: _Job, t: _Trainer, state: LoopState) -> None:
     if not every or step % every != 0 or step >= job.params.steps:
         return
     rng = job.env.gather(_rng_state())
-    if job.env.main:
+    if job.env.main or job.env.sharded:  # sharded: every rank writes its shards
         save_checkpoint(
             job.root,
             step,
@@ -622,13 +600,14 @@ def _maybe_checkpoint(job: _Job, t: _Trainer, state: LoopState) -> None:
             rng,
             state.to_json(),
             job.params.keep_checkpoints,
+            job.env,
         )
 
 
 def _loop(job: _Job, t: _Trainer, state: LoopState) -> None:
     """Steps from `state.step + 1` to `params.steps`: loss log, metrics, checkpoints."""
     params, env = job.params, job.env
-    rows_per_step = params.batch_size * params.grad_accum * env.world
+    rows_per_step = params.batch_size * params.grad_accum * env.dp_world
     step_tokens = rows_per_step * t.data.seq_len
     speed = Throughput()
     bar = tqdm(
