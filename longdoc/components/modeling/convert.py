@@ -1,11 +1,20 @@
-"""Short → long conversion: a RoBERTa-architecture checkpoint becomes a long model.
+"""Short → long conversion: RoBERTa becomes a Longformer, BART becomes an LED.
 
-The recipe of the Longformer paper (section 5): the learned position embeddings are copied over
-and over to fill `max_positions` (the model starts out knowing "local position" everywhere,
-which the paper found far better than random new positions), the local query/key/value
-projections are copied into the global ones, and every layer gets a sliding window. RoBERTa's
-positions start at `pad_token_id + 1` (rows 0..pad are never used by real tokens); that offset
-is kept, so rows below it are copied as they are and the tiling starts after them.
+The recipe of the Longformer paper (sections 5 and 6): the learned position embeddings are
+copied over and over to fill `max_positions` (the model starts out knowing "local position"
+everywhere, which the paper found far better than random new positions), the local
+query/key/value projections are copied into the global ones, and every (encoder) layer gets a
+sliding window. The family follows the base:
+
+- RoBERTa (`roberta`, `xlm-roberta`, `camembert`) -> `LongformerForMaskedLM`, 4096 positions by
+  default. RoBERTa's positions start at `pad_token_id + 1` (rows 0..pad are never used by real
+  tokens); that offset is kept, so rows below it are copied as they are and the tiling starts
+  after them.
+- BART (`bart`) -> `LEDForConditionalGeneration` (`modeling.led`), 16384 encoder positions by
+  default; the decoder is kept as it was. BART looks up row `i + 2` for token `i` (its 2-row
+  offset) while LED looks up row `i`, so the offset is kept by moving every table down two
+  rows: LED row `i` is BART row `i + 2` (the two rows BART never reads are dropped), and the
+  encoder's learned rows are tiled from there. The base's generation config comes along.
 
 On inputs no longer than one side of the window the converted model computes exactly what the
 original computes (every token still sees every other token), which the tests check.
@@ -14,6 +23,7 @@ original computes (every token still sees every other token), which the tests ch
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -27,11 +37,23 @@ from longdoc.components.core.io import (
     staging_dir,
     write_manifest,
 )
+from longdoc.components.modeling.led import LEDForConditionalGeneration, LongdocLEDConfig
 from longdoc.components.modeling.model import LongdocConfig, LongformerForMaskedLM, quiet_loading
 
 log = logging.getLogger(__name__)
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+BART_TYPES = ("bart",)
+DEFAULT_POSITIONS = {"encoder": 4096, "encoder-decoder": 16384}
+BART_POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding reads row i + 2 for position i
+# BART config fields that mean the same in LEDConfig and are copied as they are
+BART_TO_LED_FIELDS = (
+    "vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+    "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "encoder_layerdrop",
+    "decoder_layerdrop", "activation_function", "dropout", "attention_dropout",
+    "activation_dropout", "init_std", "classifier_dropout", "use_cache", "pad_token_id",
+    "bos_token_id", "eos_token_id", "decoder_start_token_id", "tie_word_embeddings",
+)  # fmt: skip
 
 
 def tile_positions(
@@ -57,21 +79,28 @@ def tile_positions(
     return new
 
 
+def _per_layer_windows(params: ConvertParams, layers: int) -> list[int]:
+    windows = params.attention_window
+    if isinstance(windows, list) and len(windows) != layers:
+        raise InputError(
+            f"convert.attention_window has {len(windows)} entries for the base's {layers} layers"
+        )
+    return list(windows) if isinstance(windows, list) else [windows] * layers
+
+
+def _max_positions(params: ConvertParams, family: str) -> int:
+    return params.max_positions or DEFAULT_POSITIONS[family]
+
+
 def long_config(base_config, params: ConvertParams) -> LongdocConfig:
     """The long model's config: the base's fields, longer positions, a window per layer."""
     fields = base_config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "auto_map"):
         fields.pop(key, None)
     offset = base_config.pad_token_id + 1
-    windows = params.attention_window
-    layers = base_config.num_hidden_layers
-    if isinstance(windows, list) and len(windows) != layers:
-        raise InputError(
-            f"convert.attention_window has {len(windows)} entries for the base's {layers} layers"
-        )
     fields.update(
-        max_position_embeddings=params.max_positions + offset,
-        attention_window=list(windows) if isinstance(windows, list) else [windows] * layers,
+        max_position_embeddings=_max_positions(params, "encoder") + offset,
+        attention_window=_per_layer_windows(params, base_config.num_hidden_layers),
         attention_backend=params.attention_backend,
         sep_token_id=getattr(base_config, "sep_token_id", None) or base_config.eos_token_id,
         architectures=["LongformerForMaskedLM"],
@@ -117,34 +146,136 @@ def convert_model(base, params: ConvertParams) -> LongformerForMaskedLM:
     return long
 
 
-def convert(params: ConvertParams) -> dict:
-    """Convert `params.base` (model + tokenizer dir) into a long model at `params.out`."""
-    from transformers import AutoConfig, AutoTokenizer, RobertaForMaskedLM
+def led_config(base_config, params: ConvertParams) -> LongdocLEDConfig:
+    """The LED's config: BART's fields, `max_positions` encoder positions, a window per encoder
+    layer; the decoder keeps BART's `max_position_embeddings`."""
+    if getattr(base_config, "scale_embedding", False):
+        raise InputError(
+            "the BART base has scale_embedding=True (embeddings times sqrt(d_model)); LED has no "
+            "such scale and the embeddings are tied to the LM head, so it cannot be converted"
+        )
+    fields = {name: getattr(base_config, name) for name in BART_TO_LED_FIELDS}
+    fields.update(
+        max_encoder_position_embeddings=_max_positions(params, "encoder-decoder"),
+        max_decoder_position_embeddings=base_config.max_position_embeddings,
+        attention_window=_per_layer_windows(params, base_config.encoder_layers),
+        attention_backend=params.attention_backend,
+        architectures=["LEDForConditionalGeneration"],
+    )
+    return LongdocLEDConfig(**fields)
 
-    if params.base is None:
-        raise InputError("convert: no base checkpoint given (--base DIR)")
-    base_dir = require_path(params.base, "base checkpoint")
-    check_publish_target(Path(params.out), "convert", force=params.force)
+
+_BART_ENCODER_ATTENTION = re.compile(r"^led\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.")
+_LONGFORMER_NAMES = {"q": "query", "k": "key", "v": "value"}
+
+
+def _led_state(bart_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BART's parameter names moved to LED's: `model.` -> `led.`, each encoder layer's
+    q/k/v projections -> `longformer_self_attn.{query,key,value}` and copied into the global
+    ones, `out_proj` -> `self_attn.output`. Position tables are left to the caller."""
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in bart_state.items():
+        if name.startswith("model."):
+            name = "led." + name[len("model.") :]
+        match = _BART_ENCODER_ATTENTION.match(name)
+        if match is None:
+            state[name] = tensor
+            continue
+        layer, proj = match.groups()
+        part = name[match.end() :]
+        prefix = f"led.encoder.layers.{layer}.self_attn."
+        if proj == "out":
+            state[f"{prefix}output.{part}"] = tensor
+            continue
+        local = f"{prefix}longformer_self_attn.{_LONGFORMER_NAMES[proj]}"
+        state[f"{local}.{part}"] = tensor
+        state[f"{local}_global.{part}"] = tensor.clone()
+    return state
+
+
+def convert_bart(base, params: ConvertParams) -> LEDForConditionalGeneration:
+    """An `LEDForConditionalGeneration` holding `base` (a BartForConditionalGeneration)'s
+    weights, converted (see the module docstring for the positions)."""
+    config = led_config(base.config, params)
+    led = LEDForConditionalGeneration(config)
+    state = _led_state(base.state_dict())
+    for side in ("encoder", "decoder"):
+        key = f"led.{side}.embed_positions.weight"
+        learned = state[key][BART_POSITION_OFFSET:]
+        if side == "encoder":
+            rows = config.max_encoder_position_embeddings
+            learned = tile_positions(learned, rows, 0, params.position_init, config.init_std)
+        state[key] = learned
+    target = led.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
+        raise InputError(
+            f"BART checkpoint does not map onto LED: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    led.load_state_dict(state)
+    led.tie_weights()
+    led.generation_config = base.generation_config
+    return led
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _base_family(base_dir: Path) -> tuple[object, str]:
+    """The base's config and family ("encoder" for RoBERTa, "encoder-decoder" for BART)."""
+    from transformers import AutoConfig
+
     try:
         base_config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"{base_dir}: cannot read config.json: {exc}".splitlines()[0]) from None
-    if base_config.model_type not in ROBERTA_TYPES:
-        raise InputError(
-            f"{base_dir}: model_type {base_config.model_type!r} is not a RoBERTa architecture "
-            f"({', '.join(ROBERTA_TYPES)})"
-        )
-    base_len = base_config.max_position_embeddings - base_config.pad_token_id - 1
-    if params.max_positions < base_len:
-        raise InputError(f"convert.max_positions {params.max_positions} < the base's {base_len}")
+    if base_config.model_type in ROBERTA_TYPES:
+        return base_config, "encoder"
+    if base_config.model_type in BART_TYPES:
+        return base_config, "encoder-decoder"
+    raise InputError(
+        f"{base_dir}: model_type {base_config.model_type!r} is not a RoBERTa architecture "
+        f"({', '.join(ROBERTA_TYPES)}) nor a BART architecture ({', '.join(BART_TYPES)})"
+    )
+
+
+def _load_base(base_dir: Path, family: str):
+    from transformers import BartForConditionalGeneration, RobertaForMaskedLM
+
+    cls = RobertaForMaskedLM if family == "encoder" else BartForConditionalGeneration
     with quiet_loading():
-        base = RobertaForMaskedLM.from_pretrained(str(base_dir), local_files_only=True)
+        return cls.from_pretrained(str(base_dir), local_files_only=True)
+
+
+def _load_tokenizer(base_dir: Path):
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     except Exception as exc:  # transformers raises many types; the user needs one line
         msg = " ".join(str(exc).split())[:300]
         raise InputError(f"cannot load tokenizer from {base_dir}: {msg}") from None
-    long = convert_model(base, params)
+
+
+def convert(params: ConvertParams) -> dict:
+    """Convert `params.base` (model + tokenizer dir) into a long model at `params.out`."""
+    if params.base is None:
+        raise InputError("convert: no base checkpoint given (--base DIR)")
+    base_dir = require_path(params.base, "base checkpoint")
+    check_publish_target(Path(params.out), "convert", force=params.force)
+    base_config, family = _base_family(base_dir)
+    params = params.model_copy(update={"max_positions": _max_positions(params, family)})
+    if family == "encoder":
+        base_len = base_config.max_position_embeddings - base_config.pad_token_id - 1
+    else:
+        base_len = base_config.max_position_embeddings
+    if params.max_positions < base_len:
+        raise InputError(f"convert.max_positions {params.max_positions} < the base's {base_len}")
+    base = _load_base(base_dir, family)
+    tokenizer = _load_tokenizer(base_dir)
+    long = convert_model(base, params) if family == "encoder" else convert_bart(base, params)
     tokenizer.model_max_length = params.max_positions
     staging = staging_dir(Path(params.out), "convert")
     long.save_pretrained(staging)
@@ -152,6 +283,8 @@ def convert(params: ConvertParams) -> dict:
     summary = {
         "base": str(base_dir),
         "out": str(params.out),
+        "family": family,
+        "architecture": type(long).__name__,
         "base_positions": base_len,
         "max_positions": params.max_positions,
         "attention_window": long.config.attention_window,
