@@ -53,7 +53,13 @@ from longdoc.components.core.io import (
     versions,
 )
 from longdoc.components.core.stage import Progress, SideLog, Stage, fingerprint, reconcile
-from longdoc.components.data.readers import Document, Rejected, iter_documents
+from longdoc.components.data.readers import (
+    VERBATIM_END,
+    VERBATIM_START,
+    Document,
+    Rejected,
+    iter_documents,
+)
 
 __all__ = [
     "CORPUS_SCHEMA",
@@ -112,6 +118,12 @@ _ANY_SPACE = re.compile(r"\s+")
 WHITESPACE_MODES = ("paragraphs", "single_space", "keep")
 
 
+# A preformatted region the HTML reader marked (code, <pre>): kept as written. Marks that do not
+# pair up carry no region and are dropped.
+_VERBATIM = re.compile(f"{VERBATIM_START}([^{VERBATIM_START}{VERBATIM_END}]*){VERBATIM_END}")
+_MARKS = re.compile(f"[{VERBATIM_START}{VERBATIM_END}]")
+
+
 def normalize(text: str, whitespace: str = "paragraphs") -> str:
     """Canonical form of a document's text; the dedupe hash and all offsets refer to it.
 
@@ -123,19 +135,37 @@ def normalize(text: str, whitespace: str = "paragraphs") -> str:
     - "single_space": every run of whitespace, line breaks included, becomes one space (one
       paragraph per document, as many web corpora are distributed);
     - "keep": nothing more (indentation and layout matter, e.g. code or verse).
+    Text between `VERBATIM_START`/`VERBATIM_END` (preformatted HTML, marked by the reader) gets
+    only the "always" part in every mode: code keeps its line breaks and indentation. The marks
+    are removed.
     """
+    if whitespace not in WHITESPACE_MODES:
+        raise ValueError(f"whitespace must be one of {WHITESPACE_MODES}, not {whitespace!r}")
+    if VERBATIM_START not in text and VERBATIM_END not in text:
+        return _prose_whitespace(_clean_chars(text), whitespace).strip()
+    pieces = _VERBATIM.split(text)  # prose, verbatim, prose, ..., prose
+    out = [_clean_chars(_MARKS.sub("", piece)) for piece in pieces]
+    for k in range(0, len(out), 2):
+        out[k] = _prose_whitespace(out[k], whitespace)
+    out[0] = out[0].lstrip()  # a verbatim block that opens the document keeps its indentation
+    joined = "".join(out).rstrip()
+    return joined if joined.strip() else ""
+
+
+def _clean_chars(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = _NEWLINES.sub("\n", text)
-    text = _CONTROLS.sub("", text)
+    return _CONTROLS.sub("", text)
+
+
+def _prose_whitespace(text: str, whitespace: str) -> str:
     if whitespace == "paragraphs":
         text = _HSPACE.sub(" ", text)
         text = _NL_SPACE.sub("\n", text)
-        text = _MANY_NL.sub("\n\n", text)
-    elif whitespace == "single_space":
-        text = _ANY_SPACE.sub(" ", text)
-    elif whitespace != "keep":
-        raise ValueError(f"whitespace must be one of {WHITESPACE_MODES}, not {whitespace!r}")
-    return text.strip()
+        return _MANY_NL.sub("\n\n", text)
+    if whitespace == "single_space":
+        return _ANY_SPACE.sub(" ", text)
+    return text
 
 
 def decode_entities(text: str) -> str:

@@ -41,6 +41,8 @@ __all__ = [
     "ARCHIVES",
     "COMPRESSIONS",
     "FORMATS",
+    "VERBATIM_END",
+    "VERBATIM_START",
     "Document",
     "Rejected",
     "decode_bytes",
@@ -242,31 +244,157 @@ def _decode_or_reject(
 # --------------------------------------------------------------------------------------------
 
 # Visible text: lxml parses (libxml2's forgiving HTML parser: broken markup recovered, entities
-# decoded, no network, no DTD entity expansion) and html-text (Zyte's extractor, built on lxml's
-# Cleaner) removes scripts/styles/comments/embeds and lays the rest out like a browser would:
-# block elements become line breaks, paragraphs, headings and lists blank-line separated.
-# We drop a few more invisible elements first and take the <title> out into meta.
+# decoded, no network, no DTD entity expansion); html-text's cleaner (lxml's Cleaner) removes
+# scripts/styles/comments/embeds; `_Layout` then lays the rest out as a browser renders it:
+# whitespace collapsed as CSS `white-space: normal` does (only where the source has whitespace:
+# `<span>f</span><span>(</span>` is `f(`), block elements on their own lines, paragraphs,
+# headings and lists blank-line separated, preformatted elements verbatim. We drop a few more
+# invisible elements first and take the <title> out into meta.
 _INVISIBLE_TAGS = (
     "head", "script", "style", "noscript", "template", "svg", "math", "iframe", "object",
     "embed", "canvas", "audio", "video", "select", "option", "datalist", "button",
 )  # fmt: skip
 _NEWLINE_TAGS = frozenset(
     "article aside br dd details dialog div dt fieldset figcaption footer form header hr "
-    "legend li main nav section summary table tr td th caption address".split()
+    "legend li main nav section summary table tr td th caption address center menu dir "
+    "search thead tbody tfoot".split()
 )
 _DOUBLE_NEWLINE_TAGS = frozenset(
     "blockquote dl figure h1 h2 h3 h4 h5 h6 ol p pre ul hgroup".split()
 )
-
+# Rendered with their whitespace as written (the HTML rendering rules' `white-space: pre`
+# elements), and any element whose inline style asks for it (`<code style="white-space:pre">`).
+_PREFORMATTED_TAGS = frozenset("pre textarea listing xmp plaintext".split())
+_PRE_STYLE = re.compile(r"white-space\s*:\s*(pre|pre-wrap|pre-line|break-spaces)\b", re.I)
 _HIDDEN_XPATH = (
     "//*[@hidden or contains(translate(@style, ' ', ''), 'display:none')"
     " or contains(translate(@style, ' ', ''), 'visibility:hidden')]"
 )
 
+#: Marks around a preformatted region in `Document.text` (Unicode noncharacters, which are
+#: reserved for a program's internal use): ingest's `normalize` keeps what is between them
+#: verbatim whatever `ingest.whitespace` does to prose, and removes the marks.
+VERBATIM_START, VERBATIM_END = "\ufdd0", "\ufdd1"
+_COLLAPSIBLE = re.compile(r"[ \t\n\r\f]+")  # HTML's whitespace; NBSP is content, not layout
+# soft hyphens are invisible unless a line breaks there; marks in the page must not forge ours
+_DROPPED_CHARS = str.maketrans({"\u00ad": None, VERBATIM_START: None, VERBATIM_END: None})
+_SPACE, _LINE, _PARAGRAPH = 1, 2, 3  # separators, weakest first: the strongest pending wins
+_BLOCK_TAGS = {
+    **dict.fromkeys(_NEWLINE_TAGS, _LINE),
+    **dict.fromkeys(_DOUBLE_NEWLINE_TAGS, _PARAGRAPH),
+}
+
+
+class _Layout:
+    """Text as a browser lays it out, without CSS: a separator between two pieces of text
+    exists only where the source had whitespace (a space) or a block boundary (a line break, or
+    a blank line around paragraphs), and adjacent separators merge into the strongest one."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.pending = 0  # the separator owed before the next text
+        self.trailing_newlines = 0  # line breaks already at the end of `chunks` (from <br>)
+
+    def separate(self, strength: int) -> None:
+        if strength > self.pending:
+            self.pending = strength
+
+    def prose(self, text: str | None) -> None:
+        if not text:
+            return
+        collapsed = _COLLAPSIBLE.sub(" ", text.translate(_DROPPED_CHARS))
+        body = collapsed.strip(" ")
+        if collapsed[:1] == " ":
+            self.separate(_SPACE)
+        if body:
+            self._emit(body.replace("\xa0", " "))
+            if collapsed[-1] == " ":
+                self.separate(_SPACE)
+
+    def line_break(self) -> None:
+        """<br>: a new line, even in the middle of a paragraph (two make a blank line)."""
+        if self.chunks:
+            self.pending = 0 if self.pending == _SPACE else self.pending
+            self.chunks.append("\n")
+            self.trailing_newlines += 1
+
+    def verbatim(self, text: str) -> None:
+        """A preformatted block, its own paragraph: kept as written between the marks, minus
+        the blank lines at its ends (trailing whitespace too)."""
+        self.separate(_PARAGRAPH)
+        lines = text.translate(_DROPPED_CHARS).rstrip().split("\n")
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        if lines:
+            self._emit(VERBATIM_START + "\n".join(lines) + VERBATIM_END)
+            self.separate(_PARAGRAPH)
+
+    def _emit(self, text: str) -> None:
+        if self.chunks and self.pending == _SPACE:
+            self.chunks.append(" ")
+        elif self.chunks and self.pending:
+            self.chunks.append("\n" * max(0, self.pending - 1 - self.trailing_newlines))
+        self.chunks.append(text)
+        self.pending = self.trailing_newlines = 0
+
+    def text(self) -> str:
+        return "".join(self.chunks).rstrip()
+
+
+def _tag(el: Any) -> str:
+    return el.tag if isinstance(el.tag, str) else ""  # lower case from lxml's HTML parser
+
+
+def _verbatim_text(pre: Any) -> str:
+    """Everything a preformatted element shows, as written: the text of every descendant
+    (highlighting spans), <br> as a line break, a block descendant on a line of its own."""
+    import lxml.etree
+
+    parts: list[str] = []
+    for event, el in lxml.etree.iterwalk(pre, events=("start", "end")):
+        if event == "start" and el is not pre:
+            if _tag(el) == "br":
+                parts.append("\n")
+            elif _tag(el) in _BLOCK_TAGS and parts and parts[-1][-1:] != "\n":
+                parts.append("\n")
+        if event == "start" and el.text:
+            parts.append(el.text)
+        elif event == "end" and el is not pre and el.tail:
+            parts.append(el.tail)
+    return "".join(parts)
+
+
+def _layout(root: Any) -> str:
+    """The visible text of a cleaned tree (see `_Layout`); iterative, as pages nest deep."""
+    import lxml.etree
+
+    out = _Layout()
+    walk = lxml.etree.iterwalk(root, events=("start", "end"))
+    for event, el in walk:
+        tag = _tag(el)
+        block = _BLOCK_TAGS.get(tag, 0)
+        if event == "start" and tag in _PREFORMATTED_TAGS:
+            out.verbatim(_verbatim_text(el))
+            walk.skip_subtree()
+        elif event == "start":
+            if tag == "br":
+                out.line_break()
+            elif block:
+                out.separate(block)
+            out.prose(el.text)
+        else:
+            if block and tag != "br":
+                out.separate(block)
+            if el is not root:
+                out.prose(el.tail)
+    return out.text()
+
 
 def html_to_text(markup: str) -> tuple[str, str]:
     """(visible text, title) of an HTML document; entities decoded, blocks on their own lines,
     paragraphs blank-line separated, no script/style/noscript/template or hidden content.
+    Preformatted regions (<pre>, <textarea>, `white-space: pre`) come out verbatim between
+    `VERBATIM_START`/`VERBATIM_END`, for ingest's `normalize` to keep as they are.
 
     Raises ValueError when the parser had to stop before the end (the text would be cut short
     without anyone knowing); broken but recoverable markup is fine.
@@ -300,18 +428,14 @@ def html_to_text(markup: str) -> tuple[str, str]:
     for el in root.xpath(_HIDDEN_XPATH):  # hidden by attribute or inline style; tail is kept
         if el.getparent() is not None:
             el.drop_tree()
+    for el in root.xpath("//*[@style]"):  # the cleaner drops style attributes: decide first
+        if _PRE_STYLE.search(el.get("style")):
+            el.tag = "pre"  # laid out as the <pre> it renders like
     try:
         root = html_text.cleaner.clean_html(root)
     except AssertionError:  # lxml bug 1838497 (html-text works around it the same way)
         pass
-    text = html_text.etree_to_text(
-        root,
-        guess_punct_space=True,
-        guess_layout=True,
-        newline_tags=_NEWLINE_TAGS,
-        double_newline_tags=_DOUBLE_NEWLINE_TAGS,
-    )
-    return text, title
+    return _layout(root), title
 
 
 def _read_text(ctx: _Ctx, name: str, member: str, f: IO[bytes]) -> Iterator[Item]:

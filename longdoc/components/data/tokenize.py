@@ -27,10 +27,11 @@ import json
 import logging
 import mmap
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,9 +78,12 @@ MODEL_MAX_LENGTH = 4096  # what the long model is built for (max_position_embedd
 LENGTH_THRESHOLDS = (512, 4096, 16384)
 STATE_FILE = ".tokenize-state.json"
 SPLITS = ("train", "validation")
-_ENCODE_DOCS = 1024  # documents per encode_batch call, at most ...
-_ENCODE_CHARS = 4_000_000  # ... and about this many chars (bounds the Rust encodings' memory)
-_READ_DOCS = 64  # corpus rows per Parquet read
+_ENCODE_DOCS = 1024  # documents per encode batch, at most ...
+# ... and this much UTF-8 text (one document may be longer): a byte-level tokenizer makes at most
+# one token per byte and the Rust encodings cost ~100 bytes per token, so this bounds them
+_ENCODE_BYTES = 1_000_000
+_PIECE_CHARS = 250_000  # longer documents are encoded in pieces (byte-level tokenizers)
+_READ_DOCS = 64  # corpus rows per Parquet read (fewer in a shard with long documents)
 _PACK_ROWS = 1024  # packed rows per record batch
 _MAX_OPEN_SHARDS = 64  # docs shard files _DocStore keeps open at once
 _PROGRESS_EVERY_S = 5.0
@@ -142,16 +146,91 @@ def assign_splits(doc_ids: list[str], val_fraction: float) -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _iter_texts(corpus: Path, skip: set[str]) -> Iterator[list[str]]:
-    for path in corpus_shards(corpus):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=64, columns=["doc_id", "text"]):
-            ids = batch.column("doc_id").to_pylist()
-            texts = batch.column("text").to_pylist()
-            yield [t for i, t in zip(ids, texts, strict=True) if i not in skip]
+def read_batches(shard: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The corpus shard's rows in record batches of `_READ_DOCS` rows, fewer when its longest
+    document (from the Parquet statistics of `n_chars`: nothing is read to find it) is long, so
+    one read holds about `_ENCODE_BYTES` of text, one document at least."""
+    pf = pq.ParquetFile(shard)
+    col = pf.schema_arrow.get_field_index("n_chars")
+    longest = 0
+    for g in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max:  # not written by ingest: read the column
+            longest = int(pc.max(pf.read(columns=["n_chars"]).column(0)).as_py() or 0)
+            break
+        longest = max(longest, int(stats.max))
+    rows = max(1, min(_READ_DOCS, _ENCODE_BYTES // max(longest, 1)))
+    yield from pf.iter_batches(batch_size=rows, columns=columns)
+
+
+def _sample_key(doc_id: str) -> float:
+    """A uniform number in [0, 1) per document, independent of the split key."""
+    return int(sha256_bytes(f"train-sample:{doc_id}".encode())[:16], 16) / float(1 << 64)
+
+
+class TrainSample:
+    """The texts the tokenizer is trained on: the training split, or when it holds more than
+    `sample_mb` million characters, a deterministic sample of about that size.
+
+    Why a sample: the trainer's memory grows with the text it sees (every distinct pre-token is
+    counted), and a tokenizer learnt from 100 MB of text is about as good as one learnt from
+    the whole of a multi-GB corpus (SentencePiece samples the same way: `input_sentence_size`).
+    A document is drawn when a hash of its doc_id falls below sample / training chars, so the
+    sample spreads evenly over the corpus parts and does not depend on their layout or order;
+    drawing stops once `sample_mb` is reached. `stats` (for the manifest) is filled while
+    iterating.
+    """
+
+    def __init__(self, corpus: Path, val_ids: set[str], sample_mb: float | None) -> None:
+        self.corpus, self.val_ids = corpus, val_ids
+        self.cap = None if sample_mb is None else int(sample_mb * 1e6)
+        total = docs = 0
+        for path in corpus_shards(corpus):
+            table = pq.read_table(path, columns=["doc_id", "n_chars"])
+            ids = table.column("doc_id").to_pylist()
+            chars = table.column("n_chars").to_numpy()
+            keep = np.fromiter((i not in val_ids for i in ids), dtype=bool, count=len(ids))
+            total, docs = total + int(chars[keep].sum()), docs + int(keep.sum())
+        self.fraction = 1.0 if self.cap is None or total <= self.cap else self.cap / total
+        self.stats = {"train_sample_mb": sample_mb, "split_documents": docs, "split_chars": total}
+
+    def __iter__(self) -> Iterator[list[str]]:
+        docs = chars = 0
+        for path in corpus_shards(self.corpus):
+            for batch in read_batches(path, ["doc_id", "text"]):
+                ids = batch.column("doc_id").to_pylist()
+                texts = [
+                    t
+                    for i, t in zip(ids, batch.column("text").to_pylist(), strict=True)
+                    if i not in self.val_ids
+                    and (self.fraction >= 1.0 or _sample_key(i) < self.fraction)
+                ]
+                docs, chars = docs + len(texts), chars + sum(map(len, texts))
+                self.stats.update(documents=docs, chars=chars)
+                yield texts
+                if self.cap is not None and self.fraction < 1.0 and chars >= self.cap:
+                    return
+
+
+def _model_and_trainer(model: str, vocab_size: int, min_frequency: int) -> tuple[Any, Any]:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer, UnigramTrainer
+
+    common = {
+        "vocab_size": vocab_size,
+        "special_tokens": SPECIAL_TOKENS,
+        "initial_alphabet": pre_tokenizers.ByteLevel.alphabet(),
+        "show_progress": False,
+    }
+    if model == "bpe":
+        return Tokenizer(models.BPE()), BpeTrainer(min_frequency=min_frequency, **common)
+    if model == "unigram":
+        return Tokenizer(models.Unigram()), UnigramTrainer(unk_token="<unk>", **common)
+    raise ValueError(f"tokenizer model must be 'bpe' or 'unigram', not {model!r}")
 
 
 def train_tokenizer(
-    texts: Iterator[list[str]] | Iterator[str],
+    texts: Iterable[list[str]] | Iterable[str],
     vocab_size: int,
     min_frequency: int = 2,
     length: int | None = None,
@@ -165,31 +244,10 @@ def train_tokenizer(
     pre-tokenization, so ids, offsets, special tokens and packing work identically; unigram
     ignores `min_frequency` and may stop below `vocab_size` on a small corpus.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers.trainers import BpeTrainer, UnigramTrainer
+    from tokenizers import AddedToken, decoders, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if model == "bpe":
-        tok = Tokenizer(models.BPE())
-        trainer = BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=alphabet,
-            show_progress=False,
-        )
-    elif model == "unigram":
-        tok = Tokenizer(models.Unigram())
-        trainer = UnigramTrainer(
-            vocab_size=vocab_size,
-            special_tokens=SPECIAL_TOKENS,
-            unk_token="<unk>",
-            initial_alphabet=alphabet,
-            show_progress=False,
-        )
-    else:
-        raise ValueError(f"tokenizer model must be 'bpe' or 'unigram', not {model!r}")
+    tok, trainer = _model_and_trainer(model, vocab_size, min_frequency)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainer, length=length)
@@ -314,21 +372,55 @@ def _sentence_token_starts(enc: Any, starts: np.ndarray) -> np.ndarray:
 
 
 def encode_batches(shard: Path) -> Iterator[pa.RecordBatch]:
-    """The corpus shard as record batches of up to `_ENCODE_DOCS` documents / about
-    `_ENCODE_CHARS` chars. Large batches matter: document lengths are long-tailed, and in a batch
-    of 64 one long document keeps one core busy while the others wait."""
+    """The corpus shard as record batches of up to `_ENCODE_DOCS` documents and `_ENCODE_BYTES`
+    of text (a longer document alone), cut at document boundaries whatever the read size.
+    Large batches matter: document lengths are long-tailed, and in a batch of 64 one long
+    document keeps one core busy while the others wait; bounded ones keep memory bounded."""
     columns = ["doc_id", "text", "n_chars", "sentences"]
     group: list[pa.RecordBatch] = []
-    docs = chars = 0
-    for batch in pq.ParquetFile(shard).iter_batches(batch_size=_READ_DOCS, columns=columns):
-        group.append(batch)
-        docs += batch.num_rows
-        chars += int(pc.sum(batch.column("n_chars")).as_py() or 0)
-        if docs >= _ENCODE_DOCS or chars >= _ENCODE_CHARS:
-            yield pa.concat_batches(group)
-            group, docs, chars = [], 0, 0
-    if group:
-        yield pa.concat_batches(group)
+    docs = size = 0
+    for batch in read_batches(shard, columns):
+        sizes = pc.binary_length(batch.column("text")).to_numpy(zero_copy_only=False)
+        start = 0
+        for j, n in enumerate(sizes.tolist()):
+            if docs and (docs >= _ENCODE_DOCS or size + n > _ENCODE_BYTES):
+                group.append(batch.slice(start, j - start))
+                yield pa.concat_batches([g for g in group if g.num_rows])
+                group, docs, size, start = [], 0, 0, j
+            docs, size = docs + 1, size + n
+        group.append(batch.slice(start))
+    if docs:
+        yield pa.concat_batches([g for g in group if g.num_rows])
+
+
+_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
+
+
+def _is_cut(text: str, i: int) -> bool:
+    return text[i] in " \n" and not text[i - 1].isspace() and not text[i + 1].isspace()
+
+
+def word_start_pieces(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most about `limit` chars, cut only before a lone space or line
+    break between two non-space characters. GPT-2's pre-tokenizer rule (byte-level BPE and
+    unigram here) starts a pre-token there in the whole text as in the piece, and no token spans
+    pre-tokens, so the pieces' ids concatenate to the whole text's ids (tested). A text with no
+    such place (no whitespace at all) stays whole."""
+    pieces: list[str] = []
+    start = 0
+    while len(text) - start > limit:
+        cut = text.rfind(" ", start + limit // 2, start + limit)
+        while cut > start and not _is_cut(text, cut):
+            cut = text.rfind(" ", start + limit // 2, cut)
+        if cut <= start:  # no space in the second half of the window: the next cut after it
+            found = _CUT.search(text, start + limit)
+            if found is None:
+                break
+            cut = found.start()
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def byte_level_lengths(backend) -> np.ndarray | None:
@@ -409,10 +501,32 @@ class _Encoder:
         self.fast = byte_lens is not None and hasattr(backend, "encode_batch_fast")
 
     def encode(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[str], list[Any]]:
+        """(batch, texts, per text: its ids array (fast path) or its Encoding)."""
         texts = batch.column("text").to_pylist()
         if self.fast:
-            return batch, texts, self.backend.encode_batch_fast(texts, add_special_tokens=False)
+            return batch, texts, self.encode_ids(texts)
         return batch, texts, self.backend.encode_batch(texts, add_special_tokens=False)
+
+    def encode_ids(self, texts: list[str]) -> list[np.ndarray]:
+        """Ids per text: long texts in pieces (`word_start_pieces`), at most `_ENCODE_BYTES` of
+        chars per call, each call's encodings turned into arrays and freed before the next, so a
+        document of any length costs its ids (2-4 bytes a token) plus one call's encodings."""
+        owner, pieces = [], []
+        for j, text in enumerate(texts):
+            for piece in word_start_pieces(text, _PIECE_CHARS):
+                owner.append(j)
+                pieces.append(piece)
+        parts: list[list[np.ndarray]] = [[] for _ in texts]
+        lo = 0
+        while lo < len(pieces):
+            hi, size = lo + 1, len(pieces[lo])
+            while hi < len(pieces) and size + len(pieces[hi]) <= _ENCODE_BYTES:
+                size, hi = size + len(pieces[hi]), hi + 1
+            encodings = self.backend.encode_batch_fast(pieces[lo:hi], add_special_tokens=False)
+            for j, enc in zip(owner[lo:hi], encodings, strict=True):
+                parts[j].append(np.asarray(enc.ids, dtype=self.np_dtype))
+            lo = hi
+        return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
     def write_part(self, shard: Path, tmp: Path) -> None:
         """Encode `shard` into the Arrow IPC file `tmp` (renamed into place by the caller)."""
@@ -435,7 +549,7 @@ class _Encoder:
 
     def token_starts(self, text: str, ids: np.ndarray, enc: Any, starts: np.ndarray):
         tok_starts = None
-        if self.fast:
+        if self.fast:  # `enc` is None: the ids came from `encode_ids`
             tok_starts = _starts_from_bytes(text, ids, self.byte_lens, starts)
             if tok_starts is None:  # rare: re-encode this one with offsets
                 enc = self.backend.encode(text, add_special_tokens=False)
@@ -449,8 +563,9 @@ class _Encoder:
         sent_offsets = sents.offsets.to_numpy()
         sent_starts = sents.values.field("start").to_numpy(zero_copy_only=False)
         ids_list, starts_list = [], []
-        for j, enc in enumerate(encodings):
-            ids = np.asarray(enc.ids, dtype=self.np_dtype)
+        for j, item in enumerate(encodings):
+            enc = None if self.fast else item
+            ids = item if self.fast else np.asarray(item.ids, dtype=self.np_dtype)
             ids_list.append(ids)
             starts = sent_starts[sent_offsets[j] : sent_offsets[j + 1]]
             starts_list.append(self.token_starts(texts[j], ids, enc, starts))
@@ -751,39 +866,46 @@ def _resume(stage: Stage) -> dict[str, Any]:
 
 
 def _make_tokenizer(
-    params: TokenizeParams, corpus: Path, tok_dir: Path, doc_ids: list, val_ids: set
-) -> tuple[Any, str]:
-    """(tokenizer, source): the base tokenizer, or one trained on the train split."""
+    params: TokenizeParams, corpus: Path, tok_dir: Path, val_ids: set
+) -> tuple[Any, str, dict | None]:
+    """(tokenizer, source, sample stats): the base tokenizer, or one trained on a bounded
+    sample of the train split (`TrainSample`)."""
     if params.base_tokenizer is not None:
         base = require_path(params.base_tokenizer, "base tokenizer")
         hf_tok = _load_hf_tokenizer(base)
         _save_tokenizer(hf_tok, tok_dir)
-        return hf_tok, f"base:{base}"
-    n_train = len(doc_ids) - len(val_ids)
+        return hf_tok, f"base:{base}", None
+    sample = TrainSample(corpus, val_ids, params.train_sample_mb)
     log.info(
-        "tokenize: training byte-level %s (vocab %d) on %d docs",
+        "tokenize: training byte-level %s (vocab %d) on %s of %d train docs (%d chars)",
         params.tokenizer_model,
         params.vocab_size,
-        n_train,
+        "all" if sample.fraction >= 1 else f"a {params.train_sample_mb:g}M-char sample",
+        sample.stats["split_documents"],
+        sample.stats["split_chars"],
     )
     hf_tok = train_tokenizer(
-        _iter_texts(corpus, val_ids),
+        sample,
         params.vocab_size,
         params.min_frequency,
-        length=n_train,
+        length=sample.stats["split_documents"] if sample.fraction >= 1 else None,
         model=params.tokenizer_model,
     )
     _save_tokenizer(hf_tok, tok_dir)
-    return hf_tok, f"trained:byte-level-{params.tokenizer_model}"
+    return hf_tok, f"trained:byte-level-{params.tokenizer_model}", sample.stats
 
 
-def _tokenizer(stage: Stage, state: dict, params: TokenizeParams, corpus: Path, ids, val_ids):
+def _tokenizer(stage: Stage, state: dict, params: TokenizeParams, corpus: Path, val_ids: set):
     """The run's tokenizer: the checkpointed one on resume, else made and checkpointed."""
     tok_dir = stage.out / "tokenizer"
     if state.get("tokenizer_sha256"):
         return _load_hf_tokenizer(tok_dir)
-    hf_tok, source = _make_tokenizer(params, corpus, tok_dir, ids, val_ids)
-    state.update(tokenizer_sha256=sha256_file(tok_dir / "tokenizer.json"), tokenizer_source=source)
+    hf_tok, source, sample = _make_tokenizer(params, corpus, tok_dir, val_ids)
+    state.update(
+        tokenizer_sha256=sha256_file(tok_dir / "tokenizer.json"),
+        tokenizer_source=source,
+        tokenizer_sample=sample,
+    )
     stage.checkpoint(state)
     return hf_tok
 
@@ -877,6 +999,9 @@ def _tokenizer_info(hf_tok, state: dict) -> dict[str, Any]:
         "dir": "tokenizer",
         "source": state["tokenizer_source"],
         "vocab_size": len(hf_tok),
+        # what it was trained on: {train_sample_mb, documents, chars, split_documents,
+        # split_chars}; None for a base tokenizer
+        "training_sample": state.get("tokenizer_sample"),
         "bos_id": bos,
         "eos_id": eos,
         "pad_id": hf_tok.pad_token_id,
@@ -959,7 +1084,7 @@ def tokenize(params: TokenizeParams) -> dict[str, Any]:
         state = _resume(stage)
         timings = _Timings()
         with timings("tokenizer_s"):
-            hf_tok = _tokenizer(stage, state, params, corpus, doc_ids, val_ids)
+            hf_tok = _tokenizer(stage, state, params, corpus, val_ids)
         vocab_size, (bos, eos) = len(hf_tok), _wrapper_ids(hf_tok)
         backend = _plain_backend(hf_tok)
         progress = Progress("tokenize", "docs", len(doc_ids), _PROGRESS_EVERY_S, ("tokens",))
