@@ -179,3 +179,25 @@ def test_progress_line_has_rate_and_eta() -> None:
     assert re.fullmatch(
         r"score: 3 items, 1 errors; 1\.5 items/s, ETA \?", stream.line(stream.t0 + 2)
     )
+
+
+def test_stream_eta_follows_the_input_bytes_read(tmp_path: Path) -> None:
+    from longdoc.components.data.readers import ReadPosition, input_bytes, iter_documents
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):  # four files of 1,000 bytes: after the second, half the input is read
+        (src / f"d{i}.txt").write_text(f"document {i} " + "x" * (1000 - 11))
+    assert input_bytes([src]) == 4000
+    position = ReadPosition(input_bytes([src]))
+    stream = Progress("ingest", "inputs")
+    stream.input = position
+    docs = iter_documents(src, position=position)
+    next(docs), next(docs)  # each file is read whole before its document comes out
+    stream.add(2)
+    assert position.bytes_read == 2000
+    line = stream.line(stream.t0 + 10.0)  # half the bytes in 10 s: 10 s to go
+    assert line == "ingest: 2 inputs; 0.2 inputs/s, ETA 0m10s (50% of input read)"
+    list(docs)
+    assert position.bytes_read == 4000
+    assert Progress("score", "items").line().endswith("ETA ?")  # no input size: unknown

@@ -262,7 +262,9 @@ def _duration(seconds: float) -> str:
 
 class Progress:
     """Counts of a running stage, logged every `every_s` seconds as one line with the rate and
-    the ETA (`?` while the total is unknown, as for a stream of archives)."""
+    the ETA. With no total count (a stream of archives: documents are counted as they come),
+    the ETA follows the share of the input bytes read, when `input` says how many
+    (`input.bytes_read` of `input.total`, e.g. a readers.ReadPosition); else it is `?`."""
 
     def __init__(
         self,
@@ -278,6 +280,7 @@ class Progress:
         self.base = 0
         self.extra: dict[str, int] = {}
         self.t0 = self.t_log = time.monotonic()
+        self.input: Any = None  # bytes_read / total of the inputs, when the count is unknown
 
     def add(self, n: int = 1, **extra: int) -> None:
         self.done += n
@@ -293,7 +296,13 @@ class Progress:
         dt = max((now or time.monotonic()) - self.t0, 1e-9)
         rate = (self.done - self.base) / dt
         of = f"/{self.total}" if self.total is not None else ""
-        eta = (self.total - self.done) / rate if self.total is not None and rate > 0 else None
+        eta, read_share = None, ""
+        if self.total is not None:
+            eta = (self.total - self.done) / rate if rate > 0 else None
+        elif self.input is not None and self.input.total > 0:
+            read = self.input.bytes_read  # every run reads its input from the start
+            eta = dt * (self.input.total - read) / read if read > 0 else None
+            read_share = f" ({100 * read / self.input.total:.0f}% of input read)"
         counts = ", ".join(
             [f"{self.done}{of} {self.unit}"]
             + [f"{v} {k}" for k, v in self.extra.items() if k not in self.rated]
@@ -301,7 +310,7 @@ class Progress:
         rates = [f"{rate:.1f} {self.unit}/s"]
         rates += [f"{self.extra.get(k, 0) / dt:.0f} {k}/s" for k in self.rated]
         eta_s = _duration(eta) if eta is not None else "?"
-        return f"{self.stage}: {counts}; {', '.join(rates)}, ETA {eta_s}"
+        return f"{self.stage}: {counts}; {', '.join(rates)}, ETA {eta_s}{read_share}"
 
     def maybe_log(self, force: bool = False) -> bool:
         now = time.monotonic()

@@ -57,7 +57,9 @@ from longdoc.components.data.readers import (
     VERBATIM_END,
     VERBATIM_START,
     Document,
+    ReadPosition,
     Rejected,
+    input_bytes,
     iter_documents,
 )
 
@@ -709,7 +711,8 @@ class _SplitQueue:
 def _read_split_write(p: _Pass, sources: list[Path], out: Path, queue: _SplitQueue) -> None:
     """Every reader item through `_admit`; the rows through the split queue into shards."""
     t_item = time.monotonic()
-    for item in _iter_all(sources, p.params, out):
+    p.progress.input = position = ReadPosition(input_bytes(sources, [out]))  # the ETA's base
+    for item in _iter_all(sources, p.params, out, position):
         now = time.monotonic()  # reading this item + handling the previous one
         p.source_s[item.source] += now - t_item
         t_item = now
@@ -885,7 +888,7 @@ def _timings(
 
 
 def _iter_all(
-    sources: list[Path], params: IngestParams, out: Path
+    sources: list[Path], params: IngestParams, out: Path, position: ReadPosition | None = None
 ) -> Iterator[Document | Rejected]:
     for src in sources:
         yield from iter_documents(
@@ -896,6 +899,7 @@ def _iter_all(
             text_field=params.text_field,
             json_records_path=params.json_records_path,
             xml_record_path=params.xml_record_path,
+            position=position,
         )
 
 

@@ -44,9 +44,11 @@ __all__ = [
     "VERBATIM_END",
     "VERBATIM_START",
     "Document",
+    "ReadPosition",
     "Rejected",
     "decode_bytes",
     "html_to_text",
+    "input_bytes",
     "iter_documents",
     "supported_suffixes",
 ]
@@ -926,6 +928,51 @@ def _dispatch(ctx: _Ctx, name: str, member: str, f: IO[bytes], depth: int) -> It
     yield from reader(ctx, base, member, f)
 
 
+class ReadPosition:
+    """How many bytes of the input files (as stored on disk, compressed or not) the readers have
+    consumed: the base of an ETA when the number of documents in archives is unknown until the
+    end. Share one across the sources of a stage; `total` is what they hold (`input_bytes`)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0  # done: bytes of the files finished
+        self.current: IO[bytes] | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        try:
+            now = self.current.tell() if self.current is not None else 0
+        except (OSError, ValueError):  # a closed or unseekable file: count it when it ends
+            now = 0
+        return min(self.done + now, self.total)
+
+
+def _input_files(path: Path, exclude: Iterable[Path | str] = ()) -> list[Path]:
+    """The files `iter_documents` reads from `path`, in its order."""
+    if not path.is_dir():
+        return [path]
+    skip = [Path(e).resolve() for e in exclude]
+    return sorted(
+        (
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(p.resolve().is_relative_to(e) for e in skip)
+        ),
+        key=lambda p: p.relative_to(path).parts,
+    )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def input_bytes(sources: Iterable[Path | str], exclude: Iterable[Path | str] = ()) -> int:
+    """Bytes on disk of every file the readers will read from `sources`."""
+    return sum(_size(f) for src in sources for f in _input_files(Path(src), exclude))
+
+
 def iter_documents(
     source: Path | str,
     *,
@@ -935,6 +982,7 @@ def iter_documents(
     text_field: str = "text",
     json_records_path: str | None = None,
     xml_record_path: str | None = None,
+    position: ReadPosition | None = None,
 ) -> Iterator[Document | Rejected]:
     """Every document in `source` (a directory, file or archive), in a deterministic order.
 
@@ -962,27 +1010,23 @@ def iter_documents(
         xml_record_path=xml_record_path,
     )
     if path.is_dir():
-        skip = [Path(e).resolve() for e in exclude]
-        files = sorted(
-            (
-                p
-                for p in path.rglob("*")
-                if p.is_file() and not any(p.resolve().is_relative_to(e) for e in skip)
-            ),
-            key=lambda p: p.relative_to(path).parts,
-        )
-        entries = [(p, p.relative_to(path).as_posix()) for p in files]
+        entries = [(p, p.relative_to(path).as_posix()) for p in _input_files(path, exclude)]
     else:
         entries = [(path, "")]
+    position = position or ReadPosition(0)
     for file, rel in entries:
         label = rel or file.name
         # Members of a top-level archive are named as inside it; anything else by its own name.
         member = rel or ("" if _is_archive(file.name) else file.name)
         try:
             with open(file, "rb") as f:
+                position.current = f
                 yield from _guarded(ctx, label, _dispatch(ctx, file.name, member, f, 0))
         except _TotalLimit as exc:
             yield ctx.reject(exc.member or label, str(exc))
             return
         except OSError as exc:
             yield ctx.reject(label, f"cannot read file: {_msg(exc)}")
+        finally:
+            position.current = None
+            position.done += _size(file)
