@@ -271,6 +271,8 @@ _PRE_STYLE = re.compile(r"white-space\s*:\s*(pre|pre-wrap|pre-line|break-spaces)
 _HIDDEN_XPATH = (
     "//*[@hidden or contains(translate(@style, ' ', ''), 'display:none')"
     " or contains(translate(@style, ' ', ''), 'visibility:hidden')]"
+    # heading permalinks (Sphinx, MkDocs: `<a class="headerlink">¶</a>`) are navigation
+    " | //a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')]"
 )
 
 #: Marks around a preformatted region in `Document.text` (Unicode noncharacters, which are
@@ -427,7 +429,7 @@ def html_to_text(markup: str) -> tuple[str, str]:
         return "", ""
     title = " ".join(" ".join(t.text_content().split()) for t in root.iter("title")).strip()
     lxml.etree.strip_elements(root, *_INVISIBLE_TAGS, "title", with_tail=False)
-    for el in root.xpath(_HIDDEN_XPATH):  # hidden by attribute or inline style; tail is kept
+    for el in root.xpath(_HIDDEN_XPATH):  # hidden or navigation only; the tail is kept
         if el.getparent() is not None:
             el.drop_tree()
     for el in root.xpath("//*[@style]"):  # the cleaner drops style attributes: decide first

@@ -128,6 +128,16 @@ def test_br_wbr_soft_hyphen_and_non_breaking_space() -> None:
     assert text_of("<p>a<br></p><p>b</p><ul><li>c<br></li><li>d</li></ul>") == "a\n\nb\n\nc\nd"
 
 
+
+def test_heading_permalinks_are_not_text() -> None:
+    page = (  # Sphinx and MkDocs put a pilcrow link after every heading
+        '<section id="intro"><h1>Introduction<a class="headerlink" href="#intro" '
+        'title="Link to this heading">\u00b6</a></h1><p>Body text.</p>'
+        '<h2 id="usage">Usage<a class="reference headerlink" href="#usage">\u00b6</a> notes</h2>'
+        '<p>A <a class="reference" href="#usage">link</a> stays.</p></section>'
+    )
+    assert text_of(page) == "Introduction\n\nBody text.\n\nUsage notes\n\nA link stays."
+
 def test_br_in_pre_textarea_and_white_space_pre_style() -> None:
     assert text_of("<pre>one<br>two\n  three</pre>") == "one\ntwo\n  three"
     assert text_of("<p>Input:</p><textarea>line 1\n    line 2</textarea>") == (
