@@ -1,3 +1,5 @@
 """Inference: the MLflow pyfunc model and its engine (`serving`, `mlflow_model`), batch scoring
-of archives (`score`) and scoring prediction files with the official metrics (`evaluate`).
+of archives (`score`), scoring prediction files with the official metrics (`evaluate`),
+LAMA-style knowledge probing (`probe`, reading `lama` files) and zero-shot classification
+(`zeroshot`), both through masked-LM cloze queries (`cloze`).
 May import `core`, `data`, `modeling` and `tasks`."""

@@ -1,5 +1,6 @@
 """The long-document corpus that `ingest` reads, spread over the containers it handles (plain
-text, JSONL, tar of text and HTML pages, zip), with a few documents planted twice for dedupe."""
+text, JSONL, tar of text and HTML pages, zip), with a few documents planted twice for dedupe and
+fact sentences planted throughout (`lama_sample`: what `longdoc probe` asks about)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from longdoc.components.core.config import SampleParams
 from longdoc.components.core.io import atomic_write_bytes
 from longdoc.components.synthetic.archives import html_page, tar_gz_bytes, zip_bytes
+from longdoc.components.synthetic.lama_sample import FactPlanter
 from longdoc.components.synthetic.text import (
     ENCYCLOPEDIC,
     FILM,
@@ -37,8 +39,13 @@ _CONTAINER_WEIGHTS = (30, 25, 15, 10, 20)
 
 
 def _trim(paras: list[list[str]], total: int, max_words: int) -> list[list[str]]:
-    """Cut the last sentence so the text has at most `max_words` words (the overshoot of
-    `paragraphs` is always less than its last sentence)."""
+    """Drop sentences from the end, then cut the last one, so the text has at most `max_words`
+    words (planted fact sentences can push a document past it by more than one sentence)."""
+    paras = [list(p) for p in paras]
+    while total > max_words and total - nwords(paras[-1][-1]) >= max_words:
+        total -= nwords(paras[-1].pop())
+        if not paras[-1]:
+            paras.pop()
     if total <= max_words:
         return paras
     words = paras[-1][-1].split(" ")
@@ -47,11 +54,15 @@ def _trim(paras: list[list[str]], total: int, max_words: int) -> list[list[str]]
     return paras[:-1] + [paras[-1][:-1] + [cut]]
 
 
-def _corpus_doc(g: TextGen, n_words: int, max_words: int) -> tuple[str, str]:
+def _corpus_doc(
+    g: TextGen, n_words: int, max_words: int, facts: FactPlanter | None = None
+) -> tuple[str, str]:
     """(title, text) of one corpus document of n_words..max_words words, paragraphs separated by
     blank lines. Reviews, news and stories carry opinion sentences with cue words (one class per
     document, as real reviews and op-eds lean one way), so the tokenizer and the MLM see every cue
-    word in context; encyclopedic pages carry the relation frames the QA tasks ask about."""
+    word in context; encyclopedic pages carry the relation frames the QA tasks ask about. Every
+    genre gets fact sentences, from the planter's own RNG stream (the text around them is what
+    this stream writes without them)."""
     rng, lex = g.rng, g.lex
     genre = rng.choice(_GENRES)
     polarity = rng.random() < 0.5
@@ -72,13 +83,19 @@ def _corpus_doc(g: TextGen, n_words: int, max_words: int) -> tuple[str, str]:
         templates, special, rate = STORY + ENCYCLOPEDIC, OPINION, 0.04
         cues = lex.pos_cues if polarity else lex.neg_cues
     cue_pick = lambda: rng.choice(cues)  # noqa: E731
-    paras, total = g.paragraphs(templates, n_words, (3, 9), special, rate, T=title, Q=cue_pick)
+    planted = facts.sentences(n_words) if facts else []  # filler makes room for them
+    room = max(1, n_words - sum(nwords(s) for s in planted))
+    paras, total = g.paragraphs(templates, room, (3, 9), special, rate, T=title, Q=cue_pick)
+    if facts:
+        paras = facts.plant(paras, planted)
+        total += sum(nwords(s) for s in planted)
     return title, join_paragraphs(_trim(paras, total, max_words))
 
 
 def write_corpus(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any]:
     rng = random.Random(f"{params.seed}:corpus")
     g = TextGen(lex, rng)
+    facts = FactPlanter(lex, params.seed)
     n = params.corpus_docs
     n_dup = max(1, round(n * DUPLICATE_FRACTION)) if n >= 2 else 0
     n_unique = n - n_dup
@@ -91,7 +108,7 @@ def write_corpus(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any
     docs: list[dict[str, Any]] = []
     for i in range(n_unique):
         title, text = _corpus_doc(
-            g, rng.randint(params.min_words, params.max_words), params.max_words
+            g, rng.randint(params.min_words, params.max_words), params.max_words, facts
         )
         docs.append({"i": i, "title": title, "text": text, "container": where[i]})
     text_docs = [d for d in docs if d["container"] in TEXT_CONTAINERS]
@@ -133,6 +150,7 @@ def write_corpus(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any
         "documents": len(docs),
         "unique_documents": n_unique,
         "duplicates_planted": planted,
+        "fact_sentences_planted": facts.planted,
         "per_container": counts,
         "words": sum(nwords(d["text"].replace("\n\n", " ")) for d in docs),
     }

@@ -9,7 +9,8 @@ tokens, where a model truncated to 512 tokens cannot see it.
 
 The package is split by what it generates: `text` (the shared lexicon, templates and evidence
 placement), `archives` (reproducible tar/zip/HTML bytes), `corpus` (the long-document corpus in
-its containers), `score_inbox` (the archive `score` reads) and one module per built-in task
+its containers, with planted facts), `lama_sample` (those facts as LAMA files, for `probe`),
+`score_inbox` (the archive `score` reads) and one module per built-in task
 (`imdb`, `hyperpartisan`, `wikihop`, `triviaqa`, `hotpotqa`). Which task writers run comes from
 the task registry (components.tasks): each registration names its writer and the directory under
 `out` it writes.
@@ -31,6 +32,7 @@ from typing import Any
 from longdoc.components.core.config import SampleParams, params_dict
 from longdoc.components.core.io import claim_output_dir, sha256_tree, versions, write_manifest
 from longdoc.components.synthetic.corpus import write_corpus
+from longdoc.components.synthetic.lama_sample import LAMA_DIR, write_lama
 from longdoc.components.synthetic.score_inbox import write_score_inbox
 from longdoc.components.synthetic.text import (
     EARLY_MAX_WORD,
@@ -49,7 +51,7 @@ def owned() -> tuple[str, ...]:
     """Top-level entries under `out` that the generator owns (removed and rewritten on each run):
     the manifest first, the corpus, the top folder of each registered task's data, the inbox."""
     tops = [t.sample_dir.split("/")[0] for t in all_tasks() if t.sample is not None]
-    return ("manifest.json", "corpus", *dict.fromkeys(tops), "score")
+    return ("manifest.json", "corpus", LAMA_DIR, *dict.fromkeys(tops), "score")
 
 
 # --- Entry point --------------------------------------------------------------------------------
@@ -81,9 +83,10 @@ def write_sample(params: SampleParams) -> dict[str, Any]:
     _prepare(out, params.force)
     lex = build_lexicon(params.seed)
     steps: list[tuple[str, Path, Callable[[Path, SampleParams, Lexicon], dict[str, Any]]]] = [
-        ("corpus", out, write_corpus)
+        ("corpus", out, write_corpus),
+        ("lama", out, write_lama),
     ]
-    paths = {"corpus": "corpus"}
+    paths = {"corpus": "corpus", "lama": LAMA_DIR}
     for task in all_tasks():
         writer = task.sample_writer()
         if writer is not None:
