@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from longdoc.components.core.io import InputError
-from longdoc.components.inference.serving import _pick_device, token_budget_batches
+from longdoc.components.inference.serving import pick_device, token_budget_batches
 
 MASKED_LM_ARCHITECTURES = ("LongformerForMaskedLM", "RobertaForMaskedLM")
 
@@ -85,7 +85,7 @@ class MaskedLM:
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "auto") -> None:
         self.tokenizer = tokenizer
-        self.device = _pick_device(device)
+        self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if tokenizer.mask_token_id is None:
             raise InputError("the tokenizer has no mask token")

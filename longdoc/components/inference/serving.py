@@ -135,7 +135,7 @@ def token_budget_batches(lengths: list[int], batch_tokens: int) -> list[list[int
     return batches
 
 
-def _pick_device(device: str) -> torch.device:
+def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -162,7 +162,7 @@ class InferenceEngine:
     ) -> None:
         self.kind = kind
         self.tokenizer = tokenizer
-        self.device = _pick_device(device)
+        self.device = pick_device(device)
         self.dtype = torch.bfloat16 if bf16 else torch.float32
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         config = model.config
@@ -214,6 +214,16 @@ class InferenceEngine:
             bf16=bf16,
             windows=windows,
             window_overlap=window_overlap,
+        )
+
+    def reconfigured(
+        self, *, max_len: int | None = None, device: str = "auto", bf16: bool = False
+    ) -> InferenceEngine:
+        """The same model read the same way (the recorded window settings) under new run
+        settings: what batch scoring does with a loaded pyfunc model's engine. Engines of other
+        kinds (inference.zeroshot) override it."""
+        return InferenceEngine(
+            self.model, self.tokenizer, self.kind, max_len=max_len, device=device, bf16=bf16
         )
 
     def char_cap(self, max_len: int | None = None) -> int | None:

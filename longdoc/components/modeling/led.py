@@ -590,6 +590,16 @@ class LEDDecoder(LEDPreTrainedModel):
         hidden_states = self.layernorm_embedding(hidden_states)
         return nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
 
+    def _cache(self, use_cache: bool, cache: Cache | None) -> tuple[bool, Cache | None]:
+        """(use_cache, the cache to fill): a new one when asked for and none given."""
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # recomputation would write the cache twice
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(
+                DynamicCache(config=self.config), DynamicCache(config=self.config)
+            )
+        return use_cache, cache
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -619,12 +629,7 @@ class LEDDecoder(LEDPreTrainedModel):
             )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if self.gradient_checkpointing and self.training:
-            use_cache = False  # recomputation would write the cache twice
-        if use_cache and cache is None:
-            cache = EncoderDecoderCache(
-                DynamicCache(config=self.config), DynamicCache(config=self.config)
-            )
+        use_cache, cache = self._cache(use_cache, cache)
         batch, q_len = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         self_mask, is_causal = _self_attention_mask(

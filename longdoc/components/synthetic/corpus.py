@@ -92,14 +92,15 @@ def _corpus_doc(
     return title, join_paragraphs(_trim(paras, total, max_words))
 
 
-def write_corpus(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any]:
-    rng = random.Random(f"{params.seed}:corpus")
-    g = TextGen(lex, rng)
-    facts = FactPlanter(lex, params.seed)
-    n = params.corpus_docs
+def _draw_documents(
+    g: TextGen, params: SampleParams, facts: FactPlanter
+) -> tuple[list[dict[str, Any]], int]:
+    """(documents with their container, how many are unique): every container gets a document
+    first (small samples too), then weighted draws; then copies of some text documents into
+    another container, as exact duplicates for ingest to find."""
+    rng, n = g.rng, params.corpus_docs
     n_dup = max(1, round(n * DUPLICATE_FRACTION)) if n >= 2 else 0
     n_unique = n - n_dup
-    # every container gets a document first (small samples too), then weighted draws
     first = list(CONTAINERS)
     rng.shuffle(first)
     where = first[:n_unique] + rng.choices(
@@ -115,11 +116,16 @@ def write_corpus(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any
     for src in rng.sample(text_docs, min(n_dup, len(text_docs))):
         other = rng.choice([c for c in TEXT_CONTAINERS if c != src["container"]])
         docs.append({**src, "i": len(docs), "container": other, "duplicate_of": src["i"]})
-    planted = len(docs) - n_unique
+    return docs, n_unique
 
-    def name(d: dict[str, Any], ext: str = "txt") -> str:
-        return f"{slug(d['title'])[:40]}-{d['i']:05d}.{ext}"
 
+def _file_name(d: dict[str, Any], ext: str = "txt") -> str:
+    return f"{slug(d['title'])[:40]}-{d['i']:05d}.{ext}"
+
+
+def _write_containers(out: Path, docs: list[dict[str, Any]]) -> dict[str, int]:
+    """Each document into its container (loose .txt, JSONL.gz, tar.gz of text and HTML pages,
+    zip); documents per container."""
     counts = dict.fromkeys(CONTAINERS, 0)
     jsonl: list[str] = []
     tar_members: list[tuple[str, bytes]] = []
@@ -129,27 +135,35 @@ def write_corpus(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any
         counts[c] += 1
         data = d["text"].encode("utf-8")
         if c == "txt":
-            atomic_write_bytes(out / "corpus" / "txt" / name(d), data)
+            atomic_write_bytes(out / "corpus" / "txt" / _file_name(d), data)
         elif c == "jsonl":
             rec = {"id": f"doc-{d['i']:05d}", "title": d["title"], "text": d["text"]}
             jsonl.append(json.dumps(rec, ensure_ascii=False))
         elif c == "tar_txt":
-            tar_members.append((f"web/{name(d)}", data))
+            tar_members.append((f"web/{_file_name(d)}", data))
         elif c == "tar_html":
             page = html_page(d["title"], d["text"].split("\n\n"), d["i"])
-            tar_members.append((f"web/pages/{name(d, 'html')}", page.encode("utf-8")))
+            tar_members.append((f"web/pages/{_file_name(d, 'html')}", page.encode("utf-8")))
         else:
             sub = "bundle/archive/" if len(zip_members) % 2 else "bundle/"  # some in a subfolder
-            zip_members.append((sub + name(d), data))
+            zip_members.append((sub + _file_name(d), data))
     jsonl_bytes = ("\n".join(jsonl) + "\n").encode("utf-8") if jsonl else b""
     atomic_write_bytes(out / "corpus" / "docs.jsonl.gz", gzip.compress(jsonl_bytes, 6, mtime=0))
     atomic_write_bytes(out / "corpus" / "web.tar.gz", tar_gz_bytes(tar_members))
     atomic_write_bytes(out / "corpus" / "bundle.zip", zip_bytes(zip_members))
     (out / "corpus" / "txt").mkdir(parents=True, exist_ok=True)
+    return counts
+
+
+def write_corpus(out: Path, params: SampleParams, lex: Lexicon) -> dict[str, Any]:
+    g = TextGen(lex, random.Random(f"{params.seed}:corpus"))
+    facts = FactPlanter(lex, params.seed)
+    docs, n_unique = _draw_documents(g, params, facts)
+    counts = _write_containers(out, docs)
     return {
         "documents": len(docs),
         "unique_documents": n_unique,
-        "duplicates_planted": planted,
+        "duplicates_planted": len(docs) - n_unique,
         "fact_sentences_planted": facts.planted,
         "per_container": counts,
         "words": sum(nwords(d["text"].replace("\n\n", " ")) for d in docs),
