@@ -67,12 +67,12 @@ from transformers.models.led.modeling_led import (
 from transformers.utils.deprecation import deprecate_kwarg
 
 from longdoc.components.modeling.model import (
+    GlobalIndex,
     LongformerSelfAttention,
-    _global_index,
-    _GlobalIndex,
-    _layer_window,
-    _no_attentions,
+    index_global_tokens,
     layer_pattern,
+    layer_window,
+    refuse_attention_outputs,
 )
 
 __all__ = [
@@ -120,7 +120,7 @@ class LongdocLEDConfig(LEDConfig):
 def _check_encoder_windows(config: LEDConfig) -> None:
     """As transformers' `LEDEncoder`: one window per layer (an int is spread), each valid."""
     if isinstance(config.attention_window, int):
-        _layer_window(config, 0)
+        layer_window(config, 0)
         config.attention_window = [config.attention_window] * config.encoder_layers
     for i in range(config.encoder_layers):  # fail at construction, not at the first forward
         layer_pattern(config, i)
@@ -144,10 +144,10 @@ def _encoder_masks(
         else torch.ones(shape, dtype=torch.bool, device=device)
     )
     global_mask: torch.Tensor | None = None
-    global_index: _GlobalIndex | None = None
+    global_index: GlobalIndex | None = None
     if global_attention_mask is not None:
         global_mask = (global_attention_mask.to(device) != 0) & valid
-        global_index = _global_index(global_mask)
+        global_index = index_global_tokens(global_mask)
     return {
         "key_padding_mask": None if bool(valid.all()) else ~valid,
         "global_mask": global_mask,
@@ -537,7 +537,7 @@ class LEDEncoder(LEDPreTrainedModel):
         **kwargs: Any,
     ) -> tuple | LEDEncoderBaseModelOutput:
         """`attention_mask`: 1 = token, 0 = padding. `global_attention_mask`: 1 = global."""
-        _no_attentions(output_attentions, self.config)
+        refuse_attention_outputs(output_attentions, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -618,7 +618,7 @@ class LEDDecoder(LEDPreTrainedModel):
     ) -> tuple | BaseModelOutputWithPastAndCrossAttentions:
         """`global_attention_mask` is accepted for transformers' signature and unused (the
         decoder attends fully)."""
-        _no_attentions(output_attentions, self.config)
+        refuse_attention_outputs(output_attentions, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         use_cache = use_cache if use_cache is not None else self.config.use_cache

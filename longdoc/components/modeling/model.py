@@ -205,7 +205,7 @@ def make_config(
     return config
 
 
-def _layer_window(config: LongformerConfig, layer_id: int) -> int:
+def layer_window(config: LongformerConfig, layer_id: int) -> int:
     aw = config.attention_window
     if isinstance(aw, int):
         w = aw
@@ -243,7 +243,7 @@ def _layer_dilation(config: LongformerConfig, layer_id: int) -> int | tuple[int,
 
 def layer_pattern(config: LongformerConfig, layer_id: int) -> Pattern:
     """The kernel pattern of layer `layer_id` (see the module docstring for the mapping)."""
-    w = _layer_window(config, layer_id)
+    w = layer_window(config, layer_id)
     kind = getattr(config, "attention_pattern", "sliding")
     extra = dict(getattr(config, "attention_pattern_kwargs", None) or {})
     if kind == "sliding":
@@ -269,7 +269,7 @@ def layer_pattern(config: LongformerConfig, layer_id: int) -> Pattern:
 # --------------------------------------------------------------------------- masks
 
 
-class _GlobalIndex(NamedTuple):
+class GlobalIndex(NamedTuple):
     """Where the global tokens are, computed once per forward and shared by all layers.
 
     `slots[b, g]` is the position of the g-th global token of row b (0 in unused slots, where
@@ -283,7 +283,7 @@ class _GlobalIndex(NamedTuple):
     slot: torch.Tensor  # (N,) long
 
 
-def _global_index(global_mask: torch.Tensor) -> _GlobalIndex | None:
+def index_global_tokens(global_mask: torch.Tensor) -> GlobalIndex | None:
     counts = global_mask.sum(dim=1)
     n_max = int(counts.max()) if global_mask.numel() else 0
     if n_max == 0:
@@ -293,10 +293,10 @@ def _global_index(global_mask: torch.Tensor) -> _GlobalIndex | None:
     slots = torch.zeros(global_mask.shape[0], n_max, dtype=torch.long, device=global_mask.device)
     slots[batch, slot] = pos
     slot_used = torch.arange(n_max, device=global_mask.device) < counts.unsqueeze(1)
-    return _GlobalIndex(slots, slot_used, batch, pos, slot)
+    return GlobalIndex(slots, slot_used, batch, pos, slot)
 
 
-def _gather_rows(hidden_states: torch.Tensor, gi: _GlobalIndex) -> torch.Tensor:
+def _gather_rows(hidden_states: torch.Tensor, gi: GlobalIndex) -> torch.Tensor:
     """`(batch, globals, hidden)`: the hidden states at each sequence's global slots."""
     embed = hidden_states.shape[-1]
     return torch.gather(hidden_states, 1, gi.slots.unsqueeze(-1).expand(-1, -1, embed))
@@ -426,7 +426,7 @@ class LongformerSelfAttention(nn.Module):
         hidden_states: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         global_mask: torch.Tensor | None = None,
-        global_index: _GlobalIndex | None = None,
+        global_index: GlobalIndex | None = None,
     ) -> torch.Tensor:
         batch, seq, _ = hidden_states.shape
         q = self._heads(self.query(hidden_states))
@@ -452,7 +452,7 @@ class LongformerSelfAttention(nn.Module):
         hidden_states: torch.Tensor,
         out: torch.Tensor,
         key_padding_mask: torch.Tensor | None,
-        gi: _GlobalIndex,
+        gi: GlobalIndex,
     ) -> torch.Tensor:
         """Global queries attend every non-padding key with the global projections: a dense
         `(globals x seq)` attention, cheap because global tokens are few."""
@@ -550,7 +550,7 @@ class LongformerLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
-        global_index: _GlobalIndex | None = None,
+        global_index: GlobalIndex | None = None,
         **_: Any,
     ) -> torch.Tensor:
         """This layer's output at the global rows only, written over `hidden_states` (every
@@ -651,7 +651,7 @@ class LongformerPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
-def _no_attentions(output_attentions: bool | None, config: LongformerConfig) -> None:
+def refuse_attention_outputs(output_attentions: bool | None, config: LongformerConfig) -> None:
     wanted = output_attentions if output_attentions is not None else config.output_attentions
     if wanted:
         raise NotImplementedError(
@@ -667,7 +667,7 @@ class LongformerModel(LongformerPreTrainedModel):
         super().__init__(config)
         self.config = config
         if isinstance(config.attention_window, int):  # as transformers: one value per layer
-            _layer_window(config, 0)
+            layer_window(config, 0)
             config.attention_window = [config.attention_window] * config.num_hidden_layers
         self.embeddings = LongformerEmbeddings(config)
         self.encoder = LongformerEncoder(config)
@@ -709,7 +709,7 @@ class LongformerModel(LongformerPreTrainedModel):
         global_index = global_mask = None
         if global_attention_mask is not None:
             global_mask = (global_attention_mask.to(device) != 0) & valid
-            global_index = _global_index(global_mask)
+            global_index = index_global_tokens(global_mask)
         return {
             "key_padding_mask": None if bool(valid.all()) else ~valid,
             "global_mask": global_mask,
@@ -734,7 +734,7 @@ class LongformerModel(LongformerPreTrainedModel):
         (attends to and is attended by every token), 0 = local. Padding is never global.
         `last_layer_global_rows_only` (ours, for heads that read only global rows): the last
         hidden state is exact at the global rows only (see `LongformerEncoder.forward`)."""
-        _no_attentions(output_attentions, self.config)
+        refuse_attention_outputs(output_attentions, self.config)
         output_hidden_states = (
             output_hidden_states
             if output_hidden_states is not None
