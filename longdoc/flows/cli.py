@@ -111,11 +111,26 @@ COMMANDS = [
         writes=("pretrain.out",),
     ),
     Command(
-        "convert",
-        "convert",
-        "convert a RoBERTa checkpoint into a long model (tiled positions, global q/k/v)",
+        "probe",
+        "probe",
+        "LAMA-style knowledge probing of a masked LM with prompt ensembles",
         (
-            Flag("--base", "convert.base", "RoBERTa-architecture HF dir (model + tokenizer)"),
+            Flag("--model", "probe.model", "checkpoint directory or MLflow URI (models:/, runs:/)"),
+            Flag("--relations", "probe.relations", "LAMA relations.jsonl (manual templates)"),
+            Flag("--facts", "probe.facts", "directory of <relation>.jsonl fact files"),
+            Flag("--prompts", "probe.prompts", "extra prompt file or directory", True),
+            Flag("--out", "probe.out", "report directory"),
+        ),
+        "probe.top_k=5",
+        reads=("probe.model_dir", "probe.relations", "probe.facts", "probe.prompts"),
+        writes=("probe.out",),
+    ),
+    Command(
+        "convert",
+        "convert",
+        "convert a RoBERTa (-> Longformer) or BART (-> LED) checkpoint into a long model",
+        (
+            Flag("--base", "convert.base", "RoBERTa or BART HF dir (model + tokenizer)"),
             Flag("--out", "convert.out", "long model directory"),
             Flag("--max-positions", "convert.max_positions", "tokens the long model takes"),
         ),
@@ -151,6 +166,11 @@ COMMANDS = [
             Flag("--input", "score.inputs", "archive, file or directory", True),
             Flag("--source", "score.source", "what to score when no --input is given"),
             Flag("--model", "score.model_uri", "MLflow model URI", aliases=("--model-uri",)),
+            Flag(
+                "--zero-shot",
+                "score.zero_shot",
+                "score with this zero-shot classifier of zeroshot.classifiers instead",
+            ),
             Flag("--out", "score.out", "predictions directory"),
         ),
         "score.batch_tokens=32768",
@@ -163,7 +183,14 @@ COMMANDS = [
         "run every stage in order, skipping unchanged ones",
         (),
         "pretrain.steps=50",
-        writes=("sample.out", "ingest.out", "tokenize.out", "kernels.out", "pretrain.out"),
+        writes=(
+            "sample.out",
+            "ingest.out",
+            "tokenize.out",
+            "kernels.out",
+            "pretrain.out",
+            "probe.out",
+        ),
     ),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
@@ -404,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         return _fail(str(exc))
     _prepare_environment()
-    ranks = args.command == "pretrain" and "LOCAL_RANK" in os.environ
+    ranks = args.command in ("pretrain", "finetune") and "LOCAL_RANK" in os.environ
     if not ranks:  # torchrun ranks train without Prefect runs (see flows.pretrain_ranks)
         from longdoc.flows.server import ServerError, ensure_api
 
@@ -419,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pipeline":
             result = flows.pipeline_flow(params, force=args.force)
         elif ranks:
-            result = flows.pretrain_ranks(params)  # torchrun: DDP, one process per rank
+            # torchrun: one process per rank (ddp, fsdp or tp)
+            by_stage = {"pretrain": flows.pretrain_ranks, "finetune": flows.finetune_ranks}
+            result = by_stage[args.command](params)
             if "rank" in result:
                 return 0  # rank 0 prints the summary
         else:

@@ -22,7 +22,9 @@ import yaml
 from longdoc.components.core.config import Params, params_dict
 from longdoc.components.core.io import atomic_write_json, sha256_file, sha256_tree
 
-STAGES = ("sample", "ingest", "tokenize", "build_kernels", "pretrain", "finetune", "score")
+STAGES = (
+    "sample", "ingest", "tokenize", "build_kernels", "pretrain", "probe", "finetune", "score",
+)  # fmt: skip
 MARKER = ".stage.json"
 PACKAGE = Path(__file__).resolve().parents[1]  # longdoc/
 REPO = PACKAGE.parent
@@ -39,6 +41,12 @@ CODE = {
         "components/training/pretrain.py",
         "components/training/common.py",
     ),
+    "probe": (
+        "components/inference/probe.py",
+        "components/inference/lama.py",
+        "components/inference/cloze.py",
+        "components/modeling/model.py",
+    ),
     "finetune": (
         "components/modeling",
         "components/training",
@@ -46,6 +54,8 @@ CODE = {
     ),
     "score": ("components/inference/score.py", "components/inference/serving.py"),
 }
+# `score` with `score.zero_shot` set runs these too.
+ZERO_SHOT_CODE = ("components/inference/zeroshot.py", "components/inference/cloze.py")
 COMMANDS = {"build_kernels": "longdoc build-kernels", "finetune": "longdoc finetune --task {task}"}
 # The params.yaml sections each stage reads (its own section last; finetune: see _finetune_spec).
 SECTIONS = {
@@ -54,6 +64,7 @@ SECTIONS = {
     "tokenize": ("tokenize",),
     "build_kernels": ("kernels",),
     "pretrain": ("model", "pretrain"),
+    "probe": ("probe",),
     "score": ("score",),
 }
 
@@ -100,6 +111,14 @@ def spec(stage: str, p: Params) -> StageSpec:
         if p.pretrain.base:
             inputs.append(p.pretrain.base)
         metrics = p.pretrain.metrics
+    elif stage == "probe":
+        inputs += _probe_inputs(p)
+        metrics = p.probe.metrics
+    elif stage == "score" and p.score.zero_shot:  # the classifier's definition and model
+        classifier = p.zeroshot.classifiers[p.score.zero_shot]
+        values[f"zeroshot.classifiers.{p.score.zero_shot}"] = params_dict(classifier)
+        inputs += [*p.score.sources(), *_checkpoint_input(p, classifier.model)]
+        code += tuple(Path("longdoc") / c for c in ZERO_SHOT_CODE)
     elif stage == "score":
         inputs += p.score.sources()
         task = _model_task(p)
@@ -108,6 +127,23 @@ def spec(stage: str, p: Params) -> StageSpec:
     out = getattr(p, keys[-1]).out  # the stage's own section (last) names its output
     cmd = COMMANDS.get(stage, f"longdoc {stage}")
     return StageSpec(stage, stage, cmd, out, values, tuple(inputs), code, metrics)
+
+
+def _probe_inputs(p: Params) -> list[Path]:
+    """The facts, prompts and vocabulary files, and the checkpoint (`_checkpoint_input`)."""
+    q = p.probe
+    inputs = [q.relations, q.facts, *q.prompts]
+    inputs += [path for path in (q.train_facts, q.common_vocab) if path is not None]
+    return inputs + _checkpoint_input(p, q.model)
+
+
+def _checkpoint_input(p: Params, model: str) -> list[Path]:
+    """A checkpoint given as a directory: pretrain's output through its manifest, any other
+    directory whole; an MLflow URI cannot be hashed (nothing)."""
+    if ":/" in model:
+        return []
+    path = Path(model)
+    return [_upstream(path) if path == p.pretrain.out else path]
 
 
 def _finetune_spec(p: Params, code: tuple[Path, ...]) -> StageSpec:

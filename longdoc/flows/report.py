@@ -30,6 +30,7 @@ def pipeline_report(params: Params, results: dict) -> str:
     shards = _manifest(params.tokenize.out).get("counts", {})
     variants = _manifest(params.kernels.out).get("kernels", {}).get("variants", {})
     pretrain = _manifest(params.pretrain.out).get("results", {})
+    probed = _manifest(params.probe.out).get("results", {})
     tasks = {t: _manifest(params.finetune.for_task(t).out) for t in params.finetune.tasks}
     scored = _manifest(params.score.out).get("counts", {})
     uri = params.tracking.resolved_uri()
@@ -54,6 +55,7 @@ def pipeline_report(params: Params, results: dict) -> str:
             f"{params.pretrain.out}  (eval loss {_fmt(pretrain.get('eval_loss'))}, "
             f"bits/char {_fmt(pretrain.get('eval_bpc'))})",
         ),
+        ("probed", f"{params.probe.out / 'report.json'}  ({_probe_line(probed)})"),
         ("fine-tuned", ", ".join(str(params.finetune.for_task(t).out) for t in tasks)),
         ("MLflow runs", f"{uri}  (UI: mlflow ui --backend-store-uri {uri})"),
         ("registered", ", ".join(_registered(m) for m in tasks.values() if m) or "none"),
@@ -75,8 +77,22 @@ def pipeline_report(params: Params, results: dict) -> str:
         metric = res.get("primary_metric")
         long = (res.get("long") or {}).get(metric)
         base = (res.get("baseline") or {}).get(metric)
-        lines.append(f"  {task:<14}{metric or 'not run':<10} {_fmt(long)}  vs  {_fmt(base)}")
+        row = f"  {task:<14}{metric or 'not run':<10} {_fmt(long)}  vs  {_fmt(base)}"
+        base_len = (res.get("baseline") or {}).get("max_len")
+        if base_len is not None and base_len != params.finetune.baseline_max_len:
+            row += f"  ({base_len}-token baseline)"  # a task entry's own baseline_max_len
+        lines.append(row)
     return "\n".join(lines)
+
+
+def _probe_line(results: dict) -> str:
+    """Macro P@1 of the manual prompt and of the ensembles, from the probe's summary."""
+    macro = results.get("macro") or {}
+    if not macro:
+        return "not run"
+    n = (macro.get("manual") or {}).get("relations", 0)
+    cells = ", ".join(f"{m} {_fmt((macro.get(m) or {}).get('p_at_1'))}" for m in macro)
+    return f"macro P@1 over {n} relations: {cells}"
 
 
 def summary_line(command: str, params: Params, result: dict | str) -> str:
@@ -108,6 +124,8 @@ def summary_line(command: str, params: Params, result: dict | str) -> str:
             f"pretrain: eval loss {_fmt(r.get('eval_loss'))}, bits/char {_fmt(r.get('eval_bpc'))}"
             f"; checkpoint in {params.pretrain.out}"
         )
+    if command == "probe":
+        return f"probe: {_probe_line(r)}; report in {params.probe.out / 'report.json'}"
     if command == "convert":
         return f"convert: {r.get('max_positions')}-position long model in {params.convert.out}"
     if command == "finetune":

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 
 from longdoc.components.core.config import Params, load_params
 from longdoc.flows import freshness
+from longdoc.flows.runner import unit_runner, with_runner
 
 # Errors no retry can heal: a missing path stays missing, a full disk stays full.
 _PERMANENT = {
@@ -58,14 +59,16 @@ def _sample(params: Params) -> dict:
 def _ingest(params: Params) -> dict:
     from longdoc.components.data.ingest import ingest
 
-    return ingest(params.ingest)
+    with unit_runner(params.runner, "ingest-split") as runner:
+        return ingest(params.ingest, runner=runner)
 
 
 @task(name="tokenize-corpus", **IO_RETRIES)
 def _tokenize(params: Params) -> dict:
     from longdoc.components.data.tokenize import tokenize
 
-    return tokenize(params.tokenize)
+    with unit_runner(params.runner, "tokenize-part") as runner:
+        return tokenize(params.tokenize, runner=runner)
 
 
 @task(name="compile-kernels")
@@ -92,6 +95,27 @@ def pretrain_ranks(params: Params) -> dict:
     result = pretrain(params.pretrain, params.model, params.tracking)
     if "rank" not in result:
         freshness.mark_done(freshness.spec("pretrain", params))
+    return result
+
+
+def finetune_ranks(params: Params) -> dict:
+    """`pretrain_ranks` for fine-tuning one task (`finetune.parallel` says how ranks share it)."""
+    from longdoc.components.training.finetune import finetune
+
+    _use_kernels(params)
+    result = finetune(params.finetune, params.tracking)
+    if "rank" not in result:
+        freshness.mark_done(freshness.spec("finetune", params))
+    return result
+
+
+@task(name="probe-knowledge")
+def _probe(params: Params) -> dict:
+    _use_kernels(params)
+    from longdoc.components.inference.probe import probe
+
+    result = probe(params.probe, params.tracking)
+    get_run_logger().info("probe results (test facts)\n%s", result["table"])
     return result
 
 
@@ -133,7 +157,15 @@ def _score(params: Params) -> dict:
     _use_kernels(params)
     from longdoc.components.inference.score import score
 
-    return score(params.score, params.tracking, ingest=params.ingest)
+    with unit_runner(params.runner, "score-chunk") as runner:
+        if params.score.zero_shot:  # a classifier made of a prompt: registered, then scored
+            from longdoc.components.inference.zeroshot import score_zero_shot
+
+            spec = params.zeroshot.classifiers[params.score.zero_shot]
+            return score_zero_shot(
+                params.score, spec, params.tracking, ingest=params.ingest, runner=runner
+            )
+        return score(params.score, params.tracking, ingest=params.ingest, runner=runner)
 
 
 @flow(name="sample")
@@ -143,14 +175,16 @@ def sample_flow(params: Params | None = None) -> dict:
 
 
 @flow(name="ingest")
-def ingest_flow(params: Params | None = None) -> dict:
-    params = params or load_params()
+def ingest_flow(params: Params | None = None, runner: str | dict | None = None) -> dict:
+    """`runner` (deployments: `--param runner=dask`) overrides params.yaml's `runner:`."""
+    params = with_runner(params or load_params(), runner)
     return _finish("ingest", params, _ingest(params))
 
 
 @flow(name="tokenize")
-def tokenize_flow(params: Params | None = None) -> dict:
-    params = params or load_params()
+def tokenize_flow(params: Params | None = None, runner: str | dict | None = None) -> dict:
+    """`runner` (deployments: `--param runner=dask`) overrides params.yaml's `runner:`."""
+    params = with_runner(params or load_params(), runner)
     return _finish("tokenize", params, _tokenize(params))
 
 
@@ -164,6 +198,13 @@ def build_kernels_flow(params: Params | None = None) -> dict:
 def pretrain_flow(params: Params | None = None) -> dict:
     params = params or load_params()
     return _finish("pretrain", params, _pretrain(params))
+
+
+@flow(name="probe")
+def probe_flow(params: Params | None = None) -> dict:
+    """What the model at `probe.model` knows (LAMA-style probing); after pretrain."""
+    params = params or load_params()
+    return _finish("probe", params, _probe(params))
 
 
 @flow(name="convert")
@@ -181,8 +222,9 @@ def finetune_flow(params: Params | None = None) -> dict:
 
 
 @flow(name="score")
-def score_flow(params: Params | None = None) -> dict:
-    params = params or load_params()
+def score_flow(params: Params | None = None, runner: str | dict | None = None) -> dict:
+    """`runner` (deployments: `--param runner=dask`) overrides params.yaml's `runner:`."""
+    params = with_runner(params or load_params(), runner)
     return _finish("score", params, _score(params))
 
 
@@ -191,13 +233,16 @@ def batch_score_flow(
     input: str | list[str],  # noqa: A002 (the deployment parameter's documented name)
     model_uri: str | None = None,
     output: str | None = None,
+    runner: str | dict | None = None,
 ) -> dict:
     """Score archives with a registered model: the `batch-score` deployment's entry point.
 
-    Takes plain parameters (paths, a model URI) so a deployment run, schedule or trigger can
-    pass them; everything else comes from the score section of params.yaml. Not a pipeline
-    stage: no freshness marker (the output directory's own state makes reruns resume)."""
-    params = load_params()
+    Takes plain parameters (paths, a model URI, where the chunks run: `runner=dask` for a
+    LocalCluster, `runner=tcp://host:8786` for a running Dask cluster, or a dict of `runner:`
+    keys) so a deployment run, schedule or trigger can pass them; everything else comes from
+    params.yaml. Not a pipeline stage: no freshness marker (the output directory's own state
+    makes reruns resume)."""
+    params = with_runner(load_params(), runner)
     params.score.inputs = [input] if isinstance(input, str) else list(input)
     if model_uri:
         params.score.model_uri = model_uri
@@ -212,6 +257,7 @@ STAGE_FLOWS = {
     "tokenize": tokenize_flow,
     "build_kernels": build_kernels_flow,
     "pretrain": pretrain_flow,
+    "probe": probe_flow,
     "convert": convert_flow,
     "finetune": finetune_flow,
     "score": score_flow,

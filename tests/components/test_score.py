@@ -265,7 +265,6 @@ def test_score_missing_source(tmp_path, champion):
         score(params, champion)
 
 
-
 def test_second_score_into_a_locked_output_stops_before_loading_a_model(tmp_path, monkeypatch):
     from longdoc.components.core.io import claim_output_dir
     from longdoc.components.core.stage import OutputLocked, output_lock
@@ -281,6 +280,7 @@ def test_second_score_into_a_locked_output_stops_before_loading_a_model(tmp_path
     claim_output_dir(params.out, "score")  # as the first run did before it locked
     with output_lock(params.out, "score"), pytest.raises(OutputLocked, match=str(os.getpid())):
         score_mod.score(params, TrackingParams(uri=f"sqlite:///{tmp_path}/m.db", experiment="t"))
+
 
 # The driver scores in a child process whose input stream stops after PAUSE_AT items (the test
 # then kills it with SIGKILL): a deterministic "mid-way", with two parts written and a chunk

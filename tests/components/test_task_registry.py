@@ -165,7 +165,7 @@ def test_unknown_task_is_a_one_line_config_error(toy, tmp_path):
         load_params(None, ["finetune.task=squad"])
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("defaults + --set: finetune.task:")
-    assert "unknown task 'squad'" in msg and msg.endswith("imdb, hyperpartisan, toy")
+    assert "unknown task 'squad'" in msg and msg.endswith("imdb, hyperpartisan, summarization, toy")
     file = tmp_path / "params.yaml"
     file.write_text("finetune:\n  tasks:\n    squad: {data: d, out: o, metrics: m.json}\n")
     with pytest.raises(ConfigError, match=r"params.yaml: finetune.tasks.squad: .*unknown task"):

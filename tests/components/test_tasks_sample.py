@@ -18,6 +18,7 @@ ROOTS = {
     "hotpotqa": "hotpotqa",
     "imdb": "aclImdb",
     "hyperpartisan": "hyperpartisan",
+    "summarization": "arxiv",
 }
 GOLD = {  # as a user points `longdoc evaluate --gold` at the distributed data
     "wikihop": "qangaroo_v1.1/wikihop/dev.json",
@@ -25,8 +26,9 @@ GOLD = {  # as a user points `longdoc evaluate --gold` at the distributed data
     "hotpotqa": "hotpotqa/hotpot_dev_distractor_v1.json",
     "imdb": "aclImdb",
     "hyperpartisan": "hyperpartisan",
+    "summarization": "arxiv/val.txt",
 }
-PERFECT = {"triviaqa": 100.0}
+PERFECT = {"triviaqa": 100.0, "summarization": 100.0}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,8 @@ def _perfect(task: str, examples: list) -> dict:
             "answer": {e.id: e.answer for e in examples},
             "sp": {e.id: [list(f) for f in e.supporting_facts] for e in examples},
         }
+    if task == "summarization":
+        return {e.id: e.summary for e in examples}
     mod = get_task(task)
     return {e.id: mod.labels[e.label] for e in examples}
 

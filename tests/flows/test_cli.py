@@ -36,6 +36,7 @@ def test_every_subcommand_has_help():
         "tokenize",
         "build-kernels",
         "pretrain",
+        "probe",
         "convert",
         "finetune",
         "score",

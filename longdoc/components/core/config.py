@@ -8,6 +8,7 @@ Every model forbids unknown keys; ranges are declared next to the field they gua
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -90,6 +91,9 @@ class TokenizeParams(_Section):
     tokenizer_model: Literal["bpe", "unigram"] = "bpe"  # byte-level BPE or byte-level unigram
     vocab_size: Annotated[int, Field(ge=300, le=1_000_000)] = 8000
     min_frequency: PositiveInt = 2
+    # train the tokenizer on a deterministic sample of about this many million characters of the
+    # train split (bounded memory at any corpus size); null = the whole split
+    train_sample_mb: Annotated[float, Field(gt=0)] | None = 32.0
     seq_len: Annotated[int, Field(ge=16)] = 1024  # length of packed MLM sequences
     val_fraction: Fraction = 0.05
     seed: int = 0
@@ -126,6 +130,10 @@ class ModelParams(_Section):
         return self
 
 
+#: How the ranks of a torchrun job share the training (components.training.parallel).
+ParallelMode = Literal["ddp", "fsdp", "tp"]
+
+
 class PretrainParams(_Section):
     """Continued MLM pretraining (`longdoc pretrain`)."""
 
@@ -148,15 +156,19 @@ class PretrainParams(_Section):
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
     checkpoint_every: NonNegInt = 50  # resumable checkpoint every N steps; 0 = never
     keep_checkpoints: PositiveInt = 2  # the newest N resumable checkpoints are kept
+    parallel: ParallelMode = "ddp"  # under torchrun: ddp | fsdp | tp (training.parallel)
+    tp_size: PositiveInt | None = None  # tp: ranks per tensor-parallel group; None = all
 
 
 class ConvertParams(_Section):
-    """Short -> long conversion of a RoBERTa checkpoint (`longdoc convert`)."""
+    """Short -> long conversion of a RoBERTa (-> Longformer) or BART (-> LED) checkpoint
+    (`longdoc convert`)."""
 
-    base: Path | None = None  # a RoBERTa-architecture HF checkpoint dir (model + tokenizer)
+    base: Path | None = None  # a RoBERTa- or BART-architecture HF checkpoint dir (+ tokenizer)
     out: Path = Path("data/checkpoints/long")
     force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
-    max_positions: Annotated[int, Field(ge=16)] = 4096  # tokens (RoBERTa's offset is added)
+    # tokens the long model takes; None: 4096 (RoBERTa base) or 16384 (BART base)
+    max_positions: Annotated[int, Field(ge=16)] | None = None
     attention_window: PositiveInt | list[PositiveInt] = 512  # full window, per layer or all
     attention_backend: Literal["auto", "torch", "tvm", "dense"] = "auto"
     position_init: Literal["copy", "random"] = "copy"  # random: the paper's baseline
@@ -167,6 +179,32 @@ class ConvertParams(_Section):
         if any(w % 2 for w in (windows if isinstance(windows, list) else [windows])):
             raise ValueError("attention_window must be even (w/2 tokens on each side)")
         return self
+
+
+class ProbeParams(_Section):
+    """LAMA-style knowledge probing with prompt ensembles (`longdoc probe`)."""
+
+    model: str = "data/checkpoints/pretrain"  # a masked-LM checkpoint dir or an MLflow URI
+    relations: Path = Path("data/sample/lama/relations.jsonl")  # LAMA's relations.jsonl
+    facts: Path = Path("data/sample/lama/TREx")  # <relation>.jsonl per relation
+    prompts: list[Path] = Field(default_factory=lambda: [Path("data/sample/lama/prompts")])
+    train_facts: Path | None = None  # facts to fit the ensembles on; None = split `facts`
+    train_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    common_vocab: Path | None = None  # one word a line (LAMA's common vocabulary); None = all
+    top_k: PositiveInt = 3  # prompts averaged by the rank-based ensemble
+    detokenize: bool = True  # "[X] was born in [Y] ." is read as "... in [Y]."
+    global_mask: bool = True  # global attention on the mask (false: local window only)
+    out: Path = Path("data/probe")
+    force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
+    metrics: Path = Path("data/metrics/probe.json")  # DVC metrics file
+    batch_tokens: PositiveInt = 16384  # rows x longest row per forward pass
+    device: str = "auto"  # auto = cuda when present, else cpu
+    seed: int = 0
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The checkpoint directory when `model` is a path (None for an MLflow URI)."""
+        return None if ":/" in self.model else Path(self.model)
 
 
 def _registered_task(name: str) -> str:
@@ -183,6 +221,18 @@ def _registered_task(name: str) -> str:
 TaskName = Annotated[str, AfterValidator(_registered_task)]
 
 
+class GenerationParams(_Section):
+    """How a sequence-to-sequence model writes its output (summaries): fine-tuning saves these
+    as the checkpoint's generation config, so its dev predictions, `longdoc score` and the
+    served model all generate alike."""
+
+    num_beams: PositiveInt = 4
+    max_new_tokens: PositiveInt = 128
+    min_new_tokens: NonNegInt = 0
+    no_repeat_ngram_size: NonNegInt = 3  # 0 = off
+    length_penalty: float = 2.0  # beam search: > 1 favours longer outputs
+
+
 class FinetuneTask(_Section):
     """Where one task's data is and where its fine-tuned model and metrics go."""
 
@@ -190,6 +240,9 @@ class FinetuneTask(_Section):
     out: Path  # checkpoint directory
     metrics: Path  # DVC metrics file; prediction files are written beside it
     epochs: PositiveInt | None = None  # None = finetune.epochs
+    # this task's truncated baseline; None = finetune.baseline_max_len
+    baseline_max_len: Annotated[int, Field(ge=16)] | None = None
+    generation: GenerationParams | None = None  # seq2seq tasks; None = the defaults
 
 
 def _default_tasks() -> dict[str, FinetuneTask]:
@@ -203,6 +256,7 @@ def _default_tasks() -> dict[str, FinetuneTask]:
             out=Path(f"data/checkpoints/{t.name}"),
             metrics=Path(f"data/metrics/finetune_{t.name}.json"),
             epochs=t.epochs,
+            **t.finetune_defaults,
         )
         for t in all_tasks()
     }
@@ -235,6 +289,8 @@ class FinetuneParams(_Section):
     max_eval_samples: PositiveInt | None = None
     register_model: bool = True
     seed: int = 0
+    parallel: ParallelMode = "ddp"  # under torchrun: ddp | fsdp | tp (training.parallel)
+    tp_size: PositiveInt | None = None  # tp: ranks per tensor-parallel group; None = all
 
     @model_validator(mode="after")
     def _resolve_task_paths(self) -> FinetuneParams:
@@ -266,6 +322,21 @@ class FinetuneParams(_Section):
         entry = self.tasks.get(self.task)
         return entry.epochs if entry is not None and entry.epochs else self.epochs
 
+    @property
+    def task_baseline_max_len(self) -> int | None:
+        """The truncated baseline's length for `task`: its entry's, else `baseline_max_len`
+        (None: no baseline; an entry cannot bring one back), never more than `max_len` (a
+        truncated baseline reads no more than the long model)."""
+        entry = self.tasks.get(self.task)
+        if self.baseline_max_len is None or entry is None or entry.baseline_max_len is None:
+            return self.baseline_max_len
+        return min(entry.baseline_max_len, self.max_len)
+
+    @property
+    def task_generation(self) -> GenerationParams:
+        entry = self.tasks.get(self.task)
+        return (entry.generation if entry is not None else None) or GenerationParams()
+
 
 class ScoreParams(_Section):
     """Batch scoring with a registered model (`longdoc score`)."""
@@ -282,9 +353,92 @@ class ScoreParams(_Section):
     device: str = "auto"  # auto = cuda when present, else cpu
     text_field: str = "text"  # JSON/JSONL field or Parquet column of the text
     question_field: str | None = None  # QA models: the record field holding the question
+    zero_shot: str | None = None  # a name in zeroshot.classifiers: score with that instead
 
     def sources(self) -> list[Path]:
         return list(self.inputs) or [self.source]
+
+
+class RunnerParams(_Section):
+    """Where the data stages (ingest, tokenize, score) run their coarse work units: in the
+    stage's own process (`local`), or as Prefect tasks on a Dask cluster (`dask`): a
+    `distributed.LocalCluster` of `n_workers` processes started for the run, or, with `address`,
+    the user's running cluster. Outputs are the same either way, so it is in no fingerprint."""
+
+    kind: Literal["local", "dask"] = "local"
+    address: str | None = None  # a running Dask scheduler, e.g. tcp://10.0.0.5:8786
+    n_workers: PositiveInt = 2  # LocalCluster worker processes (ignored with an address)
+    threads_per_worker: PositiveInt = 1  # units a worker runs at once (LocalCluster)
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> RunnerParams:
+        if self.address and self.kind != "dask":
+            raise ValueError("address is a Dask scheduler: set kind: dask to use it")
+        return self
+
+
+class ZeroShotLabel(_Section):
+    """One label of a zero-shot classifier: what it means, and the words that say it."""
+
+    description: str = Field(min_length=1)  # fills {labels} in the template
+    words: list[str] = Field(min_length=1)  # verbalizers: single tokens at the mask
+
+
+class ZeroShotClassifier(_Section):
+    """A classifier made of a masked LM and a prompt (`longdoc score --zero-shot NAME`)."""
+
+    model: str = "data/checkpoints/pretrain"  # a masked-LM checkpoint dir or an MLflow URI
+    template: str  # read after the document; {mask} once, {labels} optional
+    labels: dict[str, ZeroShotLabel]
+    calibrate: bool = True  # divide by the probabilities an empty document gets
+    max_len: Annotated[int, Field(ge=16)] = 4096  # tokens per window (document + prompt)
+    window_overlap: NonNegInt = 256
+
+    @model_validator(mode="after")
+    def _prompt(self) -> ZeroShotClassifier:
+        if self.template.count("{mask}") != 1:
+            raise ValueError("template must contain {mask} exactly once")
+        if re.search(r"[{}]", re.sub(r"\{(mask|labels)\}", "", self.template)):
+            raise ValueError("template may only use the placeholders {labels} and {mask}")
+        if len(self.labels) < 2:
+            raise ValueError("a classifier needs at least two labels")
+        return self
+
+
+def _default_zero_shot() -> dict[str, ZeroShotClassifier]:
+    """The sample's two classification tasks, with the labels their fine-tuned models use."""
+    sentiment = "In short, is this {labels}? It was {mask}."
+    stance = "Is this {labels}? Its tone is {mask}."
+    return {
+        "imdb": ZeroShotClassifier(
+            template=sentiment,
+            labels={
+                "neg": ZeroShotLabel(
+                    description="a negative review", words=["dreadful", "awful", "tedious"]
+                ),
+                "pos": ZeroShotLabel(
+                    description="a positive review", words=["brilliant", "superb", "wonderful"]
+                ),
+            },
+        ),
+        "hyperpartisan": ZeroShotClassifier(
+            template=stance,
+            labels={
+                "false": ZeroShotLabel(
+                    description="a balanced report", words=["balanced", "careful", "reasonable"]
+                ),
+                "true": ZeroShotLabel(
+                    description="a one-sided attack", words=["disgraceful", "corrupt", "shameful"]
+                ),
+            },
+        ),
+    }
+
+
+class ZeroShotParams(_Section):
+    """Named zero-shot classifiers; `score.zero_shot` picks one."""
+
+    classifiers: dict[str, ZeroShotClassifier] = Field(default_factory=_default_zero_shot)
 
 
 class TrackingParams(_Section):
@@ -306,9 +460,20 @@ class Params(_Section):
     model: ModelParams = Field(default_factory=ModelParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     convert: ConvertParams = Field(default_factory=ConvertParams)
+    probe: ProbeParams = Field(default_factory=ProbeParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     score: ScoreParams = Field(default_factory=ScoreParams)
+    zeroshot: ZeroShotParams = Field(default_factory=ZeroShotParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    runner: RunnerParams = Field(default_factory=RunnerParams)
+
+    @model_validator(mode="after")
+    def _zero_shot_known(self) -> Params:
+        name = self.score.zero_shot
+        if name is not None and name not in self.zeroshot.classifiers:
+            known = ", ".join(sorted(self.zeroshot.classifiers)) or "none"
+            raise ValueError(f"score.zero_shot: {name!r} is not in zeroshot.classifiers ({known})")
+        return self
 
 
 def _one_line(err: ValidationError, origin: str) -> str:

@@ -28,9 +28,10 @@ import os
 import re
 import time
 import unicodedata
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -53,6 +54,7 @@ from longdoc.components.core.io import (
     versions,
 )
 from longdoc.components.core.stage import Progress, SideLog, Stage, fingerprint, reconcile
+from longdoc.components.core.units import INLINE, UnitRunner, run_units
 from longdoc.components.data.readers import (
     VERBATIM_END,
     VERBATIM_START,
@@ -279,27 +281,10 @@ def _splitter(model: str, max_chars: int) -> SentenceSplitter:
     return SentenceSplitter(model, max_chars)
 
 
-_WORKER_SPLITTER: SentenceSplitter | None = None
-
-
-def _worker_init(model: str, max_chars: int) -> None:
-    global _WORKER_SPLITTER
-    _WORKER_SPLITTER = _splitter(model, max_chars)
-
-
-def _worker_split(texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    assert _WORKER_SPLITTER is not None
-    return _WORKER_SPLITTER.split(texts)
-
-
-class _Done:
-    """A finished 'future' for the in-process path."""
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-
-    def result(self) -> Any:
-        return self._value
+def split_unit(model: str, max_chars: int, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One work unit, wherever it runs (this process, a pool process, a Dask worker): the
+    sentence spans of `texts`, with the process's cached pipeline."""
+    return _splitter(model, max_chars).split(texts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,61 +642,25 @@ def _admit(p: _Pass, i: int, item: Document | Rejected) -> _Row | None:
     return _Row(i, doc_id, item.source, item.member, text, meta)
 
 
-class _SplitQueue:
-    """Rows batched for sentence splitting (in spawned workers, or in this process) and handed
-    to the shard writer in reader order."""
+@dataclass
+class _SplitUnit:
+    """Admitted rows, split into sentences as one work unit; `spans` once it has run."""
 
-    def __init__(self, writer: _ShardWriter, params: IngestParams, n_workers: int) -> None:
-        self.writer = writer
-        self.pool: ProcessPoolExecutor | None = None
-        self.splitter: SentenceSplitter | None = None
-        if n_workers > 0:
-            self.pool = ProcessPoolExecutor(
-                n_workers,
-                mp_context=get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(params.spacy_model, params.max_doc_chars),
-            )
-        else:
-            self.splitter = _splitter(params.spacy_model, params.max_doc_chars)
-        self.max_inflight = 2 * n_workers  # batches queued per worker; in-process: at once
-        self.pending: list[_Row] = []
-        self.pending_chars = 0
-        self.inflight: deque[tuple[list[_Row], Future | _Done]] = deque()
-
-    def add(self, row: _Row) -> None:
-        self.pending.append(row)
-        self.pending_chars += len(row.text)
-        if len(self.pending) >= _SENT_BATCH_DOCS or self.pending_chars >= _SENT_BATCH_CHARS:
-            self.submit()
-            self.drain(self.max_inflight)
-
-    def submit(self) -> None:
-        if not self.pending:
-            return
-        texts = [r.text for r in self.pending]
-        if self.pool is not None:
-            fut: Future | _Done = self.pool.submit(_worker_split, texts)
-        else:
-            fut = _Done(self.splitter.split(texts))
-        self.inflight.append((self.pending, fut))
-        self.pending, self.pending_chars = [], 0
-
-    def drain(self, keep: int) -> None:
-        while len(self.inflight) > keep:
-            rows, fut = self.inflight.popleft()
-            for row, spans in zip(rows, fut.result(), strict=True):
-                self.writer.add(row, spans)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+    rows: list[_Row]
+    spans: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
-def _read_split_write(p: _Pass, sources: list[Path], out: Path, queue: _SplitQueue) -> None:
-    """Every reader item through `_admit`; the rows through the split queue into shards."""
+def _split_units(
+    p: _Pass, sources: list[Path], out: Path, runner: UnitRunner
+) -> Iterator[_SplitUnit]:
+    """Every reader item through `_admit`, in reader order; the rows to write cut into units of
+    `_SENT_BATCH_DOCS` documents or `_SENT_BATCH_CHARS` characters (4x as many on a runner with
+    several units in flight: fewer task runs, the same spans)."""
+    scale = 1 if runner.in_flight <= 1 else 4
+    rows: list[_Row] = []
+    chars = 0
     t_item = time.monotonic()
-    p.progress.input = position = ReadPosition(input_bytes(sources, [out]))  # the ETA's base
+    p.progress.input = position = ReadPosition(input_bytes(sources, exclude=[out]))
     for item in _iter_all(sources, p.params, out, position):
         now = time.monotonic()  # reading this item + handling the previous one
         p.source_s[item.source] += now - t_item
@@ -722,12 +671,39 @@ def _read_split_write(p: _Pass, sources: list[Path], out: Path, queue: _SplitQue
             continue
         row = _admit(p, i, item)
         if row is not None:
-            queue.add(row)
+            rows.append(row)
+            chars += len(row.text)
+            if len(rows) >= scale * _SENT_BATCH_DOCS or chars >= scale * _SENT_BATCH_CHARS:
+                yield _SplitUnit(rows)
+                rows, chars = [], 0
         p.progress.add(1)
         p.progress.maybe_log()
-    queue.submit()
-    queue.drain(0)
-    queue.writer.finish(p.index - 1)
+    if rows:
+        yield _SplitUnit(rows)
+
+
+def _read_split_write(
+    p: _Pass, sources: list[Path], out: Path, writer: _ShardWriter, runner: UnitRunner
+) -> None:
+    """Read and admit (in `run_units`' reader thread when units run in parallel), split each
+    unit on `runner`, and write the rows to the shards in reader order."""
+    model, max_chars = p.params.spacy_model, p.params.max_doc_chars
+
+    def finished(unit: _SplitUnit, spans: list) -> None:
+        unit.spans = spans
+
+    def commit(unit: _SplitUnit) -> None:
+        for row, spans in zip(unit.rows, unit.spans, strict=True):
+            writer.add(row, spans)
+
+    run_units(
+        runner,
+        _split_units(p, sources, out, runner),
+        lambda unit: (split_unit, (model, max_chars, [r.text for r in unit.rows])),
+        finished,
+        commit,
+    )
+    writer.finish(p.index - 1)
 
 
 def _start_pass(stage: Stage, params: IngestParams) -> tuple[_Pass, list[dict[str, Any]]]:
@@ -750,7 +726,7 @@ def _start_pass(stage: Stage, params: IngestParams) -> tuple[_Pass, list[dict[st
 
 
 def _run_pass(
-    stage: Stage, p: _Pass, done_shards: list[dict], sources: list[Path], n_workers: int
+    stage: Stage, p: _Pass, done_shards: list[dict], sources: list[Path], runner: UnitRunner
 ) -> list[dict[str, Any]]:
     """The read-split-write loop; returns every shard of the corpus (kept + new)."""
     params, out = p.params, stage.out
@@ -762,25 +738,35 @@ def _run_pass(
         out, params.shard_max_docs, params.shard_max_chars, len(done_shards), checkpoint, stage
     )
     writer.shards = list(done_shards)
-    queue = _SplitQueue(writer, params, n_workers)
     try:
-        _read_split_write(p, sources, out, queue)
+        _read_split_write(p, sources, out, writer, runner)
     except BaseException:
         writer.abort()
         raise
-    finally:
-        queue.close()
     return writer.shards
 
 
-def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any]:
+@contextmanager
+def _pool_runner(n_workers: int) -> Iterator[UnitRunner]:
+    """`ingest.workers` spawned processes as a unit runner (the pre-Dask way to use more cores
+    on one machine; a script calling ingest with workers needs the __main__ guard)."""
+    with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
+        yield UnitRunner(submit=pool.submit, in_flight=2 * n_workers, name="processes")
+
+
+def ingest(
+    params: IngestParams, *, workers: int | None = None, runner: UnitRunner = INLINE
+) -> dict[str, Any]:
     """Run the ingest stage; returns the manifest (also written to `params.out/manifest.json`).
 
-    `workers`: processes for sentence splitting (0 = in this process, which reads, dedupes and
-    writes in any case). None picks 0 below 4 cores or 64 MiB of source bytes (measured: on 2
-    shared cores a pool is slower), else cores - 1. Output is identical either way. Workers are
-    spawned, so a script calling this with workers > 0 needs the `if __name__ == "__main__":`
-    guard.
+    Reading, cleaning, deduplication and writing happen in this process, in reader order; the
+    sentence splitting of each batch of admitted documents is one work unit on `runner` (the
+    flows pass a Dask-backed one for `runner.kind: dask`). With a sequential runner (the
+    default), `workers`: processes for sentence splitting (0 = on the runner, in this
+    process). None picks 0 below 4 cores or
+    64 MiB of source bytes (measured: on 2 shared cores a pool is slower), else cores - 1.
+    Output is identical either way. Workers are spawned, so a script calling this with
+    workers > 0 needs the `if __name__ == "__main__":` guard.
     Raises InputError for a missing source, when no document at all could be written, when
     another run is writing into `params.out`, or when the disk is full or read-only.
     """
@@ -797,13 +783,17 @@ def ingest(params: IngestParams, *, workers: int | None = None) -> dict[str, Any
             params=params_dict(params), inputs=inputs, code=versions("spacy", "pyarrow")
         )
         p, done_shards = _start_pass(stage, params)
-        n_workers = _resolve_workers(workers if workers is not None else params.workers, sources)
+        n_workers = 0  # a parallel runner (Dask) replaces the process pool
+        if runner.in_flight <= 1:
+            n_workers = _resolve_workers(params.workers if workers is None else workers, sources)
         t_loop = time.monotonic()
-        shards = _run_pass(stage, p, done_shards, sources, n_workers)
+        with _pool_runner(n_workers) if n_workers else nullcontext(runner) as units:
+            shards = _run_pass(stage, p, done_shards, sources, units)
         timings["read_split_write_s"] = time.monotonic() - t_loop
         counts, recs = _final_counts(stage, p, shards, sources)
         manifest = _manifest(params, inputs, counts, recs, shards, sources, stage.out)
         manifest["timings"] = _timings(p, timings, n_workers, sources, t_start)
+        manifest["timings"]["units_ran_on"] = units.name  # local, processes or dask (...)
         result = stage.finish(manifest)
     log.info(
         "ingest: %d inputs -> %d written, %d duplicates, %d quarantined in %.1fs (%s)",

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from longdoc.components.core.io import (
     versions,
 )
 from longdoc.components.core.stage import Progress, Stage, fingerprint
+from longdoc.components.core.units import INLINE, UnitRunner, run_units
 from longdoc.components.data.ingest import corpus_shards
 
 __all__ = [
@@ -528,8 +530,10 @@ class _Encoder:
             lo = hi
         return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
-    def write_part(self, shard: Path, tmp: Path) -> None:
-        """Encode `shard` into the Arrow IPC file `tmp` (renamed into place by the caller)."""
+    def write_part(self, shard: Path, tmp: Path, val_ids: set[str] | None = None) -> None:
+        """Encode `shard` into the Arrow IPC file `tmp` (renamed into place by the caller);
+        `val_ids`: the validation doc_ids (default: those the encoder was made with)."""
+        val_ids = self.val_ids if val_ids is None else val_ids
         batches = encode_batches(shard)
         with (
             ipc.new_file(str(tmp), self.schema) as writer,
@@ -541,7 +545,7 @@ class _Encoder:
                 batch, texts, encodings = ahead.result()
                 nxt = next(batches, None)
                 ahead = pool.submit(self.encode, nxt) if nxt is not None else None
-                record = self.record(batch, texts, encodings)
+                record = self.record(batch, texts, encodings, val_ids)
                 writer.write_batch(record)
                 n_tokens = record.column("n_tokens").to_numpy()
                 self.progress.add(record.num_rows, tokens=int(n_tokens.sum()))
@@ -557,7 +561,9 @@ class _Encoder:
             tok_starts = _sentence_token_starts(enc, starts)
         return tok_starts
 
-    def record(self, batch: pa.RecordBatch, texts: list[str], encodings: list[Any]):
+    def record(
+        self, batch: pa.RecordBatch, texts: list[str], encodings: list[Any], val_ids: set[str]
+    ):
         doc_ids = batch.column("doc_id").to_pylist()
         sents = batch.column("sentences")
         sent_offsets = sents.offsets.to_numpy()
@@ -573,7 +579,7 @@ class _Encoder:
         return pa.RecordBatch.from_arrays(
             [
                 pa.array(doc_ids, pa.string()),
-                pa.array(["validation" if i in self.val_ids else "train" for i in doc_ids]),
+                pa.array(["validation" if i in val_ids else "train" for i in doc_ids]),
                 _list_array(ids_list, self.value_type),
                 pa.array(n_tokens, pa.int32()),
                 batch.column("n_chars"),
@@ -910,26 +916,109 @@ def _tokenizer(stage: Stage, state: dict, params: TokenizeParams, corpus: Path, 
     return hf_tok
 
 
-def _encode_all(stage: Stage, state: dict, shards: list[Path], encoder: _Encoder) -> list[Path]:
-    """Pass 2: one docs shard per corpus shard, each checkpointed once renamed into place;
-    finished ones (same sha256 as the state says) are kept."""
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a worker process needs to build the run's encoder: the tokenizer directory (in the
+    output, on a filesystem the workers share), its tokenizer.json hash (a worker that sees
+    another tokenizer refuses the unit) and the vocabulary size (the ids' Arrow type)."""
+
+    tokenizer_dir: str
+    tokenizer_sha256: str
+    vocab_size: int
+
+
+_ENCODERS: dict[EncoderSpec, tuple[_Encoder, bool]] = {}  # per process; True: counts progress
+
+
+def _encoder(spec: EncoderSpec) -> tuple[_Encoder, bool]:
+    found = _ENCODERS.get(spec)
+    if found is None:
+        tok_dir = Path(spec.tokenizer_dir)
+        if sha256_file(tok_dir / "tokenizer.json") != spec.tokenizer_sha256:
+            raise InputError(
+                f"{tok_dir}: not the run's tokenizer (is the output on a shared disk?)"
+            )
+        backend = _plain_backend(_load_hf_tokenizer(tok_dir))
+        quiet = Progress("tokenize", "docs", every_s=float("inf"))  # the stage counts units
+        schema = docs_schema(spec.vocab_size)
+        found = (_Encoder(backend, schema, set(), quiet, byte_level_lengths(backend)), False)
+        _ENCODERS.clear()  # one run's tokenizer at a time
+        _ENCODERS[spec] = found
+    return found
+
+
+def encode_unit(
+    spec: EncoderSpec, shard: str, dest: str, val_ids: list[str]
+) -> tuple[int, int, str, bool]:
+    """One work unit, wherever it runs: corpus shard `shard` encoded into the docs shard `dest`
+    (written to a temp name and renamed: a killed unit leaves only a temp file); returns
+    (documents, tokens, the part's sha256, whether its progress was already counted)."""
+    encoder, counted = _encoder(spec)
+    with atomic_path(dest) as tmp:
+        encoder.write_part(Path(shard), tmp, set(val_ids))
+    n_tokens = ipc.open_file(pa.memory_map(dest, "r")).read_all().column("n_tokens")
+    return len(n_tokens), int(pc.sum(n_tokens).as_py() or 0), sha256_file(dest), counted
+
+
+def _shard_val_ids(shards: list[Path], val_ids: set[str]) -> list[list[str]]:
+    """Per corpus shard, its validation doc_ids (what a unit needs of the split)."""
+    return [
+        [
+            d
+            for d in pq.read_table(s, columns=["doc_id"]).column("doc_id").to_pylist()
+            if d in val_ids
+        ]
+        for s in shards
+    ]
+
+
+def _encode_all(
+    stage: Stage,
+    state: dict,
+    shards: list[Path],
+    encoder: _Encoder,
+    spec: EncoderSpec,
+    runner: UnitRunner = INLINE,
+) -> list[Path]:
+    """Pass 2: one docs shard per corpus shard, each a work unit on `runner`, checkpointed as
+    soon as it is renamed into place (in any order); finished ones (same sha256 as the state
+    says) are kept, so a rerun reuses every part that was finished."""
     docs_dir = stage.out / "docs"
     docs_dir.mkdir(exist_ok=True)
-    part_paths = []
-    for i, shard in enumerate(shards):
-        dest = docs_dir / f"part-{i:05d}.arrow"
-        part_paths.append(dest)
+    part_paths = [docs_dir / f"part-{i:05d}.arrow" for i in range(len(shards))]
+    todo = []
+    for shard, dest in zip(shards, part_paths, strict=True):
         done = state["parts"].get(dest.name)
         if done and dest.is_file() and sha256_file(dest) == done:
             encoder.progress.skip(pq.ParquetFile(shard).metadata.num_rows)
-            continue
-        with stage.part(dest) as tmp:
-            encoder.write_part(shard, tmp)
-        state["parts"][dest.name] = sha256_file(dest)
+        else:
+            todo.append((shard, dest))
+    val_by_shard = dict(zip(shards, _shard_val_ids(shards, encoder.val_ids), strict=True))
+    _ENCODERS[spec] = (encoder, True)  # units run here use this encoder and its progress
+
+    def finished(unit: tuple[Path, Path], result: tuple[int, int, str, bool]) -> None:
+        docs, tokens, sha, counted = result
+        state["parts"][unit[1].name] = sha  # the part was renamed into place before this
         stage.checkpoint(state)
+        if not counted:  # (a unit run here counted its batches as it went)
+            encoder.progress.add(docs, tokens=tokens)
+            encoder.progress.maybe_log()
+
+    try:
+        run_units(
+            runner,
+            todo,
+            lambda u: (encode_unit, (spec, str(u[0]), str(u[1]), val_by_shard[u[0]])),
+            finished,
+            lambda unit: None,
+        )
+    finally:
+        _ENCODERS.pop(spec, None)
     for stale in docs_dir.glob("part-*.arrow"):
         if stale not in part_paths:
             stale.unlink()
+    for torn in docs_dir.glob(".*.tmp"):  # a unit whose worker died mid-part (it ran again)
+        torn.unlink(missing_ok=True)
     _maybe_log(encoder.progress, force=True)
     return part_paths
 
@@ -1055,8 +1144,13 @@ def _inputs(params: TokenizeParams, corpus: Path, corpus_manifest: dict) -> dict
     }
 
 
-def tokenize(params: TokenizeParams) -> dict[str, Any]:
+def tokenize(params: TokenizeParams, *, runner: UnitRunner = INLINE) -> dict[str, Any]:
     """Run the tokenize stage; returns the manifest (also written to `params.out/manifest.json`).
+
+    Encoding each corpus shard into its docs shard is one work unit on `runner` (default: here,
+    one after another; the flows pass a Dask-backed one for `runner.kind: dask`, whose workers
+    then read the corpus and write the output on a shared filesystem). Training the tokenizer
+    and packing stay in this process; the outputs do not depend on the runner.
 
     Raises InputError when the corpus is missing, unfinished or empty, the base tokenizer
     cannot be loaded, another run is writing into `params.out`, or the disk is full or
@@ -1091,8 +1185,11 @@ def tokenize(params: TokenizeParams) -> dict[str, Any]:
         encoder = _Encoder(
             backend, docs_schema(vocab_size), val_ids, progress, byte_level_lengths(backend)
         )
+        spec = EncoderSpec(
+            str((out / "tokenizer").resolve()), state["tokenizer_sha256"], vocab_size
+        )
         with timings("encode_s"):
-            part_paths = _encode_all(stage, state, shards, encoder)
+            part_paths = _encode_all(stage, state, shards, encoder, spec, runner)
         with timings("pack_s"):
             packed = _pack_all(out, part_paths, params, vocab_size, bos, eos)
         counts, n_tokens = _counts(part_paths, packed, params.seq_len)

@@ -9,6 +9,8 @@ What `--gold` is, per task (the path a user already has from the distributed dat
     imdb           the aclImdb directory (its test/ split) or one split directory (with pos/, neg/)
     hyperpartisan  a ground-truth-*-byarticle*.xml file, or the directory (its dev split, see
                    components.tasks.hyperpartisan)
+    summarization  val.txt or test.txt of the arXiv/PubMed release, or its directory (val.txt);
+                   the predictions are a text file, one summary per line in the gold order
 
 Gold records that are malformed are left out and reported (logged, and counted in
 `gold_skipped`); the metric is computed over the rest, as the loaders define the dev set.
@@ -36,7 +38,8 @@ def evaluate_file(
     if not gold_set.examples:
         raise InputError(f"{gold}: no usable {task} gold records to score against")
     preds = mod.load_predictions(Path(predictions))
-    _warn_on_ids(task, [ex.id for ex in gold_set.examples], preds)
+    if not getattr(preds, "by_position", False):  # a file matched by line has no ids to check
+        _warn_on_ids(task, [ex.id for ex in gold_set.examples], preds)
     metrics = {
         "task": task,
         **mod.evaluate(gold_set.examples, preds),

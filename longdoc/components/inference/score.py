@@ -11,13 +11,19 @@ How it stays fast and bounded:
   documents are tokenized in one call per chunk, sorted by length and batched by a token budget,
   so batches pad to almost nothing; `torch.inference_mode`, CUDA when present, optional bf16;
 - documents stream through in chunks of `chunk_docs`: each chunk becomes one Parquet part, so
-  memory holds one chunk (texts clipped to what the model reads) whatever the archive size.
+  memory holds one chunk (texts clipped to what the model reads) whatever the archive size;
+- each chunk is one work unit (`components.core.units`): scored in this process by default, or
+  by a Dask worker when the flow passes a Dask-backed runner, with a few chunks in flight. A
+  worker loads the pinned model version once per process (`score_unit`); reading, admitting,
+  counting and checkpointing stay here, in stream order, so the output is the same either way.
 
 How it resumes: the document stream is deterministic, and after each part the state file records
 how many stream items are done. A part is written atomically *before* the state names it, and
 error records carry their stream index, so after `kill -9` a rerun drops unnamed parts and error
 records past the checkpoint, skips the items already done and scores each document exactly once.
-A rerun of a finished run with the same inputs, model version and parameters does nothing; any
+A chunk scored ahead of an earlier one (several in flight) has its part written and named in
+the state's `ahead` at once, so a rerun after `kill -9` reuses every chunk that was scored. A
+rerun of a finished run with the same inputs, model version and parameters does nothing; any
 change starts over.
 """
 
@@ -50,8 +56,15 @@ from longdoc.components.core.io import (
     versions,
 )
 from longdoc.components.core.stage import Progress, SideLog, Stage, fingerprint, reconcile
+from longdoc.components.core.units import INLINE, UnitRunner, run_units
 from longdoc.components.data.ingest import decode_entities, normalize
-from longdoc.components.data.readers import Document, Rejected, iter_documents
+from longdoc.components.data.readers import (
+    Document,
+    ReadPosition,
+    Rejected,
+    input_bytes,
+    iter_documents,
+)
 from longdoc.components.inference.serving import (
     CLASSIFICATION,
     QA,
@@ -60,6 +73,7 @@ from longdoc.components.inference.serving import (
     LongdocModel,
     is_empty_document,
 )
+from longdoc.kernels import settings as kernel_settings
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +125,19 @@ class _Pending:
     clipped: bool
 
 
+@dataclass
+class _Unit:
+    """Stream items [start, end) as one work unit: the documents to score and the items
+    rejected on admission (index, source, member, reason). `part` names the predictions part
+    its documents go to (None: nothing to score)."""
+
+    start: int
+    end: int = 0
+    pending: list[_Pending] = field(default_factory=list)
+    rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
+    part: str | None = None
+
+
 def _model_name(uri: str) -> str:
     ref = uri.removeprefix("models:/")
     return ref.split("@", 1)[0].split("/", 1)[0] if uri.startswith("models:/") else uri
@@ -128,6 +155,11 @@ def load_engine(params: ScoreParams) -> tuple[InferenceEngine, str, str, str]:
         raise InputError(f"score model {uri}: {exc.message}") from exc
     name = _model_name(uri)
     pinned = f"models:/{name}/{version}" if uri.startswith("models:/") else uri
+    engine = _load_pinned(pinned, params.max_len, params.device, params.bf16)
+    return engine, name, version, pinned
+
+
+def _load_pinned(pinned: str, max_len: int, device: str, bf16: bool) -> InferenceEngine:
     try:
         pyfunc = mlflow.pyfunc.load_model(pinned)
     except (mlflow.exceptions.MlflowException, OSError) as exc:
@@ -135,16 +167,75 @@ def load_engine(params: ScoreParams) -> tuple[InferenceEngine, str, str, str]:
     inner = pyfunc.unwrap_python_model()
     if not isinstance(inner, LongdocModel):
         raise InputError(f"score model {pinned}: not a longdoc model ({type(inner).__name__})")
-    base = inner.engine
-    engine = InferenceEngine(
-        base.model,
-        base.tokenizer,
-        base.kind,
+    return inner.engine.reconfigured(max_len=max_len, device=device, bf16=bf16)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker process needs to load the engine the calling process loaded: the pinned
+    model version, where its registry is, and every setting that changes predictions (the
+    kernel cache decides whether the tvm backend runs)."""
+
+    model_uri: str  # models:/name/<version>, never an alias
+    tracking_uri: str
+    registry_uri: str
+    max_len: int
+    device: str
+    bf16: bool
+    kernel_cache: str
+
+
+_ENGINES: dict[EngineSpec, InferenceEngine] = {}  # per process: loaded once, reused by units
+_MAX_ENGINES = 2  # a long-lived worker serving a new champion drops the oldest
+
+
+def _portable_uri(uri: str) -> str:
+    """A store URI another process can use whatever its working directory (sqlite paths)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri.removeprefix(prefix)).is_absolute():
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+def engine_spec(params: ScoreParams, pinned: str) -> EngineSpec:
+    return EngineSpec(
+        model_uri=pinned,
+        tracking_uri=_portable_uri(mlflow.get_tracking_uri()),
+        registry_uri=_portable_uri(mlflow.get_registry_uri()),
         max_len=params.max_len,
         device=params.device,
         bf16=params.bf16,
+        kernel_cache=str(kernel_settings.cache_dir().resolve()),
     )
-    return engine, name, version, pinned
+
+
+def _engine(spec: EngineSpec) -> InferenceEngine:
+    engine = _ENGINES.get(spec)
+    if engine is None:
+        mlflow.set_tracking_uri(spec.tracking_uri)
+        mlflow.set_registry_uri(spec.registry_uri)
+        kernel_settings.configure(cache_dir=spec.kernel_cache)
+        engine = _load_pinned(spec.model_uri, spec.max_len, spec.device, spec.bf16)
+        while len(_ENGINES) >= _MAX_ENGINES:
+            _ENGINES.pop(next(iter(_ENGINES)))
+        _ENGINES[spec] = engine
+    return engine
+
+
+def score_unit(
+    spec: EngineSpec, texts: list[str], questions: list[str] | None, batch_tokens: int
+) -> tuple[float, list[tuple[int, bool, int, dict[str, Any]] | str]]:
+    """One unit's heavy work, wherever it runs: the seconds it took to score, and per document
+    (tokens read, truncated, windows, prediction) or the reason it could not be scored. The
+    engine is loaded once per process (the calling process registers its own), so a worker
+    pays the model load once and only the first unit's seconds include it."""
+    engine = _engine(spec)
+    t = time.perf_counter()
+    scored = _score_chunk(engine, texts, questions, batch_tokens)
+    return time.perf_counter() - t, [
+        r if isinstance(r, str) else (r[0].tokens, r[0].truncated, len(r[0].windows), r[1])
+        for r in scored
+    ]
 
 
 def _fingerprint(
@@ -186,7 +277,10 @@ def _clean(out: Path) -> None:
 
 
 def _stream(
-    params: ScoreParams, sources: list[Path], ingest: IngestParams
+    params: ScoreParams,
+    sources: list[Path],
+    ingest: IngestParams,
+    position: ReadPosition | None = None,
 ) -> Iterator[Document | Rejected]:
     return chain.from_iterable(
         iter_documents(
@@ -194,13 +288,14 @@ def _stream(
             max_member_bytes=ingest.max_member_bytes,
             max_total_bytes=ingest.max_total_bytes,
             text_field=params.text_field,
+            position=position,
         )
         for src in sources
     )
 
 
 def _score_chunk(
-    engine: InferenceEngine, pending: list[_Pending], batch_tokens: int
+    engine: InferenceEngine, texts: list[str], questions: list[str] | None, batch_tokens: int
 ) -> list[tuple[Encoded, dict[str, Any]] | str]:
     """(encoding, prediction) per pending document, or the reason it could not be scored.
 
@@ -208,21 +303,19 @@ def _score_chunk(
     chokes on, a batch that does not fit in accelerator memory), each document is retried alone
     so one bad document becomes one error record instead of failing the whole run."""
 
-    def one_call(docs: list[_Pending]) -> list[tuple[Encoded, dict[str, Any]]]:
-        questions = [p.question or "" for p in docs] if engine.kind == QA else None
-        encoded = engine.encode([p.text for p in docs], questions)
+    def one_call(rows: list[int]) -> list[tuple[Encoded, dict[str, Any]]]:
+        qs = [questions[i] for i in rows] if questions is not None else None
+        encoded = engine.encode([texts[i] for i in rows], qs)
         return list(zip(encoded, engine.run(encoded, batch_tokens), strict=True))
 
     try:
-        return list(one_call(pending))
+        return list(one_call(list(range(len(texts)))))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        log.warning(
-            "a chunk of %d documents failed (%s); scoring them one by one", len(pending), exc
-        )
+        log.warning("a chunk of %d documents failed (%s); scoring them one by one", len(texts), exc)
     out: list[tuple[Encoded, dict[str, Any]] | str] = []
-    for p in pending:
+    for i in range(len(texts)):
         try:
-            out.append(one_call([p])[0])
+            out.append(one_call([i])[0])
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             out.append(f"scoring failed: {type(exc).__name__}: {exc}")
     return out
@@ -242,12 +335,15 @@ class _Run:
     progress: Progress
     question_field: str | None
     ingest: IngestParams = field(default_factory=IngestParams)
-    pending: list[_Pending] = field(default_factory=list)
+    spec: EngineSpec | None = None  # how a worker loads this run's engine
+    next_part: int = 0  # the part the next unit with documents writes
     labels: Counter = field(default_factory=Counter)
     per_source: dict[str, Counter] = field(default_factory=dict)
     infer_s: float = 0.0
     scored_now: int = 0  # in this run (the state counts every run)
     tokens_now: int = 0
+    units_scored: int = 0  # units scored in this run
+    units_reused: int = 0  # units scored by a killed run, their parts reused
 
     @property
     def preds_dir(self) -> Path:
@@ -266,6 +362,7 @@ def _new_state(stage: Stage) -> dict[str, Any]:
         labels={},
         per_source={},
         runs=0,
+        ahead={},  # parts of units scored before the units ahead of them were committed
     )
 
 
@@ -276,10 +373,10 @@ def _error(run: _Run, index: int, source: str, member: str, reason: str) -> None
     run.progress.add(0, errors=1)
 
 
-def _admit(run: _Run, index: int, item: Document | Rejected) -> None:
-    """The per-item step: queue stream item `index` for scoring, or record why it cannot be."""
+def _admit(run: _Run, unit: _Unit, index: int, item: Document | Rejected) -> None:
+    """The per-item step: add stream item `index` to `unit`'s documents, or to its rejects."""
     if isinstance(item, Rejected):
-        _error(run, index, item.source, item.member, item.reason)
+        unit.rejected.append((index, item.source, item.member, item.reason))
         return
     # cleaned as the configured ingest cleans the corpus, so the model sees the same kind of
     # text it was trained on and a document's doc_id is its id in the corpus
@@ -291,37 +388,39 @@ def _admit(run: _Run, index: int, item: Document | Rejected) -> None:
     qf = run.question_field
     question = item.meta.get(qf) if qf else None
     if is_empty_document(text):  # the served model refuses the same documents
-        _error(run, index, item.source, item.member, "empty document")
+        unit.rejected.append((index, item.source, item.member, "empty document"))
     elif qf and not (isinstance(question, str) and not is_empty_document(question)):
-        _error(run, index, item.source, item.member, f"no {qf!r} field (question)")
+        unit.rejected.append((index, item.source, item.member, f"no {qf!r} field (question)"))
     else:
         cap = run.engine.char_cap()  # None: windows read the whole text
         doc_id = sha256_bytes(text.encode())
         clipped = cap is not None and len(text) > cap
-        run.pending.append(
+        unit.pending.append(
             _Pending(index, item.source, item.member, doc_id, text[:cap], question, clipped)
         )
 
 
-def _row(run: _Run, p: _Pending, enc: Encoded, pred: dict[str, Any], now: datetime) -> dict:
-    """One predictions row; counts it."""
-    truncated = enc.truncated or p.clipped
+def _row(run: _Run, p: _Pending, result: tuple, now: datetime, tally: dict[str, Any]) -> dict:
+    """One predictions row; counts it in its unit's `tally`."""
+    tokens, enc_truncated, windows, pred = result
+    truncated = enc_truncated or p.clipped
     if "label" in pred:
-        run.labels[pred["label"]] += 1
-    run.per_source.setdefault(p.source, Counter())["scored"] += 1
-    run.state["tokens"] += enc.tokens
-    run.state["truncated"] += int(truncated)
-    run.state["windowed"] = run.state.get("windowed", 0) + int(len(enc.windows) > 1)
+        tally["labels"][pred["label"]] = tally["labels"].get(pred["label"], 0) + 1
+    tally["per_source"][p.source] = tally["per_source"].get(p.source, 0) + 1
+    tally["scored"] += 1
+    tally["tokens"] += tokens
+    tally["truncated"] += int(truncated)
+    tally["windowed"] += int(windows > 1)
     run.scored_now += 1
-    run.tokens_now += enc.tokens
-    run.progress.add(0, scored=1, tokens=enc.tokens)
+    run.tokens_now += tokens
+    run.progress.add(0, scored=1, tokens=tokens)
     return {
         "doc_id": p.doc_id,
         "source": p.source,
         "member": p.member,
-        "tokens": enc.tokens,
+        "tokens": tokens,
         "truncated": truncated,
-        "windows": len(enc.windows),
+        "windows": windows,
         **pred,
         "model_name": run.model["name"],
         "model_version": run.model["version"],
@@ -329,34 +428,89 @@ def _row(run: _Run, p: _Pending, enc: Encoded, pred: dict[str, Any], now: dateti
     }
 
 
-def _score_pending(run: _Run) -> None:
-    """The per-chunk step: score the pending documents into one new part (written whole
-    before any checkpoint names it)."""
-    t = time.perf_counter()
-    scored = _score_chunk(run.engine, run.pending, run.params.batch_tokens)
-    run.infer_s += time.perf_counter() - t
+def _cut_units(run: _Run, sources: list[Path]) -> Iterator[_Unit]:
+    """The stream after the checkpoint, every item through `_admit`, cut into units: a unit
+    closes at `chunk_docs` documents (or, for input that is mostly errors, at enough items to
+    be worth a checkpoint). The cut depends on the items alone, so a resumed run, which starts
+    at a unit boundary, cuts the rest exactly as the first run did. Runs in `run_units`'
+    reader thread: it touches only the units it builds and `run.next_part`."""
+    resumed_at, chunk = run.state["consumed"], run.params.chunk_docs
+    unit, n_items = _Unit(resumed_at), resumed_at
+    run.progress.input = position = ReadPosition(input_bytes(sources))  # the ETA's base
+    for index, item in enumerate(_stream(run.params, sources, run.ingest, position)):
+        if index < resumed_at:
+            continue  # done before the kill: read past it (reading is cheap, models are not)
+        n_items = index + 1
+        _admit(run, unit, index, item)
+        if len(unit.pending) >= chunk or n_items - unit.start >= 4 * chunk:
+            yield _close_unit(run, unit, n_items)
+            unit = _Unit(n_items)
+    if n_items > unit.start:
+        yield _close_unit(run, unit, n_items)
+
+
+def _close_unit(run: _Run, unit: _Unit, end: int) -> _Unit:
+    unit.end = end
+    if unit.pending:
+        unit.part = f"part-{run.next_part:05d}.parquet"
+        run.next_part += 1
+    return unit
+
+
+def _unit_work(run: _Run, unit: _Unit) -> tuple[Any, tuple] | None:
+    """The call that scores `unit`, or None: nothing to score, or scored before a kill."""
+    if unit.part is None:
+        return None
+    done = run.state["ahead"].get(unit.part)
+    if done is not None and done["end"] == unit.end:
+        run.units_reused += 1
+        return None
+    run.state["ahead"].pop(unit.part, None)
+    texts = [p.text for p in unit.pending]
+    questions = [p.question or "" for p in unit.pending] if run.engine.kind == QA else None
+    return score_unit, (run.spec, texts, questions, run.params.batch_tokens)
+
+
+def _unit_scored(run: _Run, unit: _Unit, result: tuple[float, list]) -> None:
+    """A unit's results, as soon as they arrive (in any order): its part is written whole,
+    then the state names it in `ahead` with what its commit will count."""
+    seconds, scored = result
+    run.infer_s += seconds
     now = datetime.now(UTC)
-    rows = []
-    for p, result in zip(run.pending, scored, strict=True):
-        if isinstance(result, str):
-            _error(run, p.index, p.source, p.member, result)
+    rows, failed = [], []
+    tally = {"scored": 0, "tokens": 0, "truncated": 0, "windowed": 0}
+    tally |= {"labels": {}, "per_source": {}}
+    for p, res in zip(unit.pending, scored, strict=True):
+        if isinstance(res, str):
+            failed.append((p.index, p.source, p.member, res))
         else:
-            rows.append(_row(run, p, *result, now))
-    part = f"part-{len(run.state['parts']):05d}.parquet"
+            rows.append(_row(run, p, res, now, tally))
     schema = prediction_schema(run.engine.kind)
-    with run.stage.part(run.preds_dir / part) as tmp:
+    with run.stage.part(run.preds_dir / unit.part) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    run.state["parts"].append(part)
-    run.state["scored"] += len(rows)
-    run.pending.clear()
+    run.state["ahead"][unit.part] = {"end": unit.end, "failed": failed, **tally}
+    run.stage.checkpoint(run.state)
+    run.units_scored += 1
+    unit.pending = []  # the texts are no longer needed
 
 
-def _checkpoint(run: _Run, consumed: int) -> None:
-    """Score the pending chunk into one part, then record everything up to `consumed`."""
-    if run.pending:
-        _score_pending(run)
+def _commit_unit(run: _Run, unit: _Unit) -> None:
+    """In stream order: the unit's error records and counts, then a checkpoint up to its end."""
+    run.progress.add(unit.end - unit.start)
+    for index, source, member, reason in unit.rejected:
+        _error(run, index, source, member, reason)
+    if unit.part is not None:
+        done = run.state["ahead"].pop(unit.part)
+        for index, source, member, reason in done["failed"]:
+            _error(run, index, source, member, reason)
+        for key in ("scored", "tokens", "truncated", "windowed"):
+            run.state[key] = run.state.get(key, 0) + done[key]
+        run.labels.update(done["labels"])
+        for source, n in done["per_source"].items():
+            run.per_source.setdefault(source, Counter())["scored"] += n
+        run.state["parts"].append(unit.part)
     run.state.update(
-        consumed=consumed,
+        consumed=unit.end,
         labels=dict(run.labels),
         per_source={k: dict(v) for k, v in run.per_source.items()},
     )
@@ -364,26 +518,20 @@ def _checkpoint(run: _Run, consumed: int) -> None:
     run.progress.maybe_log()
 
 
-def _score_stream(run: _Run, sources: list[Path]) -> None:
-    """Every stream item through `_admit`; a checkpoint per chunk of documents (or, for input
-    that is mostly errors, per enough items to be worth one)."""
-    resumed_at, chunk = run.state["consumed"], run.params.chunk_docs
-    n_items = since_checkpoint = 0
-    for index, item in enumerate(_stream(run.params, sources, run.ingest)):
-        n_items = index + 1
-        if index < resumed_at:
-            continue  # done before the kill: read past it (reading is cheap, models are not)
-        since_checkpoint += 1
-        run.progress.add(1)
-        _admit(run, index, item)
-        if len(run.pending) >= chunk or since_checkpoint >= 4 * chunk:
-            _checkpoint(run, index + 1)
-            since_checkpoint = 0
-    _checkpoint(run, max(n_items, resumed_at))
+def _score_stream(run: _Run, sources: list[Path], runner: UnitRunner) -> None:
+    """Every unit scored on `runner`, its part written when it is done, committed in order."""
+    run_units(
+        runner,
+        _cut_units(run, sources),
+        lambda unit: _unit_work(run, unit),
+        lambda unit, result: _unit_scored(run, unit, result),
+        lambda unit: _commit_unit(run, unit),
+    )
 
 
 def _load_model(params: ScoreParams, tracking_params: TrackingParams):
-    """(engine, model info, question field) after checking the model fits the params."""
+    """(engine, model info, question field, pinned URI) after checking the model fits the
+    params."""
     tracking.setup(tracking_params)
     engine, name, version, pinned = load_engine(params)
     if engine.kind == QA and not params.question_field:
@@ -394,7 +542,7 @@ def _load_model(params: ScoreParams, tracking_params: TrackingParams):
     if engine.kind == CLASSIFICATION and params.question_field:
         log.warning("%s is a classifier: score.question_field is ignored", pinned)
     model = {"uri": params.model_uri, "name": name, "version": version, "kind": engine.kind}
-    return engine, model, params.question_field if engine.kind == QA else None
+    return engine, model, params.question_field if engine.kind == QA else None, pinned
 
 
 def _resume(stage: Stage) -> dict[str, Any] | None:
@@ -409,8 +557,9 @@ def _resume(stage: Stage) -> dict[str, Any] | None:
         state = _new_state(stage)
     preds_dir = stage.out / PREDICTIONS
     preds_dir.mkdir(exist_ok=True)
+    ahead = state.setdefault("ahead", {})  # (absent from states of earlier versions)
     for part in preds_dir.glob("part-*.parquet"):  # written, but the kill came before the state
-        if part.name not in state["parts"]:
+        if part.name not in state["parts"] and part.name not in ahead:
             part.unlink()
     state["runs"] += 1
     if state["consumed"]:
@@ -443,16 +592,23 @@ def _start(
     run.ingest = ingest or IngestParams()
     run.labels.update(state["labels"])
     run.per_source = {k: Counter(v) for k, v in state["per_source"].items()}
+    run.next_part = len(state["parts"])
     return run
 
 
 def score(
-    params: ScoreParams, tracking_params: TrackingParams, *, ingest: IngestParams | None = None
+    params: ScoreParams,
+    tracking_params: TrackingParams,
+    *,
+    ingest: IngestParams | None = None,
+    runner: UnitRunner = INLINE,
 ) -> dict:
     """Score every document of `params.sources()` into `params.out`; returns the manifest.
 
     Documents are read and normalised with `ingest` (the configuration's `ingest` section;
-    default `IngestParams()`), so a document's `doc_id` is its `doc_id` in the corpus.
+    default `IngestParams()`), so a document's `doc_id` is its `doc_id` in the corpus. Each
+    chunk is one unit on `runner` (default: scored here, in order; the flows pass a Dask-backed
+    runner for `runner.kind: dask`); the output does not depend on the runner.
 
     Writes `predictions.parquet/part-*.parquet`, `errors.jsonl` (source, member, reason) and
     `manifest.json` whose counts reconcile: inputs = scored + errors."""
@@ -462,7 +618,7 @@ def score(
     # lock comes before the model loads, so a second run into `out` stops at once.
     out = claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,))
     with Stage("score", out, STATE_FILE) as stage:
-        engine, model, question_field = _load_model(params, tracking_params)
+        engine, model, question_field, pinned = _load_model(params, tracking_params)
         inputs = [{"path": str(s), "sha256": sha256_tree(s)} for s in sources]
         ingest = ingest or IngestParams()
         stage.fingerprint = _fingerprint(params, inputs, model, ingest, engine)
@@ -472,7 +628,12 @@ def score(
             log.info("%s: every document already scored with %s v%s", out, name, version)
             return json.loads((out / "manifest.json").read_text())
         resumed_at = run.state["consumed"]
-        _score_stream(run, sources)
+        run.spec = engine_spec(params, pinned)
+        _ENGINES[run.spec] = engine  # units run here use the engine loaded above
+        try:
+            _score_stream(run, sources, runner)
+        finally:
+            _ENGINES.pop(run.spec, None)
         return _finish(run, inputs, resumed_at, time.perf_counter() - t0)
 
 
@@ -504,6 +665,8 @@ def _finish(run: _Run, inputs: list[dict], resumed_at: int, seconds: float) -> d
             "seconds": round(seconds, 2),
             "docs_per_s": round(run.scored_now / max(seconds, 1e-9), 2),
             "model_tokens_per_s": round(run.tokens_now / max(run.infer_s, 1e-9)),
+            "units_scored": run.units_scored,  # chunks scored by this run
+            "units_reused": run.units_reused,  # chunks a killed run had scored
         },
         "versions": versions("torch", "transformers", "mlflow"),
     }

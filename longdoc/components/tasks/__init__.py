@@ -7,10 +7,11 @@ entry and the writer of its part of `longdoc sample`.
 Config validation, the CLI, `dvc.yaml`'s stages, `longdoc sample` and the pipeline all read the
 registry; nothing else lists task names.
 
-The five built-in tasks (`wikihop`, `triviaqa`, `hotpotqa`, `imdb`, `hyperpartisan`) are imported
-on first use of the registry; so are the modules named by installed distributions under the
-`longdoc.tasks` entry-point group. Any other module registers by being imported. This module also
-holds the example types the loaders yield, which the fine-tuning adapters consume.
+The built-in tasks (`wikihop`, `triviaqa`, `hotpotqa`, `imdb`, `hyperpartisan`, `summarization`)
+are imported on first use of the registry; so are the modules named by installed distributions
+under the `longdoc.tasks` entry-point group. Any other module registers by being imported.
+This module also holds the example types the loaders yield, which the fine-tuning adapters
+consume.
 
 What a registration carries (see `Task`):
     load(root, split) -> LoadResult   split is "train" or "dev"; malformed records are skipped
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 #: The built-in task modules, in the order the pipeline runs them.
-BUILTIN = ("wikihop", "triviaqa", "hotpotqa", "imdb", "hyperpartisan")
+BUILTIN = ("wikihop", "triviaqa", "hotpotqa", "imdb", "hyperpartisan", "summarization")
 #: Distributions add tasks by naming their module under this entry-point group.
 ENTRY_POINT_GROUP = "longdoc.tasks"
 
@@ -69,6 +70,8 @@ class Task:
     data_dir: str = ""  # "" = the task's name
     epochs: int | None = None
     sample: Callable[..., dict] | str | None = None
+    # further fields of the default `finetune.tasks` entry (core.config.FinetuneTask)
+    finetune_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sample_dir(self) -> str:
@@ -200,6 +203,19 @@ class HotpotExample:
     supporting_facts: tuple[tuple[str, int], ...]  # (title, sentence index)
     type: str | None  # "comparison" | "bridge"
     level: str | None
+
+
+@dataclass(frozen=True)
+class SummaryExample:
+    """arXiv / PubMed summarization: an article and its reference abstract (sentences)."""
+
+    id: str  # article_id
+    article: str  # the article's sentences joined by spaces
+    abstract: tuple[str, ...]  # the reference abstract's sentences, without <S> </S>
+
+    @property
+    def summary(self) -> str:
+        return " ".join(self.abstract)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ once, before training, and knows how to score them:
 - HotpotQA: `<s> question </s></s> title. sentences ... </s>`, global attention on the question;
   answer span as TriviaQA, answer type (span/yes/no) from `<s>` averaged over windows, and a
   supporting-fact score per sentence (averaged over the windows holding it).
+- summarization (seq2seq): `<s> article </s>` cut at max_len into an LED (no windows: its
+  encoder reads long inputs whole), global attention on `<s>`; loss on the reference summary,
+  dev predictions generated with the settings the checkpoint keeps.
 
 Windows (training.windows) apply when an input is longer than `max_len`; with `max_windows=1`
 the same code truncates, which is how the 512-token baseline is built.
@@ -229,6 +232,16 @@ class TaskAdapter:
 
     def prediction_file(self, predictions: dict[str, Any]) -> dict:
         return dict(predictions)
+
+    #: the suffix of the task's prediction files (beside the metrics file)
+    predictions_suffix = ".json"
+
+    def configure(self, params) -> None:
+        """Take what the adapter needs from the run's FinetuneParams (nothing by default)."""
+
+    def max_input_tokens(self, model) -> int:
+        """The longest input (tokens) the model takes: what `finetune.max_len` may not exceed."""
+        return model.config.max_position_embeddings - 2
 
     def _device(self, model) -> torch.device:
         return next(model.parameters()).device
@@ -614,12 +627,98 @@ class HotpotQAAdapter(TaskAdapter):
         }
 
 
+#: Reference summaries are cut to this many tokens (</s> included) for training.
+MAX_TARGET_TOKENS = 256
+
+
+@dataclass
+class Seq2SeqEncoded(Encoded):
+    target: list[int] = field(default_factory=list)  # reference tokens + </s>; [] = none
+
+
+def seq2seq_encoded(id: str, tokens: list[int], cls: int, sep: int, max_len: int) -> Seq2SeqEncoded:
+    """`<s> tokens[:max_len-2] </s>`, global attention on `<s>`: one window, because the LED's
+    encoder reads long inputs whole (fine-tuning, its dev predictions and serving use this)."""
+    read = min(len(tokens), max_len - 2)
+    window = Window(ids=[cls] + tokens[:read] + [sep], global_positions=[0])
+    return Seq2SeqEncoded(id, [window], tokens=read + 2, truncated=read < len(tokens))
+
+
+def generate_text(model, tokenizer, enc: Encoded, pad: int) -> str:
+    """The model's output for one encoded input, decoded: `generate()` with the settings in
+    the model's generation config, global attention reaching the encoder."""
+    b = _batch(enc, pad, next(model.parameters()).device)
+    ids = b["input_ids"]
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=b["attention_mask"],
+        global_attention_mask=b["global"].to(ids.device),
+    )
+    return tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+
+class Seq2SeqAdapter(TaskAdapter):
+    """Summarization with an LED (`modeling.warm_start`: the pretrained long encoder plus a new
+    decoder, or an LED base as it is). Input `<s> article </s>` cut to max_len tokens, global
+    attention on `<s>`; no windows (the baseline is the same input cut shorter). The target is
+    the reference summary and `</s>`, teacher-forced behind the decoder start token. Dev
+    predictions are generated with the task's `generation` settings, which the checkpoint
+    keeps as its generation config, so scoring and serving generate alike."""
+
+    kind = "seq2seq"
+    predictions_suffix = ".txt"
+
+    def __init__(self, task: Task, tokenizer) -> None:
+        super().__init__(task, tokenizer)
+        self.generation: dict[str, Any] = {}
+        self.seed = 0
+
+    def configure(self, params) -> None:
+        self.generation = params.task_generation.model_dump()
+        self.seed = params.seed
+
+    def build_model(self, base):
+        from longdoc.components.modeling.warm_start import led_from_encoder
+
+        model = led_from_encoder(base, seed=self.seed)
+        for key, value in self.generation.items():
+            setattr(model.generation_config, key, value)
+        return model
+
+    def max_input_tokens(self, model) -> int:
+        return model.config.max_encoder_position_embeddings
+
+    def encode(self, example, max_len, overlap, max_windows, train):
+        tokens = _ids(self.tokenizer, example.article)
+        enc = seq2seq_encoded(example.id, tokens, self.cls, self.sep, max_len)
+        if train:
+            enc.target = _ids(self.tokenizer, example.summary)[: MAX_TARGET_TOKENS - 1] + [self.sep]
+        return enc
+
+    def loss(self, model, enc):
+        if not enc.target:
+            return None
+        dev = self._device(model)
+        b = _batch(enc, self.pad, dev)
+        out = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            global_attention_mask=b["global"].to(dev),
+            labels=torch.tensor([enc.target], device=dev),
+        )
+        return out.loss
+
+    def predict(self, model, enc):
+        return generate_text(model, self.tokenizer, enc, self.pad)
+
+
 #: Adapter kinds a task registration (components.tasks.Task.adapter) may name.
 ADAPTERS: dict[str, type[TaskAdapter]] = {
     ClassificationAdapter.kind: ClassificationAdapter,
     WikiHopAdapter.kind: WikiHopAdapter,
     TriviaQAAdapter.kind: TriviaQAAdapter,
     HotpotQAAdapter.kind: HotpotQAAdapter,
+    Seq2SeqAdapter.kind: Seq2SeqAdapter,
 }
 
 

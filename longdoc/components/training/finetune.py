@@ -191,10 +191,10 @@ def _setup(params, adapter, train, dev, max_len, windows, env) -> tuple[_Loop, l
 
 def _build(adapter: TaskAdapter, base: Path, max_len: int, device: torch.device) -> torch.nn.Module:
     model = adapter.build_model(base)
-    if max_len > model.config.max_position_embeddings - 2:
+    if max_len > adapter.max_input_tokens(model):
         raise InputError(
             f"finetune.max_len={max_len} exceeds the model's "
-            f"{model.config.max_position_embeddings - 2} positions"
+            f"{adapter.max_input_tokens(model)} positions"
         )
     return model.to(device)
 
@@ -313,12 +313,13 @@ def _save(model: torch.nn.Module, adapter: TaskAdapter, out: Path, force: bool) 
     publish_dir(staging, out, stage="finetune", force=force)
 
 
-def prediction_paths(metrics: Path) -> tuple[Path, Path]:
-    """Where the long model's and the baseline's dev predictions go: beside the metrics file."""
+def prediction_paths(metrics: Path, suffix: str = ".json") -> tuple[Path, Path]:
+    """Where the long model's and the baseline's dev predictions go: beside the metrics file
+    (`suffix`: the task's prediction file type, TaskAdapter.predictions_suffix)."""
     metrics = Path(metrics)
     return (
-        metrics.with_name(f"{metrics.stem}.predictions.json"),
-        metrics.with_name(f"{metrics.stem}.baseline_predictions.json"),
+        metrics.with_name(f"{metrics.stem}.predictions{suffix}"),
+        metrics.with_name(f"{metrics.stem}.baseline_predictions{suffix}"),
     )
 
 
@@ -334,6 +335,7 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
     train_res, dev_res = (spec.load(params.data, split) for split in ("train", "dev"))
     train, dev = _examples(params, train_res, dev_res)
     adapter = adapter_for(spec, AutoTokenizer.from_pretrained(params.base))
+    adapter.configure(params)
     env = parallel.DistEnv(params.parallel, params.tp_size)
     try:
         if env.main:
@@ -367,15 +369,15 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
 
 def _train_both(params: FinetuneParams, adapter: TaskAdapter, train, dev, env):
     """The long model (saved to `params.out`) and the truncated baseline (if configured)."""
-    long_preds, base_preds = prediction_paths(params.metrics)
+    long_preds, base_preds = prediction_paths(params.metrics, adapter.predictions_suffix)
     long_run = train_task(
         params, adapter, train, dev, params.max_len, params.windows, Path(params.out), "long",
         long_preds, env,
     )  # fmt: skip
     base_run = None
-    if params.baseline_max_len is not None:
+    if params.task_baseline_max_len is not None:
         base_run = train_task(
-            params, adapter, train, dev, params.baseline_max_len, False, None, "baseline",
+            params, adapter, train, dev, params.task_baseline_max_len, False, None, "baseline",
             base_preds, env,
         )  # fmt: skip
     return long_run, base_run

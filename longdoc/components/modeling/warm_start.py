@@ -1,0 +1,118 @@
+"""An LED warm-started from one of our long encoders: the pipeline's way to a summarizer.
+
+The pipeline pretrains an encoder-only long model (Longformer classes, MLM); summarization needs
+an encoder–decoder. Rather than a second pretraining run, the LED is built the way Rothe et al.
+2020 ("Leveraging Pre-trained Checkpoints for Sequence Generation Tasks") warm-start BERT2RND:
+the encoder is the pretrained long encoder, weight for weight, the decoder is new (same sizes,
+random init), and the token embeddings (shared by encoder, decoder and LM head, as in LED) are
+the pretrained ones. The two encoders are the same computation: both are post-LayerNorm
+transformers with the same Longformer attention module (`modeling.model`), so the only
+differences to bridge are names and the embeddings:
+
+- Longformer adds a token-type row (always type 0 here) and reads position `i + pad + 1`
+  (RoBERTa's offset); LED has no token types and reads position `i`. LED row `i` is therefore
+  Longformer row `i + pad + 1` plus the type-0 row, and LED has `max_position_embeddings -
+  pad - 1` encoder positions.
+- The LayerNorms keep their weights; their epsilon is LED's (1e-5 rather than 1e-12), a
+  difference far below the model's own noise.
+
+A base that already is an LED (`model_type` "led", e.g. from `longdoc convert` of a BART) is
+loaded as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from longdoc.components.modeling.led import LEDForConditionalGeneration, LongdocLEDConfig
+from longdoc.components.modeling.model import LongformerModel, quiet_loading
+
+#: Decoder positions (summary tokens) of a warm-started LED.
+DEFAULT_TARGET_POSITIONS = 512
+
+_LAYER_NAMES = {  # Longformer layer parameter -> LED encoder layer parameter
+    "attention.self.": "self_attn.longformer_self_attn.",
+    "attention.output.dense.": "self_attn.output.",
+    "attention.output.LayerNorm.": "self_attn_layer_norm.",
+    "intermediate.dense.": "fc1.",
+    "output.dense.": "fc2.",
+    "output.LayerNorm.": "final_layer_norm.",
+}
+
+
+def led_config_from_encoder(config, target_positions: int) -> LongdocLEDConfig:
+    """An LED config sized like the encoder `config` (decoder: as many layers as the encoder)."""
+    offset = config.pad_token_id + 1
+    return LongdocLEDConfig(
+        vocab_size=config.vocab_size,
+        d_model=config.hidden_size,
+        encoder_layers=config.num_hidden_layers,
+        decoder_layers=config.num_hidden_layers,
+        encoder_attention_heads=config.num_attention_heads,
+        decoder_attention_heads=config.num_attention_heads,
+        encoder_ffn_dim=config.intermediate_size,
+        decoder_ffn_dim=config.intermediate_size,
+        activation_function=config.hidden_act,
+        dropout=config.hidden_dropout_prob,
+        attention_dropout=config.attention_probs_dropout_prob,
+        init_std=config.initializer_range,
+        max_encoder_position_embeddings=config.max_position_embeddings - offset,
+        max_decoder_position_embeddings=target_positions,
+        attention_window=list(config.attention_window)
+        if isinstance(config.attention_window, list)
+        else config.attention_window,
+        attention_backend=config.attention_backend,
+        attention_pattern=config.attention_pattern,
+        attention_dilation=config.attention_dilation,
+        attention_pattern_kwargs=config.attention_pattern_kwargs,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        decoder_start_token_id=config.eos_token_id,  # BART's convention: </s> starts decoding
+        architectures=["LEDForConditionalGeneration"],
+    )
+
+
+def _encoder_state(encoder: LongformerModel) -> dict[str, torch.Tensor]:
+    """The Longformer's weights under the LED encoder's names (see the module docstring)."""
+    src = encoder.state_dict()
+    offset = encoder.config.pad_token_id + 1
+    positions = src["embeddings.position_embeddings.weight"][offset:]
+    state = {
+        "led.shared.weight": src["embeddings.word_embeddings.weight"],
+        "led.encoder.embed_positions.weight": positions
+        + src["embeddings.token_type_embeddings.weight"][0],
+        "led.encoder.layernorm_embedding.weight": src["embeddings.LayerNorm.weight"],
+        "led.encoder.layernorm_embedding.bias": src["embeddings.LayerNorm.bias"],
+    }
+    for name, tensor in src.items():
+        if not name.startswith("encoder.layer."):
+            continue
+        _, _, index, rest = name.split(".", 3)
+        for old, new in _LAYER_NAMES.items():
+            if rest.startswith(old):
+                state[f"led.encoder.layers.{index}.{new}{rest[len(old) :]}"] = tensor
+                break
+    return state
+
+
+def led_from_encoder(
+    base: Path | str, target_positions: int = DEFAULT_TARGET_POSITIONS, seed: int = 0
+) -> LEDForConditionalGeneration:
+    """The LED for fine-tuning from checkpoint `base`: loaded if it is an LED, else warm-started
+    from the long encoder there (new decoder drawn with `seed`)."""
+    if AutoConfig.from_pretrained(base).model_type == "led":
+        with quiet_loading():
+            return LEDForConditionalGeneration.from_pretrained(base)
+    with quiet_loading():  # the MLM head is not part of the encoder: dropped, as expected
+        encoder = LongformerModel.from_pretrained(base, add_pooling_layer=False)
+    torch.manual_seed(seed)
+    led = LEDForConditionalGeneration(led_config_from_encoder(encoder.config, target_positions))
+    missing, unexpected = led.load_state_dict(_encoder_state(encoder), strict=False)
+    if unexpected or any(name.startswith("led.encoder.layers") for name in missing):
+        raise ValueError(f"warm start: encoder weights left unmapped: {unexpected or missing}")
+    led.tie_weights()
+    return led
