@@ -67,6 +67,7 @@ from transformers.models.led.modeling_led import (
 from transformers.utils.deprecation import deprecate_kwarg
 
 from longdoc.components.modeling.model import (
+    AttentionSwitches,
     GlobalIndex,
     LongformerSelfAttention,
     index_global_tokens,
@@ -90,31 +91,12 @@ __all__ = [
 
 
 @strict
-class LongdocLEDConfig(LEDConfig):
-    """`LEDConfig` plus the encoder's attention switches (see `modeling.model`).
-
-    `model_type` differs only so the Auto classes map this class to our models; `config.json`
-    says "led", and an "led" config.json reads back into this class.
-    """
+class LongdocLEDConfig(AttentionSwitches, LEDConfig):
+    """`LEDConfig` plus the encoder's attention switches (see `modeling.model`); written to
+    config.json as "led", and an "led" config.json reads back into this class."""
 
     model_type = "longdoc_led"
-
-    attention_backend: str = "auto"
-    attention_pattern: str = "sliding"
-    attention_dilation: int | list[int] | list[list[int]] = 1
-    attention_pattern_kwargs: dict[str, Any] | None = None
-
-    @classmethod
-    def get_config_dict(cls, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if config_dict.get("model_type") == LEDConfig.model_type:
-            config_dict = {**config_dict, "model_type": cls.model_type}
-        return config_dict, kwargs
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["model_type"] = LEDConfig.model_type
-        return out
+    hf_model_type = LEDConfig.model_type
 
 
 def _check_encoder_windows(config: LEDConfig) -> None:

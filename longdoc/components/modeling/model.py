@@ -69,7 +69,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -138,33 +139,43 @@ def quiet_loading() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-@strict
-class LongdocConfig(LongformerConfig):
-    """`LongformerConfig` plus our attention switches (see the module docstring).
+@dataclass(repr=False, eq=False)
+class AttentionSwitches:
+    """Our attention switches and the `model_type` aliasing, shared by `LongdocConfig` and the
+    LED's config (put first among the bases, so its `get_config_dict`/`to_dict` wrap
+    transformers').
 
-    `model_type` is distinct only so the Auto classes can map this class to our models; it is
-    written to `config.json` as "longformer", and a "longformer" config.json reads back into
-    this class silently, so checkpoints stay transformers Longformer checkpoints.
+    `model_type` is distinct only so the Auto classes can map our config classes to our models;
+    `config.json` says `hf_model_type` (transformers' type) and such a config.json reads back
+    into our class silently, so checkpoints stay transformers checkpoints.
     """
-
-    model_type = "longdoc_longformer"
 
     attention_backend: str = "auto"
     attention_pattern: str = "sliding"
     attention_dilation: int | list[int] | list[list[int]] = 1
     attention_pattern_kwargs: dict[str, Any] | None = None
 
+    hf_model_type: ClassVar[str]
+
     @classmethod
     def get_config_dict(cls, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if config_dict.get("model_type") == LongformerConfig.model_type:
+        if config_dict.get("model_type") == cls.hf_model_type:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        out["model_type"] = LongformerConfig.model_type
+        out["model_type"] = self.hf_model_type
         return out
+
+
+@strict
+class LongdocConfig(AttentionSwitches, LongformerConfig):
+    """`LongformerConfig` plus our attention switches (see the module docstring)."""
+
+    model_type = "longdoc_longformer"
+    hf_model_type = LongformerConfig.model_type
 
 
 def make_config(
