@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The lock is pip's own resolution of pyproject.toml's ranges in a clean venv, frozen: the set a
 # fresh `make install` gets is exactly the set that resolution produced and CI tested.
