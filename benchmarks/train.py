@@ -196,6 +196,9 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.n, args.threads, args.weights)))
         return
 
+    from machine import cpu_flags, load_average
+
+    print(f"CPU flags: {cpu_flags()}; load average (1/5/15 min): {load_average()}", flush=True)
     start = time.perf_counter()
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,9 +219,13 @@ def main() -> None:
                 flush=True,
             )
     text = table(results, args.seqs, args.impls)
+    for n in args.seqs:  # issue 18's comparison: the compiled path against the torch one
+        tvm, tch = results.get((n, "tvm")), results.get((n, "torch"))
+        if isinstance(tvm, dict) and isinstance(tch, dict):
+            text += f"\n\nseq {n}: tvm / torch tokens/s = {tvm['tokens_s'] / tch['tokens_s']:.2f}x"
     print()
     print(text)
-    print(f"total {time.perf_counter() - start:.0f} s")
+    print(f"total {time.perf_counter() - start:.0f} s; load average at the end: {load_average()}")
     if not args.no_append:
         import torch
 

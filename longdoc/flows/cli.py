@@ -99,10 +99,11 @@ COMMANDS = [
     Command(
         "pretrain",
         "pretrain",
-        "continued MLM pretraining of the long model",
+        "continued pretraining of the long model (MLM; denoising for an LED)",
         (
             Flag("--shards", "pretrain.shards", "tokenize output directory"),
             Flag("--base", "pretrain.base", "HF checkpoint to continue from (null: fresh)"),
+            Flag("--objective", "pretrain.objective", "mlm (Longformer) | denoise (LED base)"),
             Flag("--out", "pretrain.out", "checkpoint directory"),
             Flag("--steps", "pretrain.steps", "optimizer steps"),
         ),
@@ -165,7 +166,12 @@ COMMANDS = [
         (
             Flag("--input", "score.inputs", "archive, file or directory", True),
             Flag("--source", "score.source", "what to score when no --input is given"),
-            Flag("--model", "score.model_uri", "MLflow model URI", aliases=("--model-uri",)),
+            Flag(
+                "--model",
+                "score.model_uri",
+                "MLflow model URI or checkpoint directory",
+                aliases=("--model-uri",),
+            ),
             Flag(
                 "--zero-shot",
                 "score.zero_shot",

@@ -125,6 +125,7 @@ def unit_runner(params: RunnerParams, unit_name: str) -> Iterator[UnitRunner]:
     try:
         with ExitStack() as stack:
             stack.enter_context(task_runner)
+            stack.enter_context(_context_serialized_once())
             yield _dask_units(task_runner, unit, unit_name, stack)
     finally:
         quiet.setLevel(level)
@@ -132,6 +133,40 @@ def unit_runner(params: RunnerParams, unit_name: str) -> Iterator[UnitRunner]:
             os.environ.pop(_QUIET_WORKERS, None)
         else:
             os.environ[_QUIET_WORKERS] = env_before
+
+
+@contextmanager
+def _context_serialized_once() -> Iterator[None]:
+    """prefect-dask serialises the caller's whole Prefect context (the settings, the flow run
+    and its parameters) for every task it submits, in the stage's process (~80% of a unit's
+    hand-over), and each worker rebuilds the settings from it for every task (~75% of the
+    worker's own per-unit cost): on a 2-core machine, CPU taken from the units. Within one
+    stage that context does not change, so it is serialised once here, without the settings:
+    a worker keeps its own, read once from its environment (a LocalCluster's workers inherit
+    this process's, PREFECT_API_URL included; a cluster of your own sets PREFECT_API_URL on
+    its workers, README). Only the per-task part (the asset context of the new task run) is
+    built per submission, as prefect does."""
+    import prefect.context
+    import prefect_dask.client
+
+    real = prefect_dask.client.serialize_context
+    if real is not prefect.context.serialize_context:  # another version's wiring: leave it
+        yield
+        return
+    fixed = {**real(), "settings_context": {}}
+
+    def serialize_context(asset_ctx_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        per_task = {}
+        if asset_ctx_kwargs:
+            per_task = prefect.context.AssetContext.from_task_and_inputs(**asset_ctx_kwargs)
+            per_task = per_task.serialize()
+        return {**fixed, "asset_context": per_task}
+
+    prefect_dask.client.serialize_context = serialize_context
+    try:
+        yield
+    finally:
+        prefect_dask.client.serialize_context = real
 
 
 def _dask_task_runner(params: RunnerParams):
@@ -154,6 +189,7 @@ def _dask_units(task_runner: Any, unit: Any, unit_name: str, stack: ExitStack) -
     """Submit units to the started `task_runner`; a helper thread per unit in flight waits for
     its task run, so the stage sees plain `concurrent.futures` futures."""
     from distributed import KilledWorker
+    from prefect_dask.task_runners import PrefectDaskFuture
 
     slots = max(sum(task_runner.client.nthreads().values()), 1)
     in_flight = 2 * slots
@@ -170,8 +206,17 @@ def _dask_units(task_runner: Any, unit: Any, unit_name: str, stack: ExitStack) -
             ) from exc
 
     def submit(fn: Any, *args: Any) -> Future:
-        return waiters.submit(result, task_runner.submit(unit, {"fn": fn, "args": args}))
+        # DaskTaskRunner.submit, with pure=False: Dask would otherwise name each task by hashing
+        # all its arguments (a unit's texts, megabytes) in this process. Units never share a
+        # name anyway: each is a new task run.
+        parameters = {"fn": fn, "args": args}
+        task = task_runner.client.submit(
+            unit, parameters=parameters, wait_for=None, dependencies=None,
+            return_type="state", pure=False,
+        )  # fmt: skip
+        future = PrefectDaskFuture(wrapped_future=task, task_run_id=task.task_run_id)
+        return waiters.submit(result, future)
 
     where = task_runner.address or f"LocalCluster, {slots} worker threads"
     log.info("%s units run on Dask (%s), %d in flight", unit_name, where, in_flight)
-    return UnitRunner(submit=submit, in_flight=in_flight, name=f"dask ({where})")
+    return UnitRunner(submit=submit, in_flight=in_flight, name=f"dask ({where})", remote=True)

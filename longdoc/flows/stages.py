@@ -78,7 +78,7 @@ def _build_kernels(params: Params) -> dict:
     return kernel_cache.build(params.kernels)
 
 
-@task(name="mlm-pretrain")
+@task(name="pretrain-steps")
 def _pretrain(params: Params) -> dict:
     _use_kernels(params)
     from longdoc.components.training.pretrain import pretrain

@@ -31,6 +31,10 @@ What it supports:
   gradient of ``lse``, so everything around it (dilation folding, Strided's long-range part,
   global rows) differentiates exactly. The global keys' part (their own gradients and theirs
   to dq, ``O(G * seq)``) is torch ops. No seq x seq tensor and no torch recompute of the band.
+* Undilated patterns (``SlidingWindow`` with dilation 1, ``BlockLocal``) on CPU skip the torch
+  glue: ``_Fused`` is one autograd node for the band, the global keys and the global rows,
+  whose backward writes every contribution into the one ``dq, dk, dv`` the band's backward
+  allocates (no gather-backward zero tensors, no full-size gradients for autograd to sum).
 
 Build cache layout: ``<cache_dir>/<target-key>/<variant>.so`` plus ``manifest.json`` (TVM
 version, target, sha256 of the kernel sources, compile seconds and file sha256 per variant). A
@@ -412,26 +416,43 @@ def supports(pattern: Pattern) -> bool:
     return isinstance(pattern, (SlidingWindow, Strided, BlockLocal, Fixed))
 
 
-#: Where ``auto`` may pick ``tvm`` (CPU only), set from ``benchmarks/attention.py`` (the figures
-#: are in benchmarks/RESULTS.md, "Attention kernels" and "OpenMP wait policy"):
+#: Where ``auto`` may pick ``tvm`` (CPU only), set from the benchmarks (figures in
+#: benchmarks/RESULTS.md, "Attention kernels", "OpenMP wait policy" and "Training on the compiled
+#: path"):
 #:
 #: * ``inference`` (no gradient needed): ``tvm``'s forward is several times faster than
 #:   ``torch``'s with a fraction of its extra memory, so yes.
-#: * ``training``: forward+backward is about on par with ``torch``'s under libgomp's default
-#:   spin policy and only somewhat faster with ``OMP_WAIT_POLICY=PASSIVE`` (the backward
-#:   dominates; its kernels are the older, slower part), at about half its extra memory;
-#:   ``torch``'s chunks run in PyTorch's fused flash-attention CPU kernel on MKL GEMMs and are
-#:   the longer-tested path, so no.
-AUTO_ELIGIBLE = {"inference": True, "training": False}
+#: * ``training``: for undilated sliding windows (``_trains_on_tvm``), whose band, global keys
+#:   and global rows run as one autograd node (``_Fused``), forward+backward beat ``torch``'s
+#:   in every in-process A/B (``benchmarks/tvm_vs_torch.py``), so yes; the whole MLM step was
+#:   not settled on the loaded machine (RESULTS.md): if an idle rerun of ``--part step`` shows
+#:   ``tvm`` behind, this goes back to False. Dilated windows, ``BlockLocal`` and the Sparse
+#:   Transformer patterns train on ``torch`` (their ``tvm`` backward was not shown to win).
+AUTO_ELIGIBLE = {"inference": True, "training": True}
+
+
+def _fused_applies(pattern: Pattern, heads: int) -> bool:
+    """Whether ``tvm_attention`` runs ``pattern`` as one ``_Fused`` node on CPU."""
+    if isinstance(pattern, BlockLocal):
+        return True
+    return isinstance(pattern, SlidingWindow) and set(pattern.dilations(heads)) == {1}
+
+
+def _trains_on_tvm(pattern: Pattern, heads: int) -> bool:
+    """The patterns ``auto`` trains on ``tvm`` (see ``AUTO_ELIGIBLE``)."""
+    return isinstance(pattern, SlidingWindow) and _fused_applies(pattern, heads)
 
 
 def usable_cached(q: torch.Tensor, pattern: Pattern, needs_grad: bool) -> bool:
     """Whether ``auto`` should use this backend: only where ``AUTO_ELIGIBLE`` (see above) says
-    so for this kind of call, on CPU, float32/bfloat16, a supported pattern, and an already
-    compiled kernel for the head_dim in the cache (``auto`` never triggers a compile)."""
+    so for this kind of call (and pattern, for training), on CPU, float32/bfloat16, a supported
+    pattern, and an already compiled kernel for the head_dim in the cache (``auto`` never
+    triggers a compile)."""
     if not AUTO_ELIGIBLE["training" if needs_grad else "inference"]:
         return False
     if q.device.type != "cpu" or not supports(pattern):
+        return False
+    if needs_grad and not _trains_on_tvm(pattern, q.shape[2]):
         return False
     if q.dtype not in (torch.float32, torch.bfloat16) or tvm_version() is None:
         return False
@@ -512,22 +533,112 @@ def _band_len(m: int, rows: int, spec: _BandSpec) -> int:
     return -(-need // KEY_TILE) * KEY_TILE
 
 
-def _pack(fns, x: torch.Tensor, hs: slice, length: int, w: int, transposed: bool) -> torch.Tensor:
-    """Heads ``hs`` of ``x (B, m, H, D)`` as a padded buffer of ``length`` positions,
-    ``(B, h, D, length)`` if ``transposed`` else ``(B, h, length, D)``, by the compiled (parallel)
-    pack kernels: one pass, zeros written only where they belong. Layout: ``w`` zeros, ``x``,
-    zeros."""
-    b, _, _, d = x.shape
-    hg = hs.stop - hs.start
-    shape = (b, hg, d, length) if transposed else (b, hg, length, d)
-    out = torch.empty(shape, dtype=torch.float32)
+def _pack(fns, x: torch.Tensor, hs: slice, out: torch.Tensor, w: int, transposed: bool) -> None:
+    """Heads ``hs`` of ``x (B, m, H, D)`` into the padded buffer ``out``, ``(B, h, D, length)``
+    if ``transposed`` else ``(B, h, length, D)``, by the compiled (parallel) pack kernels: one
+    pass, zeros written only where they belong. Layout: ``w`` zeros, ``x``, zeros."""
+    length = out.shape[-1] if transposed else out.shape[-2]
     fns["pack_t" if transposed else "pack_p"](x, out, hs.start, w, 0, length)
-    return out
+
+
+def _scratch(store: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A ``shape`` view of the front of ``store`` (float32, contiguous): the head groups of one
+    backward reuse one allocation per buffer (a fresh tensor of many MiB costs its page faults
+    every time, about as much as the pass that fills it)."""
+    count = 1
+    for s in shape:
+        count *= s
+    return store[:count].view(shape)
+
+
+def _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec):
+    """The forward kernel on contiguous float32 ``(B, m, H, D)`` tensors: ``(out, lse)``."""
+    from .tvm_source import FWD_KEYS
+
+    b, m, h, d = q.shape
+    w = spec.reach
+    # the kernel reads q, k, v and the global keys in place (no packed copies); it numbers
+    # the keys gp global slots first, then the band positions (see kernels.tvm_source)
+    if gk is None:
+        gp, gk_, gv_ = 0, q.new_zeros(b, 1, h, d), q.new_zeros(b, 1, h, d)
+    else:
+        gp, gk_, gv_ = -(-gk.shape[1] // FWD_KEYS) * FWD_KEYS, gk, gv
+    okp = _band_ok(key_ok, g_ok, gp, w, gp + _fwd_band_len(m, spec))
+    out = torch.empty(b, m, h, d, dtype=torch.float32)
+    lse = torch.empty(b, m, h, dtype=torch.float32)
+    causal, blk, nbr = int(spec.causal), spec.block, spec.neighbors
+    fns["fwd"](q, k, v, gk_, gv_, okp, out, lse, w, causal, gp, blk, nbr)
+    return out, lse
+
+
+def _band_backward(q, k, v, key_ok, g_out, lse_s, delta, fns, spec: _BandSpec):
+    """The band's ``dq, dk, dv`` (fresh ``(B, m, H, D)`` tensors) from the compiled backward:
+    ``lse_s`` is the log-sum-exp with ``BIG`` on rows that take no part (no usable key, or
+    computed elsewhere), ``delta`` ``rowsum(dO * O)`` (minus the lse's gradient), 0 there."""
+    from .tvm_source import BIG, KEY_ROWS, KEY_TILE, SEG_KEYS
+
+    w, causal, blk, nbr = spec.reach, int(spec.causal), spec.block, spec.neighbors
+    b, m, h, d = q.shape
+    okf = key_ok.to(torch.float32).contiguous()
+    len_k = _band_len(m, KEY_ROWS, spec)
+    right = len_k - w - m
+    dq, dk, dv = (torch.empty(b, m, h, d, dtype=torch.float32) for _ in range(3))
+    segs = -(-m // SEG_KEYS)
+    groups = _head_groups(q)
+    widest = groups[0].stop - groups[0].start
+    # the query-side packed copies and the private dq rows, allocated once for the widest group
+    per_pack, per_dqp = (
+        b * widest * d * len_k,
+        b * widest * segs * (SEG_KEYS + 2 * w + KEY_TILE) * d,
+    )
+    stores = [torch.empty(per_pack, dtype=torch.float32) for _ in range(4)]
+    dqp_store = torch.empty(per_dqp, dtype=torch.float32)
+    lsep_all = _pad_seq(lse_s, w, right, BIG).permute(0, 2, 1).contiguous()  # (B, H, len_k)
+    deltap_all = _pad_seq(delta, w, right).permute(0, 2, 1).contiguous()
+    for hs in groups:
+        # one pass over the band from the keys' side: dk, dv per key, and each key tile's
+        # ds^T k into private dq rows per segment of SEG_KEYS keys (no write races), which
+        # dq_overlap_add then sums. The band's p and ds are computed once, not twice.
+        hg = hs.stop - hs.start
+        tshape, pshape = (b, hg, d, len_k), (b, hg, len_k, d)
+        qt, dot, qp, dop = (
+            _scratch(s, shape)
+            for s, shape in zip(stores, (tshape, tshape, pshape, pshape), strict=True)
+        )
+        _pack(fns, q, hs, qt, w, transposed=True)
+        _pack(fns, g_out, hs, dot, w, transposed=True)
+        _pack(fns, q, hs, qp, w, transposed=False)
+        _pack(fns, g_out, hs, dop, w, transposed=False)
+        # private rows of a segment: its keys' queries reach ``w`` before and after it
+        dqp = _scratch(dqp_store, (b, hg, segs, SEG_KEYS + 2 * w + KEY_TILE, d))
+        lsep, deltap = lsep_all[:, hs].contiguous(), deltap_all[:, hs].contiguous()
+        fns["dkdv"](
+            k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w, causal, hs.start, blk, nbr
+        )
+        fns["dq_add"](dqp, dq, w, hs.start)
+    return dq, dk, dv
+
+
+def _softmax_stats(g_out, out, lse, g_lse=None):
+    """``delta = rowsum(dO * O) - dlse`` and the log-sum-exp with ``BIG`` on rows with no key
+    (their ``p`` is then 0 in every recompute), both ``(B, m, H)`` contiguous."""
+    from .tvm_source import BIG
+
+    # einsum runs this as one batched dot per row: no full-size product tensor (a fresh one
+    # costs its page faults)
+    delta = torch.einsum("bmhd,bmhd->bmh", g_out, out)
+    if g_lse is not None:
+        delta = delta - g_lse
+    live = torch.isfinite(lse)
+    delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
+    lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
+    return delta, lse_s
 
 
 class _Band(torch.autograd.Function):
     """Banded attention plus the global keys on folded ``(B, m, H, D)`` float32 tensors, by the
-    compiled kernels.
+    compiled kernels (the path for dilated windows and the Sparse Transformer patterns' band;
+    undilated patterns take ``_Fused``).
 
     The global keys ``gk, gv (B, G, H, D)`` (usable where ``g_ok (B, G)``) come before the band
     in the forward kernel, so it takes one softmax over band + global keys. Returns ``(out, lse)``;
@@ -537,85 +648,22 @@ class _Band(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec):
-        from .tvm_source import FWD_KEYS
-
         q, k, v = (x.contiguous() for x in (q, k, v))
-        b, m, h, d = q.shape
-        w = spec.reach
-        # the kernel reads q, k, v and the global keys in place (no packed copies); it numbers
-        # the keys gp global slots first, then the band positions (see kernels.tvm_source)
-        if gk is None:
-            gp, gk_, gv_ = 0, q.new_zeros(b, 1, h, d), q.new_zeros(b, 1, h, d)
-        else:
+        if gk is not None:
             gk, gv = gk.contiguous(), gv.contiguous()
-            gp, gk_, gv_ = -(-gk.shape[1] // FWD_KEYS) * FWD_KEYS, gk, gv
-        okp = _band_ok(key_ok, g_ok, gp, w, gp + _fwd_band_len(m, spec))
-        out = torch.empty(b, m, h, d, dtype=torch.float32)
-        lse = torch.empty(b, m, h, dtype=torch.float32)
-        causal, blk, nbr = int(spec.causal), spec.block, spec.neighbors
-        fns["fwd"](q, k, v, gk_, gv_, okp, out, lse, w, causal, gp, blk, nbr)
+        out, lse = _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec)
         ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, g_ok)
         ctx.fns, ctx.spec = fns, spec
         return out, lse
 
     @staticmethod
     def backward(ctx, g_out, g_lse):
-        from .tvm_source import BIG, KEY_ROWS, KEY_TILE, SEG_KEYS
-
         q, k, v, key_ok, out, lse, gk, gv, g_ok = ctx.saved_tensors
-        fns, spec = ctx.fns, ctx.spec
-        w, causal, blk, nbr = spec.reach, int(spec.causal), spec.block, spec.neighbors
-        b, m, h, d = q.shape
         if g_out is None:
             g_out = torch.zeros_like(out)
         g_out = g_out.to(torch.float32).contiguous()
-        delta = torch.einsum("bmhd,bmhd->bmh", g_out, out)  # rowsum(dO * O), no full temp
-        if g_lse is not None:
-            delta = delta - g_lse
-        live = torch.isfinite(lse)
-        delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
-        lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
-        okf = key_ok.to(torch.float32).contiguous()
-        len_k = _band_len(m, KEY_ROWS, spec)
-        dq, dk, dv = (torch.empty(b, m, h, d, dtype=torch.float32) for _ in range(3))
-        segs = -(-m // SEG_KEYS)
-        for hs in _head_groups(q):
-            # one pass over the band from the keys' side: dk, dv per key, and each key tile's
-            # ds^T k into private dq rows per segment of SEG_KEYS keys (no write races), which
-            # dq_overlap_add then sums. The band's p and ds are computed once, not twice.
-            # private rows of a segment: its keys' queries reach ``w`` before and after it
-            dqp = torch.empty(
-                b, hs.stop - hs.start, segs, SEG_KEYS + 2 * w + KEY_TILE, d, dtype=torch.float32
-            )
-            qt = _pack(fns, q, hs, len_k, w, transposed=True)
-            dot = _pack(fns, g_out, hs, len_k, w, transposed=True)
-            qp = _pack(fns, q, hs, len_k, w, transposed=False)
-            dop = _pack(fns, g_out, hs, len_k, w, transposed=False)
-            right = len_k - w - m
-            lsep = _pad_seq(lse_s[:, :, hs], w, right, BIG).permute(0, 2, 1).contiguous()
-            deltap = _pad_seq(delta[:, :, hs], w, right).permute(0, 2, 1).contiguous()
-            fns["dkdv"](
-                k,
-                v,
-                okf,
-                qt,
-                dot,
-                qp,
-                dop,
-                lsep,
-                deltap,
-                dk,
-                dv,
-                dqp,
-                w,
-                causal,
-                hs.start,
-                blk,
-                nbr,
-            )
-            del qt, dot, qp, dop
-            fns["dq_add"](dqp, dq, w, hs.start)
-            del dqp
+        delta, lse_s = _softmax_stats(g_out, out, lse, g_lse)
+        dq, dk, dv = _band_backward(q, k, v, key_ok, g_out, lse_s, delta, ctx.fns, ctx.spec)
         dgk, dgv, dq_g = _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta)
         if dq_g is not None:
             dq += dq_g
@@ -637,6 +685,143 @@ def _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta):
     dgk = torch.einsum("bmhg,bmhd->bghd", ds, q) * scale
     dq_g = torch.einsum("bmhg,bghd->bmhd", ds, gk) * scale
     return dgk, dgv, dq_g
+
+
+# ---- undilated patterns: band, global keys and global rows in one autograd node ------------
+#
+# Per batch entry the global parts are batched matmuls over the heads on strided views of the
+# (m, H, D) tensors (``_heads_first``: no copies), and every gradient is written into the one
+# dq, dk, dv the band's backward allocated (rank-G updates in place, the global rows' and keys'
+# own gradients by ``index_add_``): autograd sees one node, so it neither allocates a zero
+# tensor for a gather's backward nor sums several full-size gradients per input.
+
+
+def _heads_first(x: torch.Tensor) -> torch.Tensor:
+    """``(m, H, D)`` -> ``(H, m, D)`` view (a strided batch of matrices for ``bmm``)."""
+    return x.transpose(0, 1)
+
+
+def _rank_update(dst: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> None:
+    """``dst (m, H, D) += a (H, m, G) @ y (H, G, D)``, in place on the strided ``dst``: one
+    ``addcmul_`` pass per global key while they are few, else one bmm and one add."""
+    if a.shape[-1] <= 2:
+        for g in range(a.shape[-1]):
+            dst.addcmul_(a[:, :, g].transpose(0, 1).unsqueeze(-1), y[:, g].unsqueeze(0))
+    else:
+        dst.add_(torch.bmm(a, y).transpose(0, 1))
+
+
+class _GlobalIndex(NamedTuple):
+    """The global tokens of a batch: ``order (B, G)`` their positions (padded slots repeat one),
+    ``valid (B, G)`` which slots are real, ``g_ok (B, G)`` which are usable keys (not padding)."""
+
+    order: torch.Tensor
+    valid: torch.Tensor
+    g_ok: torch.Tensor
+
+
+def _global_rows_forward(q, k, v, pad, gi: _GlobalIndex):
+    """Global queries against every non-padding key, per batch entry: ``probs (B, H, G, m)``
+    (saved for the backward: ``G * m`` per head) and the rows ``og (B, G, H, D)`` (0 where
+    every key is padding)."""
+    b, m, h, d = q.shape
+    probs, og = [], []
+    for e in range(b):
+        qg = _heads_first(q[e, gi.order[e]])  # (H, G, D)
+        s = torch.bmm(qg, k[e].permute(1, 2, 0)) * d**-0.5  # (H, G, m)
+        allowed = ~pad[e]
+        p = s.masked_fill(~allowed, torch.finfo(s.dtype).min).softmax(dim=-1)
+        p = p * allowed.any().to(p.dtype)  # every key padding: the rows are 0
+        probs.append(p)
+        og.append(torch.bmm(p, _heads_first(v[e])).transpose(0, 1))
+    return torch.stack(probs), torch.stack(og)
+
+
+def _global_rows_backward(q, k, v, gi: _GlobalIndex, probs, og, g_out, dq, dk, dv) -> None:
+    """Add the global rows' gradients into ``dq`` (their own rows), ``dk`` and ``dv`` (every
+    key): ``O(G * m)`` per head."""
+    scale = q.shape[-1] ** -0.5
+    for e in range(q.shape[0]):
+        rows = gi.order[e][gi.valid[e]]
+        g_og = _heads_first(g_out[e, gi.order[e]] * gi.valid[e].view(-1, 1, 1))  # (H, G, D)
+        p = probs[e]
+        delta_g = (g_og * _heads_first(og[e])).sum(-1, keepdim=True)  # (H, G, 1)
+        ds = p * (torch.bmm(g_og, v[e].permute(1, 2, 0)) - delta_g)  # (H, G, m)
+        _rank_update(dv[e], p.transpose(1, 2), g_og)
+        _rank_update(dk[e], ds.transpose(1, 2) * scale, _heads_first(q[e, gi.order[e]]))
+        dqg = torch.bmm(ds, _heads_first(k[e])) * scale  # (H, G, D)
+        dq[e].index_add_(0, rows, dqg.transpose(0, 1)[gi.valid[e]])
+
+
+def _global_keys_backward(q, gk, gv, gi: _GlobalIndex, g_out, lse_s, delta, dq, dk, dv) -> None:
+    """Add the band rows' gradients through the global keys: into ``dq`` (every row: a rank-G
+    update), and the global keys' own into ``dk``, ``dv`` at their positions (rows with
+    ``lse_s = BIG`` get ``p = 0``: they take no part)."""
+    scale = q.shape[-1] ** -0.5
+    for e in range(q.shape[0]):
+        qe, ge = _heads_first(q[e]), _heads_first(g_out[e])  # (H, m, D)
+        s = torch.bmm(qe, gk[e].permute(1, 2, 0)) * scale  # (H, m, G)
+        # a padded global key was not in the softmax: its score may exceed the lse (exp = inf),
+        # so mask, don't multiply
+        p = torch.exp(s - lse_s[e].t().unsqueeze(-1)).masked_fill(~gi.g_ok[e], 0.0)
+        ds = p * (torch.bmm(ge, gv[e].permute(1, 2, 0)) - delta[e].t().unsqueeze(-1))
+        rows, keep = gi.order[e][gi.valid[e]], gi.valid[e]
+        dgv = torch.bmm(p.transpose(1, 2), ge).transpose(0, 1)  # (G, H, D)
+        dgk = torch.bmm(ds.transpose(1, 2), qe).transpose(0, 1) * scale
+        dv[e].index_add_(0, rows, dgv[keep])
+        dk[e].index_add_(0, rows, dgk[keep])
+        _rank_update(dq[e], ds * scale, _heads_first(gk[e]))
+
+
+class _Fused(torch.autograd.Function):
+    """The whole attention of an undilated pattern (``SlidingWindow`` with dilation 1,
+    ``BlockLocal``) on contiguous float32 ``(B, m, H, D)`` tensors, in one autograd node: the
+    band with the global keys by the compiled kernels, the global rows in torch; the backward
+    writes every contribution into one ``dq, dk, dv`` (see the comment above ``_heads_first``).
+    """
+
+    @staticmethod
+    @torch.autocast("cpu", enabled=False)  # float32 throughout, as the kernels (and backward)
+    def forward(ctx, q, k, v, pad, global_mask, fns, spec: _BandSpec):
+        q, k, v = (x.contiguous() for x in (q, k, v))
+        gidx = torch_backend._global_index(global_mask)
+        gi = gk = gv = None
+        key_ok = ~pad
+        if gidx is not None:
+            order, valid = gidx
+            gi = _GlobalIndex(order, valid, valid & ~pad.gather(1, order))
+            key_ok = key_ok & ~global_mask  # a global key enters the softmax once, as global
+            gk, gv = (torch.stack([x[e, order[e]] for e in range(x.shape[0])]) for x in (k, v))
+        out, lse = _band_forward(
+            q, k, v, key_ok, gk, gv, None if gi is None else gi.g_ok, fns, spec
+        )
+        probs = og = None
+        if gi is not None:
+            probs, og = _global_rows_forward(q, k, v, pad, gi)
+            bi, pi = global_mask.nonzero(as_tuple=True)
+            out[bi, pi] = og[gi.valid]  # nonzero() lists them in the valid slots' order
+        ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, probs, og)
+        ctx.gi, ctx.fns, ctx.spec = gi, fns, spec
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        from .tvm_source import BIG
+
+        q, k, v, key_ok, out, lse, gk, gv, probs, og = ctx.saved_tensors
+        gi = ctx.gi
+        g_out = g_out.to(torch.float32).contiguous()
+        delta, lse_s = _softmax_stats(g_out, out, lse)
+        if gi is not None:  # the global rows are computed apart: no band or global-key part
+            for e in range(q.shape[0]):
+                rows = gi.order[e][gi.valid[e]]
+                lse_s[e, rows] = BIG
+                delta[e, rows] = 0.0
+        dq, dk, dv = _band_backward(q, k, v, key_ok, g_out, lse_s, delta, ctx.fns, ctx.spec)
+        if gi is not None:
+            _global_keys_backward(q, gk, gv, gi, g_out, lse_s, delta, dq, dk, dv)
+            _global_rows_backward(q, k, v, gi, probs, og, g_out, dq, dk, dv)
+        return dq, dk, dv, None, None, None, None
 
 
 class _GpuBand(torch.autograd.Function):
@@ -765,6 +950,11 @@ def tvm_attention(
         spec = _BandSpec(block=pattern.block, neighbors=pattern.neighbors)
     else:
         spec = _BandSpec(pattern.window, pattern.causal)
+    if band is _Band and _fused_applies(pattern, q.shape[2]):
+        pad = key_padding_mask
+        if pad is None:
+            pad = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
+        return _Fused.apply(q32, k32, v32, pad, global_mask, fns, spec).to(dtype)
     local = _local_fn(fns, spec, band)
     out = torch_backend.torch_attention(
         q32, k32, v32, pattern, global_mask, key_padding_mask, local=local

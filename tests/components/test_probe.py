@@ -16,7 +16,7 @@ from longdoc.components.core.config import ProbeParams, TrackingParams
 from longdoc.components.core.io import InputError
 from longdoc.components.inference import lama
 from longdoc.components.inference import probe as P
-from longdoc.components.inference.cloze import MaskedLM
+from longdoc.components.inference.cloze import ClozeRow, MaskedLM
 from tests.components.tiny import tiny_checkpoint
 
 # One line of LAMA's data/relations.jsonl and of data/TREx/P19.jsonl, as distributed.
@@ -254,3 +254,55 @@ def test_the_stage_on_a_tiny_model(tmp_path, tiny_lm):
     run = mlflow.get_run(summary["run_id"])
     assert math.isclose(run.data.metrics["probe_manual_mrr"], summary["macro"]["manual"]["mrr"])
     assert "probe_P19_optimized_p_at_1" in run.data.metrics
+
+
+def test_never_trained_global_projections_are_read_as_copies_of_the_local_ones(tmp_path, tiny_lm):
+    from transformers import AutoTokenizer
+
+    from longdoc.components.modeling.model import LongformerForMaskedLM
+
+    # Pretraining marks no token global: the checkpoint's global projections are still at their
+    # initialisation (zero biases) while the local ones trained (here: nudged off it).
+    model = LongformerForMaskedLM.from_pretrained(tiny_lm)
+    attention = model.longformer.encoder.layer[0].attention.self
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name in ("query", "key", "value"):
+            getattr(attention, name).bias.normal_(0, 0.5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    for name in ("untrained", "trained"):
+        tokenizer.save_pretrained(tmp_path / name)
+    model.save_pretrained(tmp_path / "untrained")
+    lm = MaskedLM.from_checkpoint(tmp_path / "untrained", device="cpu")
+    read = lm.model.longformer.encoder.layer[0].attention.self
+    assert lm.global_projections == "copied from local"
+    for name in ("query", "key", "value"):
+        assert torch.equal(getattr(read, f"{name}_global").weight, getattr(read, name).weight)
+        assert torch.equal(getattr(read, f"{name}_global").bias, getattr(read, name).bias)
+    # A query inside the window (4 tokens a side) then reads the same globally as locally.
+    ids = lm.ids(" Ann Lee was born")[:3]
+    row = ClozeRow([lm.tokenizer.bos_token_id, *ids[:1], lm.tokenizer.mask_token_id, *ids[1:]], 2)
+    torch.testing.assert_close(
+        lm.mask_log_probs([row]), lm.mask_log_probs([row], global_mask=False)
+    )
+
+    # Trained global projections (any nonzero bias) are left as they are.
+    with torch.no_grad():
+        attention.value_global.bias[0] = 0.25
+    model.save_pretrained(tmp_path / "trained")
+    lm = MaskedLM.from_checkpoint(tmp_path / "trained", device="cpu")
+    read = lm.model.longformer.encoder.layer[0].attention.self
+    assert lm.global_projections == "trained"
+    assert torch.equal(read.query_global.weight, attention.query_global.weight)
+    assert not torch.equal(read.query_global.bias, read.query.bias)
+
+
+def test_the_majority_reference_answers_the_most_frequent_training_object():
+    train_gold = torch.tensor([7, 3, 7, 5, 3, 7])  # 7 three times, 3 twice, 5 once
+    scores = P.majority_scores(train_gold, rows=4, vocab=10)
+    ranks = P.gold_ranks(scores, torch.tensor([7, 3, 5, 9]))
+    # 9 never trained: behind the three trained objects and the unseen ids below it (0-2, 4, 6, 8)
+    assert ranks.tolist() == [1, 2, 3, 10]
+    assert P.rank_metrics(ranks)["p_at_1"] == 0.25
+    tie = P.majority_scores(torch.tensor([4, 2]), rows=1, vocab=6)  # equal counts: lower id first
+    assert P.gold_ranks(tie, torch.tensor([4])).tolist() == [2]

@@ -140,7 +140,8 @@ def test_packed_sequences_shape_and_separators(shards) -> None:
     out, manifest = shards
     for split in ("train", "validation"):
         reader = ipc.open_file(pa.memory_map(str(out / "packed" / f"{split}.arrow"), "r"))
-        assert reader.schema.equals(packed_schema(manifest["vocab_size"], SEQ_LEN))
+        schema = packed_schema(manifest["vocab_size"], SEQ_LEN, sentences=True)
+        assert reader.schema.equals(schema)
         table = reader.read_all()
         rows = np.asarray(table.column("input_ids").combine_chunks().values).reshape(-1, SEQ_LEN)
         assert len(rows) == manifest["counts"]["sequences"][split] > 0

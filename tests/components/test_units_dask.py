@@ -1,7 +1,9 @@
-"""The runner-independent half of running data stages on Dask (components.core.units): units
-commit in order whatever order they finish in, a failed unit surfaces after the units before it
-are committed, and a scoring run killed with units in flight reuses every unit that was scored
-(its part was written as soon as it finished). The Dask half is tests/flows/test_dask.py."""
+"""Running data stages' units (components.core.units): units commit in order whatever order
+they finish in, a failed unit surfaces after the units before it are committed, a scoring run
+killed with units in flight reuses every unit that was scored (its part was written as soon as
+it finished), and ingest on a real 2-worker Dask LocalCluster survives `kill -9` of its process
+(the rerun splits none of what it split) and of a worker mid-unit (every document once). The
+same through Prefect's DaskTaskRunner, for score, is tests/flows/test_dask.py."""
 
 import json
 import os
@@ -12,12 +14,15 @@ import tarfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longdoc.components.core.config import ScoreParams
+from longdoc.components.core.config import IngestParams, ScoreParams
 from longdoc.components.core.units import INLINE, UnitRunner, run_units
+from longdoc.components.data.ingest import ingest
 from tests.components.test_score import REPO, TEXTS, _tar, champion  # noqa: F401 (fixture)
 
 
@@ -179,3 +184,205 @@ def test_kill_9_with_units_in_flight_reuses_every_scored_unit(tmp_path, champion
     assert (out / "errors.jsonl").read_text() == (tmp_path / "reference/errors.jsonl").read_text()
     with tarfile.open(src) as tar:
         assert len(rows(out)) == len(tar.getmembers()) - 1
+
+
+# Ingest on a 2-worker LocalCluster (distributed's own executor as the runner: the Prefect
+# wrapping is tests/flows/test_dask.py's). `pause`: the reader stops at item PAUSE, with units
+# of 8 documents split and shards of 10 closed before it; the test kills this process there.
+# `finish`: the rerun, whose first unit on a worker is slow once and a thread kills that worker.
+_INGEST_DRIVER = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading, time
+    from pathlib import Path
+
+    from distributed import Client, LocalCluster
+
+    from longdoc.components.core.config import IngestParams
+    from longdoc.components.core.units import UnitRunner
+    from longdoc.components.data import ingest as m
+
+    mode, src, out, work = sys.argv[1:5]
+    WORK, PAUSE = Path(work), 30
+    m._SENT_BATCH_DOCS = 2  # x4 on a parallel runner: units of 8 documents
+    real_split, real_iter = m.split_unit, m._iter_all
+
+    def paused(*args):
+        for i, item in enumerate(real_iter(*args)):
+            if i == PAUSE:
+                (WORK / "paused").touch()
+                time.sleep(600)
+            yield item
+
+    def slow_first_unit(*args):  # runs on a worker (pickled by value from __main__)
+        marker = WORK / "unit-started"
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(3)  # the kill lands here, mid-unit
+        return real_split(*args)
+
+    def kill_first_worker():
+        marker = WORK / "unit-started"
+        while not marker.exists() or not marker.read_text():
+            time.sleep(0.05)
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        (WORK / "killed").write_text(marker.read_text())
+
+    if __name__ == "__main__":
+        if mode == "pause":
+            m._iter_all = paused
+        else:
+            m.split_unit = slow_first_unit
+            threading.Thread(target=kill_first_worker, daemon=True).start()
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+        with cluster, Client(cluster) as client:
+            runner = UnitRunner(client.get_executor(pure=False).submit, 4, "dask", remote=True)
+            params = IngestParams(sources=[src], out=out, shard_max_docs=10)
+            manifest = m.ingest(params, runner=runner)
+        (WORK / "manifest.json").write_text(json.dumps(manifest))
+    """
+)
+
+
+def _ingest_source(src: Path) -> None:
+    """40 documents of a few sentences, 2 exact duplicates and an empty file among them."""
+    src.mkdir()
+    words = " ".join(TEXTS).split()
+    for i in range(40):
+        sentences = [
+            " ".join(words[(i * 7 + j * 3 + k) % len(words)] for k in range(4 + (i + j) % 7))
+            for j in range(2 + i % 4)
+        ]
+        (src / f"d{i:02d}.txt").write_text(". ".join(s.capitalize() for s in sentences) + f" {i}.")
+    for i in (4, 25):
+        (src / f"d{i:02d}-copy.txt").write_text((src / f"d{i:02d}.txt").read_text())
+    (src / "d13-empty.txt").write_text(" \n")
+
+
+def _ingest_driver(tmp_path: Path, mode: str) -> subprocess.Popen:
+    script = tmp_path / "ingest_driver.py"
+    script.write_text(_INGEST_DRIVER)
+    log = open(tmp_path / f"ingest-{mode}.log", "wb")  # noqa: SIM115 (closed with the process)
+    args = [str(tmp_path / "src"), str(tmp_path / "corpus"), str(tmp_path)]
+    return subprocess.Popen(
+        [sys.executable, str(script), mode, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its cluster's processes can be stopped with it
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's process group (it, its nannies and workers), if still there."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _paused_with_a_unit_past_the_checkpoint(tmp_path: Path) -> dict | None:
+    """The state once the reader is paused, two shards are closed and only the unit that
+    reaches past them is kept (the earlier ones were pruned as their shards closed)."""
+    corpus = tmp_path / "corpus"
+    try:
+        state = json.loads((corpus / ".ingest-state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    units = list((corpus / ".ingest-units").glob("unit-*.arrow"))
+    paused = (tmp_path / "paused").exists()
+    return state if paused and len(state["shards"]) == 2 and len(units) == 1 else None
+
+
+def test_ingest_on_dask_survives_kill_9_of_its_process_and_of_a_worker(tmp_path):
+    _ingest_source(tmp_path / "src")
+    reference = tmp_path / "reference"  # one uninterrupted run, in this process, unit by unit
+    expected = ingest(IngestParams(sources=[tmp_path / "src"], out=reference, shard_max_docs=10))
+    proc = _ingest_driver(tmp_path, "pause")
+    try:
+        deadline = time.monotonic() + 120
+        while (state := _paused_with_a_unit_past_the_checkpoint(tmp_path)) is None:
+            log = (tmp_path / "ingest-pause.log").read_text(errors="replace")[-3000:]
+            assert proc.poll() is None, log
+            assert time.monotonic() < deadline, f"never paused with a unit split ahead\n{log}"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)  # the stage's process only, as a crash would
+        proc.wait(timeout=30)
+    finally:
+        _stop(proc)
+    (unit,) = (tmp_path / "corpus/.ingest-units").glob("unit-*.arrow")
+    split = set(pa.ipc.open_file(pa.OSFile(str(unit))).read_all().column("doc_id").to_pylist())
+    closed = {d for s in state["shards"] for d in _doc_ids(tmp_path / "corpus" / s["name"])}
+    reusable = split - closed
+    assert split & closed and reusable  # the unit straddles the checkpoint
+
+    proc = _ingest_driver(tmp_path, "finish")
+    try:
+        assert proc.wait(timeout=180) == 0, (tmp_path / "ingest-finish.log").read_text()[-3000:]
+    finally:
+        _stop(proc)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert not _alive(int((tmp_path / "killed").read_text()))  # a worker died mid-unit
+    assert manifest["timings"]["resumed_after_inputs"] == state["consumed"]
+    assert manifest["timings"]["split_docs_reused"] == len(reusable)
+    assert manifest["counts"] == expected["counts"]
+    assert expected["counts"]["duplicates"] == 2 and expected["counts"]["quarantined"] == 1
+    assert manifest["shards"] == expected["shards"]  # names, rows and sha256: byte for byte
+    for name in ("quarantine.jsonl", "duplicates.jsonl"):
+        assert (tmp_path / "corpus" / name).read_text() == (reference / name).read_text()
+    ids = [d for s in manifest["shards"] for d in _doc_ids(tmp_path / "corpus" / s["name"])]
+    assert len(ids) == len(set(ids)) == 40  # every document exactly once
+    assert not (tmp_path / "corpus/.ingest-units").exists()
+
+
+def _doc_ids(shard: Path) -> list[str]:
+    return pq.read_table(shard, columns=["doc_id"]).column("doc_id").to_pylist()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_score_on_a_remote_runner_loads_the_model_only_where_units_run(
+    tmp_path,
+    champion,  # noqa: F811
+    monkeypatch,
+):
+    """Workers load the model for their units; the stage's process learns its kind and how it
+    reads texts from the first of them and loads nothing (before: a second copy in memory)."""
+    import threading
+
+    from longdoc.components.inference import score as score_mod
+
+    loads = []
+    real_load = score_mod._load_pinned
+
+    def counted_load(*args):
+        loads.append(threading.current_thread() is threading.main_thread())
+        return real_load(*args)
+
+    monkeypatch.setattr(score_mod, "_load_pinned", counted_load)
+    src = tmp_path / "inbox.tar.gz"
+    _tar(src, [(f"doc{i}.txt", f"{TEXTS[i % 3]} number {i}".encode()) for i in range(7)])
+
+    def run(out, runner=INLINE):
+        uri = "models:/longdoc-test@champion"
+        params = ScoreParams(inputs=[src], model_uri=uri, out=out, chunk_docs=2, max_len=32)
+        return score_mod.score(params, champion, runner=runner)
+
+    local = run(tmp_path / "local")
+    assert loads == [True]
+    with ThreadPoolExecutor(2) as pool:  # stands in for the workers: they share one engine
+        remote = run(tmp_path / "remote", UnitRunner(pool.submit, 4, "threads", remote=True))
+    assert loads == [True, False]  # one more load, by a worker, none by the stage
+    assert remote["counts"] == local["counts"] == {"inputs": 7, "scored": 7, "errors": 0}
+    assert remote["model"] == local["model"]
+
+    def rows(where):
+        return pq.read_table(where / "predictions.parquet").drop(["scored_at"]).to_pylist()
+
+    assert rows(tmp_path / "remote") == rows(tmp_path / "local")

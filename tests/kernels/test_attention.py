@@ -209,12 +209,16 @@ def test_auto_selection():
     assert kernels.select_backend(q, Strided(4), needs_grad=True) == "torch"
     assert kernels.select_backend(q, Fixed(4, 1), needs_grad=True) == "torch"
     assert kernels.select_backend(q, Dense(causal=True), needs_grad=False) == "sdpa"
-    assert kernels.select_backend(q, SlidingWindow(4), needs_grad=True) == "torch"
-    # tvm: for calls without gradients, when its kernel is cached (the fixture built d=32)
-    inference = "tvm" if HAVE_TVM else "torch"
-    assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == inference
+    # tvm: when its kernel is cached (the fixture built d=32): for calls without gradients, and
+    # for training with undilated sliding windows (the fused path); the rest trains on torch
+    compiled = "tvm" if HAVE_TVM else "torch"
+    assert kernels.select_backend(q, SlidingWindow(4), needs_grad=True) == compiled
+    assert kernels.select_backend(q, SlidingWindow(4, causal=True), needs_grad=True) == compiled
+    assert kernels.select_backend(q, SlidingWindow(2, dilation=2), needs_grad=True) == "torch"
+    assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == compiled
     assert kernels.select_backend(q[..., :24], SlidingWindow(4), needs_grad=False) == "torch"
-    assert kernels.select_backend(q, BlockLocal(4), needs_grad=False) == inference
+    assert kernels.select_backend(q[..., :24], SlidingWindow(4), needs_grad=True) == "torch"
+    assert kernels.select_backend(q, BlockLocal(4), needs_grad=False) == compiled
     assert kernels.select_backend(q, BlockLocal(4), needs_grad=True) == "torch"
     out = attention(q, q, q, Dense(causal=True))  # auto: the fused dense call for Dense
     ref = reference_attention(q, q, q, Dense(causal=True))
@@ -238,9 +242,10 @@ def test_auto_uses_one_fused_call_for_short_inputs(monkeypatch):
     assert select(q, SlidingWindow(8), needs_grad=True) == "sdpa"  # covers
     assert select(q, SlidingWindow(4), needs_grad=True) == "sdpa"  # band spans: 2w+1 = 9
     assert select(q, BlockLocal(3, neighbors=1), needs_grad=False) == "sdpa"
-    assert select(q, SlidingWindow(3), needs_grad=True) == "torch"
+    banded = "tvm" if HAVE_TVM else "torch"  # the fixture compiled head_dim 8
+    assert select(q, SlidingWindow(3), needs_grad=True) == banded
     assert select(q, SlidingWindow(8, dilation=2), needs_grad=True) == "torch"
-    assert select(q, SlidingWindow(8, causal=True), needs_grad=True) == "torch"
+    assert select(q, SlidingWindow(8, causal=True), needs_grad=True) == banded
     assert select(q, BlockLocal(4), needs_grad=True) == "torch"
     g = torch.zeros(2, n, dtype=torch.bool)
     g[:, 0] = True
@@ -331,7 +336,7 @@ def test_auto_picks_tvm_only_when_eligible_and_cached(monkeypatch):
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == "tvm"
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=True) == "tvm"
     assert kernels.select_backend(q[..., :24], SlidingWindow(4), needs_grad=False) == "torch"
-    assert kernels.select_backend(q, BlockLocal(4), needs_grad=True) == "tvm"
+    assert kernels.select_backend(q, BlockLocal(4), needs_grad=True) == "torch"  # not measured
     assert kernels.select_backend(q.double(), SlidingWindow(4), needs_grad=False) == "torch"
     monkeypatch.setattr(tvm_backend, "AUTO_ELIGIBLE", {"inference": False, "training": False})
     assert kernels.select_backend(q, SlidingWindow(4), needs_grad=False) == "torch"
@@ -488,3 +493,111 @@ def test_tvm_odd_lengths_with_large_windows(tvm_cache, n):
     want = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for got, exp in zip(grads, want, strict=True):
         assert rel_err(got, exp) <= 1e-3
+
+
+# ---- the fused training path (issue 18): band + global keys + global rows in one node --------
+
+
+def _fused_case(b, n, h, d, seed, globals_per_entry, pad_tail):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, n, h, d, generator=gen).requires_grad_() for _ in range(3))
+    g = torch.zeros(b, n, dtype=torch.bool)
+    for e, count in enumerate(globals_per_entry):
+        g[e, torch.randperm(n, generator=gen)[:count]] = True
+    pad = torch.zeros(b, n, dtype=torch.bool)
+    for e, tail in enumerate(pad_tail):
+        pad[e, n - tail :] = tail > 0
+    pad |= torch.rand(b, n, generator=gen) < 0.03  # scattered padded keys, some of them global
+    return q, k, v, g, pad
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+@pytest.mark.parametrize(
+    "pattern, n, globals_per_entry, pad_tail",
+    [
+        (SlidingWindow(5), 67, (1, 0, 2), (0, 20, 3)),  # 1 and 2 keys: the addcmul_ updates
+        (SlidingWindow(4, causal=True), 53, (5, 3, 0), (7, 0, 0)),  # > 2: the bmm updates
+        (BlockLocal(6, neighbors=1), 61, (3, 1, 1), (0, 61, 0)),  # entry 1: every key padding
+        (SlidingWindow(20), 41, (2, 2, 9), (0, 0, 13)),  # window wider than the entries
+    ],
+    ids=str,
+)
+def test_tvm_fused_path_gradients(pattern, n, globals_per_entry, pad_tail):
+    """Undilated patterns run band, global keys and global rows as one autograd node
+    (``_Fused``) whose backward writes every gradient into one dq, dk, dv: outputs and
+    gradients must match the float64 reference (varying global counts per entry, padded global
+    tokens, odd lengths, an entry whose keys are all padding)."""
+    q, k, v, g, pad = _fused_case(3, n, 2, 8, n, globals_per_entry, pad_tail)
+    out = attention(q, k, v, pattern, global_mask=g, key_padding_mask=pad, backend="tvm")
+    assert type(out.grad_fn).__name__ == "_FusedBackward"  # no gather/index_put nodes around it
+    qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference_attention(qr, kr, vr, pattern, g, pad)
+    assert rel_err(out, ref) <= 1e-5
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad((out * cot).sum(), (q, k, v))
+    want = torch.autograd.grad((ref * cot.double()).sum(), (qr, kr, vr))
+    scale = max(w.abs().max().item() for w in want)
+    for name, a, e in zip("qkv", got, want, strict=True):
+        err = (a.double() - e).abs().max().item() / scale
+        assert err <= 1e-5, f"d{name} error {err:.2e}"
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+def test_tvm_fused_path_matches_unfused_and_second_backward_is_clear():
+    """The fused node gives the gradients the per-part path (dilation's, ``_Band`` + torch glue)
+    gives for the same inputs, and backward twice through one graph is refused as usual."""
+    from longdoc.kernels import tvm_backend
+
+    q, k, v, g, pad = _fused_case(2, 45, 4, 16, 5, (2, 1), (0, 9))
+    pattern = SlidingWindow(6)
+    out = attention(q, k, v, pattern, global_mask=g, key_padding_mask=pad, backend="tvm")
+    fused = torch.autograd.grad(out.square().sum(), (q, k, v), retain_graph=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tvm_backend, "_fused_applies", lambda pattern, heads: False)  # force _Band
+        old = attention(q, k, v, pattern, global_mask=g, key_padding_mask=pad, backend="tvm")
+    assert type(old.grad_fn).__name__ != "_FusedBackward"
+    unfused = torch.autograd.grad(old.square().sum(), (q, k, v))
+    assert torch.allclose(out, old, atol=1e-6)
+    for a, e in zip(fused, unfused, strict=True):
+        assert torch.allclose(a, e, atol=1e-5, rtol=1e-4)
+    torch.autograd.grad(out.sum(), (q,), retain_graph=False)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(out.sum(), (q,))
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+def test_tvm_fused_path_under_bf16_autocast():
+    """Pretraining's optional bf16 autocast: the fused node computes in float32 inside (its
+    torch matmuls are not autocast), so forward and backward work with several global tokens."""
+    q, k, v, g, pad = _fused_case(2, 50, 2, 8, 3, (4, 3), (0, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(
+            q, k, v, SlidingWindow(4), global_mask=g, key_padding_mask=pad, backend="tvm"
+        )
+    assert out.dtype == torch.float32
+    got = torch.autograd.grad(out.square().sum(), (q, k, v))
+    qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference_attention(qr, kr, vr, SlidingWindow(4), g, pad)
+    want = torch.autograd.grad(ref.square().sum(), (qr, kr, vr))
+    assert rel_err(out, ref) <= 1e-5
+    for a, e in zip(got, want, strict=True):
+        assert rel_err(a, e) <= 1e-4
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+def test_tvm_fused_path_padded_global_key_with_huge_score():
+    """A global token that is also padding is no key: its score may far exceed a row's
+    log-sum-exp (exp overflows), and must still contribute exactly nothing to any gradient."""
+    q, k, v, g, pad = _fused_case(1, 40, 2, 8, 4, (0,), (0,))
+    g[0, 7] = g[0, 30] = True
+    pad[0, 30] = True
+    with torch.no_grad():
+        k[0, 30] = 60 * q[0, 10:12].mean(0)  # scores of hundreds against nearby queries
+    out = attention(q, k, v, SlidingWindow(3), global_mask=g, key_padding_mask=pad, backend="tvm")
+    got = torch.autograd.grad(out.sum(), (q, k, v))
+    qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference_attention(qr, kr, vr, SlidingWindow(3), g, pad)
+    want = torch.autograd.grad(ref.sum(), (qr, kr, vr))
+    for a, e in zip(got, want, strict=True):
+        assert torch.isfinite(a).all()
+        assert rel_err(a, e) <= 1e-4

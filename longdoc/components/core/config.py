@@ -135,10 +135,13 @@ ParallelMode = Literal["ddp", "fsdp", "tp"]
 
 
 class PretrainParams(_Section):
-    """Continued MLM pretraining (`longdoc pretrain`)."""
+    """Continued pretraining (`longdoc pretrain`): masked LM for the encoder (Longformer),
+    BART's denoising for the encoder-decoder (LED)."""
 
     shards: Path = Path("data/shards")
     base: Path | None = None  # an HF checkpoint to continue from; None = fresh init from `model`
+    # mlm: a Longformer (base or fresh); denoise: an LED base (`longdoc convert` of a BART)
+    objective: Literal["mlm", "denoise"] = "mlm"
     out: Path = Path("data/checkpoints/pretrain")
     force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     metrics: Path = Path("data/metrics/pretrain.json")  # DVC metrics file
@@ -148,6 +151,9 @@ class PretrainParams(_Section):
     warmup_steps: NonNegInt = 15
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    denoise_mask_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.3  # tokens masked, in spans
+    denoise_poisson_lambda: Annotated[float, Field(gt=0)] = 3.0  # mean span length
+    denoise_permute_sentences: bool = True  # shuffle the row's sentences before masking
     eval_batches: PositiveInt = 4
     seed: int = 0
     grad_accum: PositiveInt = 1  # micro-batches per optimizer step (per process)
@@ -231,6 +237,20 @@ class GenerationParams(_Section):
     min_new_tokens: NonNegInt = 0
     no_repeat_ngram_size: NonNegInt = 3  # 0 = off
     length_penalty: float = 2.0  # beam search: > 1 favours longer outputs
+
+
+class GenerationOverrides(_Section):
+    """`score.generation`: GenerationParams' settings replacing a summarizer's own for one
+    scoring run; null keeps what fine-tuning saved with the checkpoint."""
+
+    num_beams: PositiveInt | None = None
+    max_new_tokens: PositiveInt | None = None
+    min_new_tokens: NonNegInt | None = None
+    no_repeat_ngram_size: NonNegInt | None = None
+    length_penalty: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class FinetuneTask(_Section):
@@ -346,7 +366,9 @@ class ScoreParams(_Section):
     model_uri: str = "models:/longdoc-imdb@champion"
     out: Path = Path("data/predictions")
     force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
-    max_len: Annotated[int, Field(ge=16)] = 4096
+    # tokens a document is read in: lowers the model's own (a classifier's fine-tuned window,
+    # a summarizer's encoder positions); None = the model's own
+    max_len: Annotated[int, Field(ge=16)] | None = None
     batch_tokens: PositiveInt = 16384  # rows x longest row per forward pass
     chunk_docs: PositiveInt = 256  # documents per Parquet part (and per resume checkpoint)
     bf16: bool = False
@@ -354,6 +376,7 @@ class ScoreParams(_Section):
     text_field: str = "text"  # JSON/JSONL field or Parquet column of the text
     question_field: str | None = None  # QA models: the record field holding the question
     zero_shot: str | None = None  # a name in zeroshot.classifiers: score with that instead
+    generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # summarizers
 
     def sources(self) -> list[Path]:
         return list(self.inputs) or [self.source]

@@ -17,17 +17,28 @@ each result back twice: `finished(unit, result)` as soon as that unit is done (a
 may write the unit's part at once, so a killed run keeps every finished unit), and
 `commit(unit)` strictly in unit order (where counters, side logs and checkpoints advance), so the
 output is the same whatever the runner and however the units interleave.
+
+`FinishedUnits` keeps what finished units computed on disk until the stage's checkpoint covers
+them, for a stage whose parts span many units (an ingest shard): a rerun after `kill -9`
+takes their results from there instead of computing them again.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["INLINE", "Submit", "UnitRunner", "inline", "run_units"]
+import pyarrow as pa
+
+from longdoc.components.core.io import atomic_path
+
+__all__ = ["INLINE", "FinishedUnits", "Submit", "UnitRunner", "inline", "run_units"]
 
 U = TypeVar("U")
 
@@ -51,6 +62,9 @@ class UnitRunner:
     submit: Submit = inline
     in_flight: int = 1
     name: str = "local"
+    #: units run in other processes that load what they need themselves (a Dask worker): the
+    #: stage's process then need not load it too (score: the model)
+    remote: bool = False
 
 
 INLINE = UnitRunner()
@@ -127,3 +141,53 @@ def _settle(
         finished(unit, future.result())
     while queue and queue[0][2]:
         commit(queue.popleft()[0])
+
+
+class FinishedUnits:
+    """Results of finished units, one Arrow file per unit in `directory`, named by the range of
+    stream items `[first, last]` the unit covers, written atomically (a file there is whole).
+
+    For a stage whose checkpoint moves by parts that span many units (ingest closes a corpus
+    shard every few thousand documents): `save` a unit's results as soon as it finishes,
+    `prune` what the checkpoint now covers, and after a kill `load` what lies past the
+    checkpoint, so a rerun computes none of it again. The caller keys the rows by content
+    (ingest: the document's `doc_id`), so a rerun that cuts its units elsewhere still finds
+    them."""
+
+    _NAME = re.compile(r"unit-(\d+)-(\d+)\.arrow")
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _files(self) -> Iterator[tuple[int, Path]]:
+        """(last item, path) of every unit file; removes the temp files of torn writes."""
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.iterdir()):
+            found = self._NAME.fullmatch(path.name)
+            if found:
+                yield int(found.group(2)), path
+            elif path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+
+    def save(self, first: int, last: int, table: pa.Table) -> None:
+        dest = self.directory / f"unit-{first:012d}-{last:012d}.arrow"
+        with atomic_path(dest) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+
+    def load(self, start: int) -> Iterator[pa.Table]:
+        """The tables of units reaching item `start` or beyond (the others are removed)."""
+        self.prune(start)
+        for _, path in self._files():
+            with pa.OSFile(str(path)) as source:  # read whole: the file may go meanwhile
+                yield pa.ipc.open_file(source).read_all()
+
+    def prune(self, before: int) -> None:
+        """Remove the units that end before item `before` (the checkpoint covers them)."""
+        for last, path in list(self._files()):
+            if last < before:
+                path.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

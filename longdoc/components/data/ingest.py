@@ -14,7 +14,9 @@ Why this shape:
 - Outputs are replaced cleanly and resumably: `manifest.json` is removed first and written last,
   so a directory without it is an unfinished run. Completed shards are checkpointed in
   `.ingest-state.json`; a rerun with the same inputs and params after a crash keeps them and reads
-  on from the first document not in them.
+  on from the first document not in them. The sentence spans of every split unit are kept in
+  `.ingest-units/` until a closed shard holds its documents, so that rerun splits none of the
+  documents a killed run had split (they are found by doc_id).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from longdoc.components.core.io import (
     versions,
 )
 from longdoc.components.core.stage import Progress, SideLog, Stage, fingerprint, reconcile
-from longdoc.components.core.units import INLINE, UnitRunner, run_units
+from longdoc.components.core.units import INLINE, FinishedUnits, UnitRunner, run_units
 from longdoc.components.data.readers import (
     VERBATIM_END,
     VERBATIM_START,
@@ -96,6 +98,7 @@ CORPUS_SCHEMA = pa.schema(
 )
 
 STATE_FILE = ".ingest-state.json"
+_UNITS_DIR = ".ingest-units"  # the spans of split units no closed shard holds yet
 _QUARANTINE_PART = "quarantine.partial.jsonl"
 _DUPLICATES_PART = "duplicates.partial.jsonl"
 _SENT_BATCH_DOCS = 32  # documents per nlp.pipe call / per worker task
@@ -364,16 +367,41 @@ class _Row:
     meta: str
 
 
-def _table(rows: list[_Row], spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+def _sentences(spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.ListArray:
     lengths = np.fromiter((len(s) for s, _ in spans), dtype=np.int32, count=len(spans))
     offsets = np.zeros(len(spans) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     starts = np.concatenate([s for s, _ in spans]) if spans else np.zeros(0, np.int32)
     ends = np.concatenate([e for _, e in spans]) if spans else np.zeros(0, np.int32)
-    sentences = pa.ListArray.from_arrays(
+    return pa.ListArray.from_arrays(
         pa.array(offsets),
         pa.StructArray.from_arrays([pa.array(starts), pa.array(ends)], fields=list(SENTENCE_TYPE)),
     )
+
+
+def _spans_table(rows: list[_Row], spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    """A split unit's results as `FinishedUnits` keeps them: the spans by doc_id."""
+    return pa.table({"doc_id": [r.doc_id for r in rows], "sentences": _sentences(spans)})
+
+
+def _reusable_spans(units: FinishedUnits, consumed: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """The spans a killed run split past the checkpoint (item `consumed`), by doc_id."""
+    found: dict[str, tuple[np.ndarray, ...]] = {}
+    for table in units.load(consumed):
+        sentences = table.column("sentences").combine_chunks()
+        bounds = np.zeros(len(sentences) + 1, dtype=np.int64)
+        np.cumsum(pc.list_value_length(sentences).to_numpy(zero_copy_only=False), out=bounds[1:])
+        flat = pc.list_flatten(sentences)
+        starts = flat.field("start").to_numpy(zero_copy_only=False)
+        ends = flat.field("end").to_numpy(zero_copy_only=False)
+        for k, doc_id in enumerate(table.column("doc_id").to_pylist()):
+            a, b = bounds[k], bounds[k + 1]
+            found[doc_id] = (starts[a:b].copy(), ends[a:b].copy())
+    return found
+
+
+def _table(rows: list[_Row], spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    sentences = _sentences(spans)
     return pa.Table.from_arrays(
         [
             pa.array([r.doc_id for r in rows], pa.string()),
@@ -478,6 +506,7 @@ def _clean_outputs(out: Path) -> None:
     for pattern in ("part-*.parquet", ".part-*.tmp", ".*.tmp", "*.partial.jsonl"):
         for p in out.glob(pattern):
             p.unlink(missing_ok=True)
+    FinishedUnits(out / _UNITS_DIR).clear()
 
 
 def _shards_intact(out: Path, state: dict[str, Any]) -> bool:
@@ -583,6 +612,10 @@ class _Pass:
     index: int = 0
     chars_in: int = 0
     source_s: Counter[str] = field(default_factory=Counter)
+    units: FinishedUnits | None = None  # split units no closed shard holds yet
+    reusable: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)  # a killed run's
+    units_split: int = 0  # units this run sent to be split
+    docs_reused: int = 0  # documents whose spans a killed run had split
 
 
 def _quarantine(p: _Pass, i: int, item: Document | Rejected, reason: str) -> None:
@@ -648,6 +681,7 @@ class _SplitUnit:
 
     rows: list[_Row]
     spans: list[tuple[np.ndarray, np.ndarray]] | None = None
+    missing: list[int] = field(default_factory=list)  # rows whose spans are being split
 
 
 def _split_units(
@@ -686,23 +720,30 @@ def _read_split_write(
     p: _Pass, sources: list[Path], out: Path, writer: _ShardWriter, runner: UnitRunner
 ) -> None:
     """Read and admit (in `run_units`' reader thread when units run in parallel), split each
-    unit on `runner`, and write the rows to the shards in reader order."""
+    unit on `runner` (only the documents a killed run had not split), keep its spans in
+    `p.units` as soon as it finishes, and write the rows to the shards in reader order."""
     model, max_chars = p.params.spacy_model, p.params.max_doc_chars
 
+    def work(unit: _SplitUnit) -> tuple[Any, tuple] | None:
+        unit.spans = [p.reusable.pop(r.doc_id, None) for r in unit.rows]
+        unit.missing = [k for k, spans in enumerate(unit.spans) if spans is None]
+        p.docs_reused += len(unit.rows) - len(unit.missing)
+        if not unit.missing:
+            return None
+        p.units_split += 1
+        return split_unit, (model, max_chars, [unit.rows[k].text for k in unit.missing])
+
     def finished(unit: _SplitUnit, spans: list) -> None:
-        unit.spans = spans
+        for k, found in zip(unit.missing, spans, strict=True):
+            unit.spans[k] = found
+        rows = [unit.rows[k] for k in unit.missing]
+        p.units.save(rows[0].index, rows[-1].index, _spans_table(rows, spans))
 
     def commit(unit: _SplitUnit) -> None:
         for row, spans in zip(unit.rows, unit.spans, strict=True):
             writer.add(row, spans)
 
-    run_units(
-        runner,
-        _split_units(p, sources, out, runner),
-        lambda unit: (split_unit, (model, max_chars, [r.text for r in unit.rows])),
-        finished,
-        commit,
-    )
+    run_units(runner, _split_units(p, sources, out, runner), work, finished, commit)
     writer.finish(p.index - 1)
 
 
@@ -722,6 +763,10 @@ def _start_pass(stage: Stage, params: IngestParams) -> tuple[_Pass, list[dict[st
     progress.skip(consumed)
     progress.add(0, written=len(seen), duplicates=n_duplicates, quarantined=n_quarantined)
     p = _Pass(params, consumed, quarantine.open(), duplicates.open(), seen, near, progress)
+    p.units = FinishedUnits(stage.out / _UNITS_DIR)
+    p.reusable = _reusable_spans(p.units, consumed)
+    if not done_shards:  # the fingerprint on disk from the start: a kill keeps the units
+        stage.checkpoint(stage.new_state(shards=[], consumed=0))
     return p, done_shards
 
 
@@ -733,6 +778,7 @@ def _run_pass(
 
     def checkpoint(shards: list[dict[str, Any]], consumed_upto: int) -> None:
         stage.checkpoint(stage.new_state(shards=shards, consumed=consumed_upto))
+        p.units.prune(consumed_upto)  # their documents are in closed shards now
 
     writer = _ShardWriter(
         out, params.shard_max_docs, params.shard_max_chars, len(done_shards), checkpoint, stage
@@ -795,6 +841,7 @@ def ingest(
         manifest["timings"] = _timings(p, timings, n_workers, sources, t_start)
         manifest["timings"]["units_ran_on"] = units.name  # local, processes or dask (...)
         result = stage.finish(manifest)
+        p.units.clear()
     log.info(
         "ingest: %d inputs -> %d written, %d duplicates, %d quarantined in %.1fs (%s)",
         counts["inputs"],
@@ -829,6 +876,7 @@ def _final_counts(
     reconcile("ingest", counts, "inputs", "written", "duplicates", "near_duplicates", "quarantined")
     if counts["written"] == 0:
         stage.abandon()
+        p.units.clear()
         raise NothingProduced(_nothing_found(sources, quarantine_recs, counts, stage.out))
     return counts, (quarantine_recs, duplicate_recs)
 
@@ -869,6 +917,8 @@ def _timings(
         "mchars_per_s": round(p.chars_in / max(loop_s, 1e-9) / 1e6, 3),
         "workers": n_workers,
         "resumed_after_inputs": p.consumed,
+        "split_units": p.units_split,  # units this run split
+        "split_docs_reused": p.docs_reused,  # documents a killed run had split past its checkpoint
         # wall seconds reading and processing each source in this run (a resumed run counts
         # only its own pass); they add up to about read_split_write_s
         "per_source_s": {

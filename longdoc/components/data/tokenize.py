@@ -114,11 +114,15 @@ def docs_schema(vocab_size: int) -> pa.Schema:
     )
 
 
-def packed_schema(vocab_size: int, seq_len: int) -> pa.Schema:
-    return pa.schema(
-        [("input_ids", pa.list_(id_type(vocab_size), seq_len))],
-        metadata={"seq_len": str(seq_len)},
-    )
+def packed_schema(vocab_size: int, seq_len: int, *, sentences: bool = False) -> pa.Schema:
+    """With `sentences` (as tokenize writes them) a `sentence_starts` column: where the row's
+    sentences start (ascending, 0 first: a row cut mid-sentence starts with that sentence's
+    tail; every document's `<s>` starts a sentence, its `</s>` ends its last one), for
+    denoising's sentence permutation; MLM reads `input_ids` only."""
+    fields = [("input_ids", pa.list_(id_type(vocab_size), seq_len))]
+    if sentences:
+        fields.append(("sentence_starts", pa.list_(pa.int32())))
+    return pa.schema(fields, metadata={"seq_len": str(seq_len)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,7 +617,8 @@ def _encode_part(
 
 
 class _DocStore:
-    """Random access to per-document ids of the docs shards, by positioned reads (`os.pread`).
+    """Random access to per-document ids and sentence starts of the docs shards, by positioned
+    reads (`os.pread`).
 
     Why not memory maps: packing visits documents in shuffled order, so over a split it touches
     every page of the docs shards, and touched pages of a file mapping count as the process's
@@ -621,16 +626,18 @@ class _DocStore:
     maps pages around each fault, so they come back; figures in benchmarks/RESULTS.md, History,
     "Multi-GB memory check"). A pread goes through the page cache,
     which is not the process's memory, so RSS stays at the packer's own buffers whatever the
-    corpus size. The files are mapped only while their layout is read: per record batch, the
-    file position of the ids and a copy of the offsets (4 bytes per document) are kept.
+    corpus size. The files are mapped only while their layout is read: per record batch and
+    list column read, the file position of its values and a copy of its offsets are kept.
     """
+
+    COLUMNS = ("input_ids", "sentence_token_starts")
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths = list(paths)
-        self.offsets: list[np.ndarray] = []
-        self._where: list[tuple[int, int]] = []  # per slot: (path index, byte position of ids)
+        # per column, per slot (record batch): (path index, byte position of values, offsets)
+        self._layout: dict[str, list[tuple[int, int, np.ndarray]]] = {c: [] for c in self.COLUMNS}
+        self._dtypes: dict[str, np.dtype] = {}
         self.index: dict[str, list[tuple[str, int, int]]] = {s: [] for s in SPLITS}
-        self.dtype: np.dtype | None = None
         self._fds: dict[int, int] = {}
         for k, path in enumerate(self.paths):
             self._read_layout(k, path)
@@ -642,16 +649,15 @@ class _DocStore:
         reader = ipc.open_file(pa.BufferReader(whole))
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)
-            ids = batch.column("input_ids")
-            values = ids.values
-            dtype = np.dtype(values.type.to_pandas_dtype())
-            if self.dtype is None:
-                self.dtype = dtype
-            data = values.buffers()[1]
-            pos = data.address - whole.address + values.offset * dtype.itemsize
-            slot = len(self.offsets)
-            self.offsets.append(np.array(ids.offsets.to_numpy(), dtype=np.int64))  # a copy
-            self._where.append((k, pos))
+            slot = len(self._layout["input_ids"])
+            for name in self.COLUMNS:
+                col = batch.column(name)
+                values = col.values
+                dtype = self._dtypes.setdefault(name, np.dtype(values.type.to_pandas_dtype()))
+                data = values.buffers()[1]
+                pos = data.address - whole.address + values.offset * dtype.itemsize
+                offsets = np.array(col.offsets.to_numpy(), dtype=np.int64)  # a copy
+                self._layout[name].append((k, pos, offsets))
             for row, (doc_id, split) in enumerate(
                 zip(
                     batch.column("doc_id").to_pylist(),
@@ -660,7 +666,7 @@ class _DocStore:
                 )
             ):
                 self.index[split].append((doc_id, slot, row))
-        del reader, batch, ids, values, data, whole  # no view left: the map can go
+        del reader, batch, col, values, data, whole  # no view left: the map can go
         mm.close()
 
     def _fd(self, k: int) -> int:
@@ -671,21 +677,74 @@ class _DocStore:
             fd = self._fds[k] = os.open(self.paths[k], os.O_RDONLY)
         return fd
 
-    def ids(self, slot: int, row: int) -> np.ndarray:
-        assert self.dtype is not None
-        k, pos = self._where[slot]
-        off = self.offsets[slot]
+    def _read(self, name: str, slot: int, row: int) -> np.ndarray:
+        k, pos, off = self._layout[name][slot]
+        dtype = self._dtypes[name]
         start, n = int(off[row]), int(off[row + 1] - off[row])
-        size = self.dtype.itemsize
-        data = os.pread(self._fd(k), n * size, pos + start * size)
-        if len(data) != n * size:
+        data = os.pread(self._fd(k), n * dtype.itemsize, pos + start * dtype.itemsize)
+        if len(data) != n * dtype.itemsize:
             raise RuntimeError(f"docs shard {self.paths[k]} is shorter than its index says")
-        return np.frombuffer(data, dtype=self.dtype)
+        return np.frombuffer(data, dtype=dtype)
+
+    def ids(self, slot: int, row: int) -> np.ndarray:
+        return self._read("input_ids", slot, row)
+
+    def sentence_starts(self, slot: int, row: int) -> np.ndarray:
+        return self._read("sentence_token_starts", slot, row)
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+class _Packer:
+    """Pass 3 for one split: documents joined as `<s> ids </s>` and cut into `seq_len` rows,
+    written to an open IPC `writer` in record batches of `_PACK_ROWS` rows, with each row's
+    sentence starts (see `packed_schema`; a document's `<s>` starts its first sentence)."""
+
+    def __init__(self, writer, schema: pa.Schema, seq_len: int, bos: int, eos: int) -> None:
+        self.writer, self.schema, self.seq_len = writer, schema, seq_len
+        self.value_type = schema.field("input_ids").type.value_type
+        np_dtype = np.uint16 if self.value_type == pa.uint16() else np.int32
+        self.bos = np.asarray([bos], dtype=np_dtype)
+        self.eos = np.asarray([eos], dtype=np_dtype)
+        self.carry = np.zeros(0, dtype=np_dtype)  # the tail not yet a full row
+        self.carry_starts = np.zeros(0, dtype=np.int64)  # sentence starts within the carry
+        self.pending: list[np.ndarray] = []
+        self.pending_starts: list[np.ndarray] = []
+        self.pending_rows = self.sequences = 0
+
+    def add(self, ids: np.ndarray, sentence_starts: np.ndarray) -> None:
+        at = len(self.carry)  # where this document's <s> lands
+        joined = np.concatenate([self.carry, self.bos, ids, self.eos])
+        inner = np.unique(sentence_starts[sentence_starts > 0]).astype(np.int64) + at + 1
+        starts = np.concatenate([self.carry_starts, [at], inner])
+        n_full = len(joined) // self.seq_len
+        row_ends = np.searchsorted(starts, np.arange(1, n_full + 1) * self.seq_len)
+        lo = 0
+        for r, hi in enumerate(row_ends.tolist()):
+            row = starts[lo:hi] - r * self.seq_len
+            if not len(row) or row[0] != 0:  # the row opens mid-sentence
+                row = np.concatenate([[0], row])
+            self.pending_starts.append(row.astype(np.int32))
+            lo = hi
+        if n_full:
+            self.pending.append(joined[: n_full * self.seq_len].reshape(n_full, self.seq_len))
+            self.pending_rows += n_full
+            self.sequences += n_full
+        self.carry = joined[n_full * self.seq_len :]
+        self.carry_starts = starts[lo:] - n_full * self.seq_len
+        if self.pending_rows >= _PACK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending_rows:
+            flat = np.concatenate(self.pending).reshape(-1)
+            ids = pa.FixedSizeListArray.from_arrays(pa.array(flat, self.value_type), self.seq_len)
+            starts = _list_array(self.pending_starts, pa.int32())
+            self.writer.write_batch(pa.RecordBatch.from_arrays([ids, starts], schema=self.schema))
+        self.pending, self.pending_starts, self.pending_rows = [], [], 0
 
 
 def _pack_split(
@@ -701,37 +760,17 @@ def _pack_split(
     """Write `dest` with fixed-length rows; returns {documents, sequences, dropped_tail_tokens}."""
     docs = sorted(store.index[split])  # by doc_id: independent of the corpus' shard layout
     order = np.random.default_rng(seed).permutation(len(docs))
-    value_type = schema.field("input_ids").type.value_type
-    np_dtype = np.uint16 if value_type == pa.uint16() else np.int32
-    bos_a = np.asarray([bos], dtype=np_dtype)
-    eos_a = np.asarray([eos], dtype=np_dtype)
-    carry = np.zeros(0, dtype=np_dtype)
-    pending: list[np.ndarray] = []
-    pending_rows = 0
-    sequences = 0
     with atomic_path(dest) as tmp, ipc.new_file(str(tmp), schema) as writer:
-
-        def flush() -> None:
-            nonlocal pending, pending_rows
-            if pending_rows:
-                flat = np.concatenate(pending).reshape(-1)
-                arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=value_type), seq_len)
-                writer.write_batch(pa.RecordBatch.from_arrays([arr], schema=schema))
-            pending, pending_rows = [], 0
-
+        packer = _Packer(writer, schema, seq_len, bos, eos)
         for k in order:
             _, slot, row = docs[k]
-            joined = np.concatenate([carry, bos_a, store.ids(slot, row), eos_a])
-            n_full = len(joined) // seq_len
-            if n_full:
-                pending.append(joined[: n_full * seq_len].reshape(n_full, seq_len))
-                pending_rows += n_full
-                sequences += n_full
-            carry = joined[n_full * seq_len :]
-            if pending_rows >= _PACK_ROWS:
-                flush()
-        flush()
-    return {"documents": len(docs), "sequences": sequences, "dropped_tail_tokens": len(carry)}
+            packer.add(store.ids(slot, row), store.sentence_starts(slot, row))
+        packer.flush()
+    return {
+        "documents": len(docs),
+        "sequences": packer.sequences,
+        "dropped_tail_tokens": len(packer.carry),
+    }
 
 
 def iter_packed(
@@ -1027,7 +1066,7 @@ def _pack_all(out: Path, part_paths: list[Path], params: TokenizeParams, vocab_s
     """Pass 3: packing, per split."""
     store = _DocStore(part_paths)
     try:
-        pschema = packed_schema(vocab_size, params.seq_len)
+        pschema = packed_schema(vocab_size, params.seq_len, sentences=True)
         return {
             split: _pack_split(
                 store,
@@ -1180,14 +1219,7 @@ def tokenize(params: TokenizeParams, *, runner: UnitRunner = INLINE) -> dict[str
         with timings("tokenizer_s"):
             hf_tok = _tokenizer(stage, state, params, corpus, val_ids)
         vocab_size, (bos, eos) = len(hf_tok), _wrapper_ids(hf_tok)
-        backend = _plain_backend(hf_tok)
-        progress = Progress("tokenize", "docs", len(doc_ids), _PROGRESS_EVERY_S, ("tokens",))
-        encoder = _Encoder(
-            backend, docs_schema(vocab_size), val_ids, progress, byte_level_lengths(backend)
-        )
-        spec = EncoderSpec(
-            str((out / "tokenizer").resolve()), state["tokenizer_sha256"], vocab_size
-        )
+        encoder, spec = _run_encoder(out, hf_tok, state, val_ids, len(doc_ids))
         with timings("encode_s"):
             part_paths = _encode_all(stage, state, shards, encoder, spec, runner)
         with timings("pack_s"):
@@ -1202,14 +1234,25 @@ def tokenize(params: TokenizeParams, *, runner: UnitRunner = INLINE) -> dict[str
         result = stage.finish(manifest)
     log.info(
         "tokenize: %d docs, %d tokens, %s sequences of %d in %.1fs (%s)",
-        counts["documents_total"],
-        counts["tokens_total"],
-        counts["sequences"],
-        params.seq_len,
-        manifest["timings"]["total_s"],
-        out,
+        *(counts["documents_total"], counts["tokens_total"], counts["sequences"]),
+        *(params.seq_len, manifest["timings"]["total_s"], out),
     )
     return result
+
+
+def _run_encoder(
+    out: Path, hf_tok, state: dict, val_ids: set[str], n_docs: int
+) -> tuple[_Encoder, EncoderSpec]:
+    """The encoder of this process (with the stage's progress) and the spec workers build
+    theirs from."""
+    vocab_size = len(hf_tok)
+    backend = _plain_backend(hf_tok)
+    progress = Progress("tokenize", "docs", n_docs, _PROGRESS_EVERY_S, ("tokens",))
+    encoder = _Encoder(
+        backend, docs_schema(vocab_size), val_ids, progress, byte_level_lengths(backend)
+    )
+    spec = EncoderSpec(str((out / "tokenizer").resolve()), state["tokenizer_sha256"], vocab_size)
+    return encoder, spec
 
 
 class _Timings(dict):

@@ -11,11 +11,19 @@ Checkpoints are HF directories or MLflow URIs: a `models:/` or `runs:/` URI is d
 checkpoint found in it (a pretraining run's `checkpoint` artifact, or the checkpoint inside a
 logged longdoc pyfunc model). A checkpoint without a masked-LM head (a fine-tuned classifier) is
 refused: its vocabulary projection would be random.
+
+Global projections that were never trained are replaced by copies of the local ones (see
+`untrained_global_projections`): MLM pretraining, ours as Longformer's, marks no token global, so
+a model pretrained from scratch (the demo's) still has its random initial `query_global` /
+`key_global` / `value_global`, and a mask read through them would see noise. Copying is the rule
+Longformer's conversion uses to initialise them (`longdoc convert` does the same), and for a
+query shorter than the window it gives exactly what the local attention computes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +33,11 @@ import torch
 from longdoc.components.core.io import InputError
 from longdoc.components.inference.serving import pick_device, token_budget_batches
 
+log = logging.getLogger(__name__)
+
 MASKED_LM_ARCHITECTURES = ("LongformerForMaskedLM", "RobertaForMaskedLM")
+#: (local, global) projection names of a Longformer self-attention layer.
+_PROJECTIONS = (("query", "query_global"), ("key", "key_global"), ("value", "value_global"))
 
 
 @dataclass
@@ -80,13 +92,52 @@ def check_masked_lm(checkpoint: Path) -> None:
         )
 
 
+def _attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if all(hasattr(m, g) for _, g in _PROJECTIONS)]
+
+
+def untrained_global_projections(model: torch.nn.Module) -> bool:
+    """True when no layer's global query/key/value projection was ever trained: every one of
+    their biases is exactly zero, as initialised (a trained bias never lands on exactly zero in
+    every coordinate), in a model with such layers."""
+    layers = _attention_layers(model)
+    biases = [getattr(layer, g).bias for layer in layers for _, g in _PROJECTIONS]
+    if not layers or any(b is None for b in biases):
+        return False
+    return not any(bool(b.detach().any()) for b in biases)
+
+
+def copy_local_to_global(model: torch.nn.Module) -> int:
+    """Set every layer's global projections to copies of its local ones, in place (Longformer's
+    initialisation of them); returns how many layers."""
+    layers = _attention_layers(model)
+    with torch.no_grad():
+        for layer in layers:
+            for local, glob in _PROJECTIONS:
+                getattr(layer, glob).weight.copy_(getattr(layer, local).weight)
+                getattr(layer, glob).bias.copy_(getattr(layer, local).bias)
+    return len(layers)
+
+
 class MaskedLM:
-    """A masked-LM checkpoint (our Longformer classes) and its tokenizer, read-only."""
+    """A masked-LM checkpoint (our Longformer classes) and its tokenizer, read-only (except that
+    never-trained global projections of `model` are replaced in place, see the module doc;
+    `global_projections` says which: "trained" or "copied from local")."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "auto") -> None:
         self.tokenizer = tokenizer
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        self.global_projections = "trained"
+        if untrained_global_projections(self.model):
+            layers = copy_local_to_global(self.model)
+            self.global_projections = "copied from local"
+            log.warning(
+                "the checkpoint's global attention projections were never trained (biases all "
+                "zero, as after MLM pretraining from scratch): reading global tokens with copies "
+                "of the local ones in its %d layers, as Longformer initialises them",
+                layers,
+            )
         if tokenizer.mask_token_id is None:
             raise InputError("the tokenizer has no mask token")
         self.max_len = int(model.config.max_position_embeddings) - 2  # RoBERTa's offset

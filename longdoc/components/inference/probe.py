@@ -26,9 +26,13 @@ measured on the rest:
 - `optimized`: s(y) = sum_i softmax(theta)_i log P_i(y), theta fitted by maximising the
   log-likelihood of the gold objects under softmax_y(s) on the training facts.
 
-Metrics: P@1, P@10 and MRR per relation on the test facts, for the manual prompt, every prompt
-and every ensemble; macro-averaged over the relations that have test facts. Memory: one
-relation's (facts x prompts x vocabulary) float32 log-probabilities at a time.
+Next to them, `majority` is the reference that reads no model: every test fact answered with the
+relation's most frequent training object (Petroni et al.'s majority baseline). A model at or below
+it knows the relation's answer type at best; above it, it knows facts.
+
+Metrics: P@1, P@10 and MRR per relation on the test facts, for the manual prompt, every prompt,
+every ensemble and the majority reference; macro-averaged over the relations that have test
+facts. Memory: one relation's (facts x prompts x vocabulary) float32 log-probabilities at a time.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from longdoc.components.inference.lama import (
 
 log = logging.getLogger(__name__)
 
-METHODS = ("manual", "top1", "topk", "optimized")
+METHODS = ("manual", "top1", "topk", "optimized", "majority")
 METRICS = ("p_at_1", "p_at_10", "mrr")
 _OPT_ITERATIONS = 100  # L-BFGS on the prompt logits theta (full batch, deterministic)
 _MAX_REPORTED_SKIPS = 100
@@ -229,6 +233,16 @@ def macro_average(per_relation: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def majority_scores(train_gold: torch.Tensor, rows: int, vocab: int) -> torch.Tensor:
+    """(rows, vocab) scores that rank objects by how many training facts have them, ties by
+    token id: the answer a model gives that knows only the relation's most frequent object
+    (the majority reference of Petroni et al. 2019). No model is read; a model whose P@1 is
+    below it has not even learned which answers the relation takes."""
+    counts = torch.bincount(train_gold, minlength=vocab).double()
+    tie_break = torch.arange(vocab, dtype=torch.float64) / (2.0 * vocab)  # below one count
+    return (counts - tie_break).expand(rows, vocab)
+
+
 def prompt_order(train_metrics: list[dict[str, Any]]) -> list[int]:
     """Prompt indices, best training P@1 first (ties: MRR, then the earlier prompt)."""
 
@@ -323,6 +337,7 @@ def probe_relation(
             **test_metrics(ensemble_scores(lp_test, weights)),
             "weights": [round(float(w), 4) for w in weights],
         },
+        "majority": test_metrics(majority_scores(g_train, len(rs.test), lp_test.shape[-1])),
     }
     return {"label": rs.relation.label, "counts": rs.counts, "prompts": prompts, "methods": methods}
 
@@ -482,7 +497,13 @@ def probe(params: ProbeParams, tracking_params: TrackingParams) -> dict[str, Any
     table = report_table(body)
     log.info("probe results\n%s", table)
     skipped = [str(s) for s in data.skipped]
-    report = {"model": params.model, "checkpoint": str(checkpoint), **body, "skipped": skipped}
+    report = {
+        "model": params.model,
+        "checkpoint": str(checkpoint),
+        "global_projections": lm.global_projections,
+        **body,
+        "skipped": skipped,
+    }
     atomic_write_json(out / "report.json", report)
     run_id = _log_to_mlflow(params, body, out / "report.json", checkpoint)
     summary = {

@@ -68,11 +68,14 @@ from longdoc.components.data.readers import (
 from longdoc.components.inference.serving import (
     CLASSIFICATION,
     QA,
+    SUMMARIZATION,
     Encoded,
     InferenceEngine,
     LongdocModel,
+    checkpoint_kind,
     is_empty_document,
 )
+from longdoc.components.inference.summarize import SummaryEngine
 from longdoc.kernels import settings as kernel_settings
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,9 @@ _PREDICTION_FIELDS = {
     QA: [
         ("answer", pa.string()),
         ("score", pa.float32()),  # P(start) x P(end) of the answer span
+    ],
+    SUMMARIZATION: [
+        ("summary", pa.string()),  # generated with the settings in the manifest's model
     ],
 }
 _MODEL_FIELDS = [
@@ -147,27 +153,94 @@ def load_engine(params: ScoreParams) -> tuple[InferenceEngine, str, str, str]:
     """(engine, model name, version, pinned uri): the URI resolved to one version, loaded once.
 
     Loading `models:/name/<version>` rather than the alias means a champion promoted mid-run
-    cannot swap models between the version recorded and the weights used."""
+    cannot swap models between the version recorded and the weights used. A checkpoint
+    directory (HF format, e.g. `data/checkpoints/summarization`) is its own model: its
+    "version" is a hash of its files, so new weights in the same directory start over."""
+    name, version, pinned = pin_model(params)
+    generation = params.generation.given()
+    engine = _load_pinned(pinned, params.max_len, params.device, params.bf16, generation)
+    return engine, name, version, pinned
+
+
+def pin_model(params: ScoreParams) -> tuple[str, str, str]:
+    """(model name, version, pinned uri) of `params.model_uri`, without loading it."""
     uri = params.model_uri
+    if _is_checkpoint_dir(uri):
+        pinned = str(Path(uri).resolve())
+        return uri, sha256_tree(Path(pinned))[:16], pinned
     try:
         version = tracking.resolve_model_version(uri)
     except mlflow.exceptions.MlflowException as exc:
         raise InputError(f"score model {uri}: {exc.message}") from exc
     name = _model_name(uri)
-    pinned = f"models:/{name}/{version}" if uri.startswith("models:/") else uri
-    engine = _load_pinned(pinned, params.max_len, params.device, params.bf16)
-    return engine, name, version, pinned
+    return name, version, f"models:/{name}/{version}" if uri.startswith("models:/") else uri
 
 
-def _load_pinned(pinned: str, max_len: int, device: str, bf16: bool) -> InferenceEngine:
+def _is_checkpoint_dir(uri: str) -> bool:
+    """An HF-format checkpoint directory (config.json), not an MLflow model directory."""
+    path = Path(uri)
+    return (path / "config.json").is_file() and not (path / "MLmodel").exists()
+
+
+def _load_pinned(
+    pinned: str,
+    max_len: int | None,
+    device: str,
+    bf16: bool,
+    generation: dict[str, Any] | None = None,
+) -> InferenceEngine:
+    """The engine of a pinned model version (or checkpoint directory) under this run's
+    settings; `generation` replaces a summarizer's saved settings (other kinds have none)."""
+    if _is_checkpoint_dir(pinned):
+        return _checkpoint_engine(pinned, max_len, device, bf16, generation)
     try:
         pyfunc = mlflow.pyfunc.load_model(pinned)
     except (mlflow.exceptions.MlflowException, OSError) as exc:
-        raise InputError(f"score model {pinned}: cannot load ({exc})") from exc
+        checkpoint = _registered_checkpoint(pinned)
+        if checkpoint is None:
+            raise InputError(f"score model {pinned}: cannot load ({exc})") from exc
+        return _checkpoint_engine(checkpoint, max_len, device, bf16, generation)
     inner = pyfunc.unwrap_python_model()
     if not isinstance(inner, LongdocModel):
         raise InputError(f"score model {pinned}: not a longdoc model ({type(inner).__name__})")
-    return inner.engine.reconfigured(max_len=max_len, device=device, bf16=bf16)
+    settings = {"max_len": max_len, "device": device, "bf16": bf16}
+    if isinstance(inner.engine, SummaryEngine):
+        return inner.engine.reconfigured(**settings, generation=generation)
+    _no_generation(pinned, generation)
+    return inner.engine.reconfigured(**settings)
+
+
+def _registered_checkpoint(pinned: str) -> str | None:
+    """The local copy of a registered version that is a bare checkpoint directory (how
+    fine-tuning registered models no pyfunc served, summarizers included until they had one),
+    or None."""
+    if not pinned.startswith("models:/"):
+        return None
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=pinned)
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+    return local if _is_checkpoint_dir(local) else None
+
+
+def _checkpoint_engine(
+    path: str, max_len: int | None, device: str, bf16: bool, generation: dict[str, Any] | None
+) -> InferenceEngine:
+    try:
+        kind = checkpoint_kind(path)
+        if kind == SUMMARIZATION:
+            return SummaryEngine.from_checkpoint(
+                path, max_len=max_len, device=device, bf16=bf16, generation=generation
+            )
+        _no_generation(path, generation)
+        return InferenceEngine.from_checkpoint(path, max_len=max_len, device=device, bf16=bf16)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"score model {path}: cannot load ({exc})") from exc
+
+
+def _no_generation(model: str, generation: dict[str, Any] | None) -> None:
+    if generation:
+        log.warning("%s writes no text: score.generation %s is ignored", model, generation)
 
 
 @dataclass(frozen=True)
@@ -176,13 +249,14 @@ class EngineSpec:
     model version, where its registry is, and every setting that changes predictions (the
     kernel cache decides whether the tvm backend runs)."""
 
-    model_uri: str  # models:/name/<version>, never an alias
+    model_uri: str  # models:/name/<version>, never an alias (or a checkpoint directory)
     tracking_uri: str
     registry_uri: str
-    max_len: int
+    max_len: int | None
     device: str
     bf16: bool
     kernel_cache: str
+    generation: tuple[tuple[str, Any], ...] = ()  # a summarizer's replaced settings
 
 
 _ENGINES: dict[EngineSpec, InferenceEngine] = {}  # per process: loaded once, reused by units
@@ -206,20 +280,58 @@ def engine_spec(params: ScoreParams, pinned: str) -> EngineSpec:
         device=params.device,
         bf16=params.bf16,
         kernel_cache=str(kernel_settings.cache_dir().resolve()),
+        generation=tuple(sorted(params.generation.given().items())),
     )
 
 
 def _engine(spec: EngineSpec) -> InferenceEngine:
     engine = _ENGINES.get(spec)
     if engine is None:
-        mlflow.set_tracking_uri(spec.tracking_uri)
-        mlflow.set_registry_uri(spec.registry_uri)
+        # A worker process points MLflow at the stage's stores; an in-process runner already
+        # does, and must not pin the registry URI globally (it would outlive this stage).
+        if _portable_uri(mlflow.get_tracking_uri()) != spec.tracking_uri:
+            mlflow.set_tracking_uri(spec.tracking_uri)
+        if _portable_uri(mlflow.get_registry_uri()) != spec.registry_uri:
+            mlflow.set_registry_uri(spec.registry_uri)
         kernel_settings.configure(cache_dir=spec.kernel_cache)
-        engine = _load_pinned(spec.model_uri, spec.max_len, spec.device, spec.bf16)
+        generation = dict(spec.generation)
+        engine = _load_pinned(spec.model_uri, spec.max_len, spec.device, spec.bf16, generation)
         while len(_ENGINES) >= _MAX_ENGINES:
             _ENGINES.pop(next(iter(_ENGINES)))
         _ENGINES[spec] = engine
     return engine
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    """What the stage's process needs of an engine that only workers load (a remote runner):
+    the kind, how it reads a text (the fingerprint's `read`, the clip), a summarizer's
+    generation settings. It stands in for the engine in `_Run`."""
+
+    kind: str
+    max_len: int | None
+    windows: bool
+    window_overlap: int
+    cap: int | None  # char_cap(): the characters of a text that can matter
+    generation: dict[str, Any] | None = None
+
+    def char_cap(self) -> int | None:
+        return self.cap
+
+
+def describe_unit(spec: EngineSpec) -> EngineShape:
+    """A unit that loads the engine where it runs (kept for the units after it) and says what
+    it is: how the stage's process learns the model's shape without loading it too."""
+    engine = _engine(spec)
+    generation = engine.generation if isinstance(engine, SummaryEngine) else None
+    return EngineShape(
+        engine.kind,
+        engine.max_len,
+        engine.windows,
+        engine.window_overlap,
+        engine.char_cap(),
+        generation,
+    )
 
 
 def score_unit(
@@ -529,19 +641,26 @@ def _score_stream(run: _Run, sources: list[Path], runner: UnitRunner) -> None:
     )
 
 
-def _load_model(params: ScoreParams, tracking_params: TrackingParams):
+def _load_model(params: ScoreParams, tracking_params: TrackingParams, runner: UnitRunner = INLINE):
     """(engine, model info, question field, pinned URI) after checking the model fits the
-    params."""
+    params. With a remote runner the workers load the model (each once, for its units) and the
+    "engine" here is the `EngineShape` the first of them reports: no second copy in memory."""
     tracking.setup(tracking_params)
-    engine, name, version, pinned = load_engine(params)
+    if runner.remote:
+        name, version, pinned = pin_model(params)
+        engine = runner.submit(describe_unit, engine_spec(params, pinned)).result()
+    else:
+        engine, name, version, pinned = load_engine(params)
     if engine.kind == QA and not params.question_field:
         raise InputError(
             f"score model {pinned} answers questions: set score.question_field to the record "
             "field that holds each document's question"
         )
-    if engine.kind == CLASSIFICATION and params.question_field:
-        log.warning("%s is a classifier: score.question_field is ignored", pinned)
+    if engine.kind != QA and params.question_field:
+        log.warning("%s answers no questions: score.question_field is ignored", pinned)
     model = {"uri": params.model_uri, "name": name, "version": version, "kind": engine.kind}
+    if isinstance(engine, SummaryEngine | EngineShape) and engine.kind == SUMMARIZATION:
+        model["generation"] = engine.generation  # what decides the summaries (and the fingerprint)
     return engine, model, params.question_field if engine.kind == QA else None, pinned
 
 
@@ -618,7 +737,7 @@ def score(
     # lock comes before the model loads, so a second run into `out` stops at once.
     out = claim_output_dir(params.out, "score", force=params.force, legacy=(STATE_FILE,))
     with Stage("score", out, STATE_FILE) as stage:
-        engine, model, question_field, pinned = _load_model(params, tracking_params)
+        engine, model, question_field, pinned = _load_model(params, tracking_params, runner)
         inputs = [{"path": str(s), "sha256": sha256_tree(s)} for s in sources]
         ingest = ingest or IngestParams()
         stage.fingerprint = _fingerprint(params, inputs, model, ingest, engine)
@@ -629,7 +748,8 @@ def score(
             return json.loads((out / "manifest.json").read_text())
         resumed_at = run.state["consumed"]
         run.spec = engine_spec(params, pinned)
-        _ENGINES[run.spec] = engine  # units run here use the engine loaded above
+        if isinstance(engine, InferenceEngine):  # units run here use the engine loaded above
+            _ENGINES[run.spec] = engine
         try:
             _score_stream(run, sources, runner)
         finally:

@@ -5,12 +5,14 @@ installed (`mlflow.pyfunc.load_model`, `mlflow models serve`), and the input/out
 not depend on how the checkpoint is stored. The model is logged "from code"
 (`components/mlflow_model.py`), so loading rebuilds it from this module instead of unpickling.
 
-Two kinds of checkpoint are served, chosen from `config.architectures`:
+Three kinds of checkpoint are served, chosen from `config.architectures`:
 
 - sequence classification: a `text` column in; `label` + `probabilities` out;
 - extractive QA: `text` (the context) + `question` in; `answer` + `score` out;
+- summarization (an LED, `inference.summarize`): a `text` column in; `summary` out;
 
-and both answer `tokens` (how many the model read) and `truncated`, as batch scoring's rows do.
+and all answer `tokens` (how many the model read), `truncated` and `windows`, as batch
+scoring's rows do.
 Every row is checked before anything runs: a null, non-string or empty text (or question), an
 empty batch or an out-of-range param is refused with an `MlflowException(INVALID_PARAMETER_VALUE)`
 naming each bad row, which `mlflow models serve` turns into an HTTP 400 with that message and no
@@ -49,6 +51,7 @@ from longdoc.components.training.adapters import (
     MAX_ANSWER_TOKENS,
     MAX_QUESTION_TOKENS,
     Encoded,
+    Window,
     aggregate_class_logits,
     best_window_span,
     classification_encoded,
@@ -58,10 +61,17 @@ from longdoc.components.training.adapters import (
 )
 from longdoc.components.training.windows import window_settings
 
-CLASSIFICATION, QA = "classification", "qa"
+CLASSIFICATION, QA, SUMMARIZATION = "classification", "qa", "summarization"
 _ARCHITECTURES = {
     "LongformerForSequenceClassification": CLASSIFICATION,
     "LongformerForQuestionAnswering": QA,
+    "LEDForConditionalGeneration": SUMMARIZATION,
+}
+# The "from code" file MLflow runs to rebuild a logged model of each kind (nothing unpickled).
+_MODEL_CODE = {
+    CLASSIFICATION: "mlflow_model.py",
+    QA: "mlflow_model.py",
+    SUMMARIZATION: "mlflow_summarizer.py",
 }
 
 # Packages the served model imports, pinned to the versions it was logged with (MLflow would
@@ -74,7 +84,7 @@ __all__ = ["MAX_ANSWER_TOKENS", "Encoded"]  # one limit and one type, from train
 # Truncating engines clip texts to max_len * this many chars before tokenizing (no real
 # tokenizer averages more than 64 characters a token, so the clip never changes the kept tokens);
 # `longdoc score` clips with the same number.
-_CHARS_PER_TOKEN_CAP = 64
+CHARS_PER_TOKEN_CAP = 64
 MIN_CONTEXT_TOKENS = 16  # a QA window must leave this many tokens for the text (as fine-tuning)
 MIN_MAX_LEN = 8  # the shortest `max_len` a request may ask for: specials + a few words
 _EMPTY_PROBE_CHARS = 4096
@@ -100,7 +110,7 @@ def serving_requirements() -> list[str]:
 
 
 def checkpoint_kind(checkpoint: Path | str) -> str:
-    """`classification` or `qa`, from the checkpoint's `config.json` architectures."""
+    """`classification`, `qa` or `summarization`, from `config.json`'s architectures."""
     path = Path(checkpoint) / "config.json"
     try:
         archs = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
@@ -133,6 +143,23 @@ def token_budget_batches(lengths: list[int], batch_tokens: int) -> list[list[int
     if current:
         batches.append(current)
     return batches
+
+
+def padded_windows(
+    windows: list[Window], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, global_attention_mask) of `windows`, right-padded to the
+    longest, on `device`."""
+    width = max(len(w.ids) for w in windows)
+    ids = torch.full((len(windows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(windows), width), dtype=torch.long)
+    glob = torch.zeros((len(windows), width), dtype=torch.long)
+    for row, window in enumerate(windows):
+        n = len(window.ids)
+        ids[row, :n] = torch.tensor(window.ids)
+        mask[row, :n] = 1
+        glob[row, window.global_positions] = 1
+    return ids.to(device), mask.to(device), glob.to(device)
 
 
 def pick_device(device: str) -> torch.device:
@@ -197,6 +224,8 @@ class InferenceEngine:
         )
 
         kind = checkpoint_kind(checkpoint)
+        if kind == SUMMARIZATION:
+            raise ValueError(f"{checkpoint}: an LED summarizer; load it with a SummaryEngine")
         model_cls = (
             LongformerForSequenceClassification
             if kind == CLASSIFICATION
@@ -231,7 +260,7 @@ class InferenceEngine:
         with windows, which read the whole text."""
         if self.windows:
             return None
-        return (min(max_len, self.max_len) if max_len else self.max_len) * _CHARS_PER_TOKEN_CAP
+        return (min(max_len, self.max_len) if max_len else self.max_len) * CHARS_PER_TOKEN_CAP
 
     # ------------------------------------------------------------------ tokenizing
 
@@ -290,22 +319,10 @@ class InferenceEngine:
         outputs: dict[tuple[int, int], Any] = {}
         lengths = [len(docs[d].windows[w].ids) for d, w in items]
         for batch in token_budget_batches(lengths, batch_tokens):
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            glob = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                window = docs[items[i][0]].windows[items[i][1]]
-                n = len(window.ids)
-                ids[row, :n] = torch.tensor(window.ids)
-                mask[row, :n] = 1
-                glob[row, window.global_positions] = 1
+            windows = [docs[items[i][0]].windows[items[i][1]] for i in batch]
+            ids, mask, glob = padded_windows(windows, pad, self.device)
             with torch.inference_mode():
-                out = self.model(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    global_attention_mask=glob.to(self.device),
-                )
+                out = self.model(input_ids=ids, attention_mask=mask, global_attention_mask=glob)
             if self.kind == CLASSIFICATION:
                 logits = out.logits.float().cpu()
                 for row, i in enumerate(batch):
@@ -363,33 +380,42 @@ class LongdocModel(mlflow.pyfunc.PythonModel):
         when served) that names every bad row and bad param: nothing is scored until all are
         good, so a client never has to match partial output to its rows."""
         engine = self.engine
-        max_len, batch_tokens = _checked_params(params or {}, engine.max_len)
-        texts, questions = _checked_rows(model_input, engine, max_len)
+        max_len, batch_tokens = checked_params(params or {}, engine.max_len)
+        texts, questions = checked_rows(model_input, engine, max_len)
         docs = engine.encode(texts, questions, max_len)
         preds = engine.run(docs, batch_tokens)
         for pred, doc in zip(preds, docs, strict=True):
             pred["tokens"] = doc.tokens
             pred["truncated"] = doc.truncated
             pred["windows"] = len(doc.windows)
-        return pd.DataFrame(preds, columns=_output_columns(engine.kind))
+        return pd.DataFrame(preds, columns=output_columns(engine.kind))
 
 
 LongdocClassifier = LongdocModel  # the name models logged before the QA kind import
 
 
-def _output_columns(kind: str) -> list[str]:
-    kind_columns = ["label", "probabilities"] if kind == CLASSIFICATION else ["answer", "score"]
-    return [*kind_columns, "tokens", "truncated", "windows"]
+_REAL_PARAMS = frozenset({"length_penalty"})  # request params that are not whole numbers
+
+_KIND_COLUMNS = {
+    CLASSIFICATION: ["label", "probabilities"],
+    QA: ["answer", "score"],
+    SUMMARIZATION: ["summary"],
+}
 
 
-def _refuse(problems: list[str], what: str) -> MlflowException:
+def output_columns(kind: str) -> list[str]:
+    """A served model's answer columns: its kind's, then what it read."""
+    return [*_KIND_COLUMNS[kind], "tokens", "truncated", "windows"]
+
+
+def refuse(problems: list[str], what: str) -> MlflowException:
     shown = problems[:_MAX_ROW_ERRORS]
     more = len(problems) - len(shown)
     lines = [what, *(f"  {p}" for p in shown)] + ([f"  ... and {more} more"] if more else [])
     return MlflowException.invalid_parameter_value("\n".join(lines))
 
 
-def _checked_params(params: dict[str, Any], model_max_len: int) -> tuple[int, int]:
+def checked_params(params: dict[str, Any], model_max_len: int) -> tuple[int, int]:
     """(max_len, batch_tokens) from a request's params, or a refusal naming each bad one.
     A `max_len` above the model's positions reads as many as it has (the signature's default,
     4096, asks for "all of them")."""
@@ -409,7 +435,7 @@ def _checked_params(params: dict[str, Any], model_max_len: int) -> tuple[int, in
         else:
             values[name] = int(value)
     if problems:
-        raise _refuse(problems, "invalid params:")
+        raise refuse(problems, "invalid params:")
     return min(values["max_len"], model_max_len), values["batch_tokens"]
 
 
@@ -432,7 +458,7 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def _checked_rows(
+def checked_rows(
     model_input: pd.DataFrame, engine: InferenceEngine, max_len: int
 ) -> tuple[list[str], list[str] | None]:
     """The texts (and for QA the questions) of a request, or a refusal with one line per bad
@@ -444,7 +470,7 @@ def _checked_rows(
     columns = ["text", "question"] if engine.kind == QA else ["text"]
     missing = [c for c in columns if c not in model_input.columns]
     if missing:
-        raise _refuse(
+        raise refuse(
             [f"no {c!r} column" for c in missing],
             f"this {engine.kind} model reads the columns {columns}:",
         )
@@ -463,7 +489,7 @@ def _checked_rows(
         room = max_len - tok.num_special_tokens_to_add(pair=True) - MIN_CONTEXT_TOKENS
         rows = [r for r, q in enumerate(cells["question"]) if isinstance(q, str)]
         # clipped as texts are: a question past max_len * 64 characters is too long anyway
-        clipped = [cells["question"][r][: max_len * _CHARS_PER_TOKEN_CAP] for r in rows]
+        clipped = [cells["question"][r][: max_len * CHARS_PER_TOKEN_CAP] for r in rows]
         ids = tok(clipped, add_special_tokens=False)["input_ids"] if rows else []
         for row, question_ids in zip(rows, ids, strict=True):
             if min(len(question_ids), MAX_QUESTION_TOKENS) > room:
@@ -473,27 +499,35 @@ def _checked_rows(
                 )
     if reasons:
         problems = [f"row {row}: {'; '.join(reasons[row])}" for row in sorted(reasons)]
-        raise _refuse(problems, f"{len(problems)} of {len(model_input)} rows cannot be scored:")
+        raise refuse(problems, f"{len(problems)} of {len(model_input)} rows cannot be scored:")
     return cells["text"], cells["question"] if engine.kind == QA else None
 
 
-def model_signature(kind: str) -> ModelSignature:
-    """The input/output contract of a served model of `kind`."""
+def model_signature(kind: str, extra_params: dict[str, Any] | None = None) -> ModelSignature:
+    """The input/output contract of a served model of `kind`. `extra_params` (name -> default)
+    are further request params (a summarizer's generation settings, defaulting to the
+    checkpoint's own) and may replace the default `max_len`; `length_penalty` is a real number,
+    every other param a whole number."""
+    defaults = {"max_len": 4096, "batch_tokens": DEFAULT_BATCH_TOKENS, **(extra_params or {})}
     params = ParamSchema(
         [
-            ParamSpec("max_len", "long", 4096),
-            ParamSpec("batch_tokens", "long", DEFAULT_BATCH_TOKENS),
+            ParamSpec(name, "double" if name in _REAL_PARAMS else "long", value)
+            for name, value in defaults.items()
         ]
     )
     read = [ColSpec("long", "tokens"), ColSpec("boolean", "truncated"), ColSpec("long", "windows")]
+    text = ColSpec("string", "text")
     if kind == CLASSIFICATION:
-        inputs = Schema([ColSpec("string", "text")])
+        inputs = Schema([text])
         outputs = Schema(
             [ColSpec("string", "label"), ColSpec(Array("double"), "probabilities"), *read]
         )
-    else:
-        inputs = Schema([ColSpec("string", "text"), ColSpec("string", "question")])
+    elif kind == QA:
+        inputs = Schema([text, ColSpec("string", "question")])
         outputs = Schema([ColSpec("string", "answer"), ColSpec("double", "score"), *read])
+    else:
+        inputs = Schema([text])
+        outputs = Schema([ColSpec("string", "summary"), *read])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
@@ -502,22 +536,29 @@ def input_example(kind: str) -> pd.DataFrame:
     example request and, at logging time, serves it once through the logged model, so a model
     that cannot answer its own example is reported then rather than at the first request."""
     text = "A long document: a review, a report or an article, of up to thousands of tokens."
-    if kind == CLASSIFICATION:
-        return pd.DataFrame({"text": [text]})
-    return pd.DataFrame({"text": [text], "question": ["What kind of document is this?"]})
+    if kind == QA:
+        return pd.DataFrame({"text": [text], "question": ["What kind of document is this?"]})
+    return pd.DataFrame({"text": [text]})
 
 
 def log_longdoc_model(
     checkpoint: Path, registered_name: str | None
 ) -> mlflow.models.model.ModelInfo:
-    """Log `checkpoint` (a classification or QA checkpoint) as the active run's pyfunc model,
-    registering it when a name is given; the signature follows the checkpoint's kind."""
+    """Log `checkpoint` (a classification, QA or LED summarization checkpoint) as the active
+    run's pyfunc model, registering it when a name is given; the signature follows the
+    checkpoint's kind (a summarizer's params default to its encoder positions and its saved
+    generation settings)."""
     kind = checkpoint_kind(checkpoint)
+    extra = None
+    if kind == SUMMARIZATION:
+        from longdoc.components.inference.summarize import summarizer_param_defaults
+
+        extra = summarizer_param_defaults(checkpoint)
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(Path(__file__).with_name("mlflow_model.py")),
+        python_model=str(Path(__file__).with_name(_MODEL_CODE[kind])),
         artifacts={"checkpoint": str(checkpoint)},
-        signature=model_signature(kind),
+        signature=model_signature(kind, extra),
         input_example=input_example(kind),
         pip_requirements=serving_requirements(),
         registered_model_name=registered_name,

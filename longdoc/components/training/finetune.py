@@ -392,8 +392,8 @@ def _track_result(params: FinetuneParams, adapter: TaskAdapter, long_run, base_r
     if not params.register_model:
         mlflow.log_metric(primary, long_run[primary])
         return None
-    # classifiers and TriviaQA's extractive QA model are what `longdoc score` serves
-    servable = adapter.kind in ("classification", "span")
+    # classifiers, TriviaQA's extractive QA model and summarizers are what `longdoc score` serves
+    servable = adapter.kind in ("classification", "span", "seq2seq")
     name = tracking.registered_name(params.task)
     return _register(name, Path(params.out), long_run[primary], primary, servable)
 
@@ -436,10 +436,10 @@ def _register(
     """Log + register the model from the active (parent) run; promote it to champion only when
     its `metric` beats the current champion's.
 
-    Servable checkpoints (classification, extractive QA) are logged as the pyfunc model `score`
-    serves (inference.serving); the HotpotQA and WikiHop models, whose heads no pyfunc wrapper
-    serves yet, are registered as their HF checkpoint directory (load it with the classes in
-    components.modeling.heads).
+    Servable checkpoints (classification, extractive QA, summarization) are logged as the pyfunc
+    model `score` serves (inference.serving); the HotpotQA and WikiHop models, whose heads no
+    pyfunc wrapper serves yet, are registered as their HF checkpoint directory (load it with
+    the classes in components.modeling.heads).
     """
     previous = tracking.champion_metric(name, metric)
     mlflow.log_metric(metric, value)

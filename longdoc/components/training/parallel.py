@@ -175,13 +175,20 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def _fully_shard(model: nn.Module, env: DistEnv, bf16: bool) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     policy = MixedPrecisionPolicy()
     if bf16:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in _blocks(model):
         fully_shard(block, mesh=env.mesh, mp_policy=policy)
+        # a classifier's last block runs `forward_global_rows` instead of `forward` (the CLS
+        # row only): FSDP must gather the block's parameters around that call too
+        register_fsdp_forward_method(block, "forward_global_rows")
     fully_shard(model, mesh=env.mesh, mp_policy=policy)  # the rest: embeddings, heads
 
 

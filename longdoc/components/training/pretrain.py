@@ -1,4 +1,9 @@
-"""Continued masked-language-model pretraining of the long model on the tokenize stage's shards.
+"""Continued pretraining of the long model on the tokenize stage's shards.
+
+The objective follows the model family (`pretrain.objective`): masked-language modelling for the
+encoder (Longformer), BART's denoising for the encoder-decoder (an LED converted from BART by
+`longdoc convert`; `training.denoise`: sentences permuted, Poisson spans infilled with one
+`<mask>` each, the decoder reconstructs the row). Everything below holds for both.
 
 Data: the packed training rows are read through a memory map (never loaded whole), as one
 endless cyclic stream of rows. The position in that stream is a single number, `rows`, which is
@@ -6,13 +11,15 @@ what a checkpoint records; under DDP, rank r of W takes micro-batches r, r + W, 
 stream, so ranks read disjoint rows and a 2-process run sees exactly the rows that a 1-process
 run with twice the batch sees.
 
-Masking is dynamic (RoBERTa) but a pure function of (seed, row number in the stream): a row is
-masked differently every epoch, yet identically whatever the world size or whether the run was
-resumed, so there is no masking generator to checkpoint and runs compare exactly.
+Masking (and denoising's noise) is dynamic (RoBERTa) but a pure function of (seed, row number
+in the stream): a row is masked differently every epoch, yet identically whatever the world size
+or whether the run was resumed, so there is no masking generator to checkpoint and runs compare
+exactly.
 
-The loss is summed over the masked tokens of all micro-batches of a step on all ranks and
-divided by their global count, so gradient accumulation and DDP compute the same step as one
-big batch (up to float summation order).
+The loss is summed over the target tokens (MLM: the masked ones; denoising: every token of the
+original rows) of all micro-batches of a step on all ranks and divided by their global count,
+so gradient accumulation and DDP compute the same step as one big batch (up to float summation
+order).
 
 Resuming: every `checkpoint_every` steps rank 0 writes `<out>.ckpt/step-N/` (written under a
 temporary name, then renamed: a directory with the final name is complete) holding the weights
@@ -65,6 +72,7 @@ from longdoc.components.core.io import (
     write_manifest,
 )
 from longdoc.components.data import tokenize as tok
+from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
 from longdoc.components.training import parallel
 from longdoc.components.training.common import (
@@ -75,6 +83,7 @@ from longdoc.components.training.common import (
     seed_everything,
     warmup_linear_decay,
 )
+from longdoc.components.training.denoise import NoiseParams, Seq2SeqBatch, denoise_batch
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +143,7 @@ class PackedRows:
 
     def __init__(self, shards: Path, split: str = "train"):
         path = require_path(Path(shards) / "packed" / f"{split}.arrow", "packed shard")
+        self.path = path
         self._reader = ipc.open_file(pa.memory_map(str(path), "r"))
         self.seq_len = self._reader.schema.field("input_ids").type.list_size
         sizes = [self._reader.get_batch(b).num_rows for b in range(self._reader.num_record_batches)]
@@ -142,6 +152,7 @@ class PackedRows:
         if self.n_rows == 0:
             raise InputError(f"{path}: no packed {split} sequences (corpus too small?)")
         self._cached: tuple[int, np.ndarray] | None = None
+        self._cached_starts: tuple[int, pa.ListArray] | None = None
 
     def _batch(self, b: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != b:
@@ -150,14 +161,37 @@ class PackedRows:
             self._cached = (b, rows)
         return self._cached[1]
 
+    def _where(self, j: int) -> tuple[int, int]:
+        """(record batch, row in it) of stream row j."""
+        j %= self.n_rows
+        b = int(np.searchsorted(self._starts, j, side="right")) - 1
+        return b, j - int(self._starts[b])
+
     def rows(self, start: int, count: int) -> torch.Tensor:
         """Rows start .. start+count-1 of the stream (wrapping around at the end)."""
         out = np.empty((count, self.seq_len), dtype=np.int64)
         for i in range(count):
-            j = (start + i) % self.n_rows
-            b = int(np.searchsorted(self._starts, j, side="right")) - 1
-            out[i] = self._batch(b)[j - self._starts[b]]
+            b, r = self._where(start + i)
+            out[i] = self._batch(b)[r]
         return torch.from_numpy(out)
+
+    def sentence_starts(self, start: int, count: int) -> list[np.ndarray]:
+        """The sentence starts (`tokenize.packed_schema`) of the same rows as `rows`."""
+        if "sentence_starts" not in self._reader.schema.names:
+            raise InputError(
+                f"{self.path}: the packed rows have no sentence_starts (written by an older "
+                "tokenize); denoising permutes sentences: remove the shards and rerun "
+                "`longdoc tokenize`, or set pretrain.denoise_permute_sentences: false"
+            )
+        out = []
+        for i in range(count):
+            b, r = self._where(start + i)
+            if self._cached_starts is None or self._cached_starts[0] != b:
+                self._cached_starts = (b, self._reader.get_batch(b).column("sentence_starts"))
+            column = self._cached_starts[1]
+            lo, hi = column.offsets[r].as_py(), column.offsets[r + 1].as_py()
+            out.append(column.values.to_numpy()[lo:hi])
+        return out
 
 
 @torch.no_grad()
@@ -193,10 +227,165 @@ def _masked(ids: torch.Tensor, tokenizer, model, gen: torch.Generator, probabili
     )
 
 
+# --------------------------------------------------------------------------- objectives
+
+
+class MaskedLM:
+    """The MLM objective: a micro-batch is (masked inputs, labels with -100 off the masks)."""
+
+    loss_name = "MLM loss"
+
+    def __init__(self, tokenizer, vocab_size: int, probability: float) -> None:
+        self.tokenizer, self.vocab_size, self.probability = tokenizer, vocab_size, probability
+
+    def batch(self, data: PackedRows, first: int, count: int, seed: int):
+        return mask_rows(
+            data.rows(first, count),
+            first,
+            seed=seed,
+            tokenizer=self.tokenizer,
+            vocab_size=self.vocab_size,
+            probability=self.probability,
+        )
+
+    @staticmethod
+    def targets(batch) -> int:
+        return int((batch[1] != -100).sum())
+
+    @staticmethod
+    def loss_sum(model, batch, device: torch.device) -> torch.Tensor:
+        x, y = batch
+        y = y.to(device)
+        # the vocabulary projection only at the masked positions
+        logits = model(input_ids=x.to(device), labels=y, labelled_logits_only=True).logits
+        return torch.nn.functional.cross_entropy(logits.float(), y[y != -100], reduction="sum")
+
+    def evaluate(self, model, shards: Path, batch_size: int, max_batches: int) -> float:
+        return evaluate(model, self.tokenizer, shards, batch_size, max_batches, 0)
+
+
+class Denoising:
+    """BART's denoising objective (`training.denoise`): a micro-batch is a `Seq2SeqBatch`
+    whose targets are every token of the original rows."""
+
+    loss_name = "denoising loss"
+
+    def __init__(self, noise: NoiseParams, pad_id: int, decoder_start_id: int) -> None:
+        self.noise, self.pad_id, self.decoder_start_id = noise, pad_id, decoder_start_id
+
+    @classmethod
+    def for_model(cls, params: PretrainParams, tokenizer, config, seq_len: int) -> Denoising:
+        if tokenizer.mask_token_id is None:
+            raise InputError("pretrain.objective: denoise needs a tokenizer with a <mask> token")
+        positions = min(
+            config.max_encoder_position_embeddings, config.max_decoder_position_embeddings
+        )
+        if seq_len > positions:
+            raise InputError(
+                f"packed rows of {seq_len} tokens do not fit pretrain.base {params.base}: the "
+                f"decoder reconstructs whole rows and has {config.max_decoder_position_embeddings} "
+                f"positions (encoder {config.max_encoder_position_embeddings}); tokenize with "
+                "a shorter tokenize.seq_len"
+            )
+        noise = NoiseParams(
+            mask_id=tokenizer.mask_token_id,
+            mask_ratio=params.denoise_mask_ratio,
+            poisson_lambda=params.denoise_poisson_lambda,
+            permute=params.denoise_permute_sentences,
+        )
+        return cls(noise, config.pad_token_id, config.decoder_start_token_id)
+
+    def batch(self, data: PackedRows, first: int, count: int, seed: int) -> Seq2SeqBatch:
+        rows = data.rows(first, count).numpy()
+        starts = data.sentence_starts(first, count) if self.noise.permute else [[]] * count
+        return denoise_batch(
+            rows,
+            [np.asarray(x, dtype=np.int64) for x in starts],
+            first,
+            seed=seed,
+            noise=self.noise,
+            pad_id=self.pad_id,
+            decoder_start_id=self.decoder_start_id,
+        )
+
+    @staticmethod
+    def targets(batch: Seq2SeqBatch) -> int:
+        return batch.labels.numel()
+
+    @staticmethod
+    def loss_sum(model, batch: Seq2SeqBatch, device: torch.device) -> torch.Tensor:
+        batch = batch.to(device)
+        logits = model(**batch.model_inputs()).logits
+        return torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), batch.labels.flatten(), reduction="sum"
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model, shards: Path, batch_size: int, max_batches: int) -> float:
+        """Denoising loss on the first `max_batches` batches of validation rows, each noised
+        by (seed 0, its row number), so evaluations compare."""
+        model.eval()
+        device = next(model.parameters()).device
+        data, b = PackedRows(shards, "validation"), batch_size
+        total, count = 0.0, 0
+        for first in range(0, min(data.n_rows, b * max_batches), b):
+            batch = self.batch(data, first, min(b, data.n_rows - first), seed=0)
+            total += float(self.loss_sum(model, batch, device))
+            count += self.targets(batch)
+        model.train()
+        return total / count
+
+
+def make_objective(params: PretrainParams, tokenizer, model, seq_len: int) -> MaskedLM | Denoising:
+    if params.objective == "denoise":
+        return Denoising.for_model(params, tokenizer, model.config, seq_len)
+    return MaskedLM(tokenizer, model.config.vocab_size, params.mlm_probability)
+
+
+#: config.json model types of encoder-decoder checkpoints (denoising; MLM refuses them)
+ENCODER_DECODER_TYPES = ("led", "bart")
+
+
+def _base_model_type(base: Path) -> str | None:
+    path = require_path(Path(base) / "config.json", "base checkpoint config")
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except (ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: not a JSON object: {exc}") from None
+
+
+def check_objective(params: PretrainParams) -> None:
+    """The objective must suit the base's family: MLM an encoder (Longformer, or a fresh one
+    from `model`), denoising an LED. Refused with one line saying what to do instead."""
+    model_type = None if params.base is None else _base_model_type(params.base)
+    if params.objective == "mlm" and model_type in ENCODER_DECODER_TYPES:
+        raise InputError(
+            f"pretrain.base {params.base} is an encoder-decoder ({model_type}); masked-LM "
+            "pretraining needs an encoder-only model: set pretrain.objective: denoise"
+        )
+    if params.objective == "denoise" and model_type != "led":
+        what = "no base" if params.base is None else f"{params.base} is a {model_type!r} model"
+        hint = " (convert it first: `longdoc convert --base DIR`)" if model_type == "bart" else ""
+        raise InputError(
+            f"pretrain.objective: denoise trains an encoder-decoder (LED) given as pretrain.base, "
+            f"but {what}{hint}; an LED comes from `longdoc convert` of a BART-architecture "
+            "checkpoint; for an encoder-only model use objective: mlm"
+        )
+
+
 def build_model(params: PretrainParams, model_params: ModelParams, tokenizer):
+    check_objective(params)
     if params.base is not None:
         require_path(params.base, "base checkpoint")
-        return LongformerForMaskedLM.from_pretrained(params.base)
+        cls = LEDForConditionalGeneration if params.objective == "denoise" else None
+        model = (cls or LongformerForMaskedLM).from_pretrained(params.base)
+        if len(tokenizer) > model.config.vocab_size:
+            raise InputError(
+                f"the shards' tokenizer has {len(tokenizer)} tokens, more than the vocabulary of "
+                f"pretrain.base {params.base} ({model.config.vocab_size}): tokenize with the "
+                "base's tokenizer (tokenize.base_tokenizer)"
+            )
+        return model
     config = make_config(
         model_params,
         vocab_size=len(tokenizer),
@@ -405,6 +594,7 @@ class _Trainer:
     optimizer: Any
     scheduler: Any
     data: PackedRows
+    objective: MaskedLM | Denoising
     ddp: Any = None
 
 
@@ -448,9 +638,15 @@ def pretrain(
 
 def _build(job: _Job) -> _Trainer:
     params = job.params
+    if params.objective == "denoise" and job.env.sharded:
+        raise InputError(
+            f"pretrain.parallel: {job.env.mode} shards the encoder's Longformer layers only; "
+            "denoising an LED (encoder-decoder) runs under parallel: ddp"
+        )
     seed_everything(params.seed)
     data = PackedRows(job.shards, "train")
     model = build_model(params, job.model_params, job.tokenizer).to(job.env.device)
+    objective = make_objective(params, job.tokenizer, model, data.seq_len)
     if params.gradient_checkpointing:
         kwargs = {"use_reentrant": False}  # non-reentrant: works with DDP and unused params
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
@@ -461,7 +657,7 @@ def _build(job: _Job) -> _Trainer:
     parallel.prepare(model, job.env, bf16=params.bf16)  # fsdp/tp: before the optimizer
     optimizer = adamw(model, params.lr, params.weight_decay)
     scheduler = warmup_linear_decay(optimizer, params.warmup_steps, params.steps)
-    return _Trainer(model, optimizer, scheduler, data)
+    return _Trainer(model, optimizer, scheduler, data, objective)
 
 
 def _resume(job: _Job, t: _Trainer) -> tuple[LoopState, bool]:
@@ -491,7 +687,7 @@ def _resume(job: _Job, t: _Trainer) -> tuple[LoopState, bool]:
     return state, start is not None
 
 
-def _log_start(job: _Job, model, state: LoopState) -> None:
+def _log_start(job: _Job, model, objective, state: LoopState) -> None:
     """A fresh run's parameters and step-0 validation loss (rank 0)."""
     params = job.params
     mlflow.set_tag("stage", "pretrain")
@@ -500,9 +696,7 @@ def _log_start(job: _Job, model, state: LoopState) -> None:
     mlflow.log_params(
         {"n_parameters": sum(p.numel() for p in model.parameters()), "world_size": job.env.world}
     )
-    eval_loss = evaluate(
-        model, job.tokenizer, job.shards, params.batch_size, params.eval_batches, 0
-    )
+    eval_loss = objective.evaluate(model, job.shards, params.batch_size, params.eval_batches)
     mlflow.log_metrics(_eval_metrics(eval_loss, job.chars_per_token), step=0)
     state.eval0 = eval_loss
 
@@ -519,7 +713,7 @@ def _train(job: _Job) -> dict:
     with run_ctx as run:
         start_model = None if resumed else parallel.full_model(t.model, env)
         if env.main and not resumed:
-            _log_start(job, start_model, state)
+            _log_start(job, start_model, t.objective, state)
         del start_model
         if env.main:
             state.run_id = run.info.run_id
@@ -529,7 +723,7 @@ def _train(job: _Job) -> dict:
         if not env.main:
             env.barrier()
             return {"rank": env.rank}
-        summary = _finish(job, final_model, state, run)
+        summary = _finish(job, final_model, t.objective, state, run)
     env.barrier()
     if is_longdoc_dir(job.root, "pretrain", _CKPT_LEGACY):  # marked above; never another's dir
         shutil.rmtree(job.root, ignore_errors=True)
@@ -537,43 +731,27 @@ def _train(job: _Job) -> dict:
 
 
 def _micro_batches(job: _Job, t: _Trainer, state: LoopState) -> list:
-    """This rank's (masked inputs, labels) of the next step: micro-batches r, r + W, ..."""
+    """This rank's micro-batches of the next step (r, r + W, ...), made by the objective."""
     b, world, rank = job.params.batch_size, job.env.dp_world, job.env.dp_rank
     micro = []
     for a in range(job.params.grad_accum):
         first = state.rows + (a * world + rank) * b
-        micro.append(
-            mask_rows(
-                t.data.rows(first, b),
-                first,
-                seed=job.params.seed,
-                tokenizer=job.tokenizer,
-                vocab_size=t.model.config.vocab_size,
-                probability=job.params.mlm_probability,
-            )
-        )
+        micro.append(t.objective.batch(t.data, first, b, job.params.seed))
     return micro
 
 
 def _step(job: _Job, t: _Trainer, state: LoopState) -> float:
-    """One optimizer step; returns the loss over the masked tokens of all ranks."""
+    """One optimizer step; returns the loss over the target tokens of all ranks."""
     env, params = job.env, job.params
     micro = _micro_batches(job, t, state)
-    count = torch.tensor(float(sum(int((y != -100).sum()) for _, y in micro)))
+    count = torch.tensor(float(sum(t.objective.targets(m) for m in micro)))
     count = env.data_sum(count).item()
     total = torch.zeros((), device=env.device)
-    for k, (x, y) in enumerate(micro):
+    for k, batch in enumerate(micro):
         sync = env.world == 1 or k == len(micro) - 1
         with contextlib.nullcontext() if sync else parallel.no_sync(t.ddp):
-            y = y.to(env.device)
             with _autocast(params, env.device):
-                # the vocabulary projection only at the masked positions
-                logits = t.ddp(
-                    input_ids=x.to(env.device), labels=y, labelled_logits_only=True
-                ).logits
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits.float(), y[y != -100], reduction="sum"
-            )
+                loss_sum = t.objective.loss_sum(t.ddp, batch, env.device)
             (loss_sum * env.dp_world / max(count, 1.0)).backward()  # gradients are averaged
         total += loss_sum.detach()
     loss = env.data_sum(total).item() / max(count, 1.0)
@@ -651,7 +829,7 @@ def _start_run(run_id: str | None):
     return mlflow.start_run(run_name="pretrain")
 
 
-def _publish(job: _Job, model, curve: dict) -> None:
+def _publish(job: _Job, model, curve: dict, loss_name: str) -> None:
     """The HF checkpoint (+ loss log) to `params.out`, via a staging dir; plots to MLflow."""
     staging = staging_dir(Path(job.params.out), "pretrain")
     model.save_pretrained(staging)
@@ -659,17 +837,15 @@ def _publish(job: _Job, model, curve: dict) -> None:
     shutil.copyfile(job.log_path, staging / "train_log.jsonl")
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(
-            str(plot_curve(curve, Path(tmp) / "loss_curve.png", "MLM loss")), "plots"
+            str(plot_curve(curve, Path(tmp) / "loss_curve.png", loss_name)), "plots"
         )
     mlflow.log_artifacts(str(staging), "checkpoint")
     publish_dir(staging, Path(job.params.out), stage="pretrain", force=job.params.force)
 
 
-def _finish(job: _Job, model, state: LoopState, run) -> dict:
+def _finish(job: _Job, model, objective, state: LoopState, run) -> dict:
     params = job.params
-    eval_loss = evaluate(
-        model, job.tokenizer, job.shards, params.batch_size, params.eval_batches, 0
-    )
+    eval_loss = objective.evaluate(model, job.shards, params.batch_size, params.eval_batches)
     final = _eval_metrics(eval_loss, job.chars_per_token)
     mlflow.log_metrics(final, step=params.steps)
     entries = _read_log(job.log_path, params.steps)
@@ -679,7 +855,7 @@ def _finish(job: _Job, model, state: LoopState, run) -> dict:
         if state.eval0 is not None
         else [(params.steps, eval_loss)],
     }
-    _publish(job, model, curve)
+    _publish(job, model, curve, objective.loss_name)
     summary = {
         "run_id": run.info.run_id,
         "steps": params.steps,

@@ -1,7 +1,8 @@
 """Pretraining in the sharded modes (training.parallel) on 2 CPU processes (torchrun, gloo):
 FSDP2 and tensor parallelism follow the 1-process losses step for step; a run killed with
 SIGKILL after a checkpoint resumes, in the other mode and in one plain process, and continues
-the same losses; the published checkpoint loads into transformers' own class.
+the same losses; the published checkpoint loads into transformers' own class. On 4 ranks, tp
+and data parallelism combine on a 2-D mesh (tp_size 2 x dp 2) with the same losses.
 
 The tiny model and shards are test_pretrain's (hidden 32, 2 heads: tp gives each rank one
 head); dropout is off so only float summation order differs between layouts.
@@ -41,15 +42,15 @@ def _config(shards: Path, tmp: Path, name: str, mode: str | None, **pretrain) ->
     return cfg
 
 
-def _torchrun(cfg: dict, pause: float = 0.0) -> subprocess.Popen:
-    """2 ranks under one launcher."""
+def _torchrun(cfg: dict, pause: float = 0.0, ranks: int = 2) -> subprocess.Popen:
+    """`ranks` ranks under one launcher."""
     script = Path(cfg["pretrain"]["out"]).parent / "runner.py"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(RUNNER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [str(script), json.dumps(cfg), str(pause)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={ranks}", str(script), json.dumps(cfg), str(pause)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -119,4 +120,28 @@ def test_a_run_killed_in_one_mode_resumes_in_another_with_the_same_losses(shards
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     ref_weights = LongformerForMaskedLM.from_pretrained(ref["pretrain"]["out"]).state_dict()
     for name, tensor in ours.state_dict().items():
+        torch.testing.assert_close(tensor, ref_weights[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow  # 4 ranks starting torch on 2 cores + the reference run: ~50 s when loaded
+def test_four_ranks_on_a_2d_mesh_tp_2_by_dp_2_pretrain_as_one_process(shards, tmp_path):
+    """tp_size 2 (one head per rank) x 2 data-parallel replicas: each tp pair reads its half of
+    the global batch (8 rows: micro-batches of 2, accumulated twice), gradients all-reduced
+    over "dp"; the losses are the 1-process run's."""
+    steps = 3
+    ref = _config(shards, tmp_path, "ref", None, steps=steps)
+    mesh = _config(shards, tmp_path, "mesh", "tp", steps=steps, tp_size=2)
+    mesh["pretrain"]["grad_accum"] = 2  # 2 rows x 2 micro-batches x 2 replicas = 8 rows
+    for cfg in (ref, mesh):
+        cfg["pretrain"]["checkpoint_every"] = steps  # no mid-run checkpoint: not this test's
+    proc = _torchrun(mesh, ranks=4)
+    _in_process(ref)  # meanwhile
+    _finish(proc)
+    expected, got = _losses(ref), _losses(mesh)
+    assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+    ours = LongformerForMaskedLM.from_pretrained(mesh["pretrain"]["out"]).state_dict()
+    ref_weights = LongformerForMaskedLM.from_pretrained(ref["pretrain"]["out"]).state_dict()
+    for name, tensor in ours.items():
         torch.testing.assert_close(tensor, ref_weights[name], rtol=1e-3, atol=1e-4, msg=name)
