@@ -853,19 +853,12 @@ class _GpuBand(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_lse):
-        from .tvm_source import BIG
-
         q, k, v, okf, out, lse, gk, gv, gok = ctx.saved_tensors
         fns, w, causal = ctx.fns, ctx.w, ctx.causal
         if g_out is None:
             g_out = torch.zeros_like(out)
         g_out = g_out.to(torch.float32).contiguous()
-        delta = torch.einsum("bmhd,bmhd->bmh", g_out, out)
-        if g_lse is not None:
-            delta = delta - g_lse
-        live = torch.isfinite(lse)
-        delta = torch.where(live, delta, torch.zeros_like(delta)).contiguous()
-        lse_s = torch.where(live, lse, torch.full_like(lse, BIG)).contiguous()
+        delta, lse_s = _softmax_stats(g_out, out, lse, g_lse)
         dq, dk, dv = (torch.empty_like(q) for _ in range(3))
         fns["dq"](q, g_out, lse_s, delta, k, v, okf, gk, gv, gok, dq, w, causal)
         fns["dkdv"](k, v, okf, q, g_out, lse_s, delta, dk, dv, w, causal)
