@@ -9,6 +9,7 @@ parameters is checked without a cluster (`with_runner`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -217,6 +218,7 @@ def test_score_on_dask_is_the_local_output_and_survives_kill_9_of_flow_and_worke
     _corpus(tmp_path / "docs")
 
     # kill -9 of the flow process with units on the cluster: the workers go with it
+    ephemeral: list[int] = []
     proc = _driver(tmp_path, "pause", src, champion.uri)
     try:
         _wait_for(lambda: (tmp_path / "paused").exists(), proc, tmp_path, "pause")
@@ -225,12 +227,19 @@ def test_score_on_dask_is_the_local_output_and_survives_kill_9_of_flow_and_worke
         )
         workers = [k for k in _children(proc.pid) if "multiprocessing" in _cmdline(k)]
         assert len(workers) >= 2, _log(tmp_path, "pause")
+        # the driver runs its flow on Prefect's ephemeral API server (not `longdoc`'s shared
+        # server, whose watchdog stops it with its command): a kill -9 orphans it, so the
+        # test stops it itself
+        ephemeral += [k for k in _children(proc.pid) if "prefect.server" in _cmdline(k)]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+        for pid in ephemeral:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while any(_alive(w) for w in workers):
         assert time.monotonic() < deadline, "Dask workers outlived the killed flow process"
