@@ -52,9 +52,7 @@ def register(tmp_path: Path, name: str, kind: str = "classification", seed: int 
     """Log + register a tiny model as `name`, make it champion; returns its version."""
     ckpt = make_checkpoint(tmp_path / f"ckpt-{name}-{seed}", kind, seed)
     with mlflow.start_run():
-        info = log_longdoc_model(ckpt, name) if kind == "classification" else None
-        if info is None:
-            info = log_longdoc_model(ckpt, name)
+        info = log_longdoc_model(ckpt, name)
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
     return version

@@ -1,7 +1,8 @@
 """The README's deployment walk-through, for real, on 127.0.0.1: a Prefect server with its own
 PREFECT_HOME, the `longdoc` process pool, `prefect deploy`, a worker, and
 `prefect deployment run 'batch-score/default' --param input=... --watch` on a tiny archive with
-a tiny model registered in the test's own MLflow store; then the archive-landed trigger
+a tiny classifier registered in the test's own MLflow store, and again with a tiny summarizer
+(an LED) as the model; then the archive-landed trigger
 (switched on in the test's copy) runs it again from a `prefect event emit`. Every process the test
 starts is stopped by its PID (its process group: the server and the worker start children), also
 on failure."""
@@ -19,13 +20,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from longdoc.components.core import tracking
 from longdoc.components.core.config import TrackingParams
+from longdoc.components.inference.serving import log_longdoc_model
 from tests.components.test_score import TEXTS, register
+from tests.components.test_score_summarization import tiny_led
 from tests.e2e.conftest import BIN, cli_env, copy_repo
 
 pytestmark = pytest.mark.slow
@@ -144,7 +148,13 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    out = tmp_path / "predictions"
+    out, summaries = tmp_path / "predictions", tmp_path / "summaries"
+    with mlflow.start_run():
+        led = log_longdoc_model(tiny_led(tmp_path / "led"), "longdoc-summarization")
+    summarizer = str(led.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(
+        "longdoc-summarization", "champion", summarizer
+    )
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -180,32 +190,36 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
             repo,
             env,
         )
-        res = subprocess.run(
-            [
-                str(BIN / "prefect"),
-                "deployment",
-                "run",
-                "batch-score/default",
-                "--param",
-                f"input={archive}",
-                "--param",
-                "model_uri=models:/longdoc-imdb@champion",
-                "--param",
-                f"output={out}",
-                "--watch",
-                "--watch-timeout",
-                "400",
-            ],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=450,
-        )
-        detail = f"{res.stdout[-3000:]}\n--- worker log ---\n{procs.tail('worker')}"
-        assert res.returncode == 0, detail
-        assert "Completed" in res.stdout, detail
-        assert worker.poll() is None, detail
+        for model_uri, where in (
+            ("models:/longdoc-imdb@champion", out),
+            ("models:/longdoc-summarization@champion", summaries),
+        ):
+            res = subprocess.run(
+                [
+                    str(BIN / "prefect"),
+                    "deployment",
+                    "run",
+                    "batch-score/default",
+                    "--param",
+                    f"input={archive}",
+                    "--param",
+                    f"model_uri={model_uri}",
+                    "--param",
+                    f"output={where}",
+                    "--watch",
+                    "--watch-timeout",
+                    "400",
+                ],
+                cwd=repo,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=450,
+            )
+            detail = f"{res.stdout[-3000:]}\n--- worker log ---\n{procs.tail('worker')}"
+            assert res.returncode == 0, detail
+            assert "Completed" in res.stdout, detail
+            assert worker.poll() is None, detail
 
         # An archive lands: the event runs batch-score on its path, into data/predictions/<id>
         # of the deployed copy (the trigger's parameters are templated from the event).
@@ -235,5 +249,12 @@ def test_batch_score_deployment_end_to_end(tmp_path, monkeypatch):
     assert manifest["counts"] == {"inputs": 4, "scored": 3, "errors": 1}
     errors = (out / "errors.jsonl").read_text().splitlines()
     assert [json.loads(e)["member"] for e in errors] == ["empty.txt"]
+    summarized = pq.read_table(summaries / "predictions.parquet").to_pylist()
+    assert sorted(r["member"] for r in summarized) == ["a.txt", "b.txt", "c.txt"]
+    assert {(r["model_name"], r["model_version"]) for r in summarized} == {
+        ("longdoc-summarization", summarizer)
+    }
+    assert all(isinstance(r["summary"], str) and "label" not in r for r in summarized)
+    assert json.loads((summaries / "manifest.json").read_text())["counts"] == manifest["counts"]
     # the flow ran in the deployed copy: the rest of the score section came from its params.yaml
     assert manifest["params"]["chunk_docs"] == 2 and len(manifest["parts"]) == 2

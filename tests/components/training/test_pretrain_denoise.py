@@ -1,12 +1,16 @@
 """Denoising pretraining of an LED (`pretrain.objective: denoise`): a tiny BART converted by
 `longdoc convert` trains a few steps to a published checkpoint with a falling loss; a run
 interrupted after its first checkpoint resumes to the losses of an uninterrupted one; the
-objective must suit the base (MLM refuses an LED, denoising refuses an encoder-only base)."""
+objective must suit the base (MLM refuses an LED, denoising refuses an encoder-only base); DDP on
+2 CPU processes matches one process at the same global batch."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,14 @@ from longdoc.components.core.config import (
     ModelParams,
     PretrainParams,
     TrackingParams,
+    params_dict,
 )
 from longdoc.components.core.io import InputError
 from longdoc.components.data import tokenize as tok
 from longdoc.components.modeling.convert import convert
 from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.training.pretrain import PackedRows, check_objective, pretrain
+from tests.components.test_pretrain import REPO, RUNNER
 
 SEQ = 48
 SENTENCES = [
@@ -54,6 +60,9 @@ def led_and_shards(tmp_path_factory) -> tuple[Path, Path]:
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
         max_position_embeddings=64,
+        dropout=0.0,  # no dropout: DDP ranks draw their own masks, the comparison would differ
+        attention_dropout=0.0,
+        activation_dropout=0.0,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -180,3 +189,34 @@ def test_shards_without_sentence_starts_are_refused_for_permutation(shards):
     assert data.rows(0, 2).shape == (2, data.seq_len)  # MLM reads them as before
     with pytest.raises(InputError, match="no sentence_starts .* rerun `longdoc tokenize`"):
         data.sentence_starts(0, 2)
+
+
+def test_ddp_two_processes_denoise_as_one_process(led_and_shards, tmp_path):
+    """Global batch 4: 2 processes x 2 rows (torchrun, gloo) give the losses of 1 process x 4
+    rows (the noise is a function of (seed, row), not of the rank that draws it)."""
+    led, shards = led_and_shards
+    one = _params(led, shards, tmp_path, "one", batch_size=4, checkpoint_every=0)
+    two = _params(led, shards, tmp_path, "two", batch_size=2, checkpoint_every=0)
+    cfg = {
+        "pretrain": params_dict(two),
+        "model": params_dict(ModelParams()),
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'ddp.db'}", "experiment": "t"},
+    }
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.Popen(
+        [*cmd, str(script), json.dumps(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    _run(one, tmp_path)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out.decode()[-4000:]
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
