@@ -1,5 +1,6 @@
 """Pretraining: resumable after kill -9 with the same subsequent losses, DDP on 2 CPU processes
-matching one process at the same global batch, gradient accumulation matching a big batch.
+matching one process at the same global batch, gradient accumulation matching a big batch; the
+MLM loss path against transformers' gradients; published global projections copied from local.
 
 The shards are made here directly (tokenizer + packed Arrow files + manifest) so these tests do
 not depend on the ingest/tokenize stages; the model is tiny and sequences are 32 tokens.
@@ -200,3 +201,58 @@ def test_bf16_and_gradient_checkpointing_follow_the_fp32_run(shards, tmp_path):
     assert a != b  # bf16 really was in effect
     for step in a:
         assert math.isfinite(b[step]) and b[step] == pytest.approx(a[step], rel=2e-2), step
+
+
+def test_published_checkpoint_has_global_projections_copied_from_the_local_ones(shards, tmp_path):
+    """MLM marks no token global, so the global q/k/v never train; pretraining publishes them as
+    copies of the trained local ones (Longformer's conversion rule), not as random init."""
+    import torch
+
+    from longdoc.components.inference.cloze import MaskedLM
+    from longdoc.components.modeling.model import LongformerForMaskedLM
+
+    cfg = _cfg(shards, tmp_path, "globals", steps=2, checkpoint_every=0)
+    _in_process(cfg)
+    out = Path(cfg["pretrain"]["out"])
+    attention = LongformerForMaskedLM.from_pretrained(out).longformer.encoder.layer[0].attention
+    for name in ("query", "key", "value"):
+        local, glob = getattr(attention.self, name), getattr(attention.self, f"{name}_global")
+        assert local.bias.any()  # trained (a fresh bias is all zero)
+        assert torch.equal(glob.weight, local.weight) and torch.equal(glob.bias, local.bias)
+    assert MaskedLM.from_checkpoint(out, device="cpu").global_projections == "copied from local"
+
+
+def test_the_mlm_training_loss_has_transformers_gradients(shards):
+    """The trainer's MLM path (dynamic masking, labelled-positions-only head, summed loss) gives
+    the gradients of transformers' LongformerForMaskedLM with a plain loss on the same weights
+    and batch (a float64 model; the trainer's float32 loss limits the agreement): the slow start
+    of pretraining from scratch is not our model's or trainer's doing."""
+
+    import torch
+    import transformers
+
+    from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
+    from longdoc.components.training.pretrain import MaskedLM, PackedRows
+
+    tokenizer = tok.load_tokenizer(shards)
+    params = ModelParams(**{**MODEL, "dropout": 0.0})
+    config = make_config(params, vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0,
+                         eos_token_id=2)  # fmt: skip
+    torch.manual_seed(0)
+    ours = LongformerForMaskedLM(config).double()
+    hf_fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "dtype")}
+    hf = transformers.LongformerForMaskedLM(transformers.LongformerConfig(**hf_fields)).double()
+    hf.load_state_dict(ours.state_dict())
+    objective = MaskedLM(tokenizer, len(tokenizer), probability=0.3)
+    batch = objective.batch(PackedRows(shards), first=0, count=4, seed=0)
+    count = objective.targets(batch)
+    assert count > 0
+    (objective.loss_sum(ours, batch, torch.device("cpu")) / count).backward()
+    hf(input_ids=batch[0], labels=batch[1]).loss.backward()
+    theirs = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.grad is None or name.endswith("key.bias"):  # softmax ignores it: gradient ~0 noise
+            continue
+        # the trainer takes the loss in float32 (`loss_sum`): agreement to float32 rounding
+        scale = float(theirs[name].grad.abs().max())
+        torch.testing.assert_close(p.grad, theirs[name].grad, rtol=0, atol=1e-6 * scale, msg=name)

@@ -14,10 +14,12 @@ refused: its vocabulary projection would be random.
 
 Global projections that were never trained are replaced by copies of the local ones (see
 `untrained_global_projections`): MLM pretraining, ours as Longformer's, marks no token global, so
-a model pretrained from scratch (the demo's) still has its random initial `query_global` /
-`key_global` / `value_global`, and a mask read through them would see noise. Copying is the rule
-Longformer's conversion uses to initialise them (`longdoc convert` does the same), and for a
-query shorter than the window it gives exactly what the local attention computes.
+a model pretrained from scratch would keep its random initial `query_global` / `key_global` /
+`value_global`, and a mask read through them would see noise. Copying is the rule Longformer's
+conversion uses to initialise them (`longdoc convert` does the same), and for a query shorter
+than the window it gives exactly what the local attention computes. `longdoc pretrain` now
+publishes such checkpoints with the copies in place (`global_projections_are_local_copies`);
+the read-time copy is for checkpoints written before it did.
 """
 
 from __future__ import annotations
@@ -107,6 +109,18 @@ def untrained_global_projections(model: torch.nn.Module) -> bool:
     return not any(bool(b.detach().any()) for b in biases)
 
 
+def global_projections_are_local_copies(model: torch.nn.Module) -> bool:
+    """True when every layer's global query/key/value projection equals its local one exactly
+    (what `copy_local_to_global` leaves, and what pretraining from scratch publishes)."""
+    layers = _attention_layers(model)
+    return bool(layers) and all(
+        torch.equal(getattr(layer, g).weight, getattr(layer, local).weight)
+        and torch.equal(getattr(layer, g).bias, getattr(layer, local).bias)
+        for layer in layers
+        for local, g in _PROJECTIONS
+    )
+
+
 def copy_local_to_global(model: torch.nn.Module) -> int:
     """Set every layer's global projections to copies of its local ones, in place (Longformer's
     initialisation of them); returns how many layers."""
@@ -129,7 +143,9 @@ class MaskedLM:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.global_projections = "trained"
-        if untrained_global_projections(self.model):
+        if global_projections_are_local_copies(self.model):  # pretraining published them so
+            self.global_projections = "copied from local"
+        elif untrained_global_projections(self.model):  # a checkpoint from before it did
             layers = copy_local_to_global(self.model)
             self.global_projections = "copied from local"
             log.warning(

@@ -29,7 +29,9 @@ A rerun with the same parameters resumes from the newest one and reproduces the 
 uninterrupted run would have logged; a finished run deletes `<out>.ckpt/`.
 
 Every step's loss is appended to `<out>.ckpt/log.jsonl`, which ends up in the published
-checkpoint as `train_log.jsonl`.
+checkpoint as `train_log.jsonl`. An MLM checkpoint is published with global q/k/v projections
+that never trained (MLM marks no token global) replaced by copies of the local ones
+(`fill_untrained_global_projections`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from longdoc.components.core.io import (
     write_manifest,
 )
 from longdoc.components.data import tokenize as tok
+from longdoc.components.inference.cloze import copy_local_to_global, untrained_global_projections
 from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
 from longdoc.components.training import parallel
@@ -829,8 +832,27 @@ def _start_run(run_id: str | None):
     return mlflow.start_run(run_name="pretrain")
 
 
+def fill_untrained_global_projections(model) -> bool:
+    """Copy the local q/k/v projections into global ones that never trained, in place; True
+    if it did. MLM marks no token global, so a model pretrained from scratch never trains its
+    global projections; a probe or fine-tuning that puts global attention on a token would read
+    it through random ones. Copies are what Longformer's conversion (and `longdoc convert`)
+    starts them from. A base whose global projections trained (or were copied) is left as is."""
+    if not untrained_global_projections(model):
+        return False
+    layers = copy_local_to_global(model)
+    log.info(
+        "pretrain: global q/k/v projections never trained; published as copies of the "
+        "local ones in %d layers (as Longformer's conversion initialises them)",
+        layers,
+    )
+    return True
+
+
 def _publish(job: _Job, model, curve: dict, loss_name: str) -> None:
     """The HF checkpoint (+ loss log) to `params.out`, via a staging dir; plots to MLflow."""
+    if job.params.objective == "mlm":
+        fill_untrained_global_projections(model)
     staging = staging_dir(Path(job.params.out), "pretrain")
     model.save_pretrained(staging)
     job.tokenizer.save_pretrained(staging)
