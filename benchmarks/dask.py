@@ -106,42 +106,78 @@ def start_runners(stack: ExitStack, unit_name: str) -> dict[str, tuple]:
     return runners
 
 
+def _cpu_s(pids: set[int]) -> float:
+    """User + system CPU seconds these processes have used (this one: all its threads)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def _server_pids() -> set[int]:
+    """The local Prefect server's process (it records task runs' states: CPU on the same
+    cores), if this machine runs it; empty when PREFECT_API_URL names a server elsewhere."""
+    from longdoc.flows import server
+
+    info = server.running_server()
+    return {int(info["pid"])} if info else set()
+
+
 def race(
     runners: dict[str, tuple], run: Callable, reps: int, warm_up: Callable
 ) -> tuple[dict[str, list[float]], dict[str, dict], dict[str, dict]]:
-    """Alternate the contenders `reps` rounds; (seconds per round, peaks, outputs) by name.
-    First `warm_up(runner)` each, untimed: a Dask worker imports torch and the stage's modules
-    when its first unit arrives (seconds, once per worker process, not per unit)."""
+    """Alternate the contenders `reps` rounds; (seconds per round, peaks and CPU seconds,
+    outputs) by name. First `warm_up(runner)` each, untimed: a Dask worker imports torch and the
+    stage's modules when its first unit arrives (seconds, once per worker process, not per unit).
+
+    CPU seconds (the stage's process, its workers, the local Prefect server that records the
+    task runs) depend much less on what else the machine runs than wall seconds do: what is not
+    in the workers' column runs on the same cores and caps what a second worker can add."""
     for runner, _workers in runners.values():
         warm_up(runner)
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     peaks: dict[str, dict] = {}
     outputs: dict[str, dict] = {}
+    me, api = {os.getpid()}, _server_pids()
     for rep in range(reps):
         for name, (runner, workers) in runners.items():
             _clear_peak(workers)
+            cpu0 = _cpu_s(me), _cpu_s(workers), _cpu_s(api)
             t0 = time.perf_counter()
             outputs[name] = run(runner, f"{name.replace(' ', '')}-{rep}")
             seconds[name].append(time.perf_counter() - t0)
+            cpu = _cpu_s(me) - cpu0[0], _cpu_s(workers) - cpu0[1], _cpu_s(api) - cpu0[2]
             stage = _vm_hwm_mib(os.getpid())
             worker = [_vm_hwm_mib(pid) for pid in sorted(workers)]
-            peaks[name] = {"stage": max(stage, peaks.get(name, {}).get("stage", 0)), "w": worker}
-            print(f"[round {rep + 1}] {name}: {seconds[name][-1]:.1f} s", flush=True)
+            before = peaks.get(name, {"stage": 0, "cpu": (float("inf"), 0.0, 0.0)})
+            best_cpu = min(before["cpu"], cpu, key=sum)
+            peaks[name] = {"stage": max(stage, before["stage"]), "w": worker, "cpu": best_cpu}
+            print(
+                f"[round {rep + 1}] {name}: {seconds[name][-1]:.1f} s, CPU s: stage process "
+                f"{cpu[0]:.1f}, workers {cpu[1]:.1f}, Prefect server {cpu[2]:.1f}",
+                flush=True,
+            )
     return seconds, peaks, outputs
 
 
 def table(what: str, n: int, seconds: dict[str, list[float]], peaks: dict[str, dict]) -> str:
     lines = [
         f"| {what}: runner | best s | first s | {what.split()[-1]}/s | vs dask x1 | vs local "
+        "| CPU s: stage process / workers / Prefect server "
         "| peak RSS MiB: stage process / each worker |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     best = {name: min(s) for name, s in seconds.items()}
     for name in seconds:
         workers = ", ".join(f"{m:,.0f}" for m in peaks[name]["w"]) or "-"
+        cpu = peaks[name]["cpu"]  # the round with the least CPU in all
         lines.append(
             f"| {name} | {best[name]:.1f} | {seconds[name][0]:.1f} | {n / best[name]:.2f} | "
             f"{best['dask x1'] / best[name]:.2f}x | {best['local'] / best[name]:.2f}x | "
+            f"{cpu[0]:.1f} / {cpu[1]:.1f} / {cpu[2]:.1f} | "
             f"{peaks[name]['stage']:,.0f} / {workers} |"
         )
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Running data stages' units (components.core.units): units commit in order whatever order
 they finish in, a failed unit surfaces after the units before it are committed, a scoring run
 killed with units in flight reuses every unit that was scored (its part was written as soon as
-it finished), and ingest on a real 2-worker Dask LocalCluster survives `kill -9` of its process
-(the rerun splits none of what it split) and of a worker mid-unit (every document once). The
-same through Prefect's DaskTaskRunner, for score, is tests/flows/test_dask.py."""
+it finished), ingest's deduplication stays exact when its units (cleaning, hashing, MinHash,
+splitting) run elsewhere and finish out of order, and ingest and tokenize on a real 2-worker
+Dask LocalCluster survive `kill -9` of their process (the rerun splits / encodes none of what
+was finished) and of a worker mid-unit (every document once). The same through Prefect's
+DaskTaskRunner, for score, is tests/flows/test_dask.py."""
 
 import json
 import os
@@ -20,9 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longdoc.components.core.config import IngestParams, ScoreParams
+from longdoc.components.core.config import IngestParams, ScoreParams, TokenizeParams
 from longdoc.components.core.units import INLINE, UnitRunner, run_units
 from longdoc.components.data.ingest import ingest
+from longdoc.components.data.tokenize import tokenize
 from tests.components.test_score import REPO, TEXTS, _tar, champion  # noqa: F401 (fixture)
 
 
@@ -186,39 +189,33 @@ def test_kill_9_with_units_in_flight_reuses_every_scored_unit(tmp_path, champion
         assert len(rows(out)) == len(tar.getmembers()) - 1
 
 
-# Ingest on a 2-worker LocalCluster (distributed's own executor as the runner: the Prefect
-# wrapping is tests/flows/test_dask.py's). `pause`: the reader stops at item PAUSE, with units
-# of 8 documents split and shards of 10 closed before it; the test kills this process there.
-# `finish`: the rerun, whose first unit on a worker is slow once and a thread kills that worker.
-_INGEST_DRIVER = textwrap.dedent(
+# The data stages on a 2-worker LocalCluster (distributed's own executor as the runner: the
+# Prefect wrapping is tests/flows/test_dask.py's), driven by a child process the tests kill.
+# `_KILLS`, shared by the drivers: `slow_once(real)` wraps a stage's unit function so that the
+# first unit to start anywhere sleeps 3 s (a worker runs it: pickled by value from __main__) and
+# `kill_first_worker` SIGKILLs the worker running it, mid-unit; `on_cluster(stage, **kw)` runs
+# `stage(params, runner=...)` on the cluster and writes its manifest to WORK.
+_KILLS = textwrap.dedent(
     """
     import json, os, signal, sys, threading, time
     from pathlib import Path
 
     from distributed import Client, LocalCluster
 
-    from longdoc.components.core.config import IngestParams
     from longdoc.components.core.units import UnitRunner
-    from longdoc.components.data import ingest as m
 
     mode, src, out, work = sys.argv[1:5]
-    WORK, PAUSE = Path(work), 30
-    m._SENT_BATCH_DOCS = 2  # x4 on a parallel runner: units of 8 documents
-    real_split, real_iter = m.split_unit, m._iter_all
+    WORK = Path(work)
 
-    def paused(*args):
-        for i, item in enumerate(real_iter(*args)):
-            if i == PAUSE:
-                (WORK / "paused").touch()
-                time.sleep(600)
-            yield item
+    def slow_once(real):
+        def slow_first_unit(*args):
+            marker = WORK / "unit-started"
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                time.sleep(3)  # the kill lands here, mid-unit
+            return real(*args)
 
-    def slow_first_unit(*args):  # runs on a worker (pickled by value from __main__)
-        marker = WORK / "unit-started"
-        if not marker.exists():
-            marker.write_text(str(os.getpid()))
-            time.sleep(3)  # the kill lands here, mid-unit
-        return real_split(*args)
+        return slow_first_unit
 
     def kill_first_worker():
         marker = WORK / "unit-started"
@@ -227,18 +224,67 @@ _INGEST_DRIVER = textwrap.dedent(
         os.kill(int(marker.read_text()), signal.SIGKILL)
         (WORK / "killed").write_text(marker.read_text())
 
-    if __name__ == "__main__":
-        if mode == "pause":
-            m._iter_all = paused
-        else:
-            m.split_unit = slow_first_unit
+    def on_cluster(stage, params):
+        if mode == "finish":
             threading.Thread(target=kill_first_worker, daemon=True).start()
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
         with cluster, Client(cluster) as client:
             runner = UnitRunner(client.get_executor(pure=False).submit, 4, "dask", remote=True)
-            params = IngestParams(sources=[src], out=out, shard_max_docs=10)
-            manifest = m.ingest(params, runner=runner)
+            manifest = stage(params, runner=runner)
         (WORK / "manifest.json").write_text(json.dumps(manifest))
+    """
+)
+
+# Ingest. `pause`: the reader stops at item PAUSE, with units of 8 documents split and shards of
+# 10 closed before it; the test kills this process there. `finish`: the rerun, whose first unit
+# on a worker is killed.
+_INGEST_DRIVER = _KILLS + textwrap.dedent(
+    """
+    from longdoc.components.core.config import IngestParams
+    from longdoc.components.data import ingest as m
+
+    PAUSE = 30
+    m._SENT_BATCH_DOCS = 2  # x4 on a parallel runner: units of 8 documents
+    real_iter = m._iter_all
+
+    def paused(*args):
+        for i, item in enumerate(real_iter(*args)):
+            if i == PAUSE:
+                (WORK / "paused").touch()
+                time.sleep(600)
+            yield item
+
+    if __name__ == "__main__":
+        if mode == "pause":
+            m._iter_all = paused
+        else:
+            m.prepare_unit = slow_once(m.prepare_unit)
+        on_cluster(m.ingest, IngestParams(sources=[src], out=out, shard_max_docs=10))
+    """
+)
+
+# Tokenize (`src` is the corpus). Every unit logs the docs shard it encodes. `pause`: the unit of
+# docs shard 1 never finishes, so the other units finish ahead of it; the test kills this
+# process then. `finish`: the rerun, whose first unit on a worker is killed.
+_TOKENIZE_DRIVER = _KILLS + textwrap.dedent(
+    """
+    from longdoc.components.core.config import TokenizeParams
+    from longdoc.components.data import tokenize as m
+
+    def logged(real):
+        def logged_unit(spec, shard, dest, val_ids):
+            with open(WORK / f"{mode}-units.log", "a") as log:
+                log.write(f"{os.getpid()} {Path(dest).name}\\n")
+            if mode == "pause" and Path(dest).name == "part-00001.arrow":
+                time.sleep(600)  # held until the kill
+            return real(spec, shard, dest, val_ids)
+
+        return logged_unit
+
+    if __name__ == "__main__":
+        real = m.encode_unit if mode == "pause" else slow_once(m.encode_unit)
+        m.encode_unit = logged(real)  # logged first: the killed run is in the log too
+        on_cluster(m.tokenize, TokenizeParams(corpus=src, out=out, vocab_size=320, seq_len=64))
     """
 )
 
@@ -258,19 +304,23 @@ def _ingest_source(src: Path) -> None:
     (src / "d13-empty.txt").write_text(" \n")
 
 
-def _ingest_driver(tmp_path: Path, mode: str) -> subprocess.Popen:
-    script = tmp_path / "ingest_driver.py"
-    script.write_text(_INGEST_DRIVER)
-    log = open(tmp_path / f"ingest-{mode}.log", "wb")  # noqa: SIM115 (closed with the process)
-    args = [str(tmp_path / "src"), str(tmp_path / "corpus"), str(tmp_path)]
+def _driver(tmp_path: Path, script: str, mode: str, src: Path, out: Path) -> subprocess.Popen:
+    """A driver script (above) in its own session; its output goes to `<mode>.log`."""
+    path = tmp_path / "driver.py"
+    path.write_text(script)
+    log = open(tmp_path / f"{mode}.log", "wb")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(
-        [sys.executable, str(script), mode, *args],
+        [sys.executable, str(path), mode, str(src), str(out), str(tmp_path)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its cluster's processes can be stopped with it
     )
+
+
+def _ingest_driver(tmp_path: Path, mode: str) -> subprocess.Popen:
+    return _driver(tmp_path, _INGEST_DRIVER, mode, tmp_path / "src", tmp_path / "corpus")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -303,7 +353,7 @@ def test_ingest_on_dask_survives_kill_9_of_its_process_and_of_a_worker(tmp_path)
     try:
         deadline = time.monotonic() + 120
         while (state := _paused_with_a_unit_past_the_checkpoint(tmp_path)) is None:
-            log = (tmp_path / "ingest-pause.log").read_text(errors="replace")[-3000:]
+            log = (tmp_path / "pause.log").read_text(errors="replace")[-3000:]
             assert proc.poll() is None, log
             assert time.monotonic() < deadline, f"never paused with a unit split ahead\n{log}"
             time.sleep(0.1)
@@ -312,14 +362,15 @@ def test_ingest_on_dask_survives_kill_9_of_its_process_and_of_a_worker(tmp_path)
     finally:
         _stop(proc)
     (unit,) = (tmp_path / "corpus/.ingest-units").glob("unit-*.arrow")
-    split = set(pa.ipc.open_file(pa.OSFile(str(unit))).read_all().column("doc_id").to_pylist())
+    split = pa.ipc.open_file(pa.OSFile(str(unit))).read_all()
     closed = {d for s in state["shards"] for d in _doc_ids(tmp_path / "corpus" / s["name"])}
-    reusable = split - closed
-    assert split & closed and reusable  # the unit straddles the checkpoint
+    items = split.column("item").to_pylist()
+    reusable = [i for i in items if i >= state["consumed"]]
+    assert set(split.column("doc_id").to_pylist()) & closed and reusable  # it straddles
 
     proc = _ingest_driver(tmp_path, "finish")
     try:
-        assert proc.wait(timeout=180) == 0, (tmp_path / "ingest-finish.log").read_text()[-3000:]
+        assert proc.wait(timeout=180) == 0, (tmp_path / "finish.log").read_text()[-3000:]
     finally:
         _stop(proc)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -334,6 +385,100 @@ def test_ingest_on_dask_survives_kill_9_of_its_process_and_of_a_worker(tmp_path)
     ids = [d for s in manifest["shards"] for d in _doc_ids(tmp_path / "corpus" / s["name"])]
     assert len(ids) == len(set(ids)) == 40  # every document exactly once
     assert not (tmp_path / "corpus/.ingest-units").exists()
+
+
+def test_ingest_dedup_stays_exact_when_units_run_elsewhere_and_out_of_order(tmp_path, monkeypatch):
+    """Units that clean, hash and sign their documents where they run (their arguments and
+    results pickled, as for a worker) and finish out of order: exact and near duplicates across
+    units are found as in one run unit by unit, with the same corpus and records."""
+    import pickle
+
+    from longdoc.components.data import ingest as ingest_mod
+
+    src = tmp_path / "src"
+    _ingest_source(src)
+    for i in (3, 17, 30):  # near-duplicates (one shingle more) in later units than their originals
+        (src / f"d{i:02d}-near.txt").write_text((src / f"d{i:02d}.txt").read_text() + " extra")
+    params = {"sources": [src], "near_dup_threshold": 0.8, "shard_max_docs": 10}
+    reference = ingest(IngestParams(out=tmp_path / "reference", **params))
+    monkeypatch.setattr(ingest_mod, "_SENT_BATCH_DOCS", 2)  # x4 in flight: units of 8 documents
+    started = []
+
+    def submit(fn, *args):
+        args, first = pickle.loads(pickle.dumps(args)), not started
+        started.append(1)
+
+        def run():
+            if first:
+                time.sleep(0.5)  # the first unit finishes after the ones behind it
+            return pickle.loads(pickle.dumps(fn(*args)))
+
+        return pool.submit(run)
+
+    with ThreadPoolExecutor(2) as pool:
+        runner = UnitRunner(submit, 4, "elsewhere", remote=True)
+        moved = ingest(IngestParams(out=tmp_path / "moved", **params), runner=runner)
+    assert len(started) >= 5
+    assert reference["counts"]["near_duplicates"] == 3 and reference["counts"]["duplicates"] == 2
+    assert moved["counts"] == reference["counts"]
+    assert moved["shards"] == reference["shards"]  # names, rows and sha256
+    for name in ("quarantine.jsonl", "duplicates.jsonl"):
+        assert (tmp_path / "moved" / name).read_text() == (
+            tmp_path / "reference" / name
+        ).read_text()
+
+
+def _tokenize_state_with_all_but_part_1(out: Path, n_parts: int) -> dict | None:
+    try:
+        state = json.loads((out / ".tokenize-state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    parts = state.get("parts", {})
+    return state if len(parts) == n_parts - 1 and "part-00001.arrow" not in parts else None
+
+
+def test_tokenize_on_dask_survives_kill_9_of_its_process_and_of_a_worker(tmp_path):
+    """Docs shards finished ahead of an unfinished one are kept through `kill -9` of the flow's
+    process and encoded by no rerun; a worker killed mid-unit has its unit run again; the
+    output is the local run's, byte for byte."""
+    _ingest_source(tmp_path / "src")
+    corpus, out = tmp_path / "corpus", tmp_path / "tokens"
+    ingest(IngestParams(sources=[tmp_path / "src"], out=corpus, shard_max_docs=8))
+    n_parts = len(json.loads((corpus / "manifest.json").read_text())["shards"])
+    assert n_parts == 5  # 40 documents
+    reference = TokenizeParams(
+        corpus=corpus, out=tmp_path / "reference", vocab_size=320, seq_len=64
+    )
+    expected = tokenize(reference)  # one uninterrupted run, in this process, unit by unit
+    proc = _driver(tmp_path, _TOKENIZE_DRIVER, "pause", corpus, out)
+    try:
+        deadline = time.monotonic() + 120
+        while (state := _tokenize_state_with_all_but_part_1(out, n_parts)) is None:
+            log = (tmp_path / "pause.log").read_text(errors="replace")[-3000:]
+            assert proc.poll() is None, log
+            assert time.monotonic() < deadline, f"the parts after part 1 never finished\n{log}"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)  # the stage's process only, as a crash would
+        proc.wait(timeout=30)
+    finally:
+        _stop(proc)
+    kept = {name: (out / "docs" / name).stat().st_mtime_ns for name in state["parts"]}
+
+    proc = _driver(tmp_path, _TOKENIZE_DRIVER, "finish", corpus, out)
+    try:
+        assert proc.wait(timeout=180) == 0, (tmp_path / "finish.log").read_text()[-3000:]
+    finally:
+        _stop(proc)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    killed = int((tmp_path / "killed").read_text())
+    assert not _alive(killed)  # a worker died mid-unit
+    runs = [line.split() for line in (tmp_path / "finish-units.log").read_text().splitlines()]
+    assert {name for _, name in runs} == {"part-00001.arrow"}  # no finished part encoded again
+    assert [int(pid) for pid, _ in runs].count(killed) == 1 and len(runs) == 2  # ran again
+    assert {n: (out / "docs" / n).stat().st_mtime_ns for n in kept} == kept  # reused as they were
+    assert manifest["counts"] == expected["counts"]
+    assert manifest["files"] == expected["files"]  # docs and packed shards: sha256 of each
+    assert not list((out / "docs").glob(".*.tmp"))  # the killed unit's torn part is gone
 
 
 def _doc_ids(shard: Path) -> list[str]:

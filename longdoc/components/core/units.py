@@ -150,9 +150,9 @@ class FinishedUnits:
     For a stage whose checkpoint moves by parts that span many units (ingest closes a corpus
     shard every few thousand documents): `save` a unit's results as soon as it finishes,
     `prune` what the checkpoint now covers, and after a kill `load` what lies past the
-    checkpoint, so a rerun computes none of it again. The caller keys the rows by content
-    (ingest: the document's `doc_id`), so a rerun that cuts its units elsewhere still finds
-    them."""
+    checkpoint, so a rerun computes none of it again. The caller keys the rows by stream item
+    (ingest: the reader item, with the document's `doc_id` to check it is the same document),
+    so a rerun that cuts its units elsewhere still finds them."""
 
     _NAME = re.compile(r"unit-(\d+)-(\d+)\.arrow")
 

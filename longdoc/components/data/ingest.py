@@ -16,7 +16,12 @@ Why this shape:
   `.ingest-state.json`; a rerun with the same inputs and params after a crash keeps them and reads
   on from the first document not in them. The sentence spans of every split unit are kept in
   `.ingest-units/` until a closed shard holds its documents, so that rerun splits none of the
-  documents a killed run had split (they are found by doc_id).
+  documents a killed run had split (found by reader item, checked by doc_id).
+- Per-document work (cleaning, hashing, MinHash, sentence splitting) runs in units, wherever the
+  runner puts them (`prepare_unit`); the decision to write, quarantine or drop a document as a
+  duplicate is taken in this process, in reader order, against every document before it, so the
+  output is the same on any runner. On a parallel runner a document that turns out to be a
+  duplicate of one in an earlier unit was split for nothing (the price of not waiting).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -298,6 +303,31 @@ _WORD = re.compile(r"\w+")
 _MINHASH_SEED = 1  # fixed: the same corpus gives the same signatures in every process and run
 
 
+@functools.lru_cache(maxsize=2)
+def _empty_minhash(num_perm: int) -> Any:
+    """The seeded MinHash whose permutations every signature shares (drawing them costs more
+    than a short document's signature): one per process, a Dask worker's included."""
+    from datasketch import MinHash  # imports scipy: only when near-duplicates are looked for
+
+    return MinHash(num_perm=num_perm, seed=_MINHASH_SEED)
+
+
+def minhash_signature(text: str, num_perm: int, shingle: int) -> Any:
+    """MinHash (datasketch, fixed seed) of `text`'s lower-cased `shingle`-word shingles, or
+    None when it has no words. A `LeanMinHash`: the hash values without the permutations, so a
+    unit's signatures travel back from a worker at 4 bytes x `num_perm` each."""
+    from datasketch import LeanMinHash
+
+    words = _WORD.findall(text.lower())
+    if not words:
+        return None
+    k = min(shingle, len(words))
+    shingles = {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+    sig = _empty_minhash(num_perm).copy()
+    sig.update_batch([s.encode("utf-8") for s in shingles])
+    return LeanMinHash(sig)
+
+
 class NearDupIndex:
     """Near-duplicate lookup with datasketch's MinHash and MinHashLSH: finds a kept document
     whose estimated Jaccard similarity (of `shingle`-word shingles, lower-cased) with a new one
@@ -313,25 +343,18 @@ class NearDupIndex:
     """
 
     def __init__(self, threshold: float, num_perm: int = 128, shingle: int = 5) -> None:
-        from datasketch import MinHash, MinHashLSH  # imports scipy: only when the index is on
+        from datasketch import MinHashLSH  # imports scipy: only when the index is on
 
         self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
-        self._empty = MinHash(num_perm=num_perm, seed=_MINHASH_SEED)
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.bands, self.rows = self._lsh.b, self._lsh.r
-        self._sigs = np.zeros((1024, num_perm), dtype=self._empty.hashvalues.dtype)
+        dtype = _empty_minhash(num_perm).hashvalues.dtype
+        self._sigs = np.zeros((1024, num_perm), dtype=dtype)
         self._ids: list[str] = []
 
     def signature(self, text: str) -> Any:
         """MinHash (datasketch) of `text`'s word shingles, or None when it has no words."""
-        words = _WORD.findall(text.lower())
-        if not words:
-            return None
-        k = min(self.shingle, len(words))
-        shingles = {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
-        sig = self._empty.copy()  # shares the permutations instead of drawing them again
-        sig.update_batch([s.encode("utf-8") for s in shingles])
-        return sig
+        return minhash_signature(text, self.num_perm, self.shingle)
 
     def query(self, sig: Any) -> tuple[str, float] | None:
         """(doc_id, estimated similarity) of the most similar kept document at or above the
@@ -350,6 +373,105 @@ class NearDupIndex:
         self._sigs[slot] = sig.hashvalues
         self._ids.append(doc_id)
         self._lsh.insert(slot, sig, check_duplication=False)
+
+
+# --------------------------------------------------------------------------------------------
+# A work unit: everything done per document, wherever the unit runs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocSettings:
+    """What a unit needs of the stage's params (sent with every unit, so only these)."""
+
+    whitespace: str
+    decode_entities: bool
+    min_chars: int
+    max_doc_chars: int
+    spacy_model: str
+    near_dup: tuple[int, int] | None  # (num_perm, shingle) when near-duplicates are looked for
+
+    @classmethod
+    def of(cls, params: IngestParams) -> DocSettings:
+        near = None
+        if params.near_dup_threshold is not None:
+            near = (params.near_dup_num_perm, params.near_dup_shingle)
+        return cls(
+            params.whitespace, params.decode_entities, params.min_chars, params.max_doc_chars,
+            params.spacy_model, near,
+        )  # fmt: skip
+
+
+class Prepared(NamedTuple):
+    """One document after its unit ran: what the stage's in-order admission needs of it."""
+
+    text: str | None  # the normalised text; None when it equals the reader's (not sent back)
+    n_chars: int
+    rejected: str | None  # why it goes to quarantine (empty, too short, too long), else None
+    doc_id: str  # sha256 of the normalised text ("" when rejected)
+    signature: Any  # its MinHash (LeanMinHash) when near-duplicates are looked for, else None
+    spans: tuple[np.ndarray, np.ndarray] | None  # None: not split (see `prepare_unit`)
+    reused: bool = False  # not split because a killed run had (the stage holds the spans)
+
+
+def _prepare_doc(settings: DocSettings, raw: str, decoded: bool) -> Prepared:
+    """Clean, check the length bounds, hash and sign one document (no sentences yet)."""
+    text = raw
+    if settings.decode_entities and not decoded:
+        text = decode_entities(text)
+    text = normalize(text, settings.whitespace)
+    why = _rejection(settings, text)
+    if why is not None:  # (its length is all the stage needs of its text)
+        return Prepared(None, len(text), why, "", None, None)
+    sent = None if text == raw else text
+    doc_id = sha256_bytes(text.encode("utf-8"))
+    sig = None
+    if settings.near_dup is not None:
+        sig = minhash_signature(text, *settings.near_dup)
+    return Prepared(sent, len(text), None, doc_id, sig, None)
+
+
+def prepare_unit(
+    settings: DocSettings, docs: list[tuple[str, bool]], skip: Any, reuse: dict[int, str]
+) -> list[Prepared]:
+    """One work unit, wherever it runs (this process, a pool process, a Dask worker): each of
+    `docs` (the reader's text, whether its entities are decoded) cleaned, checked against the
+    length bounds, hashed (its doc_id), MinHash-signed when near-duplicates are looked for, and
+    split into sentences, with the process's cached pipeline.
+
+    Whether a document is written is decided later, by the stage, in reader order; a document
+    is not split when it cannot need spans: rejected, a repeat of one earlier in the unit, or
+    in `skip` (the doc_ids the stage has admitted so far: only a sequential runner, whose units
+    run one after another in the stage's process, passes it; None elsewhere), or when it is the
+    document `reuse` names for its position (a killed run split it; the stage has the spans).
+    """
+    out = [_prepare_doc(settings, raw, decoded) for raw, decoded in docs]
+    in_unit: set[str] = set()
+    split: list[int] = []
+    for k, doc in enumerate(out):
+        if doc.rejected is not None or doc.doc_id in in_unit:
+            continue
+        in_unit.add(doc.doc_id)
+        if reuse.get(k) == doc.doc_id:
+            out[k] = doc._replace(reused=True)
+        elif skip is None or doc.doc_id not in skip:
+            split.append(k)
+    texts = [out[k].text if out[k].text is not None else docs[k][0] for k in split]
+    spans = _splitter(settings.spacy_model, settings.max_doc_chars).split(texts)
+    for k, found in zip(split, spans, strict=True):
+        out[k] = out[k]._replace(spans=found)
+    return out
+
+
+class _Admitted:
+    """The doc_ids admitted so far, lent to a unit that runs in the stage's process (a plain
+    object: Prefect walks a task's list, set and dict arguments, and this may hold millions)."""
+
+    def __init__(self, seen: set[str]) -> None:
+        self._seen = seen
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._seen
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,24 +501,41 @@ def _sentences(spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.ListArray:
     )
 
 
-def _spans_table(rows: list[_Row], spans: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
-    """A split unit's results as `FinishedUnits` keeps them: the spans by doc_id."""
-    return pa.table({"doc_id": [r.doc_id for r in rows], "sentences": _sentences(spans)})
+def _spans_table(
+    first: int, unit: list[tuple[int, str, tuple[np.ndarray, np.ndarray]]]
+) -> pa.Table:
+    """A unit's sentence spans as `FinishedUnits` keeps them: by reader item (`first` + the
+    item's position), with the doc_id they were split for."""
+    return pa.table(
+        {
+            "item": pa.array([first + j for j, _, _ in unit], pa.int64()),
+            "doc_id": [doc_id for _, doc_id, _ in unit],
+            "sentences": _sentences([spans for _, _, spans in unit]),
+        }
+    )
 
 
-def _reusable_spans(units: FinishedUnits, consumed: int) -> dict[str, tuple[np.ndarray, ...]]:
-    """The spans a killed run split past the checkpoint (item `consumed`), by doc_id."""
-    found: dict[str, tuple[np.ndarray, ...]] = {}
+def _reusable_spans(units: FinishedUnits, consumed: int) -> dict[int, tuple[str, tuple]]:
+    """The spans a killed run split past the checkpoint (item `consumed`): by reader item,
+    (doc_id, (starts, ends)). A rerun reads the same items in the same order (its fingerprint
+    matched); the unit still checks the doc_id before it leaves a document unsplit."""
+    found: dict[int, tuple[str, tuple]] = {}
     for table in units.load(consumed):
+        if "item" not in table.column_names:  # an older layout: split those documents again
+            continue
         sentences = table.column("sentences").combine_chunks()
         bounds = np.zeros(len(sentences) + 1, dtype=np.int64)
         np.cumsum(pc.list_value_length(sentences).to_numpy(zero_copy_only=False), out=bounds[1:])
         flat = pc.list_flatten(sentences)
         starts = flat.field("start").to_numpy(zero_copy_only=False)
         ends = flat.field("end").to_numpy(zero_copy_only=False)
-        for k, doc_id in enumerate(table.column("doc_id").to_pylist()):
-            a, b = bounds[k], bounds[k + 1]
-            found[doc_id] = (starts[a:b].copy(), ends[a:b].copy())
+        rows = zip(
+            table.column("item").to_pylist(), table.column("doc_id").to_pylist(), strict=True
+        )
+        for k, (item, doc_id) in enumerate(rows):
+            if item >= consumed:
+                a, b = bounds[k], bounds[k + 1]
+                found[item] = (doc_id, (starts[a:b].copy(), ends[a:b].copy()))
     return found
 
 
@@ -613,8 +752,8 @@ class _Pass:
     chars_in: int = 0
     source_s: Counter[str] = field(default_factory=Counter)
     units: FinishedUnits | None = None  # split units no closed shard holds yet
-    reusable: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)  # a killed run's
-    units_split: int = 0  # units this run sent to be split
+    reusable: dict[int, tuple[str, tuple]] = field(default_factory=dict)  # a killed run's spans
+    units_split: int = 0  # units this run sent to run
     docs_reused: int = 0  # documents whose spans a killed run had split
 
 
@@ -628,14 +767,7 @@ def _duplicate(p: _Pass, i: int, item: Document, **fields: Any) -> None:
     p.progress.add(duplicates=1)
 
 
-def _clean_text(p: _Pass, item: Document) -> str:
-    text = item.text
-    if p.params.decode_entities and not item.entities_decoded:
-        text = decode_entities(text)
-    return normalize(text, p.params.whitespace)
-
-
-def _rejection(params: IngestParams, text: str) -> str | None:
+def _rejection(params: IngestParams | DocSettings, text: str) -> str | None:
     if not text:
         return "empty or whitespace-only document"
     if len(text) < params.min_chars:
@@ -645,105 +777,126 @@ def _rejection(params: IngestParams, text: str) -> str | None:
     return None
 
 
-def _admit(p: _Pass, i: int, item: Document | Rejected) -> _Row | None:
-    """The per-item step: the row to write for reader item `i`, or None once it is recorded as
-    quarantined or a duplicate."""
-    if isinstance(item, Rejected):
-        _quarantine(p, i, item, item.reason)
+def _admit(p: _Pass, i: int, item: Document, doc: Prepared) -> _Row | None:
+    """The in-order decision for reader item `i`, whose unit has run: the row to write, or
+    None once it is recorded as quarantined or a duplicate. Exact whatever the runner: each
+    document is checked against every document before it in reader order (and the MinHash
+    index of those kept), here in the stage's process."""
+    p.chars_in += doc.n_chars
+    p.progress.add(0, chars=doc.n_chars)
+    if doc.rejected is not None:
+        _quarantine(p, i, item, doc.rejected)
         return None
-    text = _clean_text(p, item)
-    p.chars_in += len(text)
-    p.progress.add(0, chars=len(text))
-    why = _rejection(p.params, text)
-    if why is not None:
-        _quarantine(p, i, item, why)
+    if doc.doc_id in p.seen:
+        _duplicate(p, i, item, kind="exact", doc_id=doc.doc_id)
         return None
-    doc_id = sha256_bytes(text.encode("utf-8"))
-    if doc_id in p.seen:
-        _duplicate(p, i, item, kind="exact", doc_id=doc_id)
-        return None
-    if p.near is not None and (sig := p.near.signature(text)) is not None:
-        match = p.near.query(sig)
+    if p.near is not None and doc.signature is not None:
+        match = p.near.query(doc.signature)
         if match is not None:
             similarity = round(match[1], 4)
-            _duplicate(p, i, item, kind="near", doc_id=doc_id, of=match[0], similarity=similarity)
+            _duplicate(
+                p, i, item, kind="near", doc_id=doc.doc_id, of=match[0], similarity=similarity
+            )
             return None
-        p.near.add(doc_id, sig)
-    p.seen.add(doc_id)
+        p.near.add(doc.doc_id, doc.signature)
+    p.seen.add(doc.doc_id)
     p.progress.add(written=1)
     meta = json.dumps(item.meta, ensure_ascii=False, sort_keys=True)
-    return _Row(i, doc_id, item.source, item.member, text, meta)
+    text = item.text if doc.text is None else doc.text
+    return _Row(i, doc.doc_id, item.source, item.member, text, meta)
 
 
 @dataclass
-class _SplitUnit:
-    """Admitted rows, split into sentences as one work unit; `spans` once it has run."""
+class _DocUnit:
+    """Reader items `first`, `first + 1`, ... as one work unit; `prepared` once it has run."""
 
-    rows: list[_Row]
-    spans: list[tuple[np.ndarray, np.ndarray]] | None = None
-    missing: list[int] = field(default_factory=list)  # rows whose spans are being split
+    first: int
+    items: list[Document | Rejected] = field(default_factory=list)
+    docs: list[int] = field(default_factory=list)  # positions of the Documents in `items`
+    reused: dict[int, tuple] = field(default_factory=dict)  # docs position -> killed run's spans
+    prepared: list[Prepared] | None = None
 
 
-def _split_units(
-    p: _Pass, sources: list[Path], out: Path, runner: UnitRunner
-) -> Iterator[_SplitUnit]:
-    """Every reader item through `_admit`, in reader order; the rows to write cut into units of
+def _doc_units(p: _Pass, sources: list[Path], out: Path, runner: UnitRunner) -> Iterator[_DocUnit]:
+    """Every reader item after the checkpoint, in reader order, cut into units of
     `_SENT_BATCH_DOCS` documents or `_SENT_BATCH_CHARS` characters (4x as many on a runner with
-    several units in flight: fewer task runs, the same spans)."""
+    several units in flight: fewer task runs, the same output)."""
     scale = 1 if runner.in_flight <= 1 else 4
-    rows: list[_Row] = []
-    chars = 0
+    unit, chars = _DocUnit(p.consumed), 0
     t_item = time.monotonic()
     p.progress.input = position = ReadPosition(input_bytes(sources, exclude=[out]))
     for item in _iter_all(sources, p.params, out, position):
-        now = time.monotonic()  # reading this item + handling the previous one
+        now = time.monotonic()  # reading this item (and waiting for room for its unit)
         p.source_s[item.source] += now - t_item
         t_item = now
         i = p.index
         p.index += 1
         if i < p.consumed:
             continue
-        row = _admit(p, i, item)
-        if row is not None:
-            rows.append(row)
-            chars += len(row.text)
-            if len(rows) >= scale * _SENT_BATCH_DOCS or chars >= scale * _SENT_BATCH_CHARS:
-                yield _SplitUnit(rows)
-                rows, chars = [], 0
-        p.progress.add(1)
-        p.progress.maybe_log()
-    if rows:
-        yield _SplitUnit(rows)
+        unit.items.append(item)
+        if isinstance(item, Document):
+            unit.docs.append(len(unit.items) - 1)
+            chars += len(item.text)
+        docs = scale * _SENT_BATCH_DOCS
+        # (a cap on items too: an input of rejects alone still commits as it goes)
+        if (
+            len(unit.docs) >= docs
+            or chars >= scale * _SENT_BATCH_CHARS
+            or len(unit.items) >= 8 * docs
+        ):
+            yield unit
+            unit, chars = _DocUnit(p.index), 0
+    if unit.items:
+        yield unit
 
 
 def _read_split_write(
     p: _Pass, sources: list[Path], out: Path, writer: _ShardWriter, runner: UnitRunner
 ) -> None:
-    """Read and admit (in `run_units`' reader thread when units run in parallel), split each
-    unit on `runner` (only the documents a killed run had not split), keep its spans in
-    `p.units` as soon as it finishes, and write the rows to the shards in reader order."""
-    model, max_chars = p.params.spacy_model, p.params.max_doc_chars
+    """Read (in `run_units`' reader thread when units run in parallel), run each unit's
+    per-document work on `runner` (`prepare_unit`), keep its sentence spans in `p.units` as
+    soon as it finishes, and admit and write in reader order as units commit."""
+    settings = DocSettings.of(p.params)
+    sequential = runner.in_flight <= 1 and not runner.remote
+    skip = _Admitted(p.seen) if sequential else None
 
-    def work(unit: _SplitUnit) -> tuple[Any, tuple] | None:
-        unit.spans = [p.reusable.pop(r.doc_id, None) for r in unit.rows]
-        unit.missing = [k for k, spans in enumerate(unit.spans) if spans is None]
-        p.docs_reused += len(unit.rows) - len(unit.missing)
-        if not unit.missing:
+    def work(unit: _DocUnit) -> tuple[Any, tuple] | None:
+        if not unit.docs:
             return None
+        for k, j in enumerate(unit.docs):
+            if (hit := p.reusable.pop(unit.first + j, None)) is not None:
+                unit.reused[k] = hit
+        reuse = {k: doc_id for k, (doc_id, _) in unit.reused.items()}
+        docs = [(unit.items[j].text, unit.items[j].entities_decoded) for j in unit.docs]
         p.units_split += 1
-        return split_unit, (model, max_chars, [unit.rows[k].text for k in unit.missing])
+        return prepare_unit, (settings, docs, skip, reuse)
 
-    def finished(unit: _SplitUnit, spans: list) -> None:
-        for k, found in zip(unit.missing, spans, strict=True):
-            unit.spans[k] = found
-        rows = [unit.rows[k] for k in unit.missing]
-        p.units.save(rows[0].index, rows[-1].index, _spans_table(rows, spans))
+    def finished(unit: _DocUnit, prepared: list[Prepared]) -> None:
+        unit.prepared = prepared
+        docs = zip(unit.docs, prepared, strict=True)
+        split = [(j, d.doc_id, d.spans) for j, d in docs if d.spans is not None]
+        p.docs_reused += sum(d.reused for d in prepared)
+        if split:
+            p.units.save(
+                unit.first + split[0][0], unit.first + split[-1][0], _spans_table(unit.first, split)
+            )
 
-    def commit(unit: _SplitUnit) -> None:
-        for row, spans in zip(unit.rows, unit.spans, strict=True):
-            writer.add(row, spans)
+    def commit(unit: _DocUnit) -> None:
+        prepared = dict(zip(unit.docs, unit.prepared or [], strict=True))
+        reused = {unit.docs[k]: spans for k, (_, spans) in unit.reused.items()}
+        for j, item in enumerate(unit.items):
+            i = unit.first + j
+            if isinstance(item, Rejected):
+                _quarantine(p, i, item, item.reason)
+            elif (row := _admit(p, i, item, prepared[j])) is not None:
+                spans = reused[j] if prepared[j].reused else prepared[j].spans
+                if spans is None:  # `prepare_unit` skips only documents that cannot be admitted
+                    raise RuntimeError(f"ingest: item {i} ({item.member}) admitted unsplit")
+                writer.add(row, spans)
+            p.progress.add(1)
+            p.progress.maybe_log()
 
-    run_units(runner, _split_units(p, sources, out, runner), work, finished, commit)
+    run_units(runner, _doc_units(p, sources, out, runner), work, finished, commit)
     writer.finish(p.index - 1)
 
 
@@ -805,9 +958,10 @@ def ingest(
 ) -> dict[str, Any]:
     """Run the ingest stage; returns the manifest (also written to `params.out/manifest.json`).
 
-    Reading, cleaning, deduplication and writing happen in this process, in reader order; the
-    sentence splitting of each batch of admitted documents is one work unit on `runner` (the
-    flows pass a Dask-backed one for `runner.kind: dask`). With a sequential runner (the
+    Reading, admission (deduplication: exact and near) and writing happen in this process, in
+    reader order; the per-document work of each batch of read documents (cleaning, hashing,
+    MinHash, sentence splitting: `prepare_unit`) is one work unit on `runner` (the flows pass a
+    Dask-backed one for `runner.kind: dask`). With a sequential runner (the
     default), `workers`: processes for sentence splitting (0 = on the runner, in this
     process). None picks 0 below 4 cores or
     64 MiB of source bytes (measured: on 2 shared cores a pool is slower), else cores - 1.
