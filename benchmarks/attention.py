@@ -31,8 +31,10 @@ Implementations:
 
 How each number is taken:
 
-* Every (implementation, seq) runs in a *fresh subprocess* with ``MALLOC_MMAP_THRESHOLD_=65536``
-  so glibc returns freed tensors to the OS and RSS follows live memory. Peak extra memory =
+* Every (implementation, seq) runs in two *fresh subprocesses*: times with glibc's default
+  malloc settings, memory with ``MALLOC_MMAP_THRESHOLD_=65536`` so glibc returns freed tensors
+  to the OS and RSS follows live memory (until 2026-12-06 the times were taken in the memory
+  worker too, paying a page fault per 4 KiB of every fresh output). Peak extra memory =
   peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` just before) minus RSS before the
   call, with inputs already allocated and one warm-up call done. Tracemalloc does not see torch
   allocations, and the torch profiler misses TVM's; RSS sees both.
@@ -96,19 +98,26 @@ def _median_time(fn, budget_s: float = 2.0, min_reps: int = 3, max_reps: int = 1
     return statistics.median(times)
 
 
+#: What this worker process measures (``--measure``): ``time`` or ``memory`` (see
+#: ``run_worker``: the two need different malloc settings).
+MEASURE = {"what": "time"}
+
+
 def _measure(fwd, fwdbwd) -> dict[str, float | None]:
-    """Times and peak extra memory of ``fwd`` and ``fwdbwd`` (None: the implementation has no
-    backward here; its fields are None)."""
+    """Times (``MEASURE["what"] == "time"``) or peak extra memory (``"memory"``) of ``fwd`` and
+    ``fwdbwd`` (None: the implementation has no backward here; its fields are None)."""
     if fwdbwd is not None:
         fwdbwd()  # warm-up: kernel loading, thread pools
     fwd()
-    res: dict[str, float | None] = {"fwd_mb": peak_extra_mb(fwd), "fwdbwd_mb": None}
-    res["fwd_s"] = _median_time(fwd)
-    res["fwdbwd_s"] = None
-    if fwdbwd is not None:
-        res["fwdbwd_mb"] = peak_extra_mb(fwdbwd)
-        res["fwdbwd_s"] = _median_time(fwdbwd)
-    return res
+    if MEASURE["what"] == "memory":
+        return {
+            "fwd_mb": peak_extra_mb(fwd),
+            "fwdbwd_mb": None if fwdbwd is None else peak_extra_mb(fwdbwd),
+        }
+    return {
+        "fwd_s": _median_time(fwd),
+        "fwdbwd_s": None if fwdbwd is None else _median_time(fwdbwd),
+    }
 
 
 def _flex_worker(n: int) -> dict[str, float | None]:
@@ -298,13 +307,32 @@ def useful_gflop(n: int, impl: str = "tvm") -> float:
 def run_worker(
     impl: str, n: int, threads: int, timeout: float, omp_passive: bool = False
 ) -> dict | str:
+    """Times and peak memory of one (implementation, length), each from its own fresh process:
+    memory with ``MALLOC_MMAP_THRESHOLD_=65536`` (glibc then returns every freed tensor to the
+    OS, so RSS follows live memory), times with glibc's defaults, as a user's process runs (the
+    low threshold makes every large allocation fresh pages: a page fault per 4 KiB of each
+    output, about 9% of a ``tvm`` forward at 4096 tokens with one thread)."""
+    times = _run_worker(impl, n, threads, timeout, omp_passive, "time")
+    if not isinstance(times, dict):
+        return times
+    memory = _run_worker(impl, n, threads, timeout, omp_passive, "memory")
+    if not isinstance(memory, dict):
+        return memory
+    return {**times, **memory}
+
+
+def _run_worker(
+    impl: str, n: int, threads: int, timeout: float, omp_passive: bool, what: str
+) -> dict | str:
     env = dict(os.environ)
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    if what == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     if omp_passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["TVM_NUM_THREADS"] = str(threads)
     env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, __file__, "--worker", impl, "--n", str(n), "--threads", str(threads)]
+    cmd += ["--measure", what]
     try:
         proc = subprocess.run(
             cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
@@ -423,9 +451,11 @@ def main() -> None:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--measure", choices=("time", "memory"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
+        MEASURE["what"] = args.measure
         print(json.dumps(worker(args.worker, args.n, args.threads)))
         return
 

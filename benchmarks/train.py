@@ -16,7 +16,9 @@ our attention gives. tokens/s = seq / median step time (at least 3 steps and ~10
 after one warm-up step that also allocates the optimizer state). Peak memory = peak RSS growth
 (``VmHWM`` reset through ``/proc/self/clear_refs``) during one step after warm-up, in a fresh
 subprocess per implementation with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave RSS;
-RSS sees both torch's and TVM's allocations.
+RSS sees both torch's and TVM's allocations. Times come from another fresh subprocess with
+glibc's default malloc settings (until 2026-12-06 they were taken in the memory process, where
+every large allocation is fresh pages: a page fault per 4 KiB).
 
 Model (default): hidden 256, 4 layers, 4 heads (head_dim 64), FFN 1024, vocab 8000, window 512
 (256 on each side, transformers' convention), fp32, hidden dropout 0.1, attention-probability
@@ -68,7 +70,7 @@ def make_weights(path: Path, max_seq: int) -> None:
     transformers.LongformerForMaskedLM(cfg).save_pretrained(path)
 
 
-def worker(impl: str, n: int, threads: int, weights: str) -> dict:
+def worker(impl: str, n: int, threads: int, weights: str, measure: str = "time") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -116,7 +118,8 @@ def worker(impl: str, n: int, threads: int, weights: str) -> dict:
         return float(loss)
 
     loss0 = step()  # warm-up: kernels, thread pools, optimizer state
-    peak = peak_extra_mb(step)
+    if measure == "memory":
+        return {"peak_mb": peak_extra_mb(step), "loss0": loss0}
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < 10 and len(times) < 10):
@@ -124,14 +127,30 @@ def worker(impl: str, n: int, threads: int, weights: str) -> dict:
         step()
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return {"step_s": t, "tokens_s": n / t, "peak_mb": peak, "loss0": loss0, "steps": len(times)}
+    return {"step_s": t, "tokens_s": n / t, "loss0": loss0, "steps": len(times)}
 
 
 def run_worker(impl: str, n: int, threads: int, weights: Path, timeout: float) -> dict | str:
+    """Step time and peak memory of one (implementation, length), each from its own fresh
+    process: memory with ``MALLOC_MMAP_THRESHOLD_=65536`` (RSS then follows live memory), time
+    with glibc's defaults, as a training process runs (the low threshold turns every large
+    allocation into fresh pages, a page fault per 4 KiB)."""
+    times = _run_worker(impl, n, threads, weights, timeout, "time")
+    if not isinstance(times, dict):
+        return times
+    memory = _run_worker(impl, n, threads, weights, timeout, "memory")
+    if not isinstance(memory, dict):
+        return memory
+    return {**times, **memory}
+
+
+def _run_worker(
+    impl: str, n: int, threads: int, weights: Path, timeout: float, measure: str
+) -> dict | str:
     env = dict(os.environ)
-    env.update(
-        MALLOC_MMAP_THRESHOLD_="65536", TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads)
-    )
+    env.update(TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    if measure == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     cmd = [
         sys.executable,
         __file__,
@@ -143,6 +162,8 @@ def run_worker(impl: str, n: int, threads: int, weights: Path, timeout: float) -
         str(threads),
         "--weights",
         str(weights),
+        "--measure",
+        measure,
     ]
     try:
         proc = subprocess.run(
@@ -191,9 +212,10 @@ def main() -> None:
     ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", choices=("time", "memory"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n, args.threads, args.weights)))
+        print(json.dumps(worker(args.worker, args.n, args.threads, args.weights, args.measure)))
         return
 
     from machine import cpu_flags, load_average
@@ -235,8 +257,10 @@ def main() -> None:
             f"Command: `{cmd.strip()}`\n"
             f"Machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
             f"{datetime.date.today()}. Model: hidden 256, 4 layers, 4 heads, FFN 1024, window "
-            f"512 (256 a side), fp32, batch 1, no global tokens; same weights for all; a fresh "
-            f"process per row; peak = RSS growth during one step after warm-up.\n\n{text}\n"
+            f"512 (256 a side), fp32, batch 1, no global tokens; same weights for all; fresh "
+            f"processes per row (times with glibc's default malloc, memory with "
+            f"MALLOC_MMAP_THRESHOLD_=65536); peak = RSS growth during one step after "
+            f"warm-up.\n\n{text}\n"
         )
         with open(HERE / "RESULTS.md", "a") as f:
             f.write(entry)

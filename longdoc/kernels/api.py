@@ -102,6 +102,7 @@ def attention(
     global_mask: torch.Tensor | None = None,
     key_padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
+    global_rows: bool = True,
 ) -> torch.Tensor:
     """Local/sparse + global attention with scale ``1/sqrt(head_dim)``.
 
@@ -110,6 +111,11 @@ def attention(
     Query ``i`` may use key ``j`` iff (``pattern`` allows ``(i, j)`` for that head, or ``i`` or
     ``j`` is global) and ``j`` is not padding; a query with no usable key outputs zeros.
     Returns ``(batch, seq, heads, head_dim)`` in the input dtype; differentiable in q, k, v.
+
+    ``global_rows=False``: the rows of the global queries are zero (and pass no gradient) instead
+    of computed, for a caller that computes them itself: Longformer's global queries use their
+    own projections (``query_global``, ...), so its model overwrites these rows anyway and the
+    ``torch`` and ``tvm`` backends skip their work (forward and backward).
     """
     _check_inputs(q, k, v, pattern, global_mask, key_padding_mask)
     if global_mask is not None:
@@ -119,19 +125,25 @@ def attention(
     if backend == "auto":
         needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         backend = select_backend(q, pattern, needs_grad)
-    if backend == "dense":
-        return dense_attention(q, k, v, pattern, global_mask, key_padding_mask)
-    if backend == "sdpa":
-        return fused_attention(q, k, v, pattern, global_mask, key_padding_mask)
+    if backend in ("dense", "sdpa"):
+        dense = dense_attention if backend == "dense" else fused_attention
+        out = dense(q, k, v, pattern, global_mask, key_padding_mask)
+        if global_rows or global_mask is None:
+            return out
+        return torch_backend.zero_global_rows(out, global_mask)
     if backend == "torch":
         if not torch_backend.supports(pattern):
             raise ValueError(
                 f"backend 'torch' does not support pattern {pattern}; use backend='dense' "
                 "(or 'auto', which falls back to it)"
             )
-        return torch_backend.torch_attention(q, k, v, pattern, global_mask, key_padding_mask)
+        return torch_backend.torch_attention(
+            q, k, v, pattern, global_mask, key_padding_mask, global_rows=global_rows
+        )
     if backend == "tvm":
         from . import tvm_backend
 
-        return tvm_backend.tvm_attention(q, k, v, pattern, global_mask, key_padding_mask)
+        return tvm_backend.tvm_attention(
+            q, k, v, pattern, global_mask, key_padding_mask, global_rows=global_rows
+        )
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")

@@ -182,6 +182,7 @@ def torch_attention(
     chunk: int | None = None,
     local: LocalFn | None = None,
     band_part: LocalFn | None = None,
+    global_rows: bool = True,
 ) -> torch.Tensor:
     """Banded attention on ``(batch, seq, heads, dim)`` tensors (see the module docstring).
 
@@ -195,6 +196,8 @@ def torch_attention(
     backend's kernel again): it gets ``(q, k, v, key_ok, window, causal)`` (``Strided``) or
     ``(q, k, v, key_ok, 0, causal, block)`` (``Fixed``) on ``(B, n, H, D)`` tensors and returns
     that part's ``(out, lse)`` with ``lse = -inf`` on rows that have no usable key.
+
+    ``global_rows=False``: the global queries' rows are zero (see ``kernels.attention``).
     """
     if not supports(pattern):
         raise ValueError(f"backend 'torch' does not support pattern {pattern}")
@@ -226,7 +229,7 @@ def torch_attention(
             parts.append(_global_part(qt, gk, gv, g_ok))
         out = _merge(parts)
         if gidx is not None:
-            out = _global_rows(qt, kt, vt, out, order, valid, pad, global_mask)
+            out = _with_global_rows(qt, kt, vt, out, order, valid, pad, global_mask, global_rows)
         return out.to(q.dtype)
 
     if isinstance(pattern, SlidingWindow):
@@ -289,8 +292,25 @@ def torch_attention(
         out = out[:, :, inverse.to(device)]
 
     if gidx is not None:
-        out = _global_rows(qt, kt, vt, out, order, valid, pad, global_mask)
+        out = _with_global_rows(qt, kt, vt, out, order, valid, pad, global_mask, global_rows)
     return out.to(q.dtype)
+
+
+def _with_global_rows(qt, kt, vt, out, order, valid, pad, global_mask, global_rows: bool):
+    if global_rows:
+        return _global_rows(qt, kt, vt, out, order, valid, pad, global_mask)
+    return zero_global_rows(out, global_mask)
+
+
+def zero_global_rows(out: torch.Tensor, global_mask: torch.Tensor) -> torch.Tensor:
+    """``out (B, n, H, D)`` with the rows of the global queries set to zero (a caller that
+    computes those rows itself replaces them): in place where no gradient is recorded, else a
+    copy (autograd may have saved ``out``)."""
+    bi, pi = global_mask.nonzero(as_tuple=True)
+    zero = out.new_zeros(())
+    if out.requires_grad and torch.is_grad_enabled():
+        return out.index_put((bi, pi), zero)
+    return out.index_put_((bi, pi), zero)
 
 
 def _global_rows(qt, kt, vt, out, order, valid, pad, global_mask):

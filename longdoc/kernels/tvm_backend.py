@@ -94,8 +94,10 @@ def _import_tvm():
     return tvm
 
 
+@functools.lru_cache(maxsize=1)
 def tvm_version() -> str | None:
-    """Installed TVM version without importing it (None if not installed)."""
+    """Installed TVM version without importing it (None if not installed). Looked up once per
+    process: reading the package metadata costs about as much as a short attention call."""
     for dist in ("apache-tvm", "tvm"):
         try:
             return importlib.metadata.version(dist)
@@ -105,6 +107,17 @@ def tvm_version() -> str | None:
 
 
 def source_hash() -> str:
+    """sha256 of the kernel sources, recomputed only when a source file's mtime or size
+    changed (``auto`` checks it on every attention call)."""
+    stamps = []
+    for path in _SOURCES:
+        st = path.stat()
+        stamps.append((st.st_mtime_ns, st.st_size))
+    return _hash_sources(tuple(stamps))
+
+
+@functools.lru_cache(maxsize=4)
+def _hash_sources(stamps: tuple) -> str:
     h = hashlib.sha256()
     for path in _SOURCES:
         h.update(path.read_bytes())
@@ -390,6 +403,24 @@ def gpu_kernels_on_cpu(head_dim: int) -> dict[str, Any]:
     return {"fwd": lib["gpu_fwd"], "dq": lib["gpu_bwd_dq"], "dkdv": lib["gpu_bwd_dkdv"]}
 
 
+_manifest_memo: dict[Path, tuple[tuple[int, int], dict[str, Any] | None]] = {}
+
+
+def _read_manifest_memo(directory: Path) -> dict[str, Any] | None:
+    """``_read_manifest``, parsed again only when the file's mtime or size changed (``auto``
+    asks ``cached_variant_exists`` on every attention call)."""
+    path = directory / "manifest.json"
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    hit = _manifest_memo.get(path)
+    if hit is None or hit[0] != stamp:
+        hit = _manifest_memo[path] = (stamp, _read_manifest(directory))
+    return hit[1]
+
+
 def cached_variant_exists(head_dim: int, target_name: str = "llvm") -> bool:
     """Cheap check (no TVM import) that the cache has a manifest entry for this head_dim whose
     TVM version and source hash match; the full check (target, file sha256) happens on load."""
@@ -398,7 +429,7 @@ def cached_variant_exists(head_dim: int, target_name: str = "llvm") -> bool:
     if not root.is_dir():
         return False
     for directory in root.glob(f"{target_name}*"):
-        manifest = _read_manifest(directory)
+        manifest = _read_manifest_memo(directory)
         if (
             manifest
             and manifest.get("tvm_version") == tvm_version()
@@ -692,7 +723,7 @@ def _global_key_grads(q, gk, gv, g_ok, g_out, lse_s, delta):
 # Per batch entry the global parts are batched matmuls over the heads on strided views of the
 # (m, H, D) tensors (``_heads_first``: no copies), and every gradient is written into the one
 # dq, dk, dv the band's backward allocated (rank-G updates in place, the global rows' and keys'
-# own gradients by ``index_add_``): autograd sees one node, so it neither allocates a zero
+# own gradients by ``_add_rows``): autograd sees one node, so it neither allocates a zero
 # tensor for a gather's backward nor sums several full-size gradients per input.
 
 
@@ -709,6 +740,15 @@ def _rank_update(dst: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> None:
             dst.addcmul_(a[:, :, g].transpose(0, 1).unsqueeze(-1), y[:, g].unsqueeze(0))
     else:
         dst.add_(torch.bmm(a, y).transpose(0, 1))
+
+
+def _add_rows(dst: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst[rows] += src`` for distinct ``rows`` (the global tokens' positions), in place.
+
+    ``index_put_(accumulate=True)`` adds the few rows serially; ``index_add_`` here goes
+    through a parallel ``scatter_add_``, whose thread start-up alone costs milliseconds on a
+    loaded 2-core machine (profiled on one: a quarter of a ``tvm`` forward+backward)."""
+    dst.index_put_((rows,), src, accumulate=True)
 
 
 class _GlobalIndex(NamedTuple):
@@ -750,7 +790,7 @@ def _global_rows_backward(q, k, v, gi: _GlobalIndex, probs, og, g_out, dq, dk, d
         _rank_update(dv[e], p.transpose(1, 2), g_og)
         _rank_update(dk[e], ds.transpose(1, 2) * scale, _heads_first(q[e, gi.order[e]]))
         dqg = torch.bmm(ds, _heads_first(k[e])) * scale  # (H, G, D)
-        dq[e].index_add_(0, rows, dqg.transpose(0, 1)[gi.valid[e]])
+        _add_rows(dq[e], rows, dqg.transpose(0, 1)[gi.valid[e]])
 
 
 def _global_keys_backward(q, gk, gv, gi: _GlobalIndex, g_out, lse_s, delta, dq, dk, dv) -> None:
@@ -768,8 +808,8 @@ def _global_keys_backward(q, gk, gv, gi: _GlobalIndex, g_out, lse_s, delta, dq, 
         rows, keep = gi.order[e][gi.valid[e]], gi.valid[e]
         dgv = torch.bmm(p.transpose(1, 2), ge).transpose(0, 1)  # (G, H, D)
         dgk = torch.bmm(ds.transpose(1, 2), qe).transpose(0, 1) * scale
-        dv[e].index_add_(0, rows, dgv[keep])
-        dk[e].index_add_(0, rows, dgk[keep])
+        _add_rows(dv[e], rows, dgv[keep])
+        _add_rows(dk[e], rows, dgk[keep])
         _rank_update(dq[e], ds * scale, _heads_first(gk[e]))
 
 
@@ -778,11 +818,13 @@ class _Fused(torch.autograd.Function):
     ``BlockLocal``) on contiguous float32 ``(B, m, H, D)`` tensors, in one autograd node: the
     band with the global keys by the compiled kernels, the global rows in torch; the backward
     writes every contribution into one ``dq, dk, dv`` (see the comment above ``_heads_first``).
+    ``global_rows=False``: the global queries' rows are zero and take no part in the backward
+    (the caller computes them itself: see ``kernels.attention``).
     """
 
     @staticmethod
     @torch.autocast("cpu", enabled=False)  # float32 throughout, as the kernels (and backward)
-    def forward(ctx, q, k, v, pad, global_mask, fns, spec: _BandSpec):
+    def forward(ctx, q, k, v, pad, global_mask, fns, spec: _BandSpec, global_rows: bool = True):
         q, k, v = (x.contiguous() for x in (q, k, v))
         gidx = torch_backend._global_index(global_mask)
         gi = gk = gv = None
@@ -797,9 +839,12 @@ class _Fused(torch.autograd.Function):
         )
         probs = og = None
         if gi is not None:
-            probs, og = _global_rows_forward(q, k, v, pad, gi)
             bi, pi = global_mask.nonzero(as_tuple=True)
-            out[bi, pi] = og[gi.valid]  # nonzero() lists them in the valid slots' order
+            if global_rows:
+                probs, og = _global_rows_forward(q, k, v, pad, gi)
+                out[bi, pi] = og[gi.valid]  # nonzero() lists them in the valid slots' order
+            else:
+                out[bi, pi] = 0.0
         ctx.save_for_backward(q, k, v, key_ok, out, lse, gk, gv, probs, og)
         ctx.gi, ctx.fns, ctx.spec = gi, fns, spec
         return out
@@ -820,8 +865,9 @@ class _Fused(torch.autograd.Function):
         dq, dk, dv = _band_backward(q, k, v, key_ok, g_out, lse_s, delta, ctx.fns, ctx.spec)
         if gi is not None:
             _global_keys_backward(q, gk, gv, gi, g_out, lse_s, delta, dq, dk, dv)
-            _global_rows_backward(q, k, v, gi, probs, og, g_out, dq, dk, dv)
-        return dq, dk, dv, None, None, None, None
+            if probs is not None:
+                _global_rows_backward(q, k, v, gi, probs, og, g_out, dq, dk, dv)
+        return dq, dk, dv, None, None, None, None, None
 
 
 class _GpuBand(torch.autograd.Function):
@@ -897,10 +943,12 @@ def tvm_attention(
     global_mask: torch.Tensor | None = None,
     key_padding_mask: torch.Tensor | None = None,
     *,
+    global_rows: bool = True,
     kernels: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """``kernels``: use these GPU-style kernel functions (``gpu_kernels_on_cpu``) instead of the
-    cached library for the tensors' device (tests of the CUDA path's arithmetic)."""
+    """``global_rows``: as in ``kernels.attention``. ``kernels``: use these GPU-style kernel
+    functions (``gpu_kernels_on_cpu``) instead of the cached library for the tensors' device
+    (tests of the CUDA path's arithmetic)."""
     if not supports(pattern):
         raise ValueError(
             f"backend 'tvm' does not support pattern {pattern}; it compiles SlidingWindow, "
@@ -936,7 +984,14 @@ def tvm_attention(
             return band.apply(q, k, v, key_ok, None, None, None, fns, spec)
 
         out = torch_backend.torch_attention(
-            q32, k32, v32, pattern, global_mask, key_padding_mask, band_part=band_part
+            q32,
+            k32,
+            v32,
+            pattern,
+            global_mask,
+            key_padding_mask,
+            band_part=band_part,
+            global_rows=global_rows,
         )
         return out.to(dtype)
     if isinstance(pattern, BlockLocal):
@@ -947,9 +1002,9 @@ def tvm_attention(
         pad = key_padding_mask
         if pad is None:
             pad = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
-        return _Fused.apply(q32, k32, v32, pad, global_mask, fns, spec).to(dtype)
+        return _Fused.apply(q32, k32, v32, pad, global_mask, fns, spec, global_rows).to(dtype)
     local = _local_fn(fns, spec, band)
     out = torch_backend.torch_attention(
-        q32, k32, v32, pattern, global_mask, key_padding_mask, local=local
+        q32, k32, v32, pattern, global_mask, key_padding_mask, local=local, global_rows=global_rows
     )
     return out.to(dtype)

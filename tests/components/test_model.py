@@ -478,3 +478,36 @@ def test_classification_inference_computes_only_the_global_rows_of_the_last_laye
     calls.clear()
     model(**b)
     assert len(calls) == model.config.num_hidden_layers
+
+
+def test_factored_global_attention_matches_projecting_every_key():
+    """With few global tokens the global rows skip the `key_global`/`value_global` projections
+    of every position (`_global_attention_factored`: the same sums reordered). In float64, with
+    padding, two global tokens and attention-probability dropout in training mode (the same
+    masks from the same seed), outputs and every parameter's gradient equal the plain path's."""
+    config = our_config(attention_probs_dropout_prob=0.2)
+    model = M.LongformerModel(config).double().train()
+    inputs = batch(40)
+
+    def run(factored: bool):
+        for layer in model.encoder.layer:
+            layer.attention.self._factored_global_pays = lambda *a, flag=factored: flag
+        model.zero_grad()
+        torch.manual_seed(3)
+        out = model(**inputs).last_hidden_state
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.detach(), grads
+
+    plain, plain_grads = run(False)
+    factored, factored_grads = run(True)
+    assert torch.allclose(factored, plain, rtol=0, atol=1e-12)
+    assert plain_grads.keys() == factored_grads.keys()
+    assert {"key_global.weight", "value_global.bias"} <= {n.split("self.")[-1] for n in plain_grads}
+    for name, grad in plain_grads.items():
+        assert torch.allclose(factored_grads[name], grad, rtol=0, atol=1e-11), name
+    layer = model.encoder.layer[0].attention.self
+    del layer._factored_global_pays  # back to the class's decision: 2 heads x 2 globals pay
+    assert layer._factored_global_pays(torch.zeros(1, 2, 2, 16), torch.zeros(1, 40, 32))
+    assert not layer._factored_global_pays(torch.zeros(1, 9, 2, 16), torch.zeros(1, 40, 32))

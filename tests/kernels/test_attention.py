@@ -601,3 +601,42 @@ def test_tvm_fused_path_padded_global_key_with_huge_score():
     for a, e in zip(got, want, strict=True):
         assert torch.isfinite(a).all()
         assert rel_err(a, e) <= 1e-4
+
+
+# ---- global_rows=False: the caller computes the global queries' rows itself -------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "pattern",
+    [SlidingWindow(3), SlidingWindow(2, dilation=(1, 2, 3, 1)), BlockLocal(4, neighbors=1)]
+    + [Strided(5), Fixed(6, 3, causal=False), Dense()],
+    ids=str,
+)
+def test_global_rows_false_zeroes_them_and_their_gradient(backend, pattern):
+    """``global_rows=False`` (the Longformer model's call: it recomputes those rows with its
+    global projections): every other row and every gradient is the float64 reference's with the
+    global queries' rows taken out, on every backend and pattern it serves."""
+    if not supported(backend, pattern):
+        pytest.skip(f"{backend} does not serve {pattern}")
+    q, k, v, g, p = make_inputs(3, 37, 4, 8, torch.float32, 11)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = attention(
+        q, k, v, pattern, global_mask=g, key_padding_mask=p, backend=backend, global_rows=False
+    )
+    qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference_attention(qr, kr, vr, pattern, g, p).masked_fill(g[:, :, None, None], 0.0)
+    assert torch.equal(out[g], torch.zeros_like(out[g]))
+    assert rel_err(out, ref) <= 1e-5
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    got = torch.autograd.grad((out * cot).sum(), (q, k, v))
+    want = torch.autograd.grad((ref * cot.double()).sum(), (qr, kr, vr))
+    scale = max(w.abs().max().item() for w in want)
+    for name, a, e in zip("qkv", got, want, strict=True):
+        err = (a.double() - e).abs().max().item() / scale
+        assert err <= 1e-5, f"d{name} error {err:.2e}"
+    with torch.no_grad():  # inference: the rows are zeroed in place, same values
+        again = attention(
+            q, k, v, pattern, global_mask=g, key_padding_mask=p, backend=backend, global_rows=False
+        )
+    assert torch.equal(again, out.detach())

@@ -14,8 +14,10 @@ What a layer computes (the same function as transformers' Longformer, read from 
 - local (non-global) query i, with the local projections `query/key/value`: softmax over the
   keys in its pattern band plus every global key, minus padding keys;
 - global query i, with `query_global/key_global/value_global`: softmax over every non-padding
-  key. The kernel computes every row with the local projections; the few global rows are then
-  recomputed densely (they are O(globals x seq)) and written over;
+  key. The kernel computes the local rows (`global_rows=False`: it skips the global ones); the
+  few global rows are computed densely (O(globals x seq)) and written over. With few global
+  tokens they do not project every key and value: `(Wk^T q) . x + q . bk` and
+  `Wv (sum p x) + (sum p) bv` are the same sums reordered (`_global_attention_factored`);
 - padding queries output zeros (as in transformers), padding tokens are never global.
 
 Short inputs: with the default `attention_backend="auto"`, when a layer's window covers the
@@ -451,6 +453,9 @@ class LongformerSelfAttention(nn.Module):
             global_mask=global_mask if global_index is not None else None,
             key_padding_mask=key_padding_mask,
             backend=self.backend,
+            # the global rows are recomputed below with the global projections: the kernel
+            # leaves them zero and skips their work, forward and backward
+            global_rows=global_index is None,
         )
         if global_index is not None:
             out = self._global_rows(hidden_states, out, key_padding_mask, global_index)
@@ -481,16 +486,56 @@ class LongformerSelfAttention(nn.Module):
         """`(batch, globals, heads, head_dim)`: the global rows `gathered` (their hidden states)
         attending every non-padding key of `hidden_states`."""
         qg = self._heads(self.query_global(gathered)) / math.sqrt(self.head_dim)
+        if self._factored_global_pays(qg, hidden_states):
+            return self._global_attention_factored(hidden_states, qg, key_padding_mask)
         kg = self._heads(self.key_global(hidden_states))
         vg = self._heads(self.value_global(hidden_states))
         scores = torch.einsum("bghd,bshd->bhgs", qg, kg)
+        probs = self._global_probs(scores, key_padding_mask, vg.dtype)
+        return torch.einsum("bhgs,bshd->bghd", probs, vg)
+
+    def _global_probs(
+        self, scores: torch.Tensor, key_padding_mask: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
         if key_padding_mask is not None:
             scores = scores.masked_fill(
                 key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min
             )
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vg.dtype)
-        probs = nn.functional.dropout(probs, p=self.dropout, training=self.training)
-        return torch.einsum("bhgs,bshd->bghd", probs, vg)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+        return nn.functional.dropout(probs, p=self.dropout, training=self.training)
+
+    def _factored_global_pays(self, qg: torch.Tensor, hidden_states: torch.Tensor) -> bool:
+        """Whether `_global_attention_factored` is cheaper: with `G` global tokens and `H` heads
+        it costs `O(seq * H * G * hidden)` against `O(seq * hidden^2)` for projecting every key
+        and value, so while `H * G` is well under `hidden` (one `<s>`, a short question). Only
+        on plain parameters: under tensor parallelism they are sharded DTensors, which the
+        modules' own calls handle."""
+        heads, globals_ = qg.shape[2], qg.shape[1]
+        params = (self.key_global.weight, self.key_global.bias, self.value_global.weight)
+        plain = all(type(p) in (nn.Parameter, torch.Tensor) for p in params)
+        return plain and 2 * heads * globals_ <= hidden_states.shape[-1]
+
+    def _global_attention_factored(
+        self, hidden_states: torch.Tensor, qg: torch.Tensor, key_padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`global_attention` without projecting every key and value: the same sums, reordered.
+
+        A score is `qg . (Wk x_s + bk) = (Wk^T qg) . x_s + qg . bk`, and the output is
+        `sum_s p_s (Wv x_s + bv) = Wv (sum_s p_s x_s) + (sum_s p_s) bv`, per head, so the
+        `(seq x hidden) @ (hidden x hidden)` projections become products with `H * G` vectors;
+        autograd differentiates the reordered sums exactly (same parameters, same gradients up
+        to float rounding)."""
+        heads, dim = qg.shape[2], qg.shape[3]
+        wk = self.key_global.weight.view(heads, dim, -1)  # (H, D, hidden)
+        wv = self.value_global.weight.view(heads, dim, -1)
+        qk = torch.einsum("bghd,hde->bghe", qg, wk)  # (B, G, H, hidden)
+        q_bias = torch.einsum("bghd,hd->bhg", qg, self.key_global.bias.view(heads, dim))
+        scores = torch.einsum("bghe,bse->bhgs", qk, hidden_states) + q_bias.unsqueeze(-1)
+        probs = self._global_probs(scores, key_padding_mask, hidden_states.dtype)
+        mixed = torch.einsum("bhgs,bse->bghe", probs, hidden_states)  # (B, G, H, hidden)
+        out = torch.einsum("bghe,hde->bghd", mixed, wv)
+        weight = probs.sum(-1).transpose(1, 2).unsqueeze(-1)  # (B, G, H, 1): 1 unless dropout
+        return out + weight * self.value_global.bias.view(heads, dim)
 
 
 class LongformerSelfOutput(nn.Module):
