@@ -16,7 +16,9 @@ What it supports:
   forward kernel takes the global *keys* before each band, so it computes one softmax over
   band + global keys.
 * dtypes: float32 kernels. bfloat16 inputs are computed by the float32 kernel (upcast on the
-  way in, rounded on the way out), exactly like the ``torch`` backend computes them.
+  way in, rounded on the way out), exactly like the ``torch`` backend computes them, except
+  inference on a CPU with AMX-BF16: there the same library holds a bf16 kernel on AMX tiles
+  (``kernels.tvm_amx_source``, host side ``kernels.tvm_amx``).
 * Devices: CPU through LLVM (``kernels.tvm_source``: forward reading q, k, v in place with the
   rows in the vector lanes; backward on packed query-side operands; vectorised register tiles,
   parallel over batch x heads x row tiles). CUDA: ``kernels.tvm_gpu_source``
@@ -59,7 +61,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import torch_backend
+from . import torch_backend, tvm_amx
 from .patterns import BlockLocal, Fixed, Pattern, SlidingWindow, Strided
 from .settings import cache_dir
 
@@ -70,6 +72,7 @@ TARGETS = ("llvm", "cuda")
 _SOURCES = (
     Path(__file__).with_name("tvm_source.py"),
     Path(__file__).with_name("tvm_gpu_source.py"),
+    Path(__file__).with_name("tvm_amx_source.py"),
 )
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str, str, int], Any] = {}  # (dir, target key, dtype, head_dim) -> fn
@@ -146,7 +149,8 @@ def _host_cpu() -> str | None:
 def resolve_target(name: str) -> tuple[str, dict[str, Any]]:
     """A target name -> (cache key, TVM target dict).
 
-    * ``"llvm"``: this host's CPU, ``("llvm-<cpu>", {"kind": "llvm", "mcpu": <cpu>})``.
+    * ``"llvm"``: this host's CPU, ``("llvm-<cpu>", {"kind": "llvm", "mcpu": <cpu>})``, with
+      ``"mattr"`` the AMX features where the CPU has AMX-BF16 (``tvm_amx.target_features``).
     * ``"cuda"`` or ``"cuda:sm_XX"``: an NVIDIA GPU (``-arch`` given, or detected by TVM from a
       local GPU), host code for this CPU: ``("cuda-sm_XX", {"kind": "cuda", "arch": ...})``.
       Compiling needs TVM's CUDA code generator and ``nvcc``; *running* needs a TVM built with
@@ -159,6 +163,8 @@ def resolve_target(name: str) -> tuple[str, dict[str, Any]]:
     host: dict[str, Any] = {"kind": "llvm"}
     if cpu:
         host["mcpu"] = cpu
+    if tvm_amx.target_features():
+        host["mattr"] = tvm_amx.target_features()
     if kind == "llvm":
         return (f"llvm-{cpu}" if cpu else "llvm"), host
     tvm = _import_tvm()
@@ -253,6 +259,10 @@ def _compile(target: dict, dtype: str, head_dim: int, path: Path) -> float:
         from . import tvm_source
 
         mod = tvm_source.sliding_window(head_dim)
+        if "+amx-bf16" in target.get("mattr", ()) and head_dim in tvm_amx.HEAD_DIMS:
+            from . import tvm_amx_source
+
+            mod.update(tvm_amx_source.attention_fwd(head_dim))  # bf16 inference, same library
     lib = tvm.compile(mod, target=tvm.target.Target(target))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".so")
     os.close(fd)
@@ -333,10 +343,11 @@ def build_kernels(
 ) -> dict[str, Any]:
     """Compile (or confirm cached) every dtype x head_dim x target variant into ``out_dir``.
 
-    ``bfloat16`` is accepted and served by the float32 kernel (the backend upcasts bf16 inputs),
-    so it maps to the float32 variant. Returns a summary for the pipeline's own manifest:
-    ``{"tvm_version", "source_hash", "out_dir", "variants": {"<target-key>/<variant>": {"path",
-    "status", "seconds", "dtype", "head_dim", "target"}}}``.
+    ``bfloat16`` is accepted and maps to the float32 variant: the backend upcasts bf16 inputs,
+    except for inference on AMX-BF16 CPUs, whose library also holds the AMX kernel. Returns a
+    summary for the pipeline's own manifest: ``{"tvm_version", "source_hash", "out_dir",
+    "variants": {"<target-key>/<variant>": {"path", "status", "seconds", "dtype", "head_dim",
+    "target"}}}``.
     """
     summary: dict[str, Any] = {
         "tvm_version": tvm_version(),
@@ -387,6 +398,12 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
             "pack_p": lib["pack_p"],
             "dq_add": lib["dq_overlap_add"],
         }
+        if lib.implements_function("amx_bf16_fwd"):
+            fns.update(
+                amx_fwd=lib["amx_bf16_fwd"],
+                amx_pack_k=lib["amx_pack_k"],
+                amx_pack_v=lib["amx_pack_v"],
+            )
     _loaded[memo] = fns
     return fns
 
@@ -813,6 +830,37 @@ def _global_keys_backward(q, gk, gv, gi: _GlobalIndex, g_out, lse_s, delta, dq, 
         _rank_update(dq[e], ds * scale, _heads_first(gk[e]))
 
 
+def _split_globals(k, v, pad, global_mask):
+    """``(gi, key_ok, gk, gv)``: the global tokens' index (None without any), the keys the band
+    may use (a global key enters the softmax once, as a global key) and the global keys and
+    values ``(B, G, H, D)`` (None without any)."""
+    gidx = torch_backend._global_index(global_mask)
+    if gidx is None:
+        return None, ~pad, None, None
+    order, valid = gidx
+    gi = _GlobalIndex(order, valid, valid & ~pad.gather(1, order))
+    gk, gv = (torch.stack([x[e, order[e]] for e in range(x.shape[0])]) for x in (k, v))
+    return gi, ~pad & ~global_mask, gk, gv
+
+
+def _amx_attention(q, k, v, pad, global_mask, fns, spec: _BandSpec, global_rows: bool):
+    """Inference on bf16 ``(B, m, H, D)`` tensors with the AMX kernel (``tvm_amx``): the band and
+    the global keys in bf16 with fp32 accumulation, the global rows as ``_Fused`` computes them
+    (in float32, on the bf16 numbers); bf16 out."""
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    gi, key_ok, gk, gv = _split_globals(k, v, pad, global_mask)
+    out = tvm_amx.band_forward(fns, q, k, v, key_ok, gk, gv, None if gi is None else gi.g_ok, spec)
+    if gi is not None:
+        bi, pi = global_mask.nonzero(as_tuple=True)
+        og = (
+            _global_rows_forward(q.float(), k.float(), v.float(), pad, gi)[1]
+            if global_rows
+            else 0.0
+        )
+        out[bi, pi] = og[gi.valid] if global_rows else og
+    return out.to(torch.bfloat16)
+
+
 class _Fused(torch.autograd.Function):
     """The whole attention of an undilated pattern (``SlidingWindow`` with dilation 1,
     ``BlockLocal``) on contiguous float32 ``(B, m, H, D)`` tensors, in one autograd node: the
@@ -826,14 +874,7 @@ class _Fused(torch.autograd.Function):
     @torch.autocast("cpu", enabled=False)  # float32 throughout, as the kernels (and backward)
     def forward(ctx, q, k, v, pad, global_mask, fns, spec: _BandSpec, global_rows: bool = True):
         q, k, v = (x.contiguous() for x in (q, k, v))
-        gidx = torch_backend._global_index(global_mask)
-        gi = gk = gv = None
-        key_ok = ~pad
-        if gidx is not None:
-            order, valid = gidx
-            gi = _GlobalIndex(order, valid, valid & ~pad.gather(1, order))
-            key_ok = key_ok & ~global_mask  # a global key enters the softmax once, as global
-            gk, gv = (torch.stack([x[e, order[e]] for e in range(x.shape[0])]) for x in (k, v))
+        gi, key_ok, gk, gv = _split_globals(k, v, pad, global_mask)
         out, lse = _band_forward(
             q, k, v, key_ok, gk, gv, None if gi is None else gi.g_ok, fns, spec
         )
@@ -1002,6 +1043,9 @@ def tvm_attention(
         pad = key_padding_mask
         if pad is None:
             pad = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        if not needs_grad and tvm_amx.applies(q, fns):
+            return _amx_attention(q, k, v, pad, global_mask, fns, spec, global_rows)
         return _Fused.apply(q32, k32, v32, pad, global_mask, fns, spec, global_rows).to(dtype)
     local = _local_fn(fns, spec, band)
     out = torch_backend.torch_attention(

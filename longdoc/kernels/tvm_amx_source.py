@@ -1,0 +1,336 @@
+"""TVM kernel source: bf16 local attention forward on Intel AMX tiles (inference).
+
+Where the CPU has AMX-BF16 (``amx_bf16`` and ``amx_tile`` in its flags), bf16 queries, keys and
+values are multiplied as bf16 with fp32 accumulation by the tile instructions (``tdpbf16ps``:
+a 16 x 16 fp32 tile += a 16 x 32 bf16 tile times a 32 x 16 bf16 tile, pair-interleaved), called
+from TIR through LLVM's register-numbered AMX intrinsics, whose operands are only integers and
+pointers. The AVX512-BF16 dot product (``vdpbf16ps``) is out of reach here: its LLVM intrinsic
+takes ``bfloat`` vectors, which TVM 0.27 never emits (README, "bf16 on `tvm`").
+
+``amx_bf16_fwd(q (B,n,HF,D) bf16 bits as uint16, kp, vp, ok (B,NP) f32, o (B,n,HF,D) f32,
+cfg (64,) u8, w, causal, gp, padl, blk, nbr)``: every head, the pattern of
+``tvm_source.sliding_window``'s forward (band ``[_row_lo(i), _row_hi(i))`` of a sliding window or
+of block-local attention, plus ``gp`` global-key slots), without the log-sum-exp (no backward).
+Keys and values come packed by the caller in the *packed order* (``gp`` global slots, ``padl``
+positions before the sequence, the sequence, positions after it; ``gp`` and ``padl`` multiples
+of 32), in the layouts the tiles load with one stride of 64 bytes:
+
+* ``kp (B, HF, NP/16, D/2, 16, 2)``: per block of 16 keys, row ``r`` holds dims ``2r, 2r+1`` of
+  each key: a tile of 16 rows is the right operand of ``Q @ K^T`` for 32 dims;
+* ``vp (B, HF, NP/32, D/16, 16, 16, 2)``: per block of 32 keys and 16 output dims, row ``r``
+  holds keys ``2r, 2r+1`` of each dim: the right operand of ``P @ V``.
+
+``ok`` says which packed positions are usable keys. ``cfg`` is the 64-byte tile configuration
+(palette 1, eight tiles of 16 rows x 64 bytes). The caller asks Linux for the AMX state first
+(``arch_prctl(ARCH_REQ_XCOMP_PERM)``, see ``tvm_backend._amx_usable``).
+
+Schedule: one parallel loop over ``(batch, head, group of RG tiles of 16 queries)``; per tile,
+the keys in chunks of up to ``CH`` (global chunks first, then the band rounded out to 32-key
+blocks). Per chunk: the query tiles (reloaded: ``P`` needs their tile register), the score tile
+``S = Q K^T`` per 16 keys (tiles 5-6 x tile 7 into tile 4), stored; masking, scaling and an
+online softmax (exact max per chunk, flash-style rescale across chunks) in fp32 vector code,
+``P`` rounded to bf16 (nearest even); ``P @ V`` into fresh output tiles 0-3, stored and added to
+the running fp32 output. Tile registers: 0-3 output (16 dims each, so ``D <= 64``), 4 scores,
+5-6 queries or ``P``, 7 keys or values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm.script import tirx as T
+
+from .tvm_source import NEG, _exp, _row_hi, _row_lo
+
+ROWS = 16  # queries per tile (AMX tiles have 16 rows)
+CHUNK = 256  # keys per softmax chunk (a multiple of 32): S is 16 x CHUNK fp32 (16 KB)
+ROW_GROUP = 4  # 16-query tiles per parallel task (amortises the tile configuration)
+TILE_CONFIG = bytes([1] + [0] * 15 + [64, 0] * 8 + [0] * 16 + [ROWS] * 8 + [0] * 8)
+HEAD_DIMS = (32, 64)  # output tiles 0-3 hold 16 dims each
+
+
+def _exp_bf16(x):
+    """``exp(x)`` for ``x <= 0`` to about 4e-5 relative error, enough for weights rounded to
+    bf16 (8 bits) next: ``tvm_source._exp``'s range reduction with a degree-4 polynomial."""
+    f32 = T.float32
+    x = T.max(x, f32(-87.0))
+    n = T.floor(x * f32(1.4426950408889634) + f32(0.5))
+    r = x - n * f32(0.6931471805599453)
+    p = f32(1.0) + r * (f32(1.0) + r * (f32(0.5) + r * (f32(1.0 / 6) + r * f32(1.0 / 24))))
+    return p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+
+
+def _amx(name: str, *args):
+    return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
+
+
+def _tile(t: int):
+    return T.uint8(t)
+
+
+def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP) -> tvm.IRModule:
+    D, CH, RG, R = head_dim, chunk, row_group, ROWS
+    if D not in HEAD_DIMS:
+        raise ValueError(f"the AMX kernel takes head_dim in {HEAD_DIMS}, not {D}")
+    QT = D // 32  # query tiles (32 dims each)
+    OT = D // 16  # output tiles (16 dims each)
+    scale = 1.0 / math.sqrt(D)
+
+    # Expressions used inside vectorised loops are built here, in Python: a name assigned in a
+    # TVMScript loop body becomes a scalar local variable, which defeats the vectoriser.
+    def _masked(sb, ok, b, a, c, glob, pbase, band):
+        """Score ``c`` of row ``a`` of the chunk, scaled, or ``NEG`` where that key is not one of
+        the row's (a global slot not in use, padding, outside the row's band: keys
+        ``[band[0], band[1])``, computed once per row)."""
+        j = pbase + c
+        in_band = T.And(j >= band[0], j < band[1])
+        usable = T.And(ok[b, j] > T.float32(0), T.Or(glob, in_band))
+        return T.Select(usable, sb[a * CH + c] * T.float32(scale), T.float32(NEG))
+
+    def _p_bits(s, row_max):
+        """``exp(s - row_max)`` (0 for masked scores) as bf16 bits, rounded to nearest even,
+        in the low half of a uint32."""
+        p = T.Select(s > T.float32(NEG / 2), _exp_bf16(s - row_max), T.float32(0))
+        bits = T.reinterpret("uint32", p)
+        return (bits + T.uint32(0x7FFF) + ((bits >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16)
+
+    @T.prim_func
+    def fwd(
+        q_h: T.handle,
+        kp_h: T.handle,
+        vp_h: T.handle,
+        ok_h: T.handle,
+        o_h: T.handle,
+        cfg_h: T.handle,
+        w: T.int32,
+        causal: T.int32,
+        gp: T.int32,
+        padl: T.int32,
+        blk: T.int32,
+        nbr: T.int32,
+    ):
+        T.func_attr({"global_symbol": "amx_bf16_fwd", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        HF = T.int32()
+        NK = T.int32()
+        NV = T.int32()
+        NP = T.int32()
+        q = T.match_buffer(q_h, (B, n, HF, D), "uint16")
+        kp = T.match_buffer(kp_h, (B, HF, NK, D // 2, 16), "uint32")
+        vp = T.match_buffer(vp_h, (B, HF, NV, OT, 16, 16), "uint32")
+        ok = T.match_buffer(ok_h, (B, NP), "float32")
+        o = T.match_buffer(o_h, (B, n, HF, D), "float32")
+        cfg = T.match_buffer(cfg_h, (64,), "uint8")
+        nt = (n + R - 1) // R
+        ngrp = (nt + RG - 1) // RG
+        nglob = (gp + CH - 1) // CH
+        for r in T.parallel(B * HF * ngrp):
+            qb = T.alloc_buffer((R * D,), "uint16", scope="local")
+            sb = T.alloc_buffer((R * CH,), "float32", scope="local")
+            pb = T.alloc_buffer((R * CH,), "uint16", scope="local")
+            ob = T.alloc_buffer((R * D,), "float32", scope="local")
+            acc = T.alloc_buffer((R * D,), "float32", scope="local")
+            m = T.alloc_buffer((R,), "float32", scope="local")
+            lsum = T.alloc_buffer((R,), "float32", scope="local")
+            al = T.alloc_buffer((R,), "float32", scope="local")
+            lane = T.alloc_buffer((16,), "float32", scope="local")
+            mx = T.alloc_buffer((1,), "float32", scope="local")
+            band = T.alloc_buffer((2,), "int32", scope="local")
+            b = r // (HF * ngrp)
+            h = r // ngrp % HF
+            _amx("ldtilecfg", T.address_of(cfg[0]))
+            for g in T.serial(T.min(RG, nt - r % ngrp * RG)):
+                i0 = (r % ngrp * RG + g) * R
+                full = i0 + R <= n
+                if not full:  # the last tile overhangs the sequence: its rows, zero-filled
+                    for a in T.serial(R):
+                        for d in T.vectorized(D):
+                            qb[a * D + d] = T.Select(
+                                i0 + a < n, q[b, T.min(i0 + a, n - 1), h, d], T.uint16(0)
+                            )
+                lo = T.floordiv(_row_lo(i0, w, blk, nbr), 32) * 32
+                hi = T.floordiv(_row_hi(i0 + R - 1, w, causal, blk, nbr) + 31, 32) * 32
+                for x in T.vectorized(R * D):
+                    acc[x] = T.float32(0)
+                for a in T.serial(R):
+                    m[a] = T.float32(NEG)
+                    lsum[a] = T.float32(0)
+                for ch in T.serial(nglob + (hi - lo + CH - 1) // CH):
+                    glob = ch < nglob
+                    pbase = T.Select(glob, ch * CH, gp + padl + lo + (ch - nglob) * CH)
+                    cnt = T.Select(
+                        glob, T.min(CH, gp - ch * CH), T.min(CH, hi - lo - (ch - nglob) * CH)
+                    )
+                    for t in T.unroll(QT):
+                        if full:
+                            _amx(
+                                "tileloadd64",
+                                _tile(5 + t),
+                                T.address_of(q[b, i0, h, t * 32]),
+                                T.int64(HF * D * 2),
+                            )
+                        else:
+                            _amx(
+                                "tileloadd64",
+                                _tile(5 + t),
+                                T.address_of(qb[t * 32]),
+                                T.int64(D * 2),
+                            )
+                    # scores S = Q K^T, 16 keys per tile
+                    for kb in T.serial(cnt // 16):
+                        _amx("tilezero", _tile(4))
+                        for t in T.unroll(QT):
+                            _amx(
+                                "tileloadd64",
+                                _tile(7),
+                                T.address_of(kp[b, h, pbase // 16 + kb, t * 16, 0]),
+                                T.int64(64),
+                            )
+                            _amx("tdpbf16ps", _tile(4), _tile(5 + t), _tile(7))
+                        _amx("tilestored64", _tile(4), T.address_of(sb[kb * 16]), T.int64(CH * 4))
+                    # mask, scale, online softmax per row; P rounded to bf16 (nearest even)
+                    for a in T.serial(R):
+                        band[0] = gp + padl + _row_lo(i0 + a, w, blk, nbr)  # packed positions
+                        band[1] = gp + padl + _row_hi(i0 + a, w, causal, blk, nbr)
+                        for x in T.vectorized(16):
+                            lane[x] = T.float32(NEG)
+                        for kb in T.serial(cnt // 16):
+                            for x in T.vectorized(16):
+                                lane[x] = T.max(
+                                    lane[x], _masked(sb, ok, b, a, kb * 16 + x, glob, pbase, band)
+                                )
+                                sb[a * CH + kb * 16 + x] = _masked(
+                                    sb, ok, b, a, kb * 16 + x, glob, pbase, band
+                                )
+                        mx[0] = m[a]
+                        for x in T.serial(16):
+                            mx[0] = T.max(mx[0], lane[x])
+                        al[a] = _exp(m[a] - mx[0])
+                        m[a] = mx[0]
+                        for x in T.vectorized(16):
+                            lane[x] = T.float32(0)
+                        for kb in T.serial(cnt // 16):
+                            for x in T.vectorized(16):
+                                pb[a * CH + kb * 16 + x] = T.Cast(
+                                    "uint16", _p_bits(sb[a * CH + kb * 16 + x], mx[0])
+                                )
+                                lane[x] = lane[x] + T.reinterpret(
+                                    "float32",
+                                    _p_bits(sb[a * CH + kb * 16 + x], mx[0]) << T.uint32(16),
+                                )
+                        mx[0] = lsum[a] * al[a]
+                        for x in T.serial(16):
+                            mx[0] = mx[0] + lane[x]
+                        lsum[a] = mx[0]
+                    # P @ V into fresh output tiles, then added to the running output
+                    for t in T.unroll(OT):
+                        _amx("tilezero", _tile(t))
+                    for kb in T.serial(cnt // 32):
+                        _amx("tileloadd64", _tile(5), T.address_of(pb[kb * 32]), T.int64(CH * 2))
+                        for t in T.unroll(OT):
+                            _amx(
+                                "tileloadd64",
+                                _tile(7),
+                                T.address_of(vp[b, h, pbase // 32 + kb, t, 0, 0]),
+                                T.int64(64),
+                            )
+                            _amx("tdpbf16ps", _tile(t), _tile(5), _tile(7))
+                    for t in T.unroll(OT):
+                        _amx("tilestored64", _tile(t), T.address_of(ob[t * 16]), T.int64(D * 4))
+                    for a in T.serial(R):
+                        for d in T.vectorized(D):
+                            acc[a * D + d] = acc[a * D + d] * al[a] + ob[a * D + d]
+                for a in T.serial(R):
+                    if i0 + a < n:
+                        mx[0] = T.Select(
+                            lsum[a] > T.float32(0), T.float32(1) / lsum[a], T.float32(0)
+                        )
+                        for d in T.vectorized(D):
+                            o[b, i0 + a, h, d] = acc[a * D + d] * mx[0]
+            _amx("tilerelease")
+
+    def _packed_row(x, gx, b, p, h, d, n, gp, padl, G):
+        """Packed position ``p`` of one head of ``x``'s rows: a global slot (``gx``), a
+        sequence row, or 0 (padding slots, before and after the sequence)."""
+        j = p - gp - padl
+        row = x[b, T.max(T.min(j, n - 1), 0), h, d]
+        glob = gx[b, T.min(p, G - 1), h, d]
+        zero = T.Cast(x.dtype, 0)
+        return T.Select(T.And(j >= 0, j < n), row, T.Select(p < G, glob, zero))
+
+    @T.prim_func
+    def pack_k(
+        k_h: T.handle, gk_h: T.handle, kp_h: T.handle, G: T.int32, gp: T.int32, padl: T.int32
+    ):
+        """``kp[b, h, blk, r, t]`` (uint32: dims 2r, 2r+1) = packed position ``16 blk + t``."""
+        T.func_attr({"global_symbol": "amx_pack_k", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        HF = T.int32()
+        GS = T.int32()
+        NK = T.int32()
+        k = T.match_buffer(k_h, (B, n, HF, D // 2), "uint32")
+        gk = T.match_buffer(gk_h, (B, GS, HF, D // 2), "uint32")
+        kp = T.match_buffer(kp_h, (B, HF, NK, D // 2, 16), "uint32")
+        for r in T.parallel(B * HF * NK):
+            for t in T.serial(16):
+                for d in T.vectorized(D // 2):
+                    kp[r // (HF * NK), r // NK % HF, r % NK, d, t] = _packed_row(
+                        k, gk, r // (HF * NK), r % NK * 16 + t, r // NK % HF, d, n, gp, padl, G
+                    )
+
+    @T.prim_func
+    def pack_v(
+        v_h: T.handle, gv_h: T.handle, vp_h: T.handle, G: T.int32, gp: T.int32, padl: T.int32
+    ):
+        """``vp[b, h, blk, c, r, t]`` (uint32: packed positions ``32 blk + 2r`` and ``+1`` of
+        dim ``16 c + t``, low half first)."""
+        T.func_attr({"global_symbol": "amx_pack_v", "tirx.noalias": True})
+        B = T.int32()
+        n = T.int32()
+        HF = T.int32()
+        GS = T.int32()
+        NV = T.int32()
+        v = T.match_buffer(v_h, (B, n, HF, D), "uint16")
+        gv = T.match_buffer(gv_h, (B, GS, HF, D), "uint16")
+        vp = T.match_buffer(vp_h, (B, HF, NV, OT, 16, 16), "uint32")
+        for r in T.parallel(B * HF * NV):
+            for c in T.serial(OT):
+                for kr in T.serial(16):
+                    for t in T.vectorized(16):
+                        vp[r // (HF * NV), r // NV % HF, r % NV, c, kr, t] = T.Cast(
+                            "uint32",
+                            _packed_row(
+                                v,
+                                gv,
+                                r // (HF * NV),
+                                r % NV * 32 + 2 * kr,
+                                r // NV % HF,
+                                c * 16 + t,
+                                n,
+                                gp,
+                                padl,
+                                G,
+                            ),
+                        ) | (
+                            T.Cast(
+                                "uint32",
+                                _packed_row(
+                                    v,
+                                    gv,
+                                    r // (HF * NV),
+                                    r % NV * 32 + 2 * kr + 1,
+                                    r // NV % HF,
+                                    c * 16 + t,
+                                    n,
+                                    gp,
+                                    padl,
+                                    G,
+                                ),
+                            )
+                            << T.uint32(16)
+                        )
+
+    return tvm.IRModule({"amx_bf16_fwd": fwd, "amx_pack_k": pack_k, "amx_pack_v": pack_v})
