@@ -75,6 +75,8 @@ def _up(x: int, multiple: int) -> int:
 def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
     """The band and the global keys of contiguous bf16 ``(B, m, H, D)`` tensors by the AMX
     kernel: a float32 ``(B, m, H, D)`` output. ``spec`` is ``tvm_backend._BandSpec``."""
+    if not amx_usable():  # without the grant the first tile instruction is a SIGILL
+        raise RuntimeError("the AMX kernel needs a CPU with AMX-BF16 and Linux's AMX grant")
     b, m, h, d = q.shape
     g = 0 if gk is None else gk.shape[1]
     gp, padl = _up(g, 32), _up(spec.reach, 32)
