@@ -5,18 +5,23 @@ trace; the server is stopped by its PID (its process group: MLflow starts a uvic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
+from longdoc.components.core.config import TrackingParams
+from longdoc.components.inference.serving import log_longdoc_model
 from tests.components.test_score import TEXTS, own_store, register
+from tests.components.test_score_summarization import tiny_led
 from tests.e2e.conftest import BIN
 from tests.e2e.test_deployment import free_port, stop_group
 
@@ -65,47 +70,44 @@ BAD_REQUESTS = [
 ]
 
 
+@contextlib.contextmanager
+def served(uri: str, store: TrackingParams, tmp_path: Path):
+    """`mlflow models serve -m uri` on a free local port, until it answers /ping; yields its base
+    URL and stops its process group afterwards (also on failure)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=store.uri, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (closed in finally)
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            try:
+                if _get(f"{base}/ping") == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield base
+    finally:
+        stop_group(server)
+        log.close()
+
+
 def test_mlflow_models_serve_answers_invocations(tmp_path, monkeypatch):
     store = own_store(tmp_path, monkeypatch)
     register(tmp_path, "longdoc-imdb")
     expected = mlflow.pyfunc.load_model("models:/longdoc-imdb@champion").predict(
         pd.DataFrame({"text": TEXTS})
     )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=store.uri, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (closed in finally)
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/longdoc-imdb@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if _get(f"{base}/ping") == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+    with served("models:/longdoc-imdb@champion", store, tmp_path) as base:
         body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
         preds = _post(f"{base}/invocations", body)["predictions"]
         assert [p["label"] for p in preds] == list(expected["label"])
@@ -128,6 +130,18 @@ def test_mlflow_models_serve_answers_invocations(tmp_path, monkeypatch):
             assert error["error_code"] == "INVALID_PARAMETER_VALUE", text
             for part in expected:
                 assert part in error["message"], (part, error["message"])
-    finally:
-        stop_group(server)
-        log.close()
+
+
+def test_mlflow_models_serve_answers_with_the_summarizer(tmp_path, monkeypatch):
+    """The registered LED summarizer: `text` in, `summary` out, as the in-process model."""
+    store = own_store(tmp_path, monkeypatch)
+    with mlflow.start_run():
+        log_longdoc_model(tiny_led(tmp_path / "led"), "longdoc-summarization")
+    uri = "models:/longdoc-summarization/1"
+    expected = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": TEXTS}))
+    with served(uri, store, tmp_path) as base:
+        preds = _post(f"{base}/invocations", _split([[t] for t in TEXTS]))["predictions"]
+        assert [p["summary"] for p in preds] == list(expected["summary"])
+        assert all(p["summary"].strip() for p in preds)
+        status, text = _post_status(f"{base}/invocations", _split([[TEXTS[0]], [None]]))
+        assert status == 400 and "row 1: 'text' is null" in json.loads(text)["message"]
