@@ -74,7 +74,8 @@ def _up(x: int, multiple: int) -> int:
 
 def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
     """The band and the global keys of contiguous bf16 ``(B, m, H, D)`` tensors by the AMX
-    kernel: a float32 ``(B, m, H, D)`` output. ``spec`` is ``tvm_backend._BandSpec``."""
+    kernel: a bf16 ``(B, m, H, D)`` output (rounded to nearest even from the fp32
+    accumulators). ``spec`` is ``tvm_backend._BandSpec``."""
     if not amx_usable():  # without the grant the first tile instruction is a SIGILL
         raise RuntimeError("the AMX kernel needs a CPU with AMX-BF16 and Linux's AMX grant")
     b, m, h, d = q.shape
@@ -93,10 +94,11 @@ def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
     if g:
         ok[:, :g] = g_ok
     ok[:, gp + padl : gp + padl + m] = key_ok
-    out = torch.empty(b, m, h, d, dtype=torch.float32)
+    out = torch.empty(b, m, h, d, dtype=torch.bfloat16)
     causal, blk, nbr = int(spec.causal), spec.block, spec.neighbors
+    bits = out.view(torch.uint16)
     fns["amx_fwd"](
-        q.view(torch.uint16), kp, vp, ok, out, _tile_config(), spec.window, causal, gp, padl, blk,
-        nbr,
+        q.view(torch.uint16), kp, vp, ok, bits, _tile_config(), spec.window, causal, gp, padl,
+        blk, nbr,
     )  # fmt: skip
     return out

@@ -7,7 +7,7 @@ from TIR through LLVM's register-numbered AMX intrinsics, whose operands are onl
 pointers. The AVX512-BF16 dot product (``vdpbf16ps``) is out of reach here: its LLVM intrinsic
 takes ``bfloat`` vectors, which TVM 0.27 never emits (README, "bf16 on `tvm`").
 
-``amx_bf16_fwd(q (B,n,HF,D) bf16 bits as uint16, kp, vp, ok (B,NP) f32, o (B,n,HF,D) f32,
+``amx_bf16_fwd(q (B,n,HF,D) bf16 bits as uint16, kp, vp, ok (B,NP) f32, o (B,n,HF,D) bf16 bits,
 cfg (64,) u8, w, causal, gp, padl, blk, nbr)``: every head, the pattern of
 ``tvm_source.sliding_window``'s forward (band ``[_row_lo(i), _row_hi(i))`` of a sliding window or
 of block-local attention, plus ``gp`` global-key slots), without the log-sum-exp (no backward).
@@ -61,6 +61,12 @@ def _exp_bf16(x):
     return p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
+def _bf16_bits(x):
+    """Finite float32 ``x`` rounded to bf16 (nearest even): its bits in the low half of a uint32."""
+    bits = T.reinterpret("uint32", x)
+    return (bits + T.uint32(0x7FFF) + ((bits >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16)
+
+
 def _amx(name: str, *args):
     return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
 
@@ -89,11 +95,8 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
         return T.Select(usable, sb[a * CH + c] * T.float32(scale), T.float32(NEG))
 
     def _p_bits(s, row_max):
-        """``exp(s - row_max)`` (0 for masked scores) as bf16 bits, rounded to nearest even,
-        in the low half of a uint32."""
-        p = T.Select(s > T.float32(NEG / 2), _exp_bf16(s - row_max), T.float32(0))
-        bits = T.reinterpret("uint32", p)
-        return (bits + T.uint32(0x7FFF) + ((bits >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16)
+        """``exp(s - row_max)`` (0 for masked scores) as bf16 bits in a uint32."""
+        return _bf16_bits(T.Select(s > T.float32(NEG / 2), _exp_bf16(s - row_max), T.float32(0)))
 
     @T.prim_func
     def fwd(
@@ -121,7 +124,7 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
         kp = T.match_buffer(kp_h, (B, HF, NK, D // 2, 16), "uint32")
         vp = T.match_buffer(vp_h, (B, HF, NV, OT, 16, 16), "uint32")
         ok = T.match_buffer(ok_h, (B, NP), "float32")
-        o = T.match_buffer(o_h, (B, n, HF, D), "float32")
+        o = T.match_buffer(o_h, (B, n, HF, D), "uint16")
         cfg = T.match_buffer(cfg_h, (64,), "uint8")
         nt = (n + R - 1) // R
         ngrp = (nt + RG - 1) // RG
@@ -248,7 +251,9 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
                             lsum[a] > T.float32(0), T.float32(1) / lsum[a], T.float32(0)
                         )
                         for d in T.vectorized(D):
-                            o[b, i0 + a, h, d] = acc[a * D + d] * mx[0]
+                            o[b, i0 + a, h, d] = T.Cast(
+                                "uint16", _bf16_bits(acc[a * D + d] * mx[0])
+                            )
             _amx("tilerelease")
 
     def _packed_row(x, gx, b, p, h, d, n, gp, padl, G):

@@ -845,20 +845,24 @@ def _split_globals(k, v, pad, global_mask):
 
 def _amx_attention(q, k, v, pad, global_mask, fns, spec: _BandSpec, global_rows: bool):
     """Inference on bf16 ``(B, m, H, D)`` tensors with the AMX kernel (``tvm_amx``): the band and
-    the global keys in bf16 with fp32 accumulation, the global rows as ``_Fused`` computes them
-    (in float32, on the bf16 numbers); bf16 out."""
+    the global keys in bf16 with fp32 accumulation; the global rows by SDPA on the bf16 numbers
+    (its CPU kernel accumulates in fp32 too); bf16 out."""
     q, k, v = (x.contiguous() for x in (q, k, v))
     gi, key_ok, gk, gv = _split_globals(k, v, pad, global_mask)
     out = tvm_amx.band_forward(fns, q, k, v, key_ok, gk, gv, None if gi is None else gi.g_ok, spec)
     if gi is not None:
         bi, pi = global_mask.nonzero(as_tuple=True)
-        og = (
-            _global_rows_forward(q.float(), k.float(), v.float(), pad, gi)[1]
-            if global_rows
-            else 0.0
-        )
-        out[bi, pi] = og[gi.valid] if global_rows else og
-    return out.to(torch.bfloat16)
+        out[bi, pi] = _global_rows_sdpa(q, k, v, pad, gi)[gi.valid] if global_rows else 0.0
+    return out
+
+
+def _global_rows_sdpa(q, k, v, pad, gi: _GlobalIndex) -> torch.Tensor:
+    """``_global_rows_forward``'s rows ``(B, G, H, D)`` without the probabilities (no backward):
+    one SDPA call over the heads-first views, 0 where every key is padding."""
+    qg = torch.stack([q[e, gi.order[e]] for e in range(q.shape[0])]).transpose(1, 2)
+    keys_ok = (~pad)[:, None, None, :]
+    o = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=keys_ok)
+    return o.nan_to_num(0.0).transpose(1, 2)
 
 
 class _Fused(torch.autograd.Function):
@@ -976,6 +980,12 @@ def _local_fn(fns, spec: _BandSpec, band=_Band):
     return local
 
 
+def _band_spec(pattern: SlidingWindow | BlockLocal) -> _BandSpec:
+    if isinstance(pattern, BlockLocal):
+        return _BandSpec(block=pattern.block, neighbors=pattern.neighbors)
+    return _BandSpec(pattern.window, pattern.causal)
+
+
 def tvm_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -1014,6 +1024,14 @@ def tvm_attention(
             f"backend 'tvm': the GPU kernels compute sliding windows only, not {pattern} "
             "(use backend='torch')"
         )
+    if band is _Band and _fused_applies(pattern, q.shape[2]):
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        if not needs_grad and tvm_amx.applies(q, fns):  # bf16 inference, before any upcast
+            pad = key_padding_mask
+            if pad is None:
+                pad = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
+            spec = _band_spec(pattern)
+            return _amx_attention(q, k, v, pad, global_mask, fns, spec, global_rows)
     dtype = q.dtype
     q32, k32, v32 = (x.to(torch.float32) for x in (q, k, v))
     if isinstance(pattern, (Strided, Fixed)):
@@ -1035,17 +1053,11 @@ def tvm_attention(
             global_rows=global_rows,
         )
         return out.to(dtype)
-    if isinstance(pattern, BlockLocal):
-        spec = _BandSpec(block=pattern.block, neighbors=pattern.neighbors)
-    else:
-        spec = _BandSpec(pattern.window, pattern.causal)
+    spec = _band_spec(pattern)
     if band is _Band and _fused_applies(pattern, q.shape[2]):
         pad = key_padding_mask
         if pad is None:
             pad = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-        if not needs_grad and tvm_amx.applies(q, fns):
-            return _amx_attention(q, k, v, pad, global_mask, fns, spec, global_rows)
         return _Fused.apply(q32, k32, v32, pad, global_mask, fns, spec, global_rows).to(dtype)
     local = _local_fn(fns, spec, band)
     out = torch_backend.torch_attention(
