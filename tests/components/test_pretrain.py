@@ -256,3 +256,65 @@ def test_the_mlm_training_loss_has_transformers_gradients(shards):
         # the trainer takes the loss in float32 (`loss_sum`): agreement to float32 rounding
         scale = float(theirs[name].grad.abs().max())
         torch.testing.assert_close(p.grad, theirs[name].grad, rtol=0, atol=1e-6 * scale, msg=name)
+
+
+def test_piece_training_resumes_and_publishes_tiled_positions(shards, tmp_path):
+    """`piece_len`: training on 8-token pieces of the 32-token rows (4 a row, batch_size counts
+    pieces) resumes to the same losses after an interruption, and the published long model's
+    positions beyond the first 8 are copies of them (Longformer's copy rule)."""
+    import torch
+
+    from longdoc.components.modeling.model import LongformerForMaskedLM
+    from longdoc.components.training.pretrain import PackedRows, PiecedRows
+
+    rows = PackedRows(shards)
+    pieces = PiecedRows(rows, 8)
+    assert pieces.seq_len == 8 and pieces.n_rows == 4 * rows.n_rows
+    # piece 6 is row 1's third quarter; the stream wraps around like the rows'
+    assert torch.equal(pieces.rows(6, 1)[0], rows.rows(1, 1)[0, 16:24])
+    assert torch.equal(pieces.rows(pieces.n_rows - 1, 2), pieces.rows(-1 % pieces.n_rows, 2))
+    assert torch.equal(pieces.rows(pieces.n_rows, 1), pieces.rows(0, 1))
+
+    whole = _cfg(shards, tmp_path, "pieces", piece_len=8, batch_size=4)
+    stopped = _cfg(shards, tmp_path, "pieces_stopped", piece_len=8, batch_size=4)
+
+    def interrupt(step, loss):
+        if step == 5:  # after the step-3 checkpoint: the rerun resumes from there
+            raise KeyboardInterrupt
+
+    _in_process(whole)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(
+            PretrainParams(**stopped["pretrain"]),
+            ModelParams(**stopped["model"]),
+            TrackingParams(**stopped["tracking"]),
+            on_step=interrupt,
+        )
+    assert not Path(stopped["pretrain"]["out"]).exists()
+    _in_process(stopped)
+    a, b = _losses(whole), _losses(stopped)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
+    metrics = json.loads(Path(whole["pretrain"]["metrics"]).read_text())
+    assert metrics["tokens_seen"] == 8 * 4 * 8  # steps x pieces x piece_len
+
+    model = LongformerForMaskedLM.from_pretrained(Path(whole["pretrain"]["out"]))
+    table = model.longformer.embeddings.position_embeddings.weight
+    offset = model.config.pad_token_id + 1
+    learned = table[offset : offset + 8]
+    fresh = LongformerForMaskedLM(model.config).longformer.embeddings.position_embeddings.weight
+    assert not torch.allclose(learned, fresh[offset : offset + 8])  # trained
+    for k in range(offset + 8, len(table), 8):
+        n = min(8, len(table) - k)
+        assert torch.equal(table[k : k + n], learned[:n]), k
+
+
+def test_piece_len_needs_mlm_from_fresh_init(tmp_path):
+    from pydantic import ValidationError
+
+    assert PretrainParams(piece_len=32).piece_len == 32
+    with pytest.raises(ValidationError, match="piece_len"):
+        PretrainParams(piece_len=32, base=tmp_path)
+    with pytest.raises(ValidationError, match="piece_len"):
+        PretrainParams(piece_len=32, objective="denoise")

@@ -134,6 +134,43 @@ def test_warm_start_encoder_is_the_pretrained_long_encoder(base):
     assert led.lm_head.weight.data_ptr() == led.led.shared.weight.data_ptr()
 
 
+def test_warm_start_decoder_is_the_encoder_but_cross_attention(base):
+    """BERT2BERT (Rothe et al. 2020): decoder layer i starts as encoder layer i, its own copy;
+    only the cross-attention is new. "random" (BERT2RND) shares nothing but the embeddings."""
+    path, _ = base
+    led = led_from_encoder(path)
+    enc, dec = led.led.encoder, led.led.decoder
+    pairs = [(enc.layernorm_embedding, dec.layernorm_embedding)]
+    for e, d in zip(enc.layers, dec.layers, strict=True):
+        attn = e.self_attn.longformer_self_attn
+        pairs += [(attn.query, d.self_attn.q_proj), (attn.key, d.self_attn.k_proj)]
+        pairs += [(attn.value, d.self_attn.v_proj), (e.self_attn.output, d.self_attn.out_proj)]
+        pairs += [(e.fc1, d.fc1), (e.fc2, d.fc2), (e.final_layer_norm, d.final_layer_norm)]
+        pairs += [(e.self_attn_layer_norm, d.self_attn_layer_norm)]
+        assert not torch.equal(d.encoder_attn.q_proj.weight, attn.query.weight)
+    for e, d in pairs:
+        for name, weight in e.named_parameters():
+            copied = dict(d.named_parameters())[name]
+            assert torch.equal(copied, weight) and copied.data_ptr() != weight.data_ptr()
+    # decoder positions: the encoder's first ones when it has enough (here 128 < 512: new)
+    assert not torch.equal(dec.embed_positions.weight[:128], enc.embed_positions.weight)
+    short = led_from_encoder(path, target_positions=64).led
+    assert torch.equal(short.decoder.embed_positions.weight, enc.embed_positions.weight[:64])
+    fresh = led_from_encoder(path, decoder_init="random")
+    assert not torch.equal(fresh.led.decoder.layers[0].fc1.weight, enc.layers[0].fc1.weight)
+    assert torch.equal(fresh.led.encoder.layers[0].fc1.weight, enc.layers[0].fc1.weight)
+    with pytest.raises(ValueError, match="decoder_init"):
+        led_from_encoder(path, decoder_init="bert")
+
+
+def test_task_entry_learning_rate_overrides_the_shared_one(tmp_path):
+    params = FinetuneParams(task="summarization", lr=1e-3)  # built-in task entries
+    assert params.task_lr == 3e-3 and params.for_task("imdb").task_lr == 1e-3
+    entry = {"data": tmp_path, "out": tmp_path / "o", "metrics": tmp_path / "m.json"}
+    unset = FinetuneParams(task="summarization", tasks={"summarization": entry}, lr=2e-4)
+    assert unset.task_lr == 2e-4
+
+
 def test_short_summarization_finetune_learns_and_writes_a_line_per_article(base, tmp_path):
     path, tokenizer = base
     tracking.setup(TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t"))

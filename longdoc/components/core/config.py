@@ -164,6 +164,19 @@ class PretrainParams(_Section):
     keep_checkpoints: PositiveInt = 2  # the newest N resumable checkpoints are kept
     parallel: ParallelMode = "ddp"  # under torchrun: ddp | fsdp | tp (training.parallel)
     tp_size: PositiveInt | None = None  # tp: ranks per tensor-parallel group; None = all
+    # mlm from fresh init: train on pieces of this many tokens cut from the packed rows
+    # (batch_size counts pieces), publish with their positions tiled over the long ones
+    piece_len: Annotated[int, Field(ge=2)] | None = None
+
+    @model_validator(mode="after")
+    def _pieces_from_scratch(self) -> PretrainParams:
+        if self.piece_len is not None and (self.objective != "mlm" or self.base is not None):
+            raise ValueError(
+                "pretrain.piece_len trains a fresh model's positions on short pieces and tiles "
+                "them over the long ones; it needs objective: mlm and base: null (a base's "
+                "long positions would be overwritten): set piece_len: null"
+            )
+        return self
 
 
 class ConvertParams(_Section):
@@ -260,6 +273,7 @@ class FinetuneTask(_Section):
     out: Path  # checkpoint directory
     metrics: Path  # DVC metrics file; prediction files are written beside it
     epochs: PositiveInt | None = None  # None = finetune.epochs
+    lr: Annotated[float, Field(gt=0, le=1)] | None = None  # None = finetune.lr
     # this task's truncated baseline; None = finetune.baseline_max_len
     baseline_max_len: Annotated[int, Field(ge=16)] | None = None
     generation: GenerationParams | None = None  # seq2seq tasks; None = the defaults
@@ -341,6 +355,11 @@ class FinetuneParams(_Section):
     def task_epochs(self) -> int:
         entry = self.tasks.get(self.task)
         return entry.epochs if entry is not None and entry.epochs else self.epochs
+
+    @property
+    def task_lr(self) -> float:
+        entry = self.tasks.get(self.task)
+        return entry.lr if entry is not None and entry.lr else self.lr
 
     @property
     def task_baseline_max_len(self) -> int | None:

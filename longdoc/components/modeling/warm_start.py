@@ -3,9 +3,14 @@
 The pipeline pretrains an encoder-only long model (Longformer classes, MLM); summarization needs
 an encoder–decoder. Rather than a second pretraining run, the LED is built the way Rothe et al.
 2020 ("Leveraging Pre-trained Checkpoints for Sequence Generation Tasks") warm-start BERT2RND:
-the encoder is the pretrained long encoder, weight for weight, the decoder is new (same sizes,
-random init), and the token embeddings (shared by encoder, decoder and LM head, as in LED) are
-the pretrained ones. The two encoders are the same computation: both are post-LayerNorm
+the encoder is the pretrained long encoder, weight for weight, and the token embeddings (shared
+by encoder, decoder and LM head, as in LED) are the pretrained ones. The decoder is warm-started
+too, as in their BERT2BERT (their best warm start for summarization, well ahead of a random
+decoder): each decoder layer's self-attention (query/key/value/output), feed-forward and their
+LayerNorms are the same-numbered encoder layer's, its positions are the encoder's first ones and
+its embedding LayerNorm the encoder's; only the cross-attention (and its LayerNorm) is new.
+`decoder_init="random"` gives their BERT2RND instead. The two encoders are the same computation:
+both are post-LayerNorm
 transformers with the same Longformer attention module (`modeling.model`), so the only
 differences to bridge are names and the embeddings:
 
@@ -99,11 +104,54 @@ def _encoder_state(encoder: LongformerModel) -> dict[str, torch.Tensor]:
     return state
 
 
+#: LED encoder layer parameter -> LED decoder layer parameter it warm-starts (BERT2BERT).
+_DECODER_FROM_ENCODER = {
+    "self_attn.longformer_self_attn.query.": "self_attn.q_proj.",
+    "self_attn.longformer_self_attn.key.": "self_attn.k_proj.",
+    "self_attn.longformer_self_attn.value.": "self_attn.v_proj.",
+    "self_attn.output.": "self_attn.out_proj.",
+    "self_attn_layer_norm.": "self_attn_layer_norm.",
+    "fc1.": "fc1.",
+    "fc2.": "fc2.",
+    "final_layer_norm.": "final_layer_norm.",
+}
+DECODER_INITS = ("encoder", "random")
+
+
+def _decoder_state(encoder_state: dict[str, torch.Tensor], target_positions: int) -> dict:
+    """The decoder's weights from the (LED-named) encoder weights: every decoder layer but its
+    cross-attention, the first `target_positions` positions and the embedding LayerNorm. Cloned,
+    so encoder and decoder train apart."""
+    state = {
+        f"led.decoder.layernorm_embedding.{t}": encoder_state[
+            f"led.encoder.layernorm_embedding.{t}"
+        ]
+        for t in ("weight", "bias")
+    }
+    positions = encoder_state["led.encoder.embed_positions.weight"]
+    if len(positions) >= target_positions:  # else the decoder's positions stay new
+        state["led.decoder.embed_positions.weight"] = positions[:target_positions]
+    for name, tensor in encoder_state.items():
+        if not name.startswith("led.encoder.layers."):
+            continue
+        index, rest = name.split(".", 4)[3:]
+        for old, new in _DECODER_FROM_ENCODER.items():
+            if rest.startswith(old):
+                state[f"led.decoder.layers.{index}.{new}{rest[len(old) :]}"] = tensor
+    return {k: v.clone() for k, v in state.items()}
+
+
 def led_from_encoder(
-    base: Path | str, target_positions: int = DEFAULT_TARGET_POSITIONS, seed: int = 0
+    base: Path | str,
+    target_positions: int = DEFAULT_TARGET_POSITIONS,
+    seed: int = 0,
+    decoder_init: str = "encoder",
 ) -> LEDForConditionalGeneration:
     """The LED for fine-tuning from checkpoint `base`: loaded if it is an LED, else warm-started
-    from the long encoder there (new decoder drawn with `seed`)."""
+    from the long encoder there; `decoder_init` "encoder" warm-starts the decoder from it too
+    (BERT2BERT), "random" draws it new (BERT2RND); new weights are drawn with `seed`."""
+    if decoder_init not in DECODER_INITS:
+        raise ValueError(f"decoder_init must be one of {DECODER_INITS}, got {decoder_init!r}")
     if AutoConfig.from_pretrained(base).model_type == "led":
         with quiet_loading():
             return LEDForConditionalGeneration.from_pretrained(base)
@@ -111,7 +159,10 @@ def led_from_encoder(
         encoder = LongformerModel.from_pretrained(base, add_pooling_layer=False)
     torch.manual_seed(seed)
     led = LEDForConditionalGeneration(led_config_from_encoder(encoder.config, target_positions))
-    missing, unexpected = led.load_state_dict(_encoder_state(encoder), strict=False)
+    state = _encoder_state(encoder)
+    if decoder_init == "encoder":
+        state.update(_decoder_state(state, target_positions))
+    missing, unexpected = led.load_state_dict(state, strict=False)
     if unexpected or any(name.startswith("led.encoder.layers") for name in missing):
         raise ValueError(f"warm start: encoder weights left unmapped: {unexpected or missing}")
     led.tie_weights()

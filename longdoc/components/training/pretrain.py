@@ -32,6 +32,13 @@ Every step's loss is appended to `<out>.ckpt/log.jsonl`, which ends up in the pu
 checkpoint as `train_log.jsonl`. An MLM checkpoint is published with global q/k/v projections
 that never trained (MLM marks no token global) replaced by copies of the local ones
 (`fill_untrained_global_projections`).
+
+Short pieces (`pretrain.piece_len`, MLM from fresh init): a small model trained from scratch
+on long rows stays on a unigram plateau for a long time, since each of its many position
+embeddings sees few examples per update; trained on short pieces cut from the rows (each a row
+of its own, positions 0..piece_len-1) it learns positional attention in far fewer updates, and
+is published with those positions tiled over the long ones (Longformer's copy rule). The
+evaluation reads whole validation rows, so it measures the published long model.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ from longdoc.components.core.io import (
 )
 from longdoc.components.data import tokenize as tok
 from longdoc.components.inference.cloze import copy_local_to_global, untrained_global_projections
+from longdoc.components.modeling.convert import tile_positions
 from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
 from longdoc.components.training import parallel
@@ -195,6 +203,32 @@ class PackedRows:
             lo, hi = column.offsets[r].as_py(), column.offsets[r + 1].as_py()
             out.append(column.values.to_numpy()[lo:hi])
         return out
+
+
+class PiecedRows:
+    """`pretrain.piece_len`: the packed rows cut into pieces of `piece_len` tokens, each a row of
+    its own (a row's last `seq_len % piece_len` tokens are left out), as the same endless
+    stream interface as `PackedRows`; a stream position counts pieces, so masking stays a pure
+    function of (seed, piece number) and a resumed run sees the same pieces."""
+
+    def __init__(self, rows: PackedRows, piece_len: int):
+        if piece_len > rows.seq_len:
+            raise InputError(
+                f"pretrain.piece_len {piece_len} is longer than the packed rows of {rows.path} "
+                f"({rows.seq_len} tokens): set a piece_len <= {rows.seq_len}"
+            )
+        self.path, self.seq_len, self._rows = rows.path, piece_len, rows
+        self.per_row = rows.seq_len // piece_len
+        self.n_rows = rows.n_rows * self.per_row
+
+    def rows(self, start: int, count: int) -> torch.Tensor:
+        """Pieces start .. start+count-1 of the stream (wrapping around at the end)."""
+        first_row = start // self.per_row
+        last_row = (start + count - 1) // self.per_row
+        long = self._rows.rows(first_row, last_row - first_row + 1)
+        usable = long[:, : self.per_row * self.seq_len].reshape(-1, self.seq_len)
+        skip = start - first_row * self.per_row
+        return usable[skip : skip + count].contiguous()
 
 
 @torch.no_grad()
@@ -579,6 +613,9 @@ class _Job:
     chars_per_token: float
     manifest: dict
     on_step: Callable[[int, float], None] | None = None
+    # validation rows per evaluation batch (`_build`): batch_size, or with piece_len the long
+    # rows that hold a step's tokens, so evaluating the long model costs what it does without
+    eval_rows: int = 0
 
     @property
     def root(self) -> Path:
@@ -596,7 +633,7 @@ class _Trainer:
     model: Any
     optimizer: Any
     scheduler: Any
-    data: PackedRows
+    data: PackedRows | PiecedRows
     objective: MaskedLM | Denoising
     ddp: Any = None
 
@@ -648,6 +685,11 @@ def _build(job: _Job) -> _Trainer:
         )
     seed_everything(params.seed)
     data = PackedRows(job.shards, "train")
+    job.eval_rows = params.batch_size
+    if params.piece_len is not None:
+        long_len = data.seq_len
+        data = PiecedRows(data, params.piece_len)
+        job.eval_rows = max(1, math.ceil(params.batch_size * params.piece_len / long_len))
     model = build_model(params, job.model_params, job.tokenizer).to(job.env.device)
     objective = make_objective(params, job.tokenizer, model, data.seq_len)
     if params.gradient_checkpointing:
@@ -699,7 +741,7 @@ def _log_start(job: _Job, model, objective, state: LoopState) -> None:
     mlflow.log_params(
         {"n_parameters": sum(p.numel() for p in model.parameters()), "world_size": job.env.world}
     )
-    eval_loss = objective.evaluate(model, job.shards, params.batch_size, params.eval_batches)
+    eval_loss = objective.evaluate(model, job.shards, job.eval_rows, params.eval_batches)
     mlflow.log_metrics(_eval_metrics(eval_loss, job.chars_per_token), step=0)
     state.eval0 = eval_loss
 
@@ -849,6 +891,22 @@ def fill_untrained_global_projections(model) -> bool:
     return True
 
 
+def tile_piece_positions(model, piece_len: int) -> None:
+    """In place: the position embeddings a model trained on `piece_len`-token pieces learned
+    (its first `piece_len` positions) copied over and over across all its positions, as
+    Longformer's conversion fills a long model from a short one (`convert.tile_positions`)."""
+    embeddings = model.longformer.embeddings
+    table = embeddings.position_embeddings.weight
+    offset = embeddings.padding_idx + 1  # RoBERTa's positions start after the pad row
+    with torch.no_grad():
+        table.copy_(tile_positions(table[: offset + piece_len].clone(), len(table), offset))
+    log.info(
+        "pretrain: positions 0..%d (trained on pieces) tiled over all %d positions",
+        piece_len - 1,
+        len(table) - offset,
+    )
+
+
 def _publish(job: _Job, model, curve: dict, loss_name: str) -> None:
     """The HF checkpoint (+ loss log) to `params.out`, via a staging dir; plots to MLflow."""
     if job.params.objective == "mlm":
@@ -867,7 +925,9 @@ def _publish(job: _Job, model, curve: dict, loss_name: str) -> None:
 
 def _finish(job: _Job, model, objective, state: LoopState, run) -> dict:
     params = job.params
-    eval_loss = objective.evaluate(model, job.shards, params.batch_size, params.eval_batches)
+    if params.piece_len is not None:  # before the evaluation: it measures the published model
+        tile_piece_positions(model, params.piece_len)
+    eval_loss = objective.evaluate(model, job.shards, job.eval_rows, params.eval_batches)
     final = _eval_metrics(eval_loss, job.chars_per_token)
     mlflow.log_metrics(final, step=params.steps)
     entries = _read_log(job.log_path, params.steps)
