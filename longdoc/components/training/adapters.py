@@ -659,11 +659,12 @@ def generate_text(model, tokenizer, enc: Encoded, pad: int) -> str:
 
 class Seq2SeqAdapter(TaskAdapter):
     """Summarization with an LED (`modeling.warm_start`: the pretrained long encoder plus a
-    decoder warm-started from its layers, or an LED base as it is). Input `<s> article </s>` cut to max_len tokens, global
-    attention on `<s>`; no windows (the baseline is the same input cut shorter). The target is
-    the reference summary and `</s>`, teacher-forced behind the decoder start token. Dev
-    predictions are generated with the task's `generation` settings, which the checkpoint
-    keeps as its generation config, so scoring and serving generate alike."""
+    decoder warm-started from its layers, or an LED base as it is). Input `<s> article </s>`
+    cut to max_len tokens, global attention on `<s>`; no windows (the baseline is the same
+    input cut shorter). The target is the reference summary and `</s>`, teacher-forced behind
+    the decoder start token. Dev predictions are generated with the task's `generation`
+    settings, which the checkpoint keeps as its generation config, so scoring and serving
+    generate alike."""
 
     kind = "seq2seq"
     predictions_suffix = ".txt"
