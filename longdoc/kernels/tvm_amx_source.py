@@ -261,7 +261,7 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
         sequence row, or 0 (padding slots, before and after the sequence)."""
         j = p - gp - padl
         row = x[b, T.max(T.min(j, n - 1), 0), h, d]
-        glob = gx[b, T.min(p, G - 1), h, d]
+        glob = gx[b, T.max(T.min(p, G - 1), 0), h, d]  # in bounds also when G = 0
         zero = T.Cast(x.dtype, 0)
         return T.Select(T.And(j >= 0, j < n), row, T.Select(p < G, glob, zero))
 
