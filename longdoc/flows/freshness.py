@@ -40,7 +40,6 @@ CODE = {
         "components/modeling/model.py",
         "components/training/pretrain.py",
         "components/training/common.py",
-        "components/inference/cloze.py",  # publishes untrained global projections as copies
     ),
     "probe": (
         "components/inference/probe.py",

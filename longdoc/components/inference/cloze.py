@@ -13,13 +13,14 @@ logged longdoc pyfunc model). A checkpoint without a masked-LM head (a fine-tune
 refused: its vocabulary projection would be random.
 
 Global projections that were never trained are replaced by copies of the local ones (see
-`untrained_global_projections`): MLM pretraining, ours as Longformer's, marks no token global, so
-a model pretrained from scratch would keep its random initial `query_global` / `key_global` /
-`value_global`, and a mask read through them would see noise. Copying is the rule Longformer's
-conversion uses to initialise them (`longdoc convert` does the same), and for a query shorter
-than the window it gives exactly what the local attention computes. `longdoc pretrain` now
-publishes such checkpoints with the copies in place (`global_projections_are_local_copies`);
-the read-time copy is for checkpoints written before it did.
+`modeling.model.untrained_global_projections`): MLM pretraining, ours as Longformer's, marks no
+token global, so a model pretrained from scratch would keep its random initial
+`query_global` / `key_global` / `value_global`, and a mask read through them would see noise.
+Copying is the rule Longformer's conversion uses to initialise them (`longdoc convert` does the
+same), and for a query shorter than the window it gives exactly what the local attention
+computes. `longdoc pretrain` now publishes such checkpoints with the copies in place
+(`global_projections_are_local_copies`); the read-time copy is for checkpoints written before
+it did.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from longdoc.components.inference.serving import pick_device, token_budget_batch
 log = logging.getLogger(__name__)
 
 MASKED_LM_ARCHITECTURES = ("LongformerForMaskedLM", "RobertaForMaskedLM")
-#: (local, global) projection names of a Longformer self-attention layer.
-_PROJECTIONS = (("query", "query_global"), ("key", "key_global"), ("value", "value_global"))
 
 
 @dataclass
@@ -94,45 +93,6 @@ def check_masked_lm(checkpoint: Path) -> None:
         )
 
 
-def _attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if all(hasattr(m, g) for _, g in _PROJECTIONS)]
-
-
-def untrained_global_projections(model: torch.nn.Module) -> bool:
-    """True when no layer's global query/key/value projection was ever trained: every one of
-    their biases is exactly zero, as initialised (a trained bias never lands on exactly zero in
-    every coordinate), in a model with such layers."""
-    layers = _attention_layers(model)
-    biases = [getattr(layer, g).bias for layer in layers for _, g in _PROJECTIONS]
-    if not layers or any(b is None for b in biases):
-        return False
-    return not any(bool(b.detach().any()) for b in biases)
-
-
-def global_projections_are_local_copies(model: torch.nn.Module) -> bool:
-    """True when every layer's global query/key/value projection equals its local one exactly
-    (what `copy_local_to_global` leaves, and what pretraining from scratch publishes)."""
-    layers = _attention_layers(model)
-    return bool(layers) and all(
-        torch.equal(getattr(layer, g).weight, getattr(layer, local).weight)
-        and torch.equal(getattr(layer, g).bias, getattr(layer, local).bias)
-        for layer in layers
-        for local, g in _PROJECTIONS
-    )
-
-
-def copy_local_to_global(model: torch.nn.Module) -> int:
-    """Set every layer's global projections to copies of its local ones, in place (Longformer's
-    initialisation of them); returns how many layers."""
-    layers = _attention_layers(model)
-    with torch.no_grad():
-        for layer in layers:
-            for local, glob in _PROJECTIONS:
-                getattr(layer, glob).weight.copy_(getattr(layer, local).weight)
-                getattr(layer, glob).bias.copy_(getattr(layer, local).bias)
-    return len(layers)
-
-
 class MaskedLM:
     """A masked-LM checkpoint (our Longformer classes) and its tokenizer, read-only (except that
     never-trained global projections of `model` are replaced in place, see the module doc;
@@ -142,6 +102,12 @@ class MaskedLM:
         self.tokenizer = tokenizer
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        from longdoc.components.modeling.model import (
+            copy_local_to_global,
+            global_projections_are_local_copies,
+            untrained_global_projections,
+        )
+
         self.global_projections = "trained"
         if global_projections_are_local_copies(self.model):  # pretraining published them so
             self.global_projections = "copied from local"

@@ -402,6 +402,53 @@ class LongformerEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(embeddings))
 
 
+# ---- global projections ------------------------------------------------------------------
+# MLM marks no token global, so a model pretrained from scratch never trains its global
+# q/k/v; pretraining publishes them as copies of the local ones and the probe checks which.
+
+#: (local, global) projection names of a Longformer self-attention layer.
+_PROJECTIONS = (("query", "query_global"), ("key", "key_global"), ("value", "value_global"))
+
+
+def _attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if all(hasattr(m, g) for _, g in _PROJECTIONS)]
+
+
+def untrained_global_projections(model: torch.nn.Module) -> bool:
+    """True when no layer's global query/key/value projection was ever trained: every one of
+    their biases is exactly zero, as initialised (a trained bias never lands on exactly zero in
+    every coordinate), in a model with such layers."""
+    layers = _attention_layers(model)
+    biases = [getattr(layer, g).bias for layer in layers for _, g in _PROJECTIONS]
+    if not layers or any(b is None for b in biases):
+        return False
+    return not any(bool(b.detach().any()) for b in biases)
+
+
+def global_projections_are_local_copies(model: torch.nn.Module) -> bool:
+    """True when every layer's global query/key/value projection equals its local one exactly
+    (what `copy_local_to_global` leaves, and what pretraining from scratch publishes)."""
+    layers = _attention_layers(model)
+    return bool(layers) and all(
+        torch.equal(getattr(layer, g).weight, getattr(layer, local).weight)
+        and torch.equal(getattr(layer, g).bias, getattr(layer, local).bias)
+        for layer in layers
+        for local, g in _PROJECTIONS
+    )
+
+
+def copy_local_to_global(model: torch.nn.Module) -> int:
+    """Set every layer's global projections to copies of its local ones, in place (Longformer's
+    initialisation of them); returns how many layers."""
+    layers = _attention_layers(model)
+    with torch.no_grad():
+        for layer in layers:
+            for local, glob in _PROJECTIONS:
+                getattr(layer, glob).weight.copy_(getattr(layer, local).weight)
+                getattr(layer, glob).bias.copy_(getattr(layer, local).bias)
+    return len(layers)
+
+
 class LongformerSelfAttention(nn.Module):
     """Local attention through the kernel, global rows recomputed with the global projections."""
 

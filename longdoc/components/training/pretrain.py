@@ -81,10 +81,14 @@ from longdoc.components.core.io import (
     write_manifest,
 )
 from longdoc.components.data import tokenize as tok
-from longdoc.components.inference.cloze import copy_local_to_global, untrained_global_projections
 from longdoc.components.modeling.convert import tile_positions
 from longdoc.components.modeling.led import LEDForConditionalGeneration
-from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
+from longdoc.components.modeling.model import (
+    LongformerForMaskedLM,
+    copy_local_to_global,
+    make_config,
+    untrained_global_projections,
+)
 from longdoc.components.training import parallel
 from longdoc.components.training.common import (
     Throughput,
