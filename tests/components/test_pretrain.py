@@ -310,11 +310,21 @@ def test_piece_training_resumes_and_publishes_tiled_positions(shards, tmp_path):
         assert torch.equal(table[k : k + n], learned[:n]), k
 
 
-def test_piece_len_needs_mlm_from_fresh_init(tmp_path):
-    from pydantic import ValidationError
+def test_piece_len_steps_aside_where_it_does_not_apply(tmp_path, caplog):
+    """One params.yaml serves every run: pieces for MLM from a fresh init with rows longer than
+    a piece; whole rows, with a line saying why, for a base, for denoising, for short rows."""
+    import logging
 
-    assert PretrainParams(piece_len=32).piece_len == 32
-    with pytest.raises(ValidationError, match="piece_len"):
-        PretrainParams(piece_len=32, base=tmp_path)
-    with pytest.raises(ValidationError, match="piece_len"):
-        PretrainParams(piece_len=32, objective="denoise")
+    from longdoc.components.training.pretrain import _piece_len
+
+    caplog.set_level(logging.INFO, logger="longdoc.components.training.pretrain")
+    assert _piece_len(PretrainParams(piece_len=32), 128) == 32
+    assert _piece_len(PretrainParams(piece_len=None), 128) is None
+    assert caplog.messages == []
+    assert _piece_len(PretrainParams(piece_len=32, base=tmp_path), 128) is None
+    assert f"does not apply to base {tmp_path}" in caplog.messages[-1]
+    assert _piece_len(PretrainParams(piece_len=32, objective="denoise", base=tmp_path), 128) is None
+    assert _piece_len(PretrainParams(piece_len=32, objective="denoise"), 128) is None
+    assert "does not apply to objective denoise" in caplog.messages[-1]
+    assert _piece_len(PretrainParams(piece_len=32), 32) is None
+    assert "rows are 32 tokens already" in caplog.messages[-1]

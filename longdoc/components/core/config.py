@@ -145,10 +145,10 @@ class PretrainParams(_Section):
     out: Path = Path("data/checkpoints/pretrain")
     force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     metrics: Path = Path("data/metrics/pretrain.json")  # DVC metrics file
-    steps: PositiveInt = 150
-    batch_size: PositiveInt = 4
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 32  # rows (with piece_len: pieces) per step
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
-    warmup_steps: NonNegInt = 15
+    warmup_steps: NonNegInt = 200
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15
     denoise_mask_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.3  # tokens masked, in spans
@@ -166,17 +166,13 @@ class PretrainParams(_Section):
     tp_size: PositiveInt | None = None  # tp: ranks per tensor-parallel group; None = all
     # mlm from fresh init: train on pieces of this many tokens cut from the packed rows
     # (batch_size counts pieces), publish with their positions tiled over the long ones
-    piece_len: Annotated[int, Field(ge=2)] | None = None
+    piece_len: Annotated[int, Field(ge=2)] | None = 32
 
-    @model_validator(mode="after")
-    def _pieces_from_scratch(self) -> PretrainParams:
-        if self.piece_len is not None and (self.objective != "mlm" or self.base is not None):
-            raise ValueError(
-                "pretrain.piece_len trains a fresh model's positions on short pieces and tiles "
-                "them over the long ones; it needs objective: mlm and base: null (a base's "
-                "long positions would be overwritten): set piece_len: null"
-            )
-        return self
+    @property
+    def from_scratch_mlm(self) -> bool:
+        """Whether `piece_len` applies: MLM from a fresh init. A base's long positions are
+        trained already (tiling would overwrite them), and denoising always continues a base."""
+        return self.objective == "mlm" and self.base is None
 
 
 class ConvertParams(_Section):

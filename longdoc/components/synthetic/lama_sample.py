@@ -41,7 +41,7 @@ from longdoc.components.synthetic.text import Lexicon, TextGen
 FACTS_PER_RELATION = 16
 OBJECTS_PER_RELATION = 5
 #: One planted fact sentence per this many words of a corpus document (at least one).
-WORDS_PER_FACT = 100
+WORDS_PER_FACT = 20
 LAMA_DIR = "lama"
 
 

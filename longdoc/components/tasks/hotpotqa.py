@@ -271,6 +271,6 @@ def load_gold(path: Path | str) -> LoadResult:
 TASK = register_module(
     __name__,
     adapter="hotpot",
-    epochs=6,
+    epochs=4,
     sample="longdoc.components.synthetic.hotpotqa_sample:write_hotpotqa",
 )

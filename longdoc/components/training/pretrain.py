@@ -216,11 +216,6 @@ class PiecedRows:
     function of (seed, piece number) and a resumed run sees the same pieces."""
 
     def __init__(self, rows: PackedRows, piece_len: int):
-        if piece_len > rows.seq_len:
-            raise InputError(
-                f"pretrain.piece_len {piece_len} is longer than the packed rows of {rows.path} "
-                f"({rows.seq_len} tokens): set a piece_len <= {rows.seq_len}"
-            )
         self.path, self.seq_len, self._rows = rows.path, piece_len, rows
         self.per_row = rows.seq_len // piece_len
         self.n_rows = rows.n_rows * self.per_row
@@ -620,6 +615,7 @@ class _Job:
     # validation rows per evaluation batch (`_build`): batch_size, or with piece_len the long
     # rows that hold a step's tokens, so evaluating the long model costs what it does without
     eval_rows: int = 0
+    piece_len: int | None = None  # the pieces `_build` trains on (`_piece_len`); None = rows
 
     @property
     def root(self) -> Path:
@@ -680,6 +676,28 @@ def pretrain(
         env.close()
 
 
+def _piece_len(params: PretrainParams, seq_len: int) -> int | None:
+    """The piece length this run trains on, or None for whole rows: `piece_len` steps aside
+    (and says so) where it does not apply, so one params.yaml serves every kind of run."""
+    if params.piece_len is None:
+        return None
+    if not params.from_scratch_mlm:
+        log.info(
+            "pretrain.piece_len %d does not apply to %s: training on whole rows",
+            params.piece_len,
+            f"base {params.base}" if params.base is not None else f"objective {params.objective}",
+        )
+        return None
+    if params.piece_len >= seq_len:
+        log.info(
+            "pretrain.piece_len %d: the packed rows are %d tokens already: training on them whole",
+            params.piece_len,
+            seq_len,
+        )
+        return None
+    return params.piece_len
+
+
 def _build(job: _Job) -> _Trainer:
     params = job.params
     if params.objective == "denoise" and job.env.sharded:
@@ -690,10 +708,11 @@ def _build(job: _Job) -> _Trainer:
     seed_everything(params.seed)
     data = PackedRows(job.shards, "train")
     job.eval_rows = params.batch_size
-    if params.piece_len is not None:
+    job.piece_len = _piece_len(params, data.seq_len)
+    if job.piece_len is not None:
         long_len = data.seq_len
-        data = PiecedRows(data, params.piece_len)
-        job.eval_rows = max(1, math.ceil(params.batch_size * params.piece_len / long_len))
+        data = PiecedRows(data, job.piece_len)
+        job.eval_rows = max(1, math.ceil(params.batch_size * job.piece_len / long_len))
     model = build_model(params, job.model_params, job.tokenizer).to(job.env.device)
     objective = make_objective(params, job.tokenizer, model, data.seq_len)
     if params.gradient_checkpointing:
@@ -929,8 +948,8 @@ def _publish(job: _Job, model, curve: dict, loss_name: str) -> None:
 
 def _finish(job: _Job, model, objective, state: LoopState, run) -> dict:
     params = job.params
-    if params.piece_len is not None:  # before the evaluation: it measures the published model
-        tile_piece_positions(model, params.piece_len)
+    if job.piece_len is not None:  # before the evaluation: it measures the published model
+        tile_piece_positions(model, job.piece_len)
     eval_loss = objective.evaluate(model, job.shards, job.eval_rows, params.eval_batches)
     final = _eval_metrics(eval_loss, job.chars_per_token)
     mlflow.log_metrics(final, step=params.steps)
