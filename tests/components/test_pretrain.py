@@ -259,9 +259,9 @@ def test_the_mlm_training_loss_has_transformers_gradients(shards):
 
 
 def test_piece_training_resumes_and_publishes_tiled_positions(shards, tmp_path):
-    """`piece_len`: training on 8-token pieces of the 32-token rows (4 a row, batch_size counts
-    pieces) resumes to the same losses after an interruption, and the published long model's
-    positions beyond the first 8 are copies of them (Longformer's copy rule)."""
+    """`piece_len`: training on 8-token pieces of the 32-token rows (4 a row: batch_size 1 row
+    is a step of 4 pieces) resumes to the same losses after an interruption, and the published
+    long model's positions beyond the first 8 are copies of them (Longformer's copy rule)."""
     import torch
 
     from longdoc.components.modeling.model import LongformerForMaskedLM
@@ -275,8 +275,8 @@ def test_piece_training_resumes_and_publishes_tiled_positions(shards, tmp_path):
     assert torch.equal(pieces.rows(pieces.n_rows - 1, 2), pieces.rows(-1 % pieces.n_rows, 2))
     assert torch.equal(pieces.rows(pieces.n_rows, 1), pieces.rows(0, 1))
 
-    whole = _cfg(shards, tmp_path, "pieces", piece_len=8, batch_size=4)
-    stopped = _cfg(shards, tmp_path, "pieces_stopped", piece_len=8, batch_size=4)
+    whole = _cfg(shards, tmp_path, "pieces", piece_len=8, batch_size=1)
+    stopped = _cfg(shards, tmp_path, "pieces_stopped", piece_len=8, batch_size=1)
 
     def interrupt(step, loss):
         if step == 5:  # after the step-3 checkpoint: the rerun resumes from there
@@ -297,7 +297,7 @@ def test_piece_training_resumes_and_publishes_tiled_positions(shards, tmp_path):
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
     metrics = json.loads(Path(whole["pretrain"]["metrics"]).read_text())
-    assert metrics["tokens_seen"] == 8 * 4 * 8  # steps x pieces x piece_len
+    assert metrics["tokens_seen"] == 8 * 4 * 8  # steps x pieces (1 row's) x piece_len
 
     model = LongformerForMaskedLM.from_pretrained(Path(whole["pretrain"]["out"]))
     table = model.longformer.embeddings.position_embeddings.weight

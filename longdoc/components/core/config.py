@@ -146,7 +146,7 @@ class PretrainParams(_Section):
     force: bool = Field(default=False, exclude=True)  # may replace a foreign out (per run)
     metrics: Path = Path("data/metrics/pretrain.json")  # DVC metrics file
     steps: PositiveInt = 2000
-    batch_size: PositiveInt = 32  # rows (with piece_len: pieces) per step
+    batch_size: PositiveInt = 1  # packed rows per micro-batch (with piece_len: cut in pieces)
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
     warmup_steps: NonNegInt = 200
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
@@ -165,7 +165,8 @@ class PretrainParams(_Section):
     parallel: ParallelMode = "ddp"  # under torchrun: ddp | fsdp | tp (training.parallel)
     tp_size: PositiveInt | None = None  # tp: ranks per tensor-parallel group; None = all
     # mlm from fresh init: train on pieces of this many tokens cut from the packed rows
-    # (batch_size counts pieces), publish with their positions tiled over the long ones
+    # (each of batch_size rows gives seq_len // piece_len), publish with their positions tiled
+    # over the long ones
     piece_len: Annotated[int, Field(ge=2)] | None = 32
 
     @property

@@ -612,10 +612,10 @@ class _Job:
     chars_per_token: float
     manifest: dict
     on_step: Callable[[int, float], None] | None = None
-    # validation rows per evaluation batch (`_build`): batch_size, or with piece_len the long
-    # rows that hold a step's tokens, so evaluating the long model costs what it does without
-    eval_rows: int = 0
     piece_len: int | None = None  # the pieces `_build` trains on (`_piece_len`); None = rows
+    # training-stream rows per micro-batch (`_build`): batch_size packed rows, or with pieces
+    # their pieces, so a step trains on the same tokens either way
+    micro_rows: int = 0
 
     @property
     def root(self) -> Path:
@@ -707,12 +707,11 @@ def _build(job: _Job) -> _Trainer:
         )
     seed_everything(params.seed)
     data = PackedRows(job.shards, "train")
-    job.eval_rows = params.batch_size
     job.piece_len = _piece_len(params, data.seq_len)
+    job.micro_rows = params.batch_size
     if job.piece_len is not None:
-        long_len = data.seq_len
         data = PiecedRows(data, job.piece_len)
-        job.eval_rows = max(1, math.ceil(params.batch_size * job.piece_len / long_len))
+        job.micro_rows = params.batch_size * data.per_row
     model = build_model(params, job.model_params, job.tokenizer).to(job.env.device)
     objective = make_objective(params, job.tokenizer, model, data.seq_len)
     if params.gradient_checkpointing:
@@ -764,7 +763,7 @@ def _log_start(job: _Job, model, objective, state: LoopState) -> None:
     mlflow.log_params(
         {"n_parameters": sum(p.numel() for p in model.parameters()), "world_size": job.env.world}
     )
-    eval_loss = objective.evaluate(model, job.shards, job.eval_rows, params.eval_batches)
+    eval_loss = objective.evaluate(model, job.shards, params.batch_size, params.eval_batches)
     mlflow.log_metrics(_eval_metrics(eval_loss, job.chars_per_token), step=0)
     state.eval0 = eval_loss
 
@@ -800,7 +799,7 @@ def _train(job: _Job) -> dict:
 
 def _micro_batches(job: _Job, t: _Trainer, state: LoopState) -> list:
     """This rank's micro-batches of the next step (r, r + W, ...), made by the objective."""
-    b, world, rank = job.params.batch_size, job.env.dp_world, job.env.dp_rank
+    b, world, rank = job.micro_rows, job.env.dp_world, job.env.dp_rank
     micro = []
     for a in range(job.params.grad_accum):
         first = state.rows + (a * world + rank) * b
@@ -853,7 +852,7 @@ def _maybe_checkpoint(job: _Job, t: _Trainer, state: LoopState) -> None:
 def _loop(job: _Job, t: _Trainer, state: LoopState) -> None:
     """Steps from `state.step + 1` to `params.steps`: loss log, metrics, checkpoints."""
     params, env = job.params, job.env
-    rows_per_step = params.batch_size * params.grad_accum * env.dp_world
+    rows_per_step = job.micro_rows * params.grad_accum * env.dp_world
     step_tokens = rows_per_step * t.data.seq_len
     speed = Throughput()
     bar = tqdm(
@@ -950,7 +949,7 @@ def _finish(job: _Job, model, objective, state: LoopState, run) -> dict:
     params = job.params
     if job.piece_len is not None:  # before the evaluation: it measures the published model
         tile_piece_positions(model, job.piece_len)
-    eval_loss = objective.evaluate(model, job.shards, job.eval_rows, params.eval_batches)
+    eval_loss = objective.evaluate(model, job.shards, params.batch_size, params.eval_batches)
     final = _eval_metrics(eval_loss, job.chars_per_token)
     mlflow.log_metrics(final, step=params.steps)
     entries = _read_log(job.log_path, params.steps)
