@@ -281,6 +281,6 @@ def write_predictions(path: Path | str, predictions: dict[str, str]) -> Path:
 TASK = register_module(
     __name__,
     adapter="span",
-    epochs=6,
+    epochs=4,
     sample="longdoc.components.synthetic.triviaqa_sample:write_triviaqa",
 )
