@@ -3,6 +3,7 @@ report it, the one-summary-a-line predictions file, the sample's late findings, 
 warm-started from a long encoder, and a short fine-tune through the shared training loop."""
 
 import json
+from collections import Counter
 
 import mlflow
 import pytest
@@ -11,6 +12,7 @@ import torch
 from longdoc.components.core import tracking
 from longdoc.components.core.config import FinetuneParams, SampleParams, TrackingParams
 from longdoc.components.inference.evaluate import evaluate_file
+from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.modeling.model import LongformerModel
 from longdoc.components.modeling.warm_start import led_from_encoder
 from longdoc.components.synthetic.summarization_sample import write_summarization
@@ -94,14 +96,23 @@ def test_sample_places_most_findings_beyond_the_truncation(tmp_path):
     for split in ("train", "dev"):
         res = summarization.load(tmp_path, split)
         assert len(res.examples) == 10 and not res.skipped
+    lex = build_lexicon(0)
     late = 0
     for ex in summarization.load(tmp_path, "dev").examples:
         subject = ex.abstract[0].removeprefix("this paper is about ").removesuffix(" .")
-        q1 = ex.abstract[1].split()[3]
+        q1, q2 = ex.abstract[1].split()[3], ex.abstract[1].split()[5]
         words = ex.article.split()
         assert ex.article.startswith(f"In this paper we study {subject}.")
         first = next(i for i, w in enumerate(words) if w.strip(".,") == q1)
         late += first >= LATE_MIN_WORD  # at least one token per word: beyond token 1,024
+        # q1, q2: the findings' two most frequent cue words (one class), q1 not rarer
+        used = Counter(w.strip(".,") for w in words if w.strip(".,") in lex.cue_words())
+        others = [c for w, c in used.items() if w not in (q1, q2)]
+        assert q1 != q2 and used[q1] >= used[q2] >= max(others, default=0)
+        assert any(
+            {q1, q2} <= set(c)
+            for c in (lex.pos_cues, lex.neg_cues, lex.partisan_cues, lex.measured_cues)
+        )
     assert late == 9  # LATE_FRACTION of them
 
 
@@ -134,9 +145,10 @@ def test_warm_start_encoder_is_the_pretrained_long_encoder(base):
     assert led.lm_head.weight.data_ptr() == led.led.shared.weight.data_ptr()
 
 
-def test_warm_start_decoder_is_the_encoder_but_cross_attention(base):
+def test_warm_start_decoder_is_the_encoder_cross_attention_included(base):
     """BERT2BERT (Rothe et al. 2020): decoder layer i starts as encoder layer i, its own copy;
-    only the cross-attention is new. "random" (BERT2RND) shares nothing but the embeddings."""
+    the cross-attention starts as the layer's self-attention, a copy of its own. "random"
+    (BERT2RND) shares nothing but the embeddings."""
     path, _ = base
     led = led_from_encoder(path)
     enc, dec = led.led.encoder, led.led.decoder
@@ -147,7 +159,12 @@ def test_warm_start_decoder_is_the_encoder_but_cross_attention(base):
         pairs += [(attn.value, d.self_attn.v_proj), (e.self_attn.output, d.self_attn.out_proj)]
         pairs += [(e.fc1, d.fc1), (e.fc2, d.fc2), (e.final_layer_norm, d.final_layer_norm)]
         pairs += [(e.self_attn_layer_norm, d.self_attn_layer_norm)]
-        assert not torch.equal(d.encoder_attn.q_proj.weight, attn.query.weight)
+        pairs += [(attn.query, d.encoder_attn.q_proj), (attn.key, d.encoder_attn.k_proj)]
+        pairs += [(attn.value, d.encoder_attn.v_proj)]
+        pairs += [(e.self_attn.output, d.encoder_attn.out_proj)]
+        pairs += [(e.self_attn_layer_norm, d.encoder_attn_layer_norm)]
+        cross, own = d.encoder_attn.q_proj.weight, d.self_attn.q_proj.weight
+        assert cross.data_ptr() != own.data_ptr()  # the two attentions train apart
     for e, d in pairs:
         for name, weight in e.named_parameters():
             copied = dict(d.named_parameters())[name]
@@ -196,4 +213,39 @@ def test_short_summarization_finetune_learns_and_writes_a_line_per_article(base,
     assert len(written) == len(examples)
     assert summarization.evaluate(examples, written)["rouge_mean"] == pytest.approx(
         result["rouge_mean"]
+    )
+
+
+def test_frozen_encoder_trains_the_decoder_and_embeddings_only(base, tmp_path):
+    """`freeze_encoder` (task entry): the encoder's layers come out as the warm start made them,
+    the decoder and the shared embeddings learn; the entry's batch_size is the one used."""
+    path, tokenizer = base
+    tracking.setup(TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t"))
+    examples = [
+        SummaryExample(f"s{i}", "The cat sat on the mat. " * 6 + w, (f"it is {w} .",))
+        for i, w in enumerate(("brilliant", "dreadful", "brilliant", "dreadful"))
+    ]
+    entry = {"data": tmp_path, "out": tmp_path / "o", "metrics": tmp_path / "m.json"}
+    params = FinetuneParams(
+        task="summarization", base=path, epochs=2, lr=1e-2, warmup_ratio=0.0, batch_size=4,
+        tasks={"summarization": {**entry, "freeze_encoder": True, "batch_size": 1}},
+    )  # fmt: skip
+    assert params.task_batch_size == 1
+    assert FinetuneParams(task="imdb", batch_size=4).task_batch_size == 4  # entry sets none
+    adapter = adapter_for(get_task("summarization"), tokenizer)
+    adapter.configure(params)
+    out = tmp_path / "ckpt"
+    with mlflow.start_run():
+        result = train_task(params, adapter, examples, examples, 64, False, out, "long")
+    assert mlflow.get_run(result["run_id"]).data.params["batch_size"] == "1"
+    start = led_from_encoder(path)
+    trained = LEDForConditionalGeneration.from_pretrained(out)
+    before, after = start.state_dict(), trained.state_dict()
+    for name, tensor in after.items():
+        if name.startswith("led.encoder.") and "embed_tokens" not in name:
+            assert torch.equal(tensor, before[name]), name
+    assert not torch.equal(after["led.shared.weight"], before["led.shared.weight"])
+    assert not torch.equal(
+        after["led.decoder.layers.0.encoder_attn.q_proj.weight"],
+        before["led.decoder.layers.0.encoder_attn.q_proj.weight"],
     )

@@ -271,9 +271,14 @@ class FinetuneTask(_Section):
     metrics: Path  # DVC metrics file; prediction files are written beside it
     epochs: PositiveInt | None = None  # None = finetune.epochs
     lr: Annotated[float, Field(gt=0, le=1)] | None = None  # None = finetune.lr
+    batch_size: PositiveInt | None = None  # None = finetune.batch_size
     # this task's truncated baseline; None = finetune.baseline_max_len
     baseline_max_len: Annotated[int, Field(ge=16)] | None = None
     generation: GenerationParams | None = None  # seq2seq tasks; None = the defaults
+    # seq2seq tasks: keep the warm-started encoder as it is and train the decoder (and the
+    # shared embeddings through it); the encoder then runs without backward, so a step costs
+    # about half and the same time buys twice the decoder updates
+    freeze_encoder: bool = False
 
 
 def _default_tasks() -> dict[str, FinetuneTask]:
@@ -359,6 +364,11 @@ class FinetuneParams(_Section):
         return entry.lr if entry is not None and entry.lr else self.lr
 
     @property
+    def task_batch_size(self) -> int:
+        entry = self.tasks.get(self.task)
+        return entry.batch_size if entry is not None and entry.batch_size else self.batch_size
+
+    @property
     def task_baseline_max_len(self) -> int | None:
         """The truncated baseline's length for `task`: its entry's, else `baseline_max_len`
         (None: no baseline; an entry cannot bring one back), never more than `max_len` (a
@@ -367,6 +377,11 @@ class FinetuneParams(_Section):
         if self.baseline_max_len is None or entry is None or entry.baseline_max_len is None:
             return self.baseline_max_len
         return min(entry.baseline_max_len, self.max_len)
+
+    @property
+    def task_freeze_encoder(self) -> bool:
+        entry = self.tasks.get(self.task)
+        return entry is not None and entry.freeze_encoder
 
     @property
     def task_generation(self) -> GenerationParams:

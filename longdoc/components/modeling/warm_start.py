@@ -8,7 +8,8 @@ by encoder, decoder and LM head, as in LED) are the pretrained ones. The decoder
 too, as in their BERT2BERT (their best warm start for summarization, well ahead of a random
 decoder): each decoder layer's self-attention (query/key/value/output), feed-forward and their
 LayerNorms are the same-numbered encoder layer's, its positions are the encoder's first ones and
-its embedding LayerNorm the encoder's; only the cross-attention (and its LayerNorm) is new.
+its embedding LayerNorm the encoder's. Unlike their BERT2BERT, the cross-attention (and its
+LayerNorm) starts as the same layer's self-attention too (see `_CROSS_FROM_ENCODER`).
 `decoder_init="random"` gives their BERT2RND instead. The two encoders are the same computation:
 both are post-LayerNorm
 transformers with the same Longformer attention module (`modeling.model`), so the only
@@ -115,13 +116,25 @@ _DECODER_FROM_ENCODER = {
     "fc2.": "fc2.",
     "final_layer_norm.": "final_layer_norm.",
 }
+#: ... and its cross-attention: a new one starts with near-zero value/output projections, so
+#: its output and the gradient into its query/key start near zero (a saddle the decoder leaves
+#: slowly, learning the summaries' template without the article first); the layer's trained
+#: attention starts it as a working attention over the encoder states.
+_CROSS_FROM_ENCODER = {
+    "self_attn.longformer_self_attn.query.": "encoder_attn.q_proj.",
+    "self_attn.longformer_self_attn.key.": "encoder_attn.k_proj.",
+    "self_attn.longformer_self_attn.value.": "encoder_attn.v_proj.",
+    "self_attn.output.": "encoder_attn.out_proj.",
+    "self_attn_layer_norm.": "encoder_attn_layer_norm.",
+}
 DECODER_INITS = ("encoder", "random")
 
 
 def _decoder_state(encoder_state: dict[str, torch.Tensor], target_positions: int) -> dict:
-    """The decoder's weights from the (LED-named) encoder weights: every decoder layer but its
-    cross-attention, the first `target_positions` positions and the embedding LayerNorm. Cloned,
-    so encoder and decoder train apart."""
+    """The decoder's weights from the (LED-named) encoder weights: every decoder layer (its
+    self- and cross-attention both from the layer's self-attention), the first
+    `target_positions` positions and the embedding LayerNorm. Cloned, so encoder and decoder
+    (and the two attentions) train apart."""
     state = {
         f"led.decoder.layernorm_embedding.{t}": encoder_state[
             f"led.encoder.layernorm_embedding.{t}"
@@ -135,9 +148,10 @@ def _decoder_state(encoder_state: dict[str, torch.Tensor], target_positions: int
         if not name.startswith("led.encoder.layers."):
             continue
         index, rest = name.split(".", 4)[3:]
-        for old, new in _DECODER_FROM_ENCODER.items():
-            if rest.startswith(old):
-                state[f"led.decoder.layers.{index}.{new}{rest[len(old) :]}"] = tensor
+        for mapping in (_DECODER_FROM_ENCODER, _CROSS_FROM_ENCODER):
+            for old, new in mapping.items():
+                if rest.startswith(old):
+                    state[f"led.decoder.layers.{index}.{new}{rest[len(old) :]}"] = tensor
     return {k: v.clone() for k, v in state.items()}
 
 

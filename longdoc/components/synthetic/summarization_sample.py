@@ -7,7 +7,10 @@ sentences of each section), as the real files have them.
 Each article is about one subject, named in its first sentence, and reports one finding: a
 paragraph of finding sentences whose cue words come from one of four classes (the four cue
 lists of the lexicon). The abstract says both: "this paper is about <subject> ." and
-"we find it <q1> and <q2> ." with q1, q2 the first two distinct cue words of the findings. In
+"we find it <q1> and <q2> ." with q1, q2 the findings' two most frequent cue words (ties: the
+one used first). Cue words are drawn Zipf-like, so over a long findings paragraph the two most
+frequent are mostly their class's two favourites: the finding is mostly its class, which a small
+summarizer can learn to read from many cue tokens, where copying two rare words is not. In
 most articles the findings sit beyond word LATE_MIN_WORD, so beyond token 1,024 for any
 tokenizer: a model truncated to 1,024 tokens can copy the subject but can only guess the
 finding (from the class prior), while a model that reads the whole article can copy both.
@@ -46,13 +49,15 @@ FINDINGS = (
 #: Article length in words, findings excluded: just past LATE_MIN_WORD, so that a late finding
 #: lies beyond token 1,024 while the long model reads little more than it needs (training cost).
 ARTICLE_WORDS = (1200, 1500)
-#: Sentences in the findings paragraph (cue words: 1-2 each).
-FINDING_SENTENCES = (3, 5)
+#: Sentences in the findings paragraph (cue words: 1-2 each, some 25 in all): enough that the
+#: demo's small LED learns to read the cue class (with 3-5 sentences, about 6 cue words among
+#: 1,700 tokens, it did not) and that the two most frequent are mostly the class's favourites.
+FINDING_SENTENCES = (16, 20)
 SECTION_NAMES = ("introduction", "background", "observations", "discussion", "conclusion")
 
 
 def _findings(g: TextGen, cues: Sequence[str], subject: str) -> tuple[list[str], list[str]]:
-    """The finding sentences and the first two distinct cue words they use, in order."""
+    """The finding sentences and their two most frequent distinct cue words (ties: first used)."""
     rng = g.rng
     pick = cue_picker(rng, cues)
     while True:
@@ -67,9 +72,9 @@ def _findings(g: TextGen, cues: Sequence[str], subject: str) -> tuple[list[str],
             g.sent(rng.choice(FINDINGS), Q=q, T=subject)
             for _ in range(rng.randint(FINDING_SENTENCES[0], FINDING_SENTENCES[1]))
         ]
-        distinct = list(dict.fromkeys(used))
+        distinct = list(dict.fromkeys(used))  # first-use order breaks ties (sort is stable)
         if len(distinct) >= 2:
-            return block, distinct[:2]
+            return block, sorted(distinct, key=used.count, reverse=True)[:2]
 
 
 def _sections(paras: list[list[str]], rng: random.Random) -> tuple[list[str], list[list[str]]]:

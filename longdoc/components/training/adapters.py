@@ -657,6 +657,20 @@ def generate_text(model, tokenizer, enc: Encoded, pad: int) -> str:
     return tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
+def frozen_encoder_states(model, attention_mask: torch.Tensor, inputs: dict) -> tuple:
+    """The frozen encoder's states, without gradient and without dropout: exactly what
+    generation will read, so the decoder trains on the states it is later given."""
+    encoder = getattr(model, "module", model).led.encoder  # (a ddp wrapper's module)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            states = encoder(**inputs, attention_mask=attention_mask).last_hidden_state
+    finally:
+        encoder.train(was_training)
+    return (states,)
+
+
 class Seq2SeqAdapter(TaskAdapter):
     """Summarization with an LED (`modeling.warm_start`: the pretrained long encoder plus a
     decoder warm-started from its layers, or an LED base as it is). Input `<s> article </s>`
@@ -673,10 +687,12 @@ class Seq2SeqAdapter(TaskAdapter):
         super().__init__(task, tokenizer)
         self.generation: dict[str, Any] = {}
         self.seed = 0
+        self.freeze_encoder = False
 
     def configure(self, params) -> None:
         self.generation = params.task_generation.model_dump()
         self.seed = params.seed
+        self.freeze_encoder = params.task_freeze_encoder
 
     def build_model(self, base):
         from longdoc.components.modeling.warm_start import led_from_encoder
@@ -684,6 +700,10 @@ class Seq2SeqAdapter(TaskAdapter):
         model = led_from_encoder(base, seed=self.seed)
         for key, value in self.generation.items():
             setattr(model.generation_config, key, value)
+        if self.freeze_encoder:  # the shared embeddings stay trainable (decoder and LM head)
+            for name, p in model.led.encoder.named_parameters():
+                if not name.startswith("embed_tokens."):
+                    p.requires_grad_(False)
         return model
 
     def max_input_tokens(self, model) -> int:
@@ -701,10 +721,12 @@ class Seq2SeqAdapter(TaskAdapter):
             return None
         dev = self._device(model)
         b = _batch(enc, self.pad, dev)
+        inputs = {"input_ids": b["input_ids"], "global_attention_mask": b["global"].to(dev)}
+        if self.freeze_encoder:
+            inputs = {"encoder_outputs": frozen_encoder_states(model, b["attention_mask"], inputs)}
         out = model(
-            input_ids=b["input_ids"],
+            **inputs,
             attention_mask=b["attention_mask"],
-            global_attention_mask=b["global"].to(dev),
             labels=torch.tensor([enc.target], device=dev),
         )
         return out.loss

@@ -127,16 +127,17 @@ def train_task(
     loop, dev_enc, skipped = _setup(params, adapter, train, dev, max_len, windows, env)
     epochs = params.task_epochs
     facts = {"max_len": max_len, "windows": windows, "n_train": len(loop.train)}
-    facts["lr"] = params.task_lr  # the task entry's, when it sets one
+    facts["lr"] = params.task_lr  # the task entry's, when it sets one (so is batch_size)
+    facts["batch_size"] = params.task_batch_size
     facts.update(n_dev=len(dev_enc), train_windows=sum(len(e.windows) for e in loop.train))
     with _main_run(env, run_name) as run:
         if env.main:
             mlflow.log_params({**facts, "epochs_run": epochs, "world_size": env.world})
-            # the run's own max_len/windows/lr are above; `tasks` is every task's entry
-            skip = ("max_len", "windows", "tasks", "lr")
+            # the run's own max_len/windows/lr/batch_size are above; `tasks` is every task's entry
+            skip = ("max_len", "windows", "tasks", "lr", "batch_size")
             mlflow.log_params({k: v for k, v in params_dict(params).items() if k not in skip})
         started = time.perf_counter()
-        steps = steps_for(len(loop.train), params.batch_size, epochs)
+        steps = steps_for(len(loop.train), params.task_batch_size, epochs)
         name = f"finetune {params.task} {run_name}"
         with tqdm(total=steps, desc=name, unit="step", mininterval=2, disable=not env.main) as bar:
             for _epoch in range(epochs):
@@ -181,10 +182,11 @@ def _setup(params, adapter, train, dev, max_len, windows, env) -> tuple[_Loop, l
     dev_enc = _encode_all(adapter, dev, max_len, overlap, max_windows, False, skipped)
     if not train_enc:
         raise InputError(f"finetune {params.task}: no training example could be encoded")
-    steps = steps_for(len(train_enc), params.batch_size, params.task_epochs)
+    steps = steps_for(len(train_enc), params.task_batch_size, params.task_epochs)
     optimizer = adamw(model, params.task_lr, 0.01)
     scheduler = warmup_linear_decay(optimizer, int(params.warmup_ratio * steps), steps)
-    loop = _Loop(model, adapter, train_enc, optimizer, scheduler, gen, params.batch_size, env)
+    batch_size = params.task_batch_size
+    loop = _Loop(model, adapter, train_enc, optimizer, scheduler, gen, batch_size, env)
     if env.mode == "fsdp":
         loop.filler = _filler(adapter, model, train_enc)
     return loop, dev_enc, skipped
