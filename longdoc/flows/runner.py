@@ -58,6 +58,12 @@ _WORKER_ENV = {
 
 _QUIET_WORKERS = "DASK_LOGGING__DISTRIBUTED"  # read by workers as they import distributed
 
+# Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536, which fixes glibc's
+# thresholds: every large tensor is then mapped and zeroed anew, and scoring took ~1.2-1.4x the
+# CPU seconds of the same work in a plain process (RESULTS.md, "Data stages on Dask"). The
+# LocalClusters started here leave glibc's adaptive default (None unsets a pre-spawn variable).
+_NANNY_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
 
 _worker_settled = False
 
@@ -124,6 +130,10 @@ def unit_runner(params: RunnerParams, unit_name: str) -> Iterator[UnitRunner]:
     os.environ[_QUIET_WORKERS] = "warning"
     try:
         with ExitStack() as stack:
+            if not params.address:  # a cluster of the user's keeps the user's settings
+                import dask
+
+                stack.enter_context(dask.config.set(_NANNY_ENV))
             stack.enter_context(task_runner)
             stack.enter_context(_context_serialized_once())
             yield _dask_units(task_runner, unit, unit_name, stack)
