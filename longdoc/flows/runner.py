@@ -131,7 +131,7 @@ def unit_runner(params: RunnerParams, unit_name: str) -> Iterator[UnitRunner]:
     try:
         with ExitStack() as stack:
             if not params.address:  # a cluster of the user's keeps the user's settings
-                import dask
+                import dask  # (distributed is imported above: its defaults are in place)
 
                 stack.enter_context(dask.config.set(_NANNY_ENV))
             stack.enter_context(task_runner)

@@ -329,3 +329,34 @@ def test_data_stage_deployments_take_a_runner_parameter():
 
     for flow in (stages.score_flow, stages.batch_score_flow):
         assert "runner" in parameter_schema(flow.fn).properties
+
+
+def _malloc_trim_in_worker() -> str | None:
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    with cluster, Client(cluster) as client:
+        [value] = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()
+    return value
+
+
+def test_our_clusters_start_workers_without_the_nannys_malloc_trim_threshold():
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536 (glibc then maps and
+    zeroes every large tensor anew); the clusters `unit_runner` starts unset it."""
+    import dask
+    import distributed  # noqa: F401  (its defaults, before the setting overrides one)
+
+    from longdoc.flows.runner import _NANNY_ENV
+
+    before = dict(os.environ)
+    try:
+        with dask.config.set(_NANNY_ENV):
+            assert _malloc_trim_in_worker() is None
+        # Dask's default, which the setting undoes (its nanny also leaves its variables in
+        # this process's environment, for every later worker: restored below)
+        assert _malloc_trim_in_worker() == "65536"
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
