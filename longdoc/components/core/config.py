@@ -353,20 +353,21 @@ class FinetuneParams(_Section):
         fields = self.model_dump(exclude={"data", "out", "metrics"})  # (force is excluded too)
         return FinetuneParams.model_validate({**fields, "task": task, "force": self.force})
 
+    def _task_or_shared(self, key: str) -> Any:
+        """`key` from the task's entry when it sets one, else this section's shared value."""
+        return getattr(self.tasks.get(self.task), key, None) or getattr(self, key)
+
     @property
     def task_epochs(self) -> int:
-        entry = self.tasks.get(self.task)
-        return entry.epochs if entry is not None and entry.epochs else self.epochs
+        return self._task_or_shared("epochs")
 
     @property
     def task_lr(self) -> float:
-        entry = self.tasks.get(self.task)
-        return entry.lr if entry is not None and entry.lr else self.lr
+        return self._task_or_shared("lr")
 
     @property
     def task_batch_size(self) -> int:
-        entry = self.tasks.get(self.task)
-        return entry.batch_size if entry is not None and entry.batch_size else self.batch_size
+        return self._task_or_shared("batch_size")
 
     @property
     def task_baseline_max_len(self) -> int | None:

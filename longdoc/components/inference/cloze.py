@@ -35,6 +35,11 @@ import torch
 
 from longdoc.components.core.io import InputError
 from longdoc.components.inference.serving import pick_device, token_budget_batches
+from longdoc.components.modeling.model import (
+    copy_local_to_global,
+    global_projections_are_local_copies,
+    untrained_global_projections,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +107,6 @@ class MaskedLM:
         self.tokenizer = tokenizer
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
-        from longdoc.components.modeling.model import (
-            copy_local_to_global,
-            global_projections_are_local_copies,
-            untrained_global_projections,
-        )
-
         self.global_projections = "trained"
         if global_projections_are_local_copies(self.model):  # pretraining published them so
             self.global_projections = "copied from local"
