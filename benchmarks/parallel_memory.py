@@ -7,6 +7,10 @@ sliding window 512 through the torch backend) of a RoBERTa-base-sized long model
 - `1 process`: the plain model;
 - `ddp`, `fsdp`, `tp`: 2 ranks under torchrun (gloo, CPU).
 
+`--model led`: instead, one summarization step of an LED-base-sized encoder-decoder (d_model
+768, 6 + 6 layers, 12 heads, FFN 3072, vocabulary 50,265): the encoder reads `--seq` tokens
+(global attention on the first), the decoder is teacher-forced on a 256-token target.
+
 Per rank it reports the model state it holds (parameters + gradients + AdamW's two moments, from
 the local tensors: a sharded parameter counts only its shard) and the process's peak resident
 memory (`ru_maxrss`: model state + activations + the Python/torch runtime), with the ratio to
@@ -16,6 +20,7 @@ figure. Speed is not measured (the 2 cores are shared with other jobs).
     .venv/bin/python benchmarks/parallel_memory.py                    # all four, ~5-10 min
     .venv/bin/python benchmarks/parallel_memory.py --seq 1024 --modes fsdp tp
     .venv/bin/python benchmarks/parallel_memory.py --checkpointing    # recompute activations
+    .venv/bin/python benchmarks/parallel_memory.py --model led        # the encoder-decoder
 """
 
 from __future__ import annotations
@@ -37,7 +42,45 @@ from benchmarks.machine import cpu_flags, load_average  # noqa: E402
 MODES = ("single", "ddp", "fsdp", "tp")
 
 
-def _model(seq: int, checkpointing: bool):
+#: LED step: target tokens the decoder is teacher-forced on (a summary's length).
+TARGET = 256
+
+
+def _led(seq: int):
+    from longdoc.components.modeling.led import LEDForConditionalGeneration, LongdocLEDConfig
+
+    config = LongdocLEDConfig(
+        vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+        encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072, max_encoder_position_embeddings=seq, attention_window=512,
+        max_decoder_position_embeddings=1024, attention_backend="torch",
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+    )  # fmt: skip
+    return LEDForConditionalGeneration(config)
+
+
+def _loss(model, wrapped, seq: int, gen):
+    """One training forward: MLM on a `seq`-token row, or the LED's summarization loss."""
+    import torch
+
+    ids = torch.randint(3, 50265, (1, seq), generator=gen)
+    if not hasattr(model, "led"):
+        labels = torch.where(torch.rand(1, seq, generator=gen) < 0.15, ids, -100)
+        return wrapped(input_ids=ids, labels=labels, labelled_logits_only=True).loss
+    glob = torch.zeros_like(ids)
+    glob[:, 0] = 1
+    labels = torch.randint(3, 50265, (1, TARGET), generator=gen)
+    return wrapped(input_ids=ids, global_attention_mask=glob, labels=labels).loss
+
+
+def _model(seq: int, checkpointing: bool, kind: str = "longformer"):
+    if kind == "led":
+        model = _led(seq)
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return model
     from longdoc.components.core.config import ModelParams
     from longdoc.components.modeling.model import LongformerForMaskedLM, make_config
 
@@ -73,7 +116,7 @@ def _state_bytes(model, optimizer) -> int:
     return total
 
 
-def worker(mode: str, seq: int, checkpointing: bool, out: Path) -> None:
+def worker(mode: str, seq: int, checkpointing: bool, kind: str, out: Path) -> None:
     import torch
 
     from longdoc.components.training import parallel
@@ -81,15 +124,12 @@ def worker(mode: str, seq: int, checkpointing: bool, out: Path) -> None:
 
     env = parallel.DistEnv("ddp" if mode == "single" else mode)
     torch.manual_seed(0)
-    model = _model(seq, checkpointing)
+    model = _model(seq, checkpointing, kind)
     parallel.prepare(model, env)
     wrapped = parallel.wrap_ddp(model, env)
     optimizer = adamw(model, 1e-4, 0.01)
     gen = torch.Generator().manual_seed(env.dp_rank)
-    ids = torch.randint(3, 50265, (1, seq), generator=gen)
-    labels = torch.where(torch.rand(1, seq, generator=gen) < 0.15, ids, -100)
-    out_ = wrapped(input_ids=ids, labels=labels, labelled_logits_only=True)
-    out_.loss.backward()
+    _loss(model, wrapped, seq, gen).backward()
     parallel.sync_gradients(model, env, wrapped=wrapped is not model)
     parallel.clip_grad_norm(model, 1.0)
     optimizer.step()
@@ -113,6 +153,8 @@ def _launch(mode: str, args, out: Path) -> None:
         str(args.seq),
         "--out",
         str(out),
+        "--model",
+        args.model,
     ]
     me += ["--checkpointing"] if args.checkpointing else []
     if mode == "single":
@@ -129,11 +171,12 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--model", choices=("longformer", "led"), default="longformer")
     ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.seq, args.checkpointing, args.out)
+        worker(args.worker, args.seq, args.checkpointing, args.model, args.out)
         return
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,8 +184,10 @@ def main() -> None:
         for mode in args.modes:
             _launch(mode, args, out)
         records = [json.loads(line) for line in out.read_text().splitlines()]
+    shape = "hidden 768 x 12 layers" if args.model == "longformer" else "LED 768, 6 + 6 layers"
+    target = f" -> {TARGET} target tokens" if args.model == "led" else ""
     print(
-        f"hidden 768 x 12 layers, {args.seq} tokens, 2 ranks (CPU, gloo)"
+        f"{shape}, {args.seq} tokens{target}, 2 ranks (CPU, gloo)"
         f"{', gradient checkpointing' if args.checkpointing else ''}"
     )
     print(f"cpu flags: {cpu_flags()}; load average before {load_before}, after {load_average()}")

@@ -324,7 +324,9 @@ class LEDDecoderAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
+        # heads from the tensor, not `num_heads`: under tensor parallelism (training.parallel)
+        # the projections output only this rank's heads
+        return x.view(*x.shape[:2], -1, self.head_dim).transpose(1, 2)
 
     def _project(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._heads(self.k_proj(states)), self._heads(self.v_proj(states))
@@ -406,7 +408,7 @@ class LEDDecoderAttention(nn.Module):
         else:  # no cache (training): every sequence has its own document
             keys, values = self._project(key_value_states)
             out = self._sdpa(query, keys.to(query.dtype), values.to(query.dtype), attention_mask)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim))
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tgt_len, -1))
 
 
 class LEDDecoderLayer(GradientCheckpointingLayer):
@@ -816,6 +818,11 @@ class LEDForConditionalGeneration(LEDPreTrainedModel, GenerationMixin):
             encoder_hidden_states=outputs.encoder_hidden_states,
         )
         return out if return_dict else out.to_tuple()
+
+    def encode(self, **inputs: Any) -> LEDEncoderBaseModelOutput:
+        """The encoder alone. A method of the top module, so that FSDP (training.parallel)
+        gathers the shared embeddings around it as it does around `forward`."""
+        return self.led.encoder(**inputs)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(

@@ -39,6 +39,7 @@ from longdoc.components.modeling.model import (
     quiet_loading,
 )
 from longdoc.components.tasks import Task, get_task
+from longdoc.components.training import parallel
 from longdoc.components.training.windows import (
     best_span,
     char_span_to_tokens,
@@ -653,6 +654,9 @@ def generate_text(model, tokenizer, enc: Encoded, pad: int) -> str:
         input_ids=ids,
         attention_mask=b["attention_mask"],
         global_attention_mask=b["global"].to(ids.device),
+        # FSDP: every forward gathers parameters from all ranks, so a rank whose output ended
+        # keeps stepping until every rank's has (transformers' flag for exactly this)
+        synced_gpus=parallel.is_fully_sharded(model),
     )
     return tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
@@ -660,12 +664,13 @@ def generate_text(model, tokenizer, enc: Encoded, pad: int) -> str:
 def frozen_encoder_states(model, attention_mask: torch.Tensor, inputs: dict) -> tuple:
     """The frozen encoder's states, without gradient and without dropout: exactly what
     generation will read, so the decoder trains on the states it is later given."""
-    encoder = getattr(model, "module", model).led.encoder  # (a ddp wrapper's module)
+    model = getattr(model, "module", model)  # (a ddp wrapper's module)
+    encoder = model.led.encoder
     was_training = encoder.training
     encoder.eval()
     try:
         with torch.no_grad():
-            states = encoder(**inputs, attention_mask=attention_mask).last_hidden_state
+            states = model.encode(**inputs, attention_mask=attention_mask).last_hidden_state
     finally:
         encoder.train(was_training)
     return (states,)

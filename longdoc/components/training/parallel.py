@@ -14,7 +14,8 @@ plainly):
   dimension of a 2-D (dp, tp) mesh: in every block the q/k/v projections, the global q/k/v
   projections and the first MLP linear are split column-wise (each rank owns
   `heads / tp_size` heads and runs them through `kernels.attention`), the attention output and
-  the second MLP linear row-wise (one all-reduce each). Ranks of one tp group read the same
+  the second MLP linear row-wise (one all-reduce each); an LED's decoder blocks split their
+  self- and cross-attention the same way (`TP_PLANS`). Ranks of one tp group read the same
   data; the dp groups are data parallel (gradients all-reduced over "dp" once per step).
 
 Sharded modes checkpoint for resume with `torch.distributed.checkpoint` (every rank writes its
@@ -41,18 +42,32 @@ log = logging.getLogger(__name__)
 
 MODES = ("ddp", "fsdp", "tp")
 
-#: Tensor-parallel plan of one `LongformerLayer` (module path -> style name): Megatron's split,
-#: one all-reduce after the attention output and one after the MLP.
-TP_PLAN = {
-    "attention.self.query": "colwise",
-    "attention.self.key": "colwise",
-    "attention.self.value": "colwise",
-    "attention.self.query_global": "colwise",
-    "attention.self.key_global": "colwise",
-    "attention.self.value_global": "colwise",
-    "attention.output.dense": "rowwise",
-    "intermediate.dense": "colwise",
-    "output.dense": "rowwise",
+#: Tensor-parallel plans (module path -> style name) of the blocks that shard, by block class:
+#: Megatron's split, one all-reduce after each attention output and one after each MLP. The
+#: LED's encoder block is a Longformer block under BART's names; its decoder block has causal
+#: self-attention and cross-attention, split alike.
+_ATTENTION_IN = ("query", "key", "value", "query_global", "key_global", "value_global")
+_DECODER_ATTENTION = {"q_proj": "colwise", "k_proj": "colwise", "v_proj": "colwise"}
+_DECODER_ATTENTION["out_proj"] = "rowwise"
+TP_PLANS = {
+    "LongformerLayer": {
+        **{f"attention.self.{name}": "colwise" for name in _ATTENTION_IN},
+        "attention.output.dense": "rowwise",
+        "intermediate.dense": "colwise",
+        "output.dense": "rowwise",
+    },
+    "LEDEncoderLayer": {
+        **{f"self_attn.longformer_self_attn.{name}": "colwise" for name in _ATTENTION_IN},
+        "self_attn.output": "rowwise",
+        "fc1": "colwise",
+        "fc2": "rowwise",
+    },
+    "LEDDecoderLayer": {
+        **{f"self_attn.{name}": style for name, style in _DECODER_ATTENTION.items()},
+        **{f"encoder_attn.{name}": style for name, style in _DECODER_ATTENTION.items()},
+        "fc1": "colwise",
+        "fc2": "rowwise",
+    },
 }
 
 
@@ -166,11 +181,13 @@ def prepare(model: nn.Module, env: DistEnv, *, bf16: bool = False) -> nn.Module:
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
-    from longdoc.components.modeling.model import LongformerLayer
-
-    blocks = [m for m in model.modules() if isinstance(m, LongformerLayer)]
+    """The transformer blocks of `model` (Longformer's, or an LED's encoder and decoder ones)."""
+    blocks = [m for m in model.modules() if type(m).__name__ in TP_PLANS]
     if not blocks:
-        raise ValueError(f"{type(model).__name__} has no Longformer layers to shard")
+        raise ValueError(
+            f"{type(model).__name__} has no Longformer or LED layers to shard "
+            f"(parallel: fsdp | tp shard {', '.join(TP_PLANS)})"
+        )
     return blocks
 
 
@@ -186,10 +203,16 @@ def _fully_shard(model: nn.Module, env: DistEnv, bf16: bool) -> None:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in _blocks(model):
         fully_shard(block, mesh=env.mesh, mp_policy=policy)
-        # a classifier's last block runs `forward_global_rows` instead of `forward` (the CLS
-        # row only): FSDP must gather the block's parameters around that call too
-        register_fsdp_forward_method(block, "forward_global_rows")
+        if hasattr(block, "forward_global_rows"):
+            # a classifier's last block runs `forward_global_rows` instead of `forward` (the CLS
+            # row only): FSDP must gather the block's parameters around that call too
+            register_fsdp_forward_method(block, "forward_global_rows")
     fully_shard(model, mesh=env.mesh, mp_policy=policy)  # the rest: embeddings, heads
+    # An LED's encoder runs outside the root's forward in generation and with a frozen encoder,
+    # reading the root's parameters (the shared embeddings): gather them around those calls too
+    for method in ("generate", "encode"):
+        if hasattr(model, method):
+            register_fsdp_forward_method(model, method)
 
 
 def _tensor_parallel(model: nn.Module, env: DistEnv) -> None:
@@ -200,22 +223,31 @@ def _tensor_parallel(model: nn.Module, env: DistEnv) -> None:
     )
 
     styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
-    heads = model.config.num_attention_heads
-    if heads % env.tp_size:
-        raise ValueError(f"tp_size={env.tp_size} does not divide num_attention_heads={heads}")
     tp_mesh, tp_rank = env.mesh["tp"], env.mesh["tp"].get_local_rank()
     for block in _blocks(model):
-        plan = {name: styles[style]() for name, style in TP_PLAN.items()}
+        for attn in _attentions(block):
+            if attn.num_heads % env.tp_size:
+                raise ValueError(
+                    f"tp_size={env.tp_size} does not divide the {attn.num_heads} attention heads "
+                    f"of {type(block).__name__}"
+                )
+        plan = {name: styles[style]() for name, style in TP_PLANS[type(block).__name__].items()}
         parallelize_module(block, tp_mesh, plan)
-        _local_head_pattern(block.attention.self, heads, env.tp_size, tp_rank)
+        for attn in _attentions(block):
+            _local_head_pattern(attn, env.tp_size, tp_rank)
 
 
-def _local_head_pattern(attn: nn.Module, heads: int, tp_size: int, tp_rank: int) -> None:
+def _attentions(block: nn.Module) -> list[nn.Module]:
+    """The block's attention modules (each knows its `num_heads`)."""
+    return [m for m in block.modules() if hasattr(m, "num_heads") and m is not block]
+
+
+def _local_head_pattern(attn: nn.Module, tp_size: int, tp_rank: int) -> None:
     """A per-head pattern (a dilation per head) keeps only this rank's heads: column-wise q/k/v
     give rank r heads r * heads / tp_size ... (r + 1) * heads / tp_size - 1."""
-    dilation = getattr(attn.pattern, "dilation", None)
+    dilation = getattr(getattr(attn, "pattern", None), "dilation", None)
     if isinstance(dilation, tuple):
-        per = heads // tp_size
+        per = attn.num_heads // tp_size
         local = dilation[tp_rank * per : (tp_rank + 1) * per]
         attn.pattern = dataclasses.replace(attn.pattern, dilation=local)
 
@@ -363,6 +395,13 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
     set_state_dict(
         model, optimizer, model_state_dict=model_state, optim_state_dict=optim["optimizer"]
     )
+
+
+def is_fully_sharded(model: nn.Module) -> bool:
+    """Whether `model` is sharded by FSDP2: its forwards are collective over all ranks."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def is_sharded(model: nn.Module) -> bool:

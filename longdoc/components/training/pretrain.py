@@ -700,11 +700,6 @@ def _piece_len(params: PretrainParams, seq_len: int) -> int | None:
 
 def _build(job: _Job) -> _Trainer:
     params = job.params
-    if params.objective == "denoise" and job.env.sharded:
-        raise InputError(
-            f"pretrain.parallel: {job.env.mode} shards the encoder's Longformer layers only; "
-            "denoising an LED (encoder-decoder) runs under parallel: ddp"
-        )
     seed_everything(params.seed)
     data = PackedRows(job.shards, "train")
     job.piece_len = _piece_len(params, data.seq_len)

@@ -27,13 +27,38 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from longdoc.components.core.config import FinetuneParams, FinetuneTask, TrackingParams
+from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.modeling.model import LongformerForSequenceClassification
+from longdoc.components.training.adapters import generate_text, seq2seq_encoded
 from longdoc.components.training.finetune import finetune
 from tests.components.tiny import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[3]
 FILL = "the cat sat on the mat near the old mill. "
 CUES = ("a dreadful awful film.", "a brilliant superb film.")
+
+#: Generation from an fsdp-sharded LED on 2 ranks, rank 0's outputs ending first (it may write
+#: fewer tokens): argv = checkpoint, output directory.
+GENERATE = """
+import json, sys
+from pathlib import Path
+from transformers import AutoTokenizer
+from longdoc.components.modeling.led import LEDForConditionalGeneration
+from longdoc.components.training import parallel
+from longdoc.components.training.adapters import generate_text, seq2seq_encoded
+path, out = sys.argv[1:]
+env = parallel.DistEnv("fsdp")
+model = LEDForConditionalGeneration.from_pretrained(path).eval()
+tokenizer = AutoTokenizer.from_pretrained(path)
+parallel.prepare(model, env)
+model.generation_config.update(max_new_tokens=2 + 6 * env.rank, min_new_tokens=0)
+texts = [f"the cat sat on the mat {n} times ." for n in ("one", "two", "three")]
+encoded = [seq2seq_encoded(str(i), tokenizer(t, add_special_tokens=False)["input_ids"],
+           tokenizer.bos_token_id, tokenizer.eos_token_id, 64) for i, t in enumerate(texts)]
+summaries = [generate_text(model, tokenizer, e, tokenizer.pad_token_id) for e in encoded]
+Path(out, f"rank{env.rank}.json").write_text(json.dumps(summaries))
+env.close()
+"""
 
 RUNNER = """
 import json, os, sys
@@ -59,12 +84,27 @@ def _write_imdb(root: Path) -> None:
             (folder / f"{i}_{8 if label else 2}.txt").write_text(text)
 
 
-def _config(tmp: Path, base: Path, data: Path, name: str, mode: str = "ddp") -> dict:
+def _write_summaries(root: Path) -> None:
+    """Cohan et al.'s layout: 5 train and 3 val articles, the finding after the filler."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.txt", 5), ("val.txt", 3)):
+        records = []
+        for i in range(n):
+            cue = CUES[i % 2].split()[1]
+            article = [FILL.strip()] * (2 + i) + [f"we find it {cue} ."]
+            abstract = [f"<S> it is {cue} . </S>"]
+            records.append({"article_id": i, "article_text": article, "abstract_text": abstract})
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _config(
+    tmp: Path, base: Path, data: Path, name: str, mode: str = "ddp", task: str = "imdb", **entry
+) -> dict:
     entry = FinetuneTask(
-        data=data, out=tmp / name / "ckpt", metrics=tmp / name / "metrics.json", epochs=2
+        data=data, out=tmp / name / "ckpt", metrics=tmp / name / "metrics.json", epochs=2, **entry
     )
     params = FinetuneParams(
-        task="imdb", tasks={"imdb": entry}, base=base, max_len=48, window_overlap=8,
+        task=task, tasks={task: entry}, base=base, max_len=48, window_overlap=8,
         baseline_max_len=None, register_model=False, batch_size=3, lr=3e-3, warmup_ratio=0.0,
         parallel=mode,
     )  # fmt: skip
@@ -72,15 +112,47 @@ def _config(tmp: Path, base: Path, data: Path, name: str, mode: str = "ddp") -> 
     return {"finetune": params.model_dump(mode="json"), "tracking": tracking}
 
 
-def _result(cfg: dict) -> tuple[list[float], dict, dict]:
+def _result(cfg: dict) -> tuple[list[float], object, dict]:
     """Per-step losses (MLflow, the long run), dev predictions and the saved weights."""
     metrics = json.loads(Path(cfg["finetune"]["metrics"]).read_text())
     client = MlflowClient(cfg["tracking"]["uri"])
     history = client.get_metric_history(metrics["long"]["run_id"], "loss")
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
-    preds = Path(cfg["finetune"]["metrics"]).with_name("metrics.predictions.json")
+    (preds,) = Path(cfg["finetune"]["metrics"]).parent.glob("metrics.predictions.*")
+    written = json.loads(preds.read_text()) if preds.suffix == ".json" else preds.read_text()
     weights = load_file(str(Path(cfg["finetune"]["out"]) / "model.safetensors"))
-    return losses, json.loads(preds.read_text()), weights
+    return losses, written, weights
+
+
+def _launch(tmp: Path, *configs: dict) -> subprocess.Popen:
+    """One 2-rank torchrun launch running `configs` in turn."""
+    script = tmp / "runner.py"
+    script.write_text(RUNNER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.Popen(
+        [*cmd, str(script), *map(json.dumps, configs)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _assert_as_one_process(one: dict, *configs: dict, steps: int) -> None:
+    """Each of `configs` trained what `one` trained: step losses, dev predictions, weights, and
+    rank 0 alone tracked (one parent run and one nested run in its store)."""
+    losses, preds, weights = _result(one)
+    assert len(losses) == steps
+    for cfg in configs:
+        got_losses, got_preds, got_weights = _result(cfg)
+        assert got_losses == pytest.approx(losses, rel=1e-4), cfg["finetune"]["parallel"]
+        assert got_preds == preds
+        assert got_weights.keys() == weights.keys()
+        for name, tensor in weights.items():
+            torch.testing.assert_close(got_weights[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+        runs = MlflowClient(cfg["tracking"]["uri"]).search_runs(["1"])
+        assert len(runs) == 2, [r.info.run_name for r in runs]
 
 
 @pytest.fixture(autouse=True)
@@ -99,36 +171,14 @@ def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_as_one_process(tmp_path):
     ddp = _config(tmp_path, base, data, "ddp", "ddp")
     tp = _config(tmp_path, base, data, "tp", "tp")
     fsdp = _config(tmp_path, base, data, "fsdp", "fsdp")
-    script = tmp_path / "runner.py"
-    script.write_text(RUNNER)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.Popen(
-        [*cmd, str(script), *(json.dumps(cfg) for cfg in (ddp, tp, fsdp))],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _launch(tmp_path, ddp, tp, fsdp)
     summary = finetune(  # meanwhile
         FinetuneParams.model_validate(one["finetune"]), TrackingParams(**one["tracking"])
     )
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-4000:]
-
-    losses, preds, weights = _result(one)
-    assert len(losses) == 4  # 2 epochs x 2 steps (5 examples, batches of 3)
     assert summary["long"]["train_windows"] > 5  # longer than max_len: several windows each
-    for cfg in (ddp, tp, fsdp):
-        got_losses, got_preds, got_weights = _result(cfg)
-        assert got_losses == pytest.approx(losses, rel=1e-4), cfg["finetune"]["parallel"]
-        assert got_preds == preds
-        assert got_weights.keys() == weights.keys()
-        for name, tensor in weights.items():
-            torch.testing.assert_close(got_weights[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
-        # rank 0 alone tracked: one parent run and one nested run in the store
-        runs = MlflowClient(cfg["tracking"]["uri"]).search_runs(["1"])
-        assert len(runs) == 2, [r.info.run_name for r in runs]
+    _assert_as_one_process(one, ddp, tp, fsdp, steps=4)  # 2 epochs x 2 steps (batches of 3)
 
     # fsdp's checkpoint is whole (gathered from the shards): transformers' class computes with it
     # what ours computes with the 1-process checkpoint
@@ -142,3 +192,46 @@ def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_as_one_process(tmp_path):
         torch.testing.assert_close(
             theirs(input_ids=ids).logits, ours(input_ids=ids).logits, rtol=1e-3, atol=1e-4
         )
+
+
+def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_a_summarizer_as_one_process(tmp_path):
+    """The LED (a decoder warm-started from the long encoder): its encoder and decoder blocks
+    shard like the Longformer's (tp: one head per rank in every attention, the cross-attention
+    included), the frozen encoder runs outside the model's forward (fsdp gathers the shared
+    embeddings around it too), and beam search on a rank whose share of dev is done keeps
+    stepping while the other rank's is not (fsdp's forwards are collective)."""
+    base = tmp_path / "base"
+    texts = [FILL * 3, *CUES, "we find it brilliant . it is dreadful ."]
+    tiny_checkpoint(base, texts, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    data = tmp_path / "arxiv"
+    _write_summaries(data)
+    entry = {"freeze_encoder": True, "generation": {"num_beams": 2, "max_new_tokens": 6}}
+    one, ddp, tp, fsdp = (
+        _config(tmp_path, base, data, name, mode, task="summarization", **entry)
+        for name, mode in (("one", "ddp"), ("ddp", "ddp"), ("tp", "tp"), ("fsdp", "fsdp"))
+    )
+    proc = _launch(tmp_path, ddp, tp, fsdp)
+    finetune(FinetuneParams.model_validate(one["finetune"]), TrackingParams(**one["tracking"]))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode()[-4000:]
+    _assert_as_one_process(one, ddp, tp, fsdp, steps=4)
+
+    # generation on fsdp ranks whose outputs end at different steps: each rank's summaries are
+    # what the plain model writes with that rank's settings
+    script = tmp_path / "generate.py"
+    script.write_text(GENERATE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    ckpt = one["finetune"]["tasks"]["summarization"]["out"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([*cmd, str(script), ckpt, str(tmp_path)], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-4000:]
+    model = LEDForConditionalGeneration.from_pretrained(ckpt).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(ckpt)
+    texts = [f"the cat sat on the mat {n} times ." for n in ("one", "two", "three")]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    for rank in (0, 1):
+        model.generation_config.update(max_new_tokens=2 + 6 * rank, min_new_tokens=0)
+        special = tokenizer.bos_token_id, tokenizer.eos_token_id
+        encoded = [seq2seq_encoded(str(i), x, *special, 64) for i, x in enumerate(ids)]
+        want = [generate_text(model, tokenizer, e, tokenizer.pad_token_id) for e in encoded]
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == want, rank

@@ -1,8 +1,9 @@
 """Denoising pretraining of an LED (`pretrain.objective: denoise`): a tiny BART converted by
 `longdoc convert` trains a few steps to a published checkpoint with a falling loss; a run
 interrupted after its first checkpoint resumes to the losses of an uninterrupted one; the
-objective must suit the base (MLM refuses an LED, denoising refuses an encoder-only base); DDP on
-2 CPU processes matches one process at the same global batch."""
+objective must suit the base (MLM refuses an LED, denoising refuses an encoder-only base); ddp,
+fsdp and tp on 2 CPU processes match one process at the same global batch, and a run killed in
+one mode resumes in another."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from longdoc.components.data import tokenize as tok
 from longdoc.components.modeling.convert import convert
 from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.training.pretrain import PackedRows, check_objective, pretrain
-from tests.components.test_pretrain import REPO, RUNNER
+from tests.components.test_pretrain import REPO
+from tests.components.training.test_parallel_pretrain import _finish, _kill_after_checkpoint
 
 SEQ = 48
 SENTENCES = [
@@ -191,32 +193,94 @@ def test_shards_without_sentence_starts_are_refused_for_permutation(shards):
         data.sentence_starts(0, 2)
 
 
-def test_ddp_two_processes_denoise_as_one_process(led_and_shards, tmp_path):
-    """Global batch 4: 2 processes x 2 rows (torchrun, gloo) give the losses of 1 process x 4
-    rows (the noise is a function of (seed, row), not of the rank that draws it)."""
-    led, shards = led_and_shards
-    one = _params(led, shards, tmp_path, "one", batch_size=4, checkpoint_every=0)
-    two = _params(led, shards, tmp_path, "two", batch_size=2, checkpoint_every=0)
-    cfg = {
-        "pretrain": params_dict(two),
-        "model": params_dict(ModelParams()),
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'ddp.db'}", "experiment": "t"},
-    }
-    script = tmp_path / "runner.py"
-    script.write_text(RUNNER)
+#: Several pretraining runs in one torchrun launch (the ranks start torch once); a config's
+#: "pause" sleeps after each step from its first checkpoint on, so that the test can kill it.
+MANY = """
+import json, sys, time
+import torch.distributed as dist
+from longdoc.components.core.config import ModelParams, PretrainParams, TrackingParams
+from longdoc.components.training.pretrain import pretrain
+dist.init_process_group("gloo")
+for cfg in map(json.loads, sys.argv[1:]):
+    pause = cfg.pop("pause", 0.0)
+    def on_step(step, loss, cfg=cfg, pause=pause):
+        if pause and step >= cfg["pretrain"]["checkpoint_every"]:
+            time.sleep(pause)
+    pretrain(PretrainParams(**cfg["pretrain"]), ModelParams(**cfg["model"]),
+             TrackingParams(**cfg["tracking"]), on_step=on_step)
+dist.destroy_process_group()
+"""
+
+
+def _launch(tmp: Path, *runs: tuple[PretrainParams, str, float]) -> subprocess.Popen:
+    """One 2-rank torchrun launch running `runs` (params, parallel mode, pause) in turn."""
+    script = tmp / "many.py"
+    script.write_text(MANY)
+    configs = [
+        {
+            "pretrain": {**params_dict(params), "parallel": mode, "tp_size": 2},
+            "model": params_dict(ModelParams()),
+            "tracking": {"uri": f"sqlite:///{tmp / mode}.db", "experiment": "t"},
+            "pause": pause,
+        }
+        for params, mode, pause in runs
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.Popen(
-        [*cmd, str(script), json.dumps(cfg)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    cmd += [str(tmp / "many.py"), *map(json.dumps, configs)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_ddp_fsdp_and_tp_denoise_as_one_process_and_resume_across_modes(led_and_shards, tmp_path):
+    """Global batch 4: 2 processes x 2 rows (ddp, fsdp) or one tp pair x 4 rows (one head per
+    rank) give the losses of 1 process x 4 rows (the noise is a function of (seed, row), not of
+    the rank that draws it). An fsdp run killed after its step-2 checkpoint (sharded) resumes
+    under tp with the same losses, and publishes an LED that transformers' class computes with
+    as ours does, with the weights of the 1-process run."""
+    led, shards = led_and_shards
+    one = _params(led, shards, tmp_path, "one", batch_size=4, checkpoint_every=0)
+    ddp = _params(led, shards, tmp_path, "ddp", batch_size=2, checkpoint_every=0)
+    chain = _params(led, shards, tmp_path, "chain", batch_size=2)
+    proc = _launch(tmp_path, (ddp, "ddp", 0.0), (chain, "fsdp", 2.0))
+    _run(one, tmp_path)  # meanwhile
+    _kill_after_checkpoint(proc, Path(chain.out).with_name("ckpt.ckpt"), 2)
+    assert (Path(chain.out).with_name("ckpt.ckpt") / "step-00000002" / "shards").is_dir()
+    resumed = chain.model_copy(update={"batch_size": 4})  # tp: one replica reads all 4 rows
+    _finish(_launch(tmp_path, (resumed, "tp", 0.0)))
+    expected = _losses(one)
+    assert sorted(expected) == [1, 2, 3, 4]
+    for got in (_losses(ddp), _losses(chain)):
+        assert sorted(got) == sorted(expected)
+        for step in expected:
+            assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+
+    ours = LEDForConditionalGeneration.from_pretrained(chain.out).eval()
+    theirs = transformers.LEDForConditionalGeneration.from_pretrained(chain.out).eval()
+    ids = torch.randint(
+        5, ours.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0)
     )
-    _run(one, tmp_path)
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, out.decode()[-4000:]
-    a, b = _losses(one), _losses(two)
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-    for step in a:
-        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+    ids[:, 0] = ours.config.bos_token_id
+    decoder_ids = ids[:, :12]
+    with torch.no_grad():
+        a = ours(input_ids=ids, decoder_input_ids=decoder_ids).logits
+        b = theirs(input_ids=ids, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    want = LEDForConditionalGeneration.from_pretrained(one.out).state_dict()
+    for name, tensor in ours.state_dict().items():
+        torch.testing.assert_close(tensor, want[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_tensor_parallel_refuses_a_size_that_splits_no_whole_heads(led_and_shards):
+    """Checked before anything is sharded: every attention (the LED's encoder, decoder
+    self- and cross-attention) must split into whole heads; a model without blocks refuses."""
+    from types import SimpleNamespace
+
+    from longdoc.components.training import parallel
+
+    led = LEDForConditionalGeneration.from_pretrained(led_and_shards[0])  # 2 heads everywhere
+    env = SimpleNamespace(tp_size=3, mesh={"tp": SimpleNamespace(get_local_rank=lambda: 0)})
+    with pytest.raises(ValueError, match="tp_size=3 does not divide the 2 attention heads"):
+        parallel.prepare(led, SimpleNamespace(**vars(env), mode="tp"))
+    with pytest.raises(ValueError, match="no Longformer or LED layers"):
+        parallel.prepare(torch.nn.Linear(2, 2), SimpleNamespace(**vars(env), mode="fsdp"))
