@@ -79,7 +79,7 @@ _DRIVER = textwrap.dedent(
 
         only_this = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         with get_client(sync_client=True) as client:
-            for _ in range(100):  # states arrive as events: give the server a moment
+            for _ in range(300):  # states arrive as events: give the (maybe loaded) server time
                 runs = [r for r in client.read_task_runs(flow_run_filter=only_this)
                         if r.name.startswith(prefix)]
                 if runs and all(r.state and r.state.is_final() for r in runs):

@@ -47,8 +47,12 @@ MODES = ("ddp", "fsdp", "tp")
 #: LED's encoder block is a Longformer block under BART's names; its decoder block has causal
 #: self-attention and cross-attention, split alike.
 _ATTENTION_IN = ("query", "key", "value", "query_global", "key_global", "value_global")
-_DECODER_ATTENTION = {"q_proj": "colwise", "k_proj": "colwise", "v_proj": "colwise"}
-_DECODER_ATTENTION["out_proj"] = "rowwise"
+_DECODER_ATTENTION = {
+    "q_proj": "colwise",
+    "k_proj": "colwise",
+    "v_proj": "colwise",
+    "out_proj": "rowwise",
+}
 TP_PLANS = {
     "LongformerLayer": {
         **{f"attention.self.{name}": "colwise" for name in _ATTENTION_IN},
