@@ -57,7 +57,12 @@ Backward schedule: one parallel loop over ``(batch, head, segment)``. A tile of 
 streams the queries in tiles of ``KT`` positions, so each loaded query vector serves all keys of
 the tile: scores are ``KR x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous
 transposed operands (a serial loop over ``D``, which LLVM strength-reduces to pointer increments),
-and accumulators are vectorised over ``D``.
+and the ``dk``/``dv`` accumulators are vectorised over ``D`` and filled ``DK_COLS`` columns at a
+time, so that they stay in registers through the tile's queries.
+
+The schedule follows the target's vector width (``vector_lanes``): the forward's row tile is two
+vectors of rows; the rest suits both 8 and 16 lanes (``kernels.tvm_backend._vector_lanes``
+decides at build time, from the target's features).
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ KEY_TILE = 16  # KT: band positions per inner tile of the backward and the pack 
 # (4 rows beat 2; 8 rows spill registers and lose again; figures: benchmarks/RESULTS.md,
 # "Attention kernels", tuning figures).
 KEY_ROWS = 4  # dk/dv kernel (rows = keys)
+# dk/dv kernel: head_dim columns per pass of the dk, dv accumulation. All D columns of KR keys'
+# dk and dv (2 x 4 x 64 floats: every zmm register at head_dim 64) spilled; 32 columns keep
+# 16 zmm (or 32 ymm on AVX2, which timed no worse than 16 columns there) live through a tile.
+DK_COLS = 32
 # dk/dv kernel: keys per parallel task; the task also accumulates the dq of every query its keys
 # see into private rows (SEG + 2w of them), summed afterwards by dq_overlap_add
 SEG_KEYS = 512
@@ -84,7 +93,7 @@ SEG_KEYS = 512
 # (DB x QL/16 accumulators; 4 and 16 slower), RG row tiles per parallel task (amortises the
 # task's buffer set-up; 2-16 on par). The timings: benchmarks/RESULTS.md, "Attention kernels",
 # tuning figures.
-FWD_ROWS = 32  # QL
+FWD_ROWS = 32  # QL on a 16-lane (AVX-512) target; `sliding_window(vector_lanes=)` halves it
 FWD_KEYS = 8  # KF
 FWD_CHUNK = 128  # CH
 PV_COLS = 8  # DB
@@ -153,14 +162,21 @@ def sliding_window(
     fwd_chunk: int = FWD_CHUNK,
     row_group: int = ROW_GROUP,
     pv_cols: int = PV_COLS,
+    vector_lanes: int = 16,
 ) -> tvm.IRModule:
-    QL, KF, CH, RG = fwd_rows, fwd_keys, fwd_chunk, row_group
+    """The module for ``head_dim``, scheduled for a target with ``vector_lanes`` float32 lanes
+    (16: AVX-512, 8: AVX2 and others): the forward's row tile is two vectors (``fwd_rows`` on a
+    16-lane target), so its ``KF x QL`` score block keeps to half the vector registers on either
+    (32 rows on AVX2 spilled: 6% slower than 16; 16 rows on AVX-512 were 18% slower than 32)."""
+    QL = fwd_rows * vector_lanes // 16
+    KF, CH, RG = fwd_keys, fwd_chunk, row_group
     D = head_dim
     DB = next(x for x in (pv_cols, 4, 2, 1) if head_dim % x == 0)  # P @ V output columns
     KT = key_tile
     KR = key_rows
     scale = 1.0 / math.sqrt(D)
     SEG = seg_keys
+    DC = next(x for x in (DK_COLS, 16, 8, 4, 2, 1) if head_dim % x == 0)
 
     def _dot_rows(ds, kr, t, dd):
         """``sum_a ds[a, t] * kr[a, dd]`` over the tile's key rows as one expression: one load
@@ -505,8 +521,6 @@ def sliding_window(
         for r in T.parallel(B * HG * NS):
             s = T.alloc_buffer((KR * KT,), "float32", scope="local")
             dp = T.alloc_buffer((KR * KT,), "float32", scope="local")
-            s2 = T.alloc_buffer((KR * KT,), "float32", scope="local")
-            dp2 = T.alloc_buffer((KR * KT,), "float32", scope="local")
             kr = T.alloc_buffer((KR * D,), "float32", scope="local")
             vr = T.alloc_buffer((KR * D,), "float32", scope="local")
             ak = T.alloc_buffer((KR * D,), "float32", scope="local")
@@ -545,46 +559,19 @@ def sliding_window(
                         for x in T.vectorized(KR * KT):
                             s[x] = T.float32(0)
                             dp[x] = T.float32(0)
-                            s2[x] = T.float32(0)
-                            dp2[x] = T.float32(0)
-                        for d2 in T.serial(D // 2):  # even/odd partial sums: more FMA chains
+                        for d in T.serial(D):
                             for a in T.unroll(KR):
                                 for t in T.vectorized(KT):
                                     s[a * KT + t] = (
                                         s[a * KT + t]
-                                        + kr[a * D + 2 * d2] * qt[b, h, 2 * d2, base + c * KT + t]
+                                        + kr[a * D + d] * qt[b, h, d, base + c * KT + t]
                                     )
                                     dp[a * KT + t] = (
                                         dp[a * KT + t]
-                                        + vr[a * D + 2 * d2] * dot[b, h, 2 * d2, base + c * KT + t]
-                                    )
-                                    s2[a * KT + t] = (
-                                        s2[a * KT + t]
-                                        + kr[a * D + 2 * d2 + 1]
-                                        * qt[b, h, 2 * d2 + 1, base + c * KT + t]
-                                    )
-                                    dp2[a * KT + t] = (
-                                        dp2[a * KT + t]
-                                        + vr[a * D + 2 * d2 + 1]
-                                        * dot[b, h, 2 * d2 + 1, base + c * KT + t]
-                                    )
-                        for dl in T.unroll(D % 2):  # odd head_dim: the last d
-                            for a in T.unroll(KR):
-                                for t in T.vectorized(KT):
-                                    s2[a * KT + t] = (
-                                        s2[a * KT + t]
-                                        + kr[a * D + D - 1 + dl]
-                                        * qt[b, h, D - 1 + dl, base + c * KT + t]
-                                    )
-                                    dp2[a * KT + t] = (
-                                        dp2[a * KT + t]
-                                        + vr[a * D + D - 1 + dl]
-                                        * dot[b, h, D - 1 + dl, base + c * KT + t]
+                                        + vr[a * D + d] * dot[b, h, d, base + c * KT + t]
                                     )
                         for a in T.unroll(KR):
                             for t in T.vectorized(KT):
-                                s[a * KT + t] = s[a * KT + t] + s2[a * KT + t]
-                                dp[a * KT + t] = dp[a * KT + t] + dp2[a * KT + t]
                                 s[a * KT + t] = T.if_then_else(
                                     qs + c * KT + t >= kql[a]
                                     and qs + c * KT + t < kqh[a]
@@ -598,17 +585,22 @@ def sliding_window(
                                 dp[a * KT + t] = s[a * KT + t] * (
                                     dp[a * KT + t] - deltap[b, h, base + c * KT + t]
                                 )
+                        # dv += p^T do, dk += ds^T q, DC columns at a time (DK_COLS)
+                        for part in T.unroll(D // DC):
+                            for t in T.serial(KT):
+                                for a in T.unroll(KR):
+                                    for dd in T.vectorized(DC):
+                                        av[a * D + part * DC + dd] = (
+                                            av[a * D + part * DC + dd]
+                                            + s[a * KT + t]
+                                            * dop[b, h, base + c * KT + t, part * DC + dd]
+                                        )
+                                        ak[a * D + part * DC + dd] = (
+                                            ak[a * D + part * DC + dd]
+                                            + dp[a * KT + t]
+                                            * qp[b, h, base + c * KT + t, part * DC + dd]
+                                        )
                         for t in T.serial(KT):
-                            for a in T.unroll(KR):
-                                for dd in T.vectorized(D):
-                                    av[a * D + dd] = (
-                                        av[a * D + dd]
-                                        + s[a * KT + t] * dop[b, h, base + c * KT + t, dd]
-                                    )
-                                    ak[a * D + dd] = (
-                                        ak[a * D + dd]
-                                        + dp[a * KT + t] * qp[b, h, base + c * KT + t, dd]
-                                    )
                             # dq of query (base + c*KT + t): ds^T k over this tile's keys
                             for dd in T.vectorized(D):
                                 dqp[b, h, g, base - g * SEG + c * KT + t, dd] = dqp[

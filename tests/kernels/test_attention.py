@@ -447,6 +447,29 @@ def test_tvm_forward_multi_chunk_band(pattern, n, d):
 
 
 @pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+def test_tvm_schedule_for_the_other_vector_width_is_exact(tmp_path, monkeypatch):
+    """The kernels are scheduled for the target's vector width (`tvm_backend._vector_lanes`:
+    16 float32 lanes with AVX-512, else 8), so a machine runs only its own schedule: build the
+    other one here and check it too, forward and backward, over several row tiles and a band
+    longer than a softmax chunk."""
+    from longdoc.kernels import settings, tvm_backend
+
+    host = tvm_backend._vector_lanes(tvm_backend.resolve_target("llvm")[1])
+    monkeypatch.setattr(tvm_backend, "_vector_lanes", lambda target: 24 - host)  # 16 <-> 8
+    previous = settings.cache_dir()
+    kernels.configure(cache_dir=tmp_path)
+    try:
+        for pattern, n, d in [
+            (SlidingWindow(70), 300, 32),
+            (SlidingWindow(9, causal=True), 77, 8),
+            (BlockLocal(20, neighbors=1), 101, 16),
+        ]:
+            check("tvm", pattern, 2, n, 2, d, torch.float32, seed=n)
+    finally:
+        kernels.configure(cache_dir=previous)
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
 def test_tvm_forward_many_global_keys():
     """More global keys than one softmax chunk holds: the forward kernel takes them in several
     chunks before the band (some of them padding, some inside the band too)."""
