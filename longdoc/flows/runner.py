@@ -124,12 +124,12 @@ def unit_runner(params: RunnerParams, unit_name: str) -> Iterator[UnitRunner]:
     quiet = logging.getLogger("distributed")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # cluster start/stop chatter; warnings still show
-    # LocalCluster workers configure their logging on import, from the environment they
-    # inherit: the same setting for them
-    env_before = os.environ.get(_QUIET_WORKERS)
-    os.environ[_QUIET_WORKERS] = "warning"
     try:
         with ExitStack() as stack:
+            stack.enter_context(_environ_restored())
+            # LocalCluster workers configure their logging on import, from the environment
+            # they inherit: the same setting for them
+            os.environ[_QUIET_WORKERS] = "warning"
             if not params.address:  # a cluster of the user's keeps the user's settings
                 import dask  # (distributed is imported above: its defaults are in place)
 
@@ -139,10 +139,22 @@ def unit_runner(params: RunnerParams, unit_name: str) -> Iterator[UnitRunner]:
             yield _dask_units(task_runner, unit, unit_name, stack)
     finally:
         quiet.setLevel(level)
-        if env_before is None:
-            os.environ.pop(_QUIET_WORKERS, None)
-        else:
-            os.environ[_QUIET_WORKERS] = env_before
+
+
+@contextmanager
+def _environ_restored() -> Iterator[None]:
+    """`os.environ` as it was before, afterwards. Dask's nanny writes its pre-spawn variables
+    (`OMP_NUM_THREADS=1` and the others) into this process's environment and leaves them there,
+    where every subprocess the stage starts later would inherit them."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
 
 
 @contextmanager

@@ -344,19 +344,17 @@ def _malloc_trim_in_worker() -> str | None:
 
 def test_our_clusters_start_workers_without_the_nannys_malloc_trim_threshold():
     """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536 (glibc then maps and
-    zeroes every large tensor anew); the clusters `unit_runner` starts unset it."""
+    zeroes every large tensor anew); the clusters `unit_runner` starts unset it. The nanny also
+    leaves its variables in this process's environment, which `unit_runner` puts back."""
     import dask
     import distributed  # noqa: F401  (its defaults, before the setting overrides one)
 
-    from longdoc.flows.runner import _NANNY_ENV
+    from longdoc.flows.runner import _NANNY_ENV, _environ_restored
 
     before = dict(os.environ)
-    try:
+    with _environ_restored():
         with dask.config.set(_NANNY_ENV):
             assert _malloc_trim_in_worker() is None
-        # Dask's default, which the setting undoes (its nanny also leaves its variables in
-        # this process's environment, for every later worker: restored below)
-        assert _malloc_trim_in_worker() == "65536"
-    finally:
-        os.environ.clear()
-        os.environ.update(before)
+        assert _malloc_trim_in_worker() == "65536"  # Dask's default, which the setting undoes
+        assert os.environ.get("OMP_NUM_THREADS") == "1"  # the nanny's, left in this process
+    assert dict(os.environ) == before
