@@ -3,7 +3,7 @@
 ``import longdoc.kernels`` is cheap: TVM is imported only when a ``tvm`` kernel is built or run.
 """
 
-from .api import attention, available_backends, select_backend
+from .api import attention, available_backends, fused_dense_pays, select_backend
 from .build import build_kernels
 from .patterns import BlockLocal, Dense, Fixed, Pattern, SlidingWindow, Strided
 from .settings import configure
@@ -13,6 +13,7 @@ __all__ = [
     "available_backends",
     "build_kernels",
     "configure",
+    "fused_dense_pays",
     "select_backend",
     "Pattern",
     "SlidingWindow",

@@ -103,6 +103,7 @@ def attention(
     key_padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
     global_rows: bool = True,
+    mask_cache: dict | None = None,
 ) -> torch.Tensor:
     """Local/sparse + global attention with scale ``1/sqrt(head_dim)``.
 
@@ -115,7 +116,12 @@ def attention(
     ``global_rows=False``: the rows of the global queries are zero (and pass no gradient) instead
     of computed, for a caller that computes them itself: Longformer's global queries use their
     own projections (``query_global``, ...), so its model overwrites these rows anyway and the
-    ``torch`` and ``tvm`` backends skip their work (forward and backward).
+    ``torch`` and ``tvm`` backends skip their work (forward and backward); ``dense`` and
+    ``sdpa`` compute every row anyway and zero these afterwards.
+
+    ``mask_cache``: a dict that calls with the same ``global_mask`` and ``key_padding_mask``
+    share (a model's layers in one forward): ``sdpa`` builds its mask once there instead of
+    once per call. Other backends ignore it.
     """
     _check_inputs(q, k, v, pattern, global_mask, key_padding_mask)
     if global_mask is not None:
@@ -126,8 +132,10 @@ def attention(
         needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         backend = select_backend(q, pattern, needs_grad)
     if backend in ("dense", "sdpa"):
-        dense = dense_attention if backend == "dense" else fused_attention
-        out = dense(q, k, v, pattern, global_mask, key_padding_mask)
+        if backend == "dense":
+            out = dense_attention(q, k, v, pattern, global_mask, key_padding_mask)
+        else:
+            out = fused_attention(q, k, v, pattern, global_mask, key_padding_mask, mask_cache)
         if global_rows or global_mask is None:
             return out
         return torch_backend.zero_global_rows(out, global_mask)

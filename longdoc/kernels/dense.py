@@ -6,9 +6,11 @@
 * ``fused_attention``: the same function in one call of PyTorch's fused
   ``scaled_dot_product_attention`` (the flash-attention CPU kernel, forward and backward; no
   score matrix in memory). With no mask at all when the pattern covers the whole sequence and
-  nothing is padding (plain full attention, what RoBERTa runs), else a boolean
-  ``(batch, heads or 1, seq, seq)`` mask. ``auto`` uses it for short inputs (see
-  ``kernels.api``), where a window covers (nearly) everything and a band saves no work.
+  nothing is padding (plain full attention, what RoBERTa runs), a padding row
+  ``(batch, 1, 1, seq)`` when only padding is masked, else a ``(batch or 1, heads or 1, seq,
+  seq)`` one: additive masks, which callers may keep across calls. ``auto`` uses it for short
+  inputs (see ``kernels.api``), where a window covers (nearly) everything and a band saves no
+  work.
 """
 
 from __future__ import annotations
@@ -82,6 +84,39 @@ def dense_attention(
     return out.transpose(1, 2).to(q.dtype)
 
 
+def fused_mask(
+    pattern: Pattern,
+    seq_len: int,
+    heads: int,
+    global_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``fused_attention``'s SDPA mask and the queries with no usable key: ``(bias, empty)``.
+
+    ``bias`` is additive (0 allowed, -inf not), what SDPA turns a boolean mask into on every
+    call, so a caller that keeps it for several calls converts once; None when nothing is
+    masked. When the pattern covers the sequence, global tokens change nothing (every pair is
+    allowed already) and only padding keys are masked: one ``(batch, 1, 1, seq)`` row. ``empty``
+    (``(batch, heads or 1, seq, 1)`` bool, None if every query has a key) marks queries with no
+    usable key; their mask rows are left open (a finite softmax, no NaN forward or backward)
+    and their outputs are zeroed afterwards.
+    """
+    if pattern.covers(seq_len):
+        if key_padding_mask is None:
+            return None, None
+        allowed = ~key_padding_mask[:, None, None, :]
+    else:
+        allowed = allowed_mask(pattern, seq_len, heads, global_mask, key_padding_mask, device)
+    has_any = allowed.any(dim=-1, keepdim=True)
+    empty = None if bool(has_any.all()) else ~has_any
+    if empty is not None:
+        allowed = allowed | empty
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return bias.masked_fill_(~allowed, float("-inf")), empty
+
+
 def fused_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -89,27 +124,25 @@ def fused_attention(
     pattern: Pattern,
     global_mask: torch.Tensor | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    mask_cache: dict | None = None,
 ) -> torch.Tensor:
-    """``dense_attention`` in one fused SDPA call on ``(batch, seq, heads, dim)`` tensors.
-
-    When the pattern covers the sequence, global tokens change nothing (every pair is allowed
-    already): only padding keys are masked. A query with no usable key gets a fully open mask
-    row (a finite softmax: no NaN in the forward or the backward) and is zeroed afterwards.
+    """``dense_attention`` in one fused SDPA call on ``(batch, seq, heads, dim)`` tensors, with
+    no mask at all when the pattern covers the sequence and nothing is padding (see
+    ``fused_mask``). ``mask_cache``: a dict shared by calls that have the same global and
+    padding masks (a model's layers in one forward); the mask is built on the first call for
+    each pattern, length, dtype and device and reused by the others.
     """
     batch, seq, heads, dim = q.shape
     cdt = compute_dtype(q.dtype)
     qt, kt, vt = (x.transpose(1, 2).to(cdt) for x in (q, k, v))
-    if pattern.covers(seq):
-        allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+    key = (pattern, seq, heads, cdt, q.device)
+    if mask_cache is not None and key in mask_cache:
+        bias, empty = mask_cache[key]
     else:
-        allowed = allowed_mask(pattern, seq, heads, global_mask, key_padding_mask, q.device)
-    if allowed is None:
-        out = F.scaled_dot_product_attention(qt, kt, vt)
-    else:
-        has_any = allowed.any(dim=-1, keepdim=True)
-        if bool(has_any.all()):
-            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed)
-        else:
-            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed | ~has_any)
-            out = out * has_any.to(out.dtype)
+        bias, empty = fused_mask(pattern, seq, heads, global_mask, key_padding_mask, cdt, q.device)
+        if mask_cache is not None:
+            mask_cache[key] = bias, empty
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias)
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
     return out.transpose(1, 2).to(q.dtype)

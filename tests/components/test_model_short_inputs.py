@@ -121,3 +121,27 @@ def test_short_inputs_gradients_match_banded_path(models):
         assert (g - grads[1][name]).abs().max().item() <= 1e-4 * max(1.0, g.abs().max().item()), (
             name
         )
+
+
+def test_fused_mask_built_once_per_forward(models, monkeypatch):
+    """Both layers share one fused mask, built by the first (per forward, not per layer), and the
+    model still computes what the banded path computes."""
+    from longdoc.kernels import dense
+
+    built = []
+    fused_mask = dense.fused_mask
+
+    def counting(*args, **kw):
+        built.append(args[0])
+        return fused_mask(*args, **kw)
+
+    monkeypatch.setattr(dense, "fused_mask", counting)
+    _, ours, banded = models
+    for n in (9, 13):  # covered (a padding-row mask), band spans (a band mask)
+        b = inputs(n, seed=n + 1)
+        built.clear()
+        with torch.no_grad():
+            got = ours(**b).last_hidden_state
+            want = banded(**b).last_hidden_state
+        assert len(built) == 1
+        assert (got - want).abs().max().item() <= TOL

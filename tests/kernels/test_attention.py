@@ -261,6 +261,37 @@ def test_auto_uses_one_fused_call_for_short_inputs(monkeypatch):
         assert rel_err(out, reference_attention(q, q, q, pattern, g, pad)) <= 1e-4
 
 
+def test_sdpa_mask_cache_builds_each_mask_once(monkeypatch):
+    """Calls sharing a ``mask_cache`` (a model's layers) build the fused call's mask once per
+    pattern and reuse it; every call still matches the reference, a query with no usable key
+    included (row 1 is all padding), and patterns that share the cache keep their own masks."""
+    from longdoc.kernels import dense
+
+    built = []
+    fused_mask = dense.fused_mask
+
+    def counting(*args, **kw):
+        built.append(args[0])
+        return fused_mask(*args, **kw)
+
+    monkeypatch.setattr(dense, "fused_mask", counting)
+    n = 9
+    q, k, v = torch.randn(3, 3, n, 4, 8, generator=torch.Generator().manual_seed(7))
+    g = torch.zeros(3, n, dtype=torch.bool)
+    g[:, 0] = True
+    pad = torch.zeros(3, n, dtype=torch.bool)
+    pad[1, :], pad[2, 6:], g[1, 0] = True, True, False
+    cache: dict = {}
+    patterns = (SlidingWindow(8), SlidingWindow(4), BlockLocal(3, neighbors=1))
+    for pattern in patterns * 2:
+        out = attention(
+            q, k, v, pattern, global_mask=g, key_padding_mask=pad, backend="sdpa", mask_cache=cache
+        )
+        assert rel_err(out, reference_attention(q, k, v, pattern, g, pad)) <= 1e-4, pattern
+        assert out[1].abs().max().item() == 0.0  # no usable key: zeros
+    assert built == list(patterns)
+
+
 def test_available_backends_and_lazy_tvm_import():
     assert {"dense", "torch"} <= set(kernels.available_backends())
     code = (

@@ -134,6 +134,8 @@ def _encoder_masks(
         "key_padding_mask": None if bool(valid.all()) else ~valid,
         "global_mask": global_mask,
         "global_index": global_index,
+        # filled by the first layer's fused attention with its mask, which the others reuse
+        "mask_cache": {},
     }
 
 

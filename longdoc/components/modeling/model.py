@@ -101,7 +101,16 @@ from transformers.models.longformer.modeling_longformer import (
 from transformers.pytorch_utils import apply_chunking_to_forward
 
 from longdoc.components.core.config import ModelParams
-from longdoc.kernels import BlockLocal, Dense, Fixed, Pattern, SlidingWindow, Strided, attention
+from longdoc.kernels import (
+    BlockLocal,
+    Dense,
+    Fixed,
+    Pattern,
+    SlidingWindow,
+    Strided,
+    attention,
+    fused_dense_pays,
+)
 
 __all__ = [
     "LongdocConfig",
@@ -487,6 +496,7 @@ class LongformerSelfAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         global_mask: torch.Tensor | None = None,
         global_index: GlobalIndex | None = None,
+        mask_cache: dict | None = None,
     ) -> torch.Tensor:
         batch, seq, _ = hidden_states.shape
         q = self._heads(self.query(hidden_states))
@@ -500,29 +510,44 @@ class LongformerSelfAttention(nn.Module):
             global_mask=global_mask if global_index is not None else None,
             key_padding_mask=key_padding_mask,
             backend=self.backend,
-            # the global rows are recomputed below with the global projections: the kernel
-            # leaves them zero and skips their work, forward and backward
-            global_rows=global_index is None,
+            # the global rows are overwritten below with the global projections: the banded
+            # kernels leave them out and skip their work, forward and backward
+            global_rows=global_index is None or not self._kernel_skips_global_rows(seq),
+            mask_cache=mask_cache,
         )
+        if global_index is None and key_padding_mask is None:
+            return out.reshape(batch, seq, -1)
+        # one copy, then the global and padding rows written into it in place: autograd saved
+        # nothing of this fresh tensor, and each in-place write is one small op
+        out = out.clone(memory_format=torch.contiguous_format).view(batch, seq, -1)
         if global_index is not None:
-            out = self._global_rows(hidden_states, out, key_padding_mask, global_index)
+            self._write_global_rows(hidden_states, out, key_padding_mask, global_index)
         if key_padding_mask is not None:  # transformers zeroes padding queries
-            out = out.masked_fill(key_padding_mask[:, :, None, None], 0.0)
-        return out.reshape(batch, seq, -1)
+            out.masked_fill_(key_padding_mask.unsqueeze(-1), 0.0)
+        return out
 
-    def _global_rows(
+    def _kernel_skips_global_rows(self, seq: int) -> bool:
+        """Whether the kernel saves work when told to leave the global rows out: the banded
+        backends do; a dense or fused dense call computes every row anyway, and zeroing the
+        rows that `_write_global_rows` overwrites would only cost a copy."""
+        if self.backend == "auto":
+            return not fused_dense_pays(self.pattern, seq)
+        return self.backend != "dense"
+
+    def _write_global_rows(
         self,
         hidden_states: torch.Tensor,
         out: torch.Tensor,
         key_padding_mask: torch.Tensor | None,
         gi: GlobalIndex,
-    ) -> torch.Tensor:
+    ) -> None:
         """Global queries attend every non-padding key with the global projections: a dense
-        `(globals x seq)` attention, cheap because global tokens are few."""
+        `(globals x seq)` attention, cheap because global tokens are few. Written into `out`
+        (`(batch, seq, embed)`) in place."""
         glob = self.global_attention(
             hidden_states, _gather_rows(hidden_states, gi), key_padding_mask
         )
-        return out.index_put((gi.batch, gi.pos), glob[gi.batch, gi.slot].to(out.dtype))
+        out.index_put_((gi.batch, gi.pos), glob.flatten(2)[gi.batch, gi.slot].to(out.dtype))
 
     def global_attention(
         self,
@@ -792,7 +817,8 @@ class LongformerModel(LongformerPreTrainedModel):
     ) -> dict[str, Any]:
         """Check the inputs and turn the HF-style masks into what every layer takes, once per
         forward: `key_padding_mask` (None when nothing is padding, so short unpadded inputs run
-        unmasked attention), `global_mask` (never on padding) and its `global_index`."""
+        unmasked attention), `global_mask` (never on padding), its `global_index` and an empty
+        `mask_cache` (see `kernels.attention`)."""
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         if input_ids is not None:
@@ -817,6 +843,8 @@ class LongformerModel(LongformerPreTrainedModel):
             "key_padding_mask": None if bool(valid.all()) else ~valid,
             "global_mask": global_mask,
             "global_index": global_index,
+            # filled by the first layer's fused attention with its mask, which the others reuse
+            "mask_cache": {},
         }
 
     def forward(
