@@ -569,10 +569,9 @@ class LongformerSelfAttention(nn.Module):
     def _global_probs(
         self, scores: torch.Tensor, key_padding_mask: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor:
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(
-                key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min
-            )
+        if key_padding_mask is not None:  # (batch, ..., seq) scores
+            pad = key_padding_mask.view(scores.shape[0], *(1,) * (scores.dim() - 2), -1)
+            scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
         return nn.functional.dropout(probs, p=self.dropout, training=self.training)
 
@@ -597,17 +596,19 @@ class LongformerSelfAttention(nn.Module):
         `(seq x hidden) @ (hidden x hidden)` projections become products with `H * G` vectors;
         autograd differentiates the reordered sums exactly (same parameters, same gradients up
         to float rounding)."""
-        heads, dim = qg.shape[2], qg.shape[3]
+        batch, globals_, heads, dim = qg.shape
         wk = self.key_global.weight.view(heads, dim, -1)  # (H, D, hidden)
         wv = self.value_global.weight.view(heads, dim, -1)
-        qk = torch.einsum("bghd,hde->bghe", qg, wk)  # (B, G, H, hidden)
+        # the (head, global) pairs as the rows of one batched product with the hidden states;
+        # the scores' memory order is the unfactored path's (B, H, G, S): same dropout masks
+        qk = torch.einsum("bghd,hde->bhge", qg, wk).reshape(batch, heads * globals_, -1)
         q_bias = torch.einsum("bghd,hd->bhg", qg, self.key_global.bias.view(heads, dim))
-        scores = torch.einsum("bghe,bse->bhgs", qk, hidden_states) + q_bias.unsqueeze(-1)
+        scores = torch.baddbmm(q_bias.reshape(batch, -1, 1), qk, hidden_states.transpose(1, 2))
         probs = self._global_probs(scores, key_padding_mask, hidden_states.dtype)
-        mixed = torch.einsum("bhgs,bse->bghe", probs, hidden_states)  # (B, G, H, hidden)
-        out = torch.einsum("bghe,hde->bghd", mixed, wv)
-        weight = probs.sum(-1).transpose(1, 2).unsqueeze(-1)  # (B, G, H, 1): 1 unless dropout
-        return out + weight * self.value_global.bias.view(heads, dim)
+        mixed = torch.bmm(probs, hidden_states).view(batch, heads, globals_, -1)
+        out = torch.einsum("bhge,hde->bghd", mixed, wv)
+        weight = probs.sum(-1).view(batch, heads, globals_).transpose(1, 2)  # 1 unless dropout
+        return torch.addcmul(out, weight.unsqueeze(-1), self.value_global.bias.view(heads, dim))
 
 
 class LongformerSelfOutput(nn.Module):
