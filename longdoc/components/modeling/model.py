@@ -24,9 +24,11 @@ Short inputs: with the default `attention_backend="auto"`, when a layer's window
 whole (padded) input, the local rows are one fused SDPA call (the global keys and rows need no
 special case there: every pair is allowed), with no mask at all when nothing is padding, i.e.
 exactly RoBERTa's attention; up to `2w+1` tokens, where the band spans the input, one SDPA call
-with the band's boolean mask. Only the few global rows are then recomputed with the global
-projections as above (they use their own keys and values, so they cannot share that call).
-See `kernels.api.fused_dense_pays`; explicit backends are honoured as given.
+with the band's mask. That mask (or the padding row) is built once per forward, by the first
+layer, and shared through `mask_cache`. Only the few global rows are then recomputed with the
+global projections as above (they use their own keys and values, so they cannot share that
+call), written over the fused call's rows. See `kernels.api.fused_dense_pays`; explicit
+backends are honoured as given.
 
 Configuration: `LongdocConfig` is transformers' `LongformerConfig` (same fields, HF meaning:
 `attention_window` is the full two-sided window per layer, one side = w // 2) plus
