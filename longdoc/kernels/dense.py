@@ -113,8 +113,8 @@ def fused_mask(
     empty = None if bool(has_any.all()) else ~has_any
     if empty is not None:
         allowed = allowed | empty
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return bias.masked_fill_(~allowed, float("-inf")), empty
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(allowed, zero, float("-inf")), empty
 
 
 def fused_attention(

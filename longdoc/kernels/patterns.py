@@ -95,7 +95,10 @@ class SlidingWindow(Pattern):
             d = torch.tensor(self.dilation, device=device).view(-1, 1, 1)
         else:
             d = torch.tensor(self.dilation, device=device)
-        allowed = (diff.abs() <= self.window * d) & (torch.remainder(diff, d) == 0)
+        allowed = diff.abs() <= self.window * d
+        dilations = self.dilation if isinstance(self.dilation, tuple) else (self.dilation,)
+        if set(dilations) != {1}:  # with dilation 1 every offset in the window is allowed
+            allowed = allowed & (torch.remainder(diff, d) == 0)
         if self.causal:
             allowed = allowed & (diff >= 0)
         return allowed
