@@ -227,7 +227,7 @@ def test_auto_selection():
 
 def test_auto_uses_one_fused_call_for_short_inputs(monkeypatch):
     """Where the pattern covers the sequence (or its band spans it) ``auto`` runs one SDPA
-    call: with no mask at all when nothing is padding, with a boolean mask otherwise."""
+    call: with no mask at all when nothing is padding, with an additive mask otherwise."""
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
