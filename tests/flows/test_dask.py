@@ -222,7 +222,7 @@ def test_score_on_dask_is_the_local_output_and_survives_kill_9_of_flow_and_worke
     proc = _driver(tmp_path, "pause", src, champion.uri)
     try:
         _wait_for(lambda: (tmp_path / "paused").exists(), proc, tmp_path, "pause")
-        state = _wait_for(
+        _wait_for(
             lambda: _all_units_named(tmp_path / "pred/.score-state.json"), proc, tmp_path, "pause"
         )
         workers = [k for k in _children(proc.pid) if "multiprocessing" in _cmdline(k)]
@@ -240,6 +240,10 @@ def test_score_on_dask_is_the_local_output_and_survives_kill_9_of_flow_and_worke
         for pid in ephemeral:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    # the state the rerun finds: read after the kill, since units may commit (and the state
+    # advance) between the wait above and the kill landing
+    state = _all_units_named(tmp_path / "pred/.score-state.json")
+    assert state is not None
     deadline = time.monotonic() + 30
     while any(_alive(w) for w in workers):
         assert time.monotonic() < deadline, "Dask workers outlived the killed flow process"
