@@ -23,3 +23,20 @@ def _stop_local_prefect_servers(tmp_path):
                 os.environ.pop("PREFECT_HOME", None)
             else:
                 os.environ["PREFECT_HOME"] = before
+
+
+@pytest.fixture
+def fused_mask_builds(monkeypatch) -> list:
+    """The pattern of every `kernels.dense.fused_mask` build during the test (each mask is still
+    built): how often the fused SDPA call's mask is made, not reused."""
+    from longdoc.kernels import dense
+
+    built = []
+    build = dense.fused_mask
+
+    def counting(*args, **kw):
+        built.append(args[0])
+        return build(*args, **kw)
+
+    monkeypatch.setattr(dense, "fused_mask", counting)
+    return built

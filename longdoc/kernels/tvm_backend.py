@@ -278,9 +278,9 @@ def _compile(target: dict, dtype: str, head_dim: int, path: Path) -> float:
 def _vector_lanes(target: dict) -> int:
     """float32 lanes of the target's widest vectors: 16 with AVX-512, else 8 (AVX2; other
     targets get the same schedule)."""
+    tvm = _import_tvm()  # first: it sets TVM's environment before TVM loads
     from tvm.target import codegen
 
-    tvm = _import_tvm()
     return 16 if codegen.target_has_features("avx512f", tvm.target.Target(target)) else 8
 
 

@@ -123,19 +123,10 @@ def test_short_inputs_gradients_match_banded_path(models):
         )
 
 
-def test_fused_mask_built_once_per_forward(models, monkeypatch):
+def test_fused_mask_built_once_per_forward(models, fused_mask_builds):
     """Both layers share one fused mask, built by the first (per forward, not per layer), and the
     model still computes what the banded path computes."""
-    from longdoc.kernels import dense
-
-    built = []
-    fused_mask = dense.fused_mask
-
-    def counting(*args, **kw):
-        built.append(args[0])
-        return fused_mask(*args, **kw)
-
-    monkeypatch.setattr(dense, "fused_mask", counting)
+    built = fused_mask_builds
     _, ours, banded = models
     for n in (9, 13):  # covered (a padding-row mask), band spans (a band mask)
         b = inputs(n, seed=n + 1)

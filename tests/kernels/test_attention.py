@@ -261,20 +261,11 @@ def test_auto_uses_one_fused_call_for_short_inputs(monkeypatch):
         assert rel_err(out, reference_attention(q, q, q, pattern, g, pad)) <= 1e-4
 
 
-def test_sdpa_mask_cache_builds_each_mask_once(monkeypatch):
+def test_sdpa_mask_cache_builds_each_mask_once(fused_mask_builds):
     """Calls sharing a ``mask_cache`` (a model's layers) build the fused call's mask once per
     pattern and reuse it; every call still matches the reference, a query with no usable key
     included (row 1 is all padding), and patterns that share the cache keep their own masks."""
-    from longdoc.kernels import dense
-
-    built = []
-    fused_mask = dense.fused_mask
-
-    def counting(*args, **kw):
-        built.append(args[0])
-        return fused_mask(*args, **kw)
-
-    monkeypatch.setattr(dense, "fused_mask", counting)
+    built = fused_mask_builds
     n = 9
     q, k, v = torch.randn(3, 3, n, 4, 8, generator=torch.Generator().manual_seed(7))
     g = torch.zeros(3, n, dtype=torch.bool)

@@ -182,10 +182,10 @@ def _setup(params, adapter, train, dev, max_len, windows, env) -> tuple[_Loop, l
     dev_enc = _encode_all(adapter, dev, max_len, overlap, max_windows, False, skipped)
     if not train_enc:
         raise InputError(f"finetune {params.task}: no training example could be encoded")
-    steps = steps_for(len(train_enc), params.task_batch_size, params.task_epochs)
+    batch_size = params.task_batch_size
+    steps = steps_for(len(train_enc), batch_size, params.task_epochs)
     optimizer = adamw(model, params.task_lr, 0.01)
     scheduler = warmup_linear_decay(optimizer, int(params.warmup_ratio * steps), steps)
-    batch_size = params.task_batch_size
     loop = _Loop(model, adapter, train_enc, optimizer, scheduler, gen, batch_size, env)
     if env.mode == "fsdp":
         loop.filler = _filler(adapter, model, train_enc)
