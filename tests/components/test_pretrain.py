@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -135,28 +136,37 @@ def _losses(cfg: dict) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in map(json.loads, log.read_text().splitlines())}
 
 
+def _logged(ckpt_root: Path) -> int:
+    """The last step in a running pretraining's loss log (0 before any)."""
+    log = ckpt_root / "log.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return max((json.loads(x)["step"] for x in lines if x.endswith("}")), default=0)
+
+
 @pytest.fixture(autouse=True)
 def _no_env_tracking(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def test_resume_after_kill_9_gives_the_same_losses(shards, tmp_path):
+def test_resume_after_kill_9_gives_the_same_losses(shards, tmp_path, monkeypatch):
     whole = _cfg(shards, tmp_path, "whole", db="inproc")
     killed = _cfg(shards, tmp_path, "killed")
     proc = _run(killed, pause=1.5)  # slow after its first checkpoint: room to kill it
     _in_process(whole)  # the uninterrupted reference, meanwhile
     ckpt_root = Path(killed["pretrain"]["out"]).with_name("ckpt.ckpt")
     deadline = time.monotonic() + 180
-    while not (ckpt_root / "step-00000003" / "state.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+    while not (ckpt_root / "step-00000003" / "state.json").exists() or _logged(ckpt_root) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, "no step after checkpoint"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # in step 4's pause: step 4 ran after the checkpoint
     out, _ = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, out.decode()[-3000:]
     assert not Path(killed["pretrain"]["out"]).exists()  # nothing published
-    logged = [json.loads(x)["step"] for x in (ckpt_root / "log.jsonl").read_text().splitlines()]
-    assert 3 <= max(logged) < 8  # killed mid-run, after the first checkpoint
+    assert 4 <= _logged(ckpt_root) < 8  # killed mid-run, a step after the first checkpoint
 
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which wins over `tracking.uri`:
+    # without this the rerun would log to the reference run's store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _in_process(killed)  # the rerun resumes from step 3
     a, b = _losses(whole), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 9))
@@ -164,6 +174,14 @@ def test_resume_after_kill_9_gives_the_same_losses(shards, tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
     assert not ckpt_root.exists()  # a finished run cleans up its resumable checkpoints
     assert json.loads(Path(killed["pretrain"]["metrics"]).read_text())["steps"] == 8
+    # MLflow holds each step's loss once: the killed run sent its steps up to the checkpoint
+    # (batched, flushed before it); the steps it ran after it were redone and sent by the rerun
+    client = mlflow.MlflowClient(killed["tracking"]["uri"])
+    (run,) = client.search_runs(client.get_experiment_by_name("t").experiment_id)
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 9))
+    for m in history:
+        assert m.value == pytest.approx(b[m.step], rel=1e-6), m.step
 
 
 def test_ddp_two_processes_match_one_process(shards, tmp_path):

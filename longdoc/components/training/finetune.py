@@ -49,6 +49,7 @@ from longdoc.components.training.adapters import (
     steps_for,
 )
 from longdoc.components.training.common import (
+    StepMetrics,
     Throughput,
     adamw,
     plot_curve,
@@ -100,6 +101,7 @@ class _Loop:
     env: parallel.DistEnv
     filler: Any = None  # fsdp: an example with a loss, run at zero weight to keep ranks in step
     speed: Throughput = field(default_factory=Throughput)
+    metrics: StepMetrics = field(default_factory=StepMetrics)
     step: int = 0
     curve: list[tuple[int, float]] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)
@@ -226,10 +228,11 @@ def _train_epoch(loop: _Loop, bar) -> None:
         tps = loop.speed.add(tokens)
         loop.curve.append((loop.step, mean))
         if loop.env.main:
-            mlflow.log_metrics({"loss": mean, "tokens_per_s": tps}, step=loop.step)
+            loop.metrics.log({"loss": mean, "tokens_per_s": tps}, step=loop.step)
         bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
     loop.epoch_losses.append(total / max(1, counted))
     if loop.env.main:
+        loop.metrics.flush()
         mlflow.log_metric("epoch_loss", loop.epoch_losses[-1], step=len(loop.epoch_losses))
 
 

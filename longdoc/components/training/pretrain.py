@@ -91,6 +91,7 @@ from longdoc.components.modeling.model import (
 )
 from longdoc.components.training import parallel
 from longdoc.components.training.common import (
+    StepMetrics,
     Throughput,
     adamw,
     bits_per_char,
@@ -540,6 +541,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
     from safetensors.torch import load_model
 
     blob = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    # A saved optimizer carries its writer's kernel choice (fused, for-each): this run's
+    # layout decides it (the fused kernel refuses the DTensors tensor parallelism makes)
+    kernel = [{k: g[k] for k in ("fused", "foreach")} for g in optimizer.param_groups]
     if (path / "shards").is_dir():  # written by fsdp/tp: resharded to this run's layout
         parallel.load_sharded(path / "shards", model, optimizer)
     elif parallel.is_sharded(model):
@@ -548,6 +552,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
         device = str(next(model.parameters()).device)
         load_model(model, str(path / "model.safetensors"), device=device)
         optimizer.load_state_dict(blob["optimizer"])
+    for group, own in zip(optimizer.param_groups, kernel, strict=True):
+        group.update(own)
     scheduler.load_state_dict(blob["scheduler"])
     if rank < len(blob["rng"]):
         _set_rng_state(blob["rng"][rank])
@@ -825,10 +831,12 @@ def _step(job: _Job, t: _Trainer, state: LoopState) -> float:
     return loss
 
 
-def _maybe_checkpoint(job: _Job, t: _Trainer, state: LoopState) -> None:
+def _maybe_checkpoint(job: _Job, t: _Trainer, state: LoopState, metrics: StepMetrics) -> None:
     every, step = job.params.checkpoint_every, state.step
     if not every or step % every != 0 or step >= job.params.steps:
         return
+    if job.env.main:  # a run resumed from this checkpoint logs from the next step on
+        metrics.flush()
     rng = job.env.gather(_rng_state())
     if job.env.main or job.env.sharded:  # sharded: every rank writes its shards
         save_checkpoint(
@@ -859,6 +867,7 @@ def _loop(job: _Job, t: _Trainer, state: LoopState) -> None:
         disable=not env.main,
     )
     logf = open(job.log_path, "a") if env.main else None  # noqa: SIM115 (closed below)
+    metrics = StepMetrics()
     try:
         for step in range(state.step + 1, params.steps + 1):
             loss = _step(job, t, state)
@@ -872,13 +881,14 @@ def _loop(job: _Job, t: _Trainer, state: LoopState) -> None:
                 logf.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-                mlflow.log_metrics({"loss": loss, "lr": lr, "tokens_per_s": tps}, step=step)
-            _maybe_checkpoint(job, t, state)
+                metrics.log({"loss": loss, "lr": lr, "tokens_per_s": tps}, step=step)
+            _maybe_checkpoint(job, t, state, metrics)
             if env.main and job.on_step is not None:
                 job.on_step(step, loss)
     finally:
         bar.close()
         if logf is not None:
+            metrics.flush()
             logf.close()
 
 
