@@ -20,7 +20,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from longdoc.components.modeling.dropout import Dropout
 from longdoc.components.modeling.model import LongformerModel, LongformerPreTrainedModel
 
 ANSWER_TYPES = ("span", "yes", "no")
@@ -37,7 +36,7 @@ class _Scorer(nn.Module):
     def __init__(self, hidden: int, dropout: float, out: int = 1):
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,6 @@ from transformers.models.led.modeling_led import (
 )
 from transformers.utils.deprecation import deprecate_kwarg
 
-from longdoc.components.modeling.dropout import dropout
 from longdoc.components.modeling.model import (
     AttentionSwitches,
     GlobalIndex,
@@ -228,7 +227,7 @@ class LEDEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(self.embed_dim)
 
     def forward(self, hidden_states: torch.Tensor, **masks: Any) -> torch.Tensor:
-        drop = dropout
+        drop = nn.functional.dropout
         attn = self.self_attn(hidden_states, **masks)
         hidden_states = self.self_attn_layer_norm(
             hidden_states + drop(attn, p=self.dropout, training=self.training)
@@ -446,7 +445,7 @@ class LEDDecoderLayer(GradientCheckpointingLayer):
         is_causal: bool = False,
         use_cache: bool | None = True,
     ) -> torch.Tensor:
-        drop = dropout
+        drop = nn.functional.dropout
         attn = self.self_attn(
             hidden_states, cache=cache, attention_mask=attention_mask, is_causal=is_causal
         )
@@ -536,7 +535,7 @@ class LEDEncoder(LEDPreTrainedModel):
         masks = _encoder_masks(attention_mask, global_attention_mask, shape, inputs_embeds.device)
         hidden_states = inputs_embeds + self.embed_positions(shape)
         hidden_states = self.layernorm_embedding(hidden_states)
-        hidden_states = dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
         states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         for layer in self.layers:
             if states is not None:
@@ -575,7 +574,7 @@ class LEDDecoder(LEDPreTrainedModel):
         """Token embeddings plus the positions after the `past` cached ones, normalised."""
         hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape, past)
         hidden_states = self.layernorm_embedding(hidden_states)
-        return dropout(hidden_states, p=self.dropout, training=self.training)
+        return nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
 
     def _cache(self, use_cache: bool, cache: Cache | None) -> tuple[bool, Cache | None]:
         """(use_cache, the cache to fill): a new one when asked for and none given."""
