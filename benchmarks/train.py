@@ -9,11 +9,13 @@ Usage::
 What is measured: one full MLM training step (forward with labels, backward, clip, AdamW step)
 on batch 1 at the given length, 15% of the tokens labelled, no global tokens (as in MLM
 pretraining). Ours runs the step as `longdoc pretrain` does, projecting to the vocabulary only
-at the labelled positions (`labelled_logits_only=True`); `hf` is transformers' model called the
-usual way (`model(input_ids, labels=labels).loss`), and `hf-masked-head` applies the same head
-trick by hand to transformers' model, so the table separates what the head trick gives from what
-our attention gives. tokens/s = seq / median step time (at least 3 steps and ~10 s per worker,
-after one warm-up step that also allocates the optimizer state). Peak memory = peak RSS growth
+at the labelled positions (`labelled_logits_only=True`), with its optimizer
+(`training.common.adamw`: torch's fused AdamW since 2026-12-07); `hf` is transformers' model
+called the usual way (`model(input_ids, labels=labels).loss`, torch's default AdamW), and
+`hf-masked-head` applies the same head trick by hand to transformers' model, so the table
+separates what the head trick gives from what our attention gives. tokens/s = seq / median
+step time (at least 3 steps and ~10 s per worker, after one warm-up step that also allocates
+the optimizer state). Peak memory = peak RSS growth
 (``VmHWM`` reset through ``/proc/self/clear_refs``) during one step after warm-up, in a fresh
 subprocess per implementation with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave RSS;
 RSS sees both torch's and TVM's allocations. Times come from another fresh subprocess with
@@ -92,7 +94,12 @@ def worker(impl: str, n: int, threads: int, weights: str, measure: str = "time")
         config.attention_backend = impl
         model = LongformerForMaskedLM.from_pretrained(weights, config=config)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if impl.startswith("hf"):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    else:  # pretraining's optimizer: fused AdamW, no decay on biases and LayerNorms
+        from longdoc.components.training.common import adamw
+
+        opt = adamw(model, 1e-4, 0.01)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, CONFIG["vocab_size"], (1, n), generator=g)
     ids[0, 0] = 0
