@@ -7,7 +7,7 @@ Usage::
 
 Rows:
 - AdamW step over the demo model's parameters (hidden 128, 2 layers, vocab 8000: 1.9M) and over
-  the `benchmarks/train.py` model's (hidden 256, 4 layers: 5.3M): torch's default (for-each)
+  the `benchmarks/train.py` model's (hidden 256, 4 layers: 7.1M): torch's default (for-each)
   against the fused kernel `training.common.adamw` picks.
 - Logging three metrics a step to a fresh sqlite MLflow store: `mlflow.log_metrics` per step
   against `training.common.StepMetrics` (batches of 100 steps), per step.
@@ -44,13 +44,14 @@ def adamw_rows() -> list[tuple[str, float, float]]:
     from longdoc.components.training.common import adamw
 
     rows = []
-    for name, hidden, layers in (("demo model", 128, 2), ("train.py model", 256, 4)):
+    models = (("demo model", 128, 2, 256), ("train.py model", 256, 4, 1024))
+    for name, hidden, layers, ffn in models:
         cfg = transformers.LongformerConfig(
             vocab_size=8000,
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=4,
-            intermediate_size=2 * hidden if hidden == 128 else 4 * hidden,
+            intermediate_size=ffn,
             max_position_embeddings=4098,
         )
         model = transformers.LongformerForMaskedLM(cfg)

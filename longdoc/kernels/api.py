@@ -72,8 +72,7 @@ def fused_dense_pays(pattern: Pattern, seq_len: int) -> bool:
     if isinstance(pattern, Dense) or pattern.covers(seq_len):
         return True
     if isinstance(pattern, SlidingWindow):
-        dilations = pattern.dilation if isinstance(pattern.dilation, tuple) else (pattern.dilation,)
-        bidirectional = not pattern.causal and set(dilations) == {1}
+        bidirectional = not pattern.causal and pattern.undilated
         return bidirectional and seq_len <= 2 * pattern.window + 1
     if isinstance(pattern, BlockLocal):
         return seq_len <= (2 * pattern.neighbors + 1) * pattern.block

@@ -77,6 +77,11 @@ class SlidingWindow(Pattern):
     def heads(self) -> int | None:  # type: ignore[override]
         return len(self.dilation) if isinstance(self.dilation, tuple) else None
 
+    @property
+    def undilated(self) -> bool:
+        """Every head sees every offset in its window (dilation 1)."""
+        return set(self.dilation if isinstance(self.dilation, tuple) else (self.dilation,)) == {1}
+
     def dilations(self, heads: int) -> tuple[int, ...]:
         """The dilation of each of ``heads`` heads (checks a per-head tuple's length)."""
         if isinstance(self.dilation, tuple):
@@ -96,8 +101,7 @@ class SlidingWindow(Pattern):
         else:
             d = torch.tensor(self.dilation, device=device)
         allowed = diff.abs() <= self.window * d
-        dilations = self.dilation if isinstance(self.dilation, tuple) else (self.dilation,)
-        if set(dilations) != {1}:  # with dilation 1 every offset in the window is allowed
+        if not self.undilated:  # undilated, every offset in the window is allowed
             allowed = allowed & (torch.remainder(diff, d) == 0)
         if self.causal:
             allowed = allowed & (diff >= 0)
@@ -106,8 +110,7 @@ class SlidingWindow(Pattern):
     def covers(self, seq_len: int) -> bool:
         if seq_len <= 1:
             return True
-        dilations = self.dilation if isinstance(self.dilation, tuple) else (self.dilation,)
-        return not self.causal and set(dilations) == {1} and self.window >= seq_len - 1
+        return not self.causal and self.undilated and self.window >= seq_len - 1
 
 
 @dataclass(frozen=True)

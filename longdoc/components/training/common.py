@@ -44,15 +44,17 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # The fused kernel updates every tensor in one pass per step: 6x faster than the default
-    # for-each path on CPU (0.9 vs 5.8 ms a step for the demo's 1.9M parameters, which is 10% of
-    # its pretraining step). Same update rule and state layout, so checkpoints load either way.
-    # Sharded (fsdp/tp) parameters keep the for-each path: it takes a mix of DTensors and
-    # plain tensors, as tensor parallelism leaves them; the fused kernel refuses that mix.
+    # The fused kernel updates every tensor in one pass per step: 5.2x faster than the default
+    # for-each path on CPU (1.2 vs 6.0 ms a step for the demo's 1.9M parameters; RESULTS.md,
+    # "The training step's fixed costs"). Same update rule and state layout; a resumed run keeps
+    # its own choice (`pretrain.load_checkpoint`). Sharded (fsdp/tp) parameters keep the for-each
+    # path: it takes the mix of DTensors and plain tensors tensor parallelism leaves; the fused
+    # kernel refuses it.
     from torch.distributed.tensor import DTensor
 
     params = [p for group in groups for p in group["params"]]
     fused = all(p.device.type in ("cpu", "cuda") and not isinstance(p, DTensor) for p in params)
+    # None, not False: an explicit False would also turn off torch's for-each default
     return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
 
 
