@@ -164,9 +164,6 @@ def test_resume_after_kill_9_gives_the_same_losses(shards, tmp_path, monkeypatch
     assert not Path(killed["pretrain"]["out"]).exists()  # nothing published
     assert 4 <= _logged(ckpt_root) < 8  # killed mid-run, a step after the first checkpoint
 
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which wins over `tracking.uri`:
-    # without this the rerun would log to the reference run's store
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _in_process(killed)  # the rerun resumes from step 3
     a, b = _losses(whole), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 9))

@@ -496,6 +496,21 @@ class ZeroShotParams(_Section):
     classifiers: dict[str, ZeroShotClassifier] = Field(default_factory=_default_zero_shot)
 
 
+# MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI so that child processes inherit the
+# store. A value this process exported itself is not the user's override: honouring it would
+# send every later stage in the same process (a notebook, the in-process runner) to the first
+# stage's store, whatever its own `tracking.uri` says. `core.tracking` records each export here.
+_exported_tracking_uri: str | None = None
+
+
+def note_tracking_export(before: str | None, after: str | None) -> None:
+    """MLFLOW_TRACKING_URI was ``before`` until MLflow set it to ``after``: ``after`` is this
+    process's own unless ``before`` was the user's (set, and not an earlier export)."""
+    global _exported_tracking_uri
+    if before is None or before == _exported_tracking_uri:
+        _exported_tracking_uri = after
+
+
 class TrackingParams(_Section):
     """MLflow tracking; MLFLOW_TRACKING_URI, when set, overrides `uri`."""
 
@@ -503,8 +518,12 @@ class TrackingParams(_Section):
     experiment: str = "longdoc"
 
     def resolved_uri(self) -> str:
-        """The store runs go to: the standard MLFLOW_TRACKING_URI wins over `uri`."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.uri
+        """The store runs go to: the standard MLFLOW_TRACKING_URI wins over `uri`, unless this
+        process exported it itself (through MLflow, for an earlier stage)."""
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env and env != _exported_tracking_uri:
+            return env
+        return self.uri
 
 
 class Params(_Section):

@@ -7,11 +7,13 @@ repo root works on a laptop and in CI with no server. Artifacts go beside it in 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from longdoc.components.core import config
 from longdoc.components.core.config import TrackingParams
 
 CHAMPION = "champion"
@@ -29,10 +31,19 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def set_store(uri: str) -> None:
+    """``mlflow.set_tracking_uri``, which also exports MLFLOW_TRACKING_URI (for child
+    processes), recording the export as this process's own unless the variable was the user's,
+    so that a later stage's `tracking.uri` still counts (``TrackingParams.resolved_uri``)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    config.note_tracking_export(before, os.environ.get("MLFLOW_TRACKING_URI"))
+
+
 def setup(params: TrackingParams) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id."""
     uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
+    set_store(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(params.experiment)
     if exp is None:

@@ -290,7 +290,7 @@ def _engine(spec: EngineSpec) -> InferenceEngine:
         # A worker process points MLflow at the stage's stores; an in-process runner already
         # does, and must not pin the registry URI globally (it would outlive this stage).
         if _portable_uri(mlflow.get_tracking_uri()) != spec.tracking_uri:
-            mlflow.set_tracking_uri(spec.tracking_uri)
+            tracking.set_store(spec.tracking_uri)
         if _portable_uri(mlflow.get_registry_uri()) != spec.registry_uri:
             mlflow.set_registry_uri(spec.registry_uri)
         kernel_settings.configure(cache_dir=spec.kernel_cache)

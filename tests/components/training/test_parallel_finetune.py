@@ -67,7 +67,6 @@ from longdoc.components.core.config import FinetuneParams, TrackingParams
 from longdoc.components.training.finetune import finetune
 dist.init_process_group("gloo")  # once for every run (finetune then leaves it to us)
 for cfg in map(json.loads, sys.argv[1:]):
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # MLflow exported the last run's store
     finetune(FinetuneParams.model_validate(cfg["finetune"]), TrackingParams(**cfg["tracking"]))
 dist.destroy_process_group()
 """

@@ -1,0 +1,55 @@
+"""Where runs go when several stages share one process: MLflow's set_tracking_uri exports
+MLFLOW_TRACKING_URI, and that export must not override a later stage's own `tracking.uri`."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from longdoc.components.core import config, tracking
+from longdoc.components.core.config import TrackingParams
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(config, "_exported_tracking_uri", None)
+    uri = mlflow.get_tracking_uri()
+    yield [TrackingParams(uri=f"sqlite:///{tmp_path / f'{n}.db'}") for n in "abc"]
+    mlflow.set_tracking_uri(uri)
+
+
+def _log_one(params: TrackingParams) -> None:
+    tracking.setup(params)
+    with mlflow.start_run():
+        mlflow.log_param("store", params.uri)
+
+
+def _runs(uri: str) -> list[str]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("longdoc")
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    return sorted(r.data.params["store"] for r in runs)
+
+
+def test_each_stage_logs_to_its_own_store(stores):
+    a, b, _ = stores
+    _log_one(a)
+    assert os.environ["MLFLOW_TRACKING_URI"] == a.uri  # still exported for child processes
+    assert b.resolved_uri() == b.uri  # ... but it is our export, not the user's choice
+    _log_one(b)
+    _log_one(a)
+    assert _runs(a.uri) == [a.uri, a.uri]
+    assert _runs(b.uri) == [b.uri]
+
+
+def test_the_users_environment_variable_wins_over_every_stage(stores, monkeypatch):
+    a, b, c = stores
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", c.uri)
+    _log_one(a)
+    _log_one(b)
+    assert _runs(c.uri) == [a.uri, b.uri]
+    assert not _runs(a.uri) and not _runs(b.uri)
