@@ -18,8 +18,14 @@ from longdoc.components.tasks import (
     SpanExample,
     get_task,
 )
-from longdoc.components.training.adapters import adapter_for
-from longdoc.components.training.finetune import _register, finetune, prediction_paths, train_task
+from longdoc.components.training.adapters import Encoded, Window, adapter_for
+from longdoc.components.training.finetune import (
+    _register,
+    finetune,
+    micro_batches,
+    prediction_paths,
+    train_task,
+)
 from tests.components.tiny import tiny_checkpoint
 
 FILL = "the cat sat on the mat near the old mill."
@@ -170,3 +176,17 @@ def test_checkpoint_registration_promotes_only_a_better_model(tmp_path, tracked)
     assert [r["champion"] for r in results] == [True, False, True]
     assert tracking.resolve_model_version("models:/longdoc-qa@champion") == "3"
     assert tracking.champion_metric("longdoc-qa", "f1") == 55.0
+
+
+def test_micro_batches_pack_examples_in_order_within_the_token_budget():
+    def enc(name, *lengths):
+        return Encoded(name, [Window(ids=[0] * n, global_positions=[0]) for n in lengths])
+
+    encs = [enc("a", 100), enc("b", 300), enc("c", 200, 200), enc("d", 900), enc("e", 50)]
+    groups = micro_batches(encs, 600)
+    # a+b: 2 rows x 300; +c would be 4 x 300; c: 2 x 200; d alone is over budget; e alone
+    # (d's width 900 x 2 rows > 600)
+    assert [[e.id for e in g] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert [e.id for g in groups for e in g] == list("abcde")  # every example once, in order
+    assert [[e.id for e in g] for g in micro_batches(encs, 10**6)] == [list("abcde")]
+    assert all(len(g) == 1 for g in micro_batches(encs, 1))

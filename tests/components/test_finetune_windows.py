@@ -150,8 +150,8 @@ def test_classification_windows_average_logits(base):
             for w in enc.windows
         ]
         mean = torch.stack(per_window).mean(0)
-        assert torch.allclose(adapter.logits(model, enc), mean, atol=1e-5)
-        assert adapter.predict(model, enc) in ("neg", "pos")
+        assert torch.allclose(adapter.logits(model, [enc])[0], mean, atol=1e-5)
+        assert adapter.predictions(model, [enc])[0] in ("neg", "pos")
 
 
 def test_wikihop_prefix_repeats_and_scores_average_over_windows(base):
@@ -176,13 +176,13 @@ def test_wikihop_prefix_repeats_and_scores_average_over_windows(base):
     assert cand == "tessia"
     model = adapter.build_model(path).eval()
     with torch.no_grad():
-        scores = adapter.scores(model, enc)
+        (scores,) = adapter.scores(model, [enc])
         singles = []
         for w in enc.windows:
             one = type(enc)(enc.id, [w], n_items=2, label=0, item_keys=enc.item_keys)
-            singles.append(adapter.scores(model, one))
+            singles += adapter.scores(model, [one])
     assert torch.allclose(scores, torch.stack(singles).mean(0), atol=1e-4)
-    assert adapter.predict(model, enc) in ex.candidates
+    assert adapter.predictions(model, [enc])[0] in ex.candidates
 
 
 def test_triviaqa_golds_are_every_alias_occurrence_in_every_document(base):
@@ -212,13 +212,13 @@ def test_triviaqa_golds_are_every_alias_occurrence_in_every_document(base):
     assert not adapter.encode(ex, 64, 16, None, train=False).has_span_target
     model = adapter.build_model(path).eval()
     with torch.no_grad():
-        answer = adapter.predict(model, enc)
+        (answer,) = adapter.predictions(model, [enc])
     assert isinstance(answer, str) and answer  # a span of some document's text
     assert any(answer in d.text for d in ex.documents)
     # answer absent from every document: nothing to train on, but still predicted
     absent = SpanExample("q2", "Who?", (Document("X", FILLER),), ("Nobody",))
     enc2 = adapter.encode(absent, 64, 16, None, train=True)
-    assert adapter.loss(model, enc2) is None
+    assert not adapter.learnable(enc2) and adapter.learnable(enc)
 
 
 def test_hotpot_sentences_types_and_prediction_format(base):
@@ -248,10 +248,85 @@ def test_hotpot_sentences_types_and_prediction_format(base):
     assert yes.label == 1 and not yes.has_span_target
     model = adapter.build_model(path).eval()
     with torch.no_grad():
-        preds = {e.id: adapter.predict(model, e) for e in (enc, yes)}
-        assert adapter.loss(model, yes) is not None
+        preds = dict(zip(("h1", "h2"), adapter.predictions(model, [enc, yes]), strict=True))
+        assert adapter.learnable(yes) and adapter.losses(model, [yes]).isfinite().all()
     file = adapter.prediction_file(preds)
     assert set(file) == {"answer", "sp"} and set(file["answer"]) == {"h1", "h2"}
     for sp in file["sp"].values():
         assert len(sp) >= 2 and all(isinstance(t, str) and isinstance(i, int) for t, i in sp)
     get_task("hotpotqa").evaluate([span_ex, yes_ex], file)  # the official scorer accepts it
+
+
+# --------------------------------------------------------------------------- one pass, many
+
+
+def _several(kind: str) -> tuple[type, int, list]:
+    """(adapter class, max_len, examples of different lengths and window counts)."""
+    short_ctx = (("Cat", ("The cat sat.",)), ("Bridge", ("Ada Lovelace built it.", " Yes.")))
+    long_ctx = (("Cat", ("The cat sat.", " On the mat.")), ("Mill", (" " + FILLER, " Ada.")))
+    return {
+        "imdb": (
+            ClassificationAdapter,
+            32,
+            [
+                ClassificationExample("a", FILLER + " brilliant", 1),
+                ClassificationExample("b", "dreadful", 0),
+                ClassificationExample("c", FILLER[:150], 1),
+            ],
+        ),
+        "wikihop": (
+            WikiHopAdapter,
+            96,
+            [
+                ChoiceExample("w1", "born kalen", ("tessia", "mill"), (FILLER, TEXTS[2]), 0),
+                ChoiceExample("w2", "built bridge", ("ada", "cat", "mill"), ("ada built",), 0),
+            ],
+        ),
+        "triviaqa": (
+            TriviaQAAdapter,
+            64,
+            [
+                SpanExample("q1", "Who?", (Document("A", FILLER + " " + TEXTS[1]),), ("Ada",)),
+                SpanExample("q2", "Where?", (Document("K", TEXTS[2]),), ("Tessia",)),
+            ],
+        ),
+        "hotpotqa": (
+            HotpotQAAdapter,
+            64,
+            [
+                HotpotExample("h1", "Who?", long_ctx, "Ada", (("Mill", 1),), "bridge", "hard"),
+                HotpotExample("h2", "Built?", short_ctx, "yes", (("Bridge", 0),), "bridge", "x"),
+            ],
+        ),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["imdb", "wikihop", "triviaqa", "hotpotqa"])
+def test_one_forward_pass_over_several_examples_gives_what_each_gets_alone(base, kind):
+    """Fine-tuning runs a step's examples in forward passes of several examples, padded to the
+    longest window (finetune.batch_tokens): each must get the loss and prediction it gets
+    alone, whatever its length, window count or number of candidates/sentences."""
+    path, tok = base
+    cls, max_len, examples = _several(kind)
+    adapter = cls(get_task(kind), tok)
+    encs = [adapter.encode(ex, max_len, 16, None, train=True) for ex in examples]
+    assert len({len(e.windows) for e in encs}) > 1  # different window counts
+    assert len({max(len(w.ids) for w in e.windows) for e in encs}) > 1  # and lengths
+    assert all(adapter.learnable(e) for e in encs)
+    model = adapter.build_model(path).eval()
+    with torch.no_grad():
+        together = adapter.losses(model, encs)
+        alone = torch.cat([adapter.losses(model, [e]) for e in encs])
+        assert together.shape == (len(encs),)
+        assert torch.allclose(together, alone, atol=1e-5), (together, alone)
+        assert adapter.predictions(model, encs) == [
+            adapter.predictions(model, [e])[0] for e in encs
+        ]
+    # and the gradient of the summed losses is the sum of each example's (no dropout: eval)
+    adapter.losses(model, encs).sum().backward()
+    joint = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    for e in encs:
+        adapter.losses(model, [e]).sum().backward()
+    apart = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(joint, apart, strict=True))

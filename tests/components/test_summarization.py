@@ -188,6 +188,33 @@ def test_task_entry_learning_rate_overrides_the_shared_one(tmp_path):
     assert unset.task_lr == 2e-4
 
 
+@pytest.mark.parametrize("freeze_encoder", [False, True])
+def test_one_forward_pass_over_several_summaries_gives_each_its_own_loss(base, freeze_encoder):
+    """Articles and targets of different lengths in one teacher-forced pass (targets padded
+    with -100): each summary's loss and gradient are what it gets alone."""
+    path, tokenizer = base
+    adapter = adapter_for(get_task("summarization"), tokenizer)
+    adapter.freeze_encoder = freeze_encoder
+    model = adapter.build_model(path).eval()
+    fill = "The cat sat on the mat near the old mill. "
+    examples = [
+        SummaryExample("a", fill * 4 + "we find it brilliant .", ("it is brilliant .",)),
+        SummaryExample("b", "dreadful .", ("the cat sat on the mat , and it is dreadful .",)),
+    ]
+    encs = [adapter.encode(ex, 120, 0, 1, train=True) for ex in examples]
+    assert len(encs[0].windows[0].ids) != len(encs[1].windows[0].ids)
+    assert len(encs[0].target) != len(encs[1].target)
+    together = adapter.losses(model, encs)
+    together.sum().backward()
+    joint = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    alone = torch.cat([adapter.losses(model, [e]) for e in encs])
+    alone.sum().backward()
+    apart = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.allclose(together, alone, atol=1e-5), (together, alone)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(joint, apart, strict=True))
+
+
 def test_short_summarization_finetune_learns_and_writes_a_line_per_article(base, tmp_path):
     path, tokenizer = base
     tracking.setup(TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t"))

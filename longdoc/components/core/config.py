@@ -319,6 +319,9 @@ class FinetuneParams(_Section):
     baseline_max_len: Annotated[int, Field(ge=16)] | None = 512  # truncated; null = no baseline
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 4
+    # a step's examples run in forward passes of up to this many tokens (windows x longest
+    # window); an example over it runs alone
+    batch_tokens: PositiveInt = 8192
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
     warmup_ratio: Fraction = 0.1
     max_train_samples: PositiveInt | None = None

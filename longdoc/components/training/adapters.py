@@ -32,7 +32,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from longdoc.components.modeling.heads import ANSWER_TYPES, LongdocForHotpotQA, LongdocForWikiHop
+from longdoc.components.modeling.heads import (
+    ANSWER_TYPES,
+    HotpotOutput,
+    LongdocForHotpotQA,
+    LongdocForWikiHop,
+)
 from longdoc.components.modeling.model import (
     LongformerForQuestionAnswering,
     LongformerForSequenceClassification,
@@ -106,27 +111,40 @@ def _with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]
     return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
 
 
-def _batch(enc: Encoded, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Tensors for the windows of one example, padded to the longest window."""
-    width = max(len(w.ids) for w in enc.windows)
-    n = len(enc.windows)
+def _windows(encs: list[Encoded]) -> list[Window]:
+    return [w for enc in encs for w in enc.windows]
+
+
+def _rows(encs: list[Encoded]) -> list[slice]:
+    """Each example's rows in a batch of the windows of `encs` (in order)."""
+    ends = torch.tensor([len(e.windows) for e in encs]).cumsum(0).tolist()
+    return [slice(end - len(e.windows), end) for e, end in zip(encs, ends, strict=True)]
+
+
+def _batch(encs: list[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Tensors for the windows of `encs` (one forward pass over several examples: their
+    windows in order, padded to the longest)."""
+    windows = _windows(encs)
+    width = max(len(w.ids) for w in windows)
+    n = len(windows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     glob = torch.zeros((n, width), dtype=torch.long)
-    for i, w in enumerate(enc.windows):
+    for i, w in enumerate(windows):
         ids[i, : len(w.ids)] = torch.tensor(w.ids)
         mask[i, : len(w.ids)] = 1
         glob[i, w.global_positions] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "global": glob}
 
 
-def _item_weights(enc: Encoded, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, N, L) mean-pooling weights of each item's tokens per window, and the (W, N) mask of
-    which items a window holds."""
-    n = len(enc.windows)
-    weights = torch.zeros((n, max(1, enc.n_items), width))
-    present = torch.zeros((n, max(1, enc.n_items)))
-    for w_i, w in enumerate(enc.windows):
+def _item_weights(encs: list[Encoded], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, N, L) mean-pooling weights of each item's tokens per window of `encs`, and the (W, N)
+    mask of which items a window holds (N: the most items of any example)."""
+    windows = _windows(encs)
+    items = max(1, *(e.n_items for e in encs))
+    weights = torch.zeros((len(windows), items, width))
+    present = torch.zeros((len(windows), items))
+    for w_i, w in enumerate(windows):
         for item, positions in w.items.items():
             if positions:
                 weights[w_i, item, positions] = 1.0 / len(positions)
@@ -225,10 +243,17 @@ class TaskAdapter:
     ) -> Encoded:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def loss(self, model, enc: Encoded) -> torch.Tensor | None:  # pragma: no cover
+    def learnable(self, enc: Encoded) -> bool:
+        """Whether `enc` has something to learn from (decided before any forward pass)."""
+        return enc.label is not None
+
+    def losses(self, model, encs: list[Encoded]) -> torch.Tensor:  # pragma: no cover
+        """The loss of each of `encs` (all learnable), from one forward pass over all their
+        windows: a tensor of ``len(encs)`` losses."""
         raise NotImplementedError
 
-    def predict(self, model, enc: Encoded) -> Any:  # pragma: no cover
+    def predictions(self, model, encs: list[Encoded]) -> list[Any]:  # pragma: no cover
+        """The prediction for each of `encs`, from one forward pass where the kind allows."""
         raise NotImplementedError
 
     def prediction_file(self, predictions: dict[str, Any]) -> dict:
@@ -236,6 +261,8 @@ class TaskAdapter:
 
     #: the suffix of the task's prediction files (beside the metrics file)
     predictions_suffix = ".json"
+    #: whether `predictions` runs one forward pass for all its examples (not: generation)
+    predicts_in_passes = True
 
     def configure(self, params) -> None:
         """Take what the adapter needs from the run's FinetuneParams (nothing by default)."""
@@ -271,23 +298,22 @@ class ClassificationAdapter(TaskAdapter):
         enc.label = example.label
         return enc
 
-    def logits(self, model, enc: Encoded) -> torch.Tensor:
-        b = _batch(enc, self.pad, self._device(model))
+    def logits(self, model, encs: list[Encoded]) -> torch.Tensor:
+        """(examples, classes)."""
+        b = _batch(encs, self.pad, self._device(model))
         out = model(
             input_ids=b["input_ids"],
             attention_mask=b["attention_mask"],
             global_attention_mask=b["global"].to(b["input_ids"].device),
         )
-        return aggregate_class_logits(out.logits)
+        return torch.stack([aggregate_class_logits(out.logits[r]) for r in _rows(encs)])
 
-    def loss(self, model, enc):
-        if enc.label is None:
-            return None
-        target = torch.tensor(enc.label, device=self._device(model))
-        return F.cross_entropy(self.logits(model, enc)[None], target[None])
+    def losses(self, model, encs):
+        target = torch.tensor([e.label for e in encs], device=self._device(model))
+        return F.cross_entropy(self.logits(model, encs), target, reduction="none")
 
-    def predict(self, model, enc):
-        return self.task.labels[int(self.logits(model, enc).argmax())]
+    def predictions(self, model, encs):
+        return [self.task.labels[int(i)] for i in self.logits(model, encs).argmax(1)]
 
 
 def classification_encoded(
@@ -359,23 +385,28 @@ class WikiHopAdapter(TaskAdapter):
             item_keys=list(example.candidates),
         )
 
-    def scores(self, model, enc: Encoded) -> torch.Tensor:
-        b = _batch(enc, self.pad, self._device(model))
-        weights, _ = _item_weights(enc, b["input_ids"].shape[1])
+    def scores(self, model, encs: list[Encoded]) -> list[torch.Tensor]:
+        """Each example's candidate scores, averaged over its windows."""
+        b = _batch(encs, self.pad, self._device(model))
+        weights, _ = _item_weights(encs, b["input_ids"].shape[1])
         dev = b["input_ids"].device
         out = model(
             b["input_ids"], b["attention_mask"], b["global"].to(dev), weights.to(dev)
         ).float()
-        return out.mean(0)[: enc.n_items]
+        return [out[r].mean(0)[: e.n_items] for r, e in zip(_rows(encs), encs, strict=True)]
 
-    def loss(self, model, enc):
-        if enc.label is None:
-            return None
-        target = torch.tensor([enc.label], device=self._device(model))
-        return F.cross_entropy(self.scores(model, enc)[None], target)
+    def losses(self, model, encs):
+        dev = self._device(model)
+        return torch.stack(
+            [
+                F.cross_entropy(s[None], torch.tensor([e.label], device=dev))
+                for s, e in zip(self.scores(model, encs), encs, strict=True)
+            ]
+        )
 
-    def predict(self, model, enc):
-        return enc.item_keys[int(self.scores(model, enc).argmax())]
+    def predictions(self, model, encs):
+        scores = self.scores(model, encs)
+        return [e.item_keys[int(s.argmax())] for s, e in zip(scores, encs, strict=True)]
 
 
 class TriviaQAAdapter(TaskAdapter):
@@ -403,8 +434,10 @@ class TriviaQAAdapter(TaskAdapter):
             raise EncodeError("no evidence documents")
         return Encoded(example.id, windows, segments=segments)
 
-    def outputs(self, model, enc: Encoded):
-        b = _batch(enc, self.pad, self._device(model))
+    def outputs(self, model, encs: list[Encoded]):
+        """(start logits, end logits) of all windows of `encs`, each (windows, width), and
+        the width."""
+        b = _batch(encs, self.pad, self._device(model))
         out = model(
             input_ids=b["input_ids"],
             attention_mask=b["attention_mask"],
@@ -412,16 +445,24 @@ class TriviaQAAdapter(TaskAdapter):
         )
         return out.start_logits.float(), out.end_logits.float(), b["input_ids"].shape[1]
 
-    def loss(self, model, enc):
-        if not enc.has_span_target:  # answer absent from the evidence: nothing to learn from
-            return None
-        start, end, width = self.outputs(model, enc)
-        allowed, allowed_end, gs, ge = (m.to(start.device) for m in _span_masks(enc, width))
-        return marginal_span_loss(start, end, allowed, gs, ge, allowed_end)
+    def learnable(self, enc):  # answer absent from the evidence: nothing to learn from
+        return enc.has_span_target
 
-    def predict(self, model, enc):
-        start, end, width = self.outputs(model, enc)
-        return _best_text(enc, start.cpu(), end.cpu(), width)
+    def losses(self, model, encs):
+        start, end, width = self.outputs(model, encs)
+        out = []
+        for r, enc in zip(_rows(encs), encs, strict=True):
+            allowed, allowed_end, gs, ge = (m.to(start.device) for m in _span_masks(enc, width))
+            out.append(marginal_span_loss(start[r], end[r], allowed, gs, ge, allowed_end))
+        return torch.stack(out)
+
+    def predictions(self, model, encs):
+        start, end, width = self.outputs(model, encs)
+        start, end = start.cpu(), end.cpu()
+        return [
+            _best_text(enc, start[r], end[r], width)
+            for r, enc in zip(_rows(encs), encs, strict=True)
+        ]
 
 
 def span_windows(
@@ -575,20 +616,27 @@ class HotpotQAAdapter(TaskAdapter):
             item_labels=[float(k in gold) for k in keys],
         )
 
-    def outputs(self, model, enc: Encoded):
-        b = _batch(enc, self.pad, self._device(model))
+    def outputs(self, model, encs: list[Encoded]):
+        """Per example: its windows' outputs, its sentences' scores averaged over the windows
+        holding them, and which sentences some window holds."""
+        b = _batch(encs, self.pad, self._device(model))
         dev = b["input_ids"].device
-        weights, present = _item_weights(enc, b["input_ids"].shape[1])
+        weights, present = _item_weights(encs, b["input_ids"].shape[1])
         out = model(b["input_ids"], b["attention_mask"], b["global"].to(dev), weights.to(dev))
         present = present.to(dev)
-        seen = present.sum(0)
-        sent = (out.sentence_logits.float() * present).sum(0) / seen.clamp(min=1)
-        return out, sent[: enc.n_items], seen[: enc.n_items] > 0
+        per_example = []
+        for r, enc in zip(_rows(encs), encs, strict=True):
+            seen = present[r].sum(0)
+            sent = (out.sentence_logits[r].float() * present[r]).sum(0) / seen.clamp(min=1)
+            mine = HotpotOutput(*(t[r] for t in out))
+            per_example.append((mine, sent[: enc.n_items], seen[: enc.n_items] > 0))
+        return per_example
 
-    def loss(self, model, enc):
-        if enc.label is None:
-            return None
-        out, sent, seen = self.outputs(model, enc)
+    def losses(self, model, encs):
+        outputs = self.outputs(model, encs)
+        return torch.stack([self._loss(*o, enc) for o, enc in zip(outputs, encs, strict=True)])
+
+    def _loss(self, out: HotpotOutput, sent, seen, enc: Encoded) -> torch.Tensor:
         dev = sent.device
         loss = F.cross_entropy(
             out.type_logits.float().mean(0)[None], torch.tensor([enc.label], device=dev)
@@ -604,8 +652,11 @@ class HotpotQAAdapter(TaskAdapter):
             )
         return loss
 
-    def predict(self, model, enc):
-        out, sent, seen = self.outputs(model, enc)
+    def predictions(self, model, encs):
+        outputs = self.outputs(model, encs)
+        return [self._predict(*o, enc) for o, enc in zip(outputs, encs, strict=True)]
+
+    def _predict(self, out: HotpotOutput, sent, seen, enc: Encoded) -> dict:
         kind = ANSWER_TYPES[int(out.type_logits.float().mean(0).argmax())]
         if kind == "span":
             width = out.start_logits.shape[1]
@@ -648,7 +699,7 @@ def seq2seq_encoded(id: str, tokens: list[int], cls: int, sep: int, max_len: int
 def generate_text(model, tokenizer, enc: Encoded, pad: int) -> str:
     """The model's output for one encoded input, decoded: `generate()` with the settings in
     the model's generation config, global attention reaching the encoder."""
-    b = _batch(enc, pad, next(model.parameters()).device)
+    b = _batch([enc], pad, next(model.parameters()).device)
     ids = b["input_ids"]
     out = model.generate(
         input_ids=ids,
@@ -687,6 +738,7 @@ class Seq2SeqAdapter(TaskAdapter):
 
     kind = "seq2seq"
     predictions_suffix = ".txt"
+    predicts_in_passes = False  # generate() one input at a time
 
     def __init__(self, task: Task, tokenizer) -> None:
         super().__init__(task, tokenizer)
@@ -721,23 +773,33 @@ class Seq2SeqAdapter(TaskAdapter):
             enc.target = _ids(self.tokenizer, example.summary)[: MAX_TARGET_TOKENS - 1] + [self.sep]
         return enc
 
-    def loss(self, model, enc):
-        if not enc.target:
-            return None
+    def learnable(self, enc):
+        return bool(enc.target)
+
+    def losses(self, model, encs):
+        """Each summary's mean token loss, teacher-forced; the targets are padded with -100
+        behind their `</s>` (the decoder is causal: no target token sees the padding)."""
         dev = self._device(model)
-        b = _batch(enc, self.pad, dev)
+        b = _batch(encs, self.pad, dev)
         inputs = {"input_ids": b["input_ids"], "global_attention_mask": b["global"].to(dev)}
         if self.freeze_encoder:
             inputs = {"encoder_outputs": frozen_encoder_states(model, b["attention_mask"], inputs)}
-        out = model(
-            **inputs,
-            attention_mask=b["attention_mask"],
-            labels=torch.tensor([enc.target], device=dev),
+        labels = torch.full((len(encs), max(len(e.target) for e in encs)), -100, device=dev)
+        for i, e in enumerate(encs):
+            labels[i, : len(e.target)] = torch.tensor(e.target)
+        decoder_ids = getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels)
+        logits = model(
+            **inputs, attention_mask=b["attention_mask"], decoder_input_ids=decoder_ids
+        ).logits.float()
+        return torch.stack(
+            [
+                F.cross_entropy(logits[i, : len(e.target)], labels[i, : len(e.target)])
+                for i, e in enumerate(encs)
+            ]
         )
-        return out.loss
 
-    def predict(self, model, enc):
-        return generate_text(model, self.tokenizer, enc, self.pad)
+    def predictions(self, model, encs):
+        return [generate_text(model, self.tokenizer, e, self.pad) for e in encs]
 
 
 #: Adapter kinds a task registration (components.tasks.Task.adapter) may name.

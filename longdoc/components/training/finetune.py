@@ -98,6 +98,7 @@ class _Loop:
     scheduler: Any
     gen: torch.Generator
     batch_size: int
+    batch_tokens: int
     env: parallel.DistEnv
     filler: Any = None  # fsdp: an example with a loss, run at zero weight to keep ranks in step
     speed: Throughput = field(default_factory=Throughput)
@@ -188,9 +189,11 @@ def _setup(params, adapter, train, dev, max_len, windows, env) -> tuple[_Loop, l
     steps = steps_for(len(train_enc), batch_size, params.task_epochs)
     optimizer = adamw(model, params.task_lr, 0.01)
     scheduler = warmup_linear_decay(optimizer, int(params.warmup_ratio * steps), steps)
-    loop = _Loop(model, adapter, train_enc, optimizer, scheduler, gen, batch_size, env)
+    loop = _Loop(
+        model, adapter, train_enc, optimizer, scheduler, gen, batch_size, params.batch_tokens, env
+    )
     if env.mode == "fsdp":
-        loop.filler = _filler(adapter, model, train_enc)
+        loop.filler = next((e for e in train_enc if adapter.learnable(e)), None)
     return loop, dev_enc, skipped
 
 
@@ -204,11 +207,20 @@ def _build(adapter: TaskAdapter, base: Path, max_len: int, device: torch.device)
     return model.to(device)
 
 
-@torch.no_grad()
-def _filler(adapter: TaskAdapter, model: torch.nn.Module, train_enc: list):
-    """The first training example that has a loss (adapters decide "nothing to learn" before
-    any forward pass, so every rank runs the same forwards here)."""
-    return next((e for e in train_enc if adapter.loss(model, e) is not None), None)
+def micro_batches(encs: list, batch_tokens: int) -> list[list]:
+    """`encs` in order, cut into forward passes of at most `batch_tokens` tokens (windows x
+    longest window, padding included); an example over the budget goes alone."""
+    groups: list[list] = []
+    rows = width = 0
+    for enc in encs:
+        n, longest = len(enc.windows), max(len(w.ids) for w in enc.windows)
+        if groups and (rows + n) * max(width, longest) <= batch_tokens:
+            rows, width = rows + n, max(width, longest)
+            groups[-1].append(enc)
+        else:
+            rows, width = n, longest
+            groups.append([enc])
+    return groups
 
 
 def _train_epoch(loop: _Loop, bar) -> None:
@@ -236,24 +248,38 @@ def _train_epoch(loop: _Loop, bar) -> None:
         mlflow.log_metric("epoch_loss", loop.epoch_losses[-1], step=len(loop.epoch_losses))
 
 
-def _step(loop: _Loop, batch: list) -> tuple[float, int, int]:
-    """One optimizer step over `batch`, of which this rank runs examples r, r + W, ... (W data
-    ranks); gradients are averaged as one process averages them over the whole batch. Returns
-    (summed loss, examples that had something to learn from, tokens), summed over the ranks."""
+def _shares(loop: _Loop, encs: list, batch_tokens: int, keep=None) -> tuple[list[list], int]:
+    """This rank's forward passes over its share of `encs` (examples r, r + W, ... of W data
+    ranks; only those `keep` accepts), shortest first so that a pass pads little, and how many
+    passes each rank must run: under fsdp every forward gathers parameters, so every rank runs as
+    many as the busiest one (each rank works the count out alone: all hold every example)."""
     env = loop.env
-    mine = batch[env.dp_rank :: env.dp_world]
-    # fsdp: every forward gathers parameters, so every rank runs as many as the busiest one
-    slots = -(-len(batch) // env.dp_world) if env.mode == "fsdp" else len(mine)
+    passes = []
+    for r in range(env.dp_world):
+        share = [e for e in encs[r :: env.dp_world] if keep is None or keep(e)]
+        share.sort(key=lambda e: max(len(w.ids) for w in e.windows))
+        passes.append(micro_batches(share, batch_tokens))
+    mine = passes[env.dp_rank]
+    return mine, max(map(len, passes)) if env.mode == "fsdp" else len(mine)
+
+
+def _step(loop: _Loop, batch: list) -> tuple[float, int, int]:
+    """One optimizer step over `batch`, of which this rank runs its share in forward passes of
+    up to `finetune.batch_tokens` tokens; gradients are averaged as one process averages them
+    over the whole batch. Examples with nothing to learn from (e.g. answer not in the evidence)
+    are left out. Returns (summed loss, examples learnt from, tokens), summed over the ranks."""
+    env, adapter = loop.env, loop.adapter
+    mine, slots = _shares(loop, batch, loop.batch_tokens, adapter.learnable)
     stats = torch.zeros(3, dtype=torch.float64)
     for j in range(slots):
-        enc = mine[j] if j < len(mine) else None
-        loss = None if enc is None else loop.adapter.loss(loop.model, enc)
-        if loss is None:  # nothing to learn from (e.g. answer not in the evidence)
-            if env.mode == "fsdp" and loop.filler is not None:
-                (loop.adapter.loss(loop.model, loop.filler) * 0.0).backward()
+        if j >= len(mine):  # fsdp: a zero-weight pass keeps this rank's gathers in step
+            if loop.filler is not None:
+                (adapter.losses(loop.model, [loop.filler]).sum() * 0.0).backward()
             continue
-        (loss * env.dp_world / len(batch)).backward()
-        stats += torch.tensor([loss.item(), 1.0, n_tokens(enc)], dtype=torch.float64)
+        losses = adapter.losses(loop.model, mine[j])
+        (losses.sum() * env.dp_world / len(batch)).backward()
+        tokens = sum(n_tokens(e) for e in mine[j])
+        stats += torch.tensor([losses.sum().item(), len(mine[j]), tokens], dtype=torch.float64)
     batch_loss, used, tokens = env.data_sum(stats).tolist()
     if used:
         parallel.sync_gradients(loop.model, env, wrapped=False)
@@ -270,14 +296,16 @@ def _predict_dev(loop: _Loop, dev_enc: list) -> dict | None:
     predicts its share and rank 0 gathers them."""
     env, model, adapter = loop.env, loop.model, loop.adapter
     model.eval()
-    mine = dev_enc[env.dp_rank :: env.dp_world]
-    slots = -(-len(dev_enc) // env.dp_world) if env.mode == "fsdp" else len(mine)
+    # a generating adapter's predictions run as many (collective) forwards as it has examples:
+    # one example a pass keeps the fsdp ranks' counts equal
+    mine, slots = _shares(loop, dev_enc, loop.batch_tokens if adapter.predicts_in_passes else 1)
     predictions = {}
     for j in range(slots):
         if j < len(mine):
-            predictions[mine[j].id] = adapter.predict(model, mine[j])
+            for enc, prediction in zip(mine[j], adapter.predictions(model, mine[j]), strict=True):
+                predictions[enc.id] = prediction
         else:  # fsdp: a discarded prediction keeps this rank's parameter gathers in step
-            adapter.predict(model, dev_enc[0])
+            adapter.predictions(model, dev_enc[:1])
     gathered = env.gather(predictions)
     if not env.main:
         return None
