@@ -97,7 +97,7 @@ def test_score_reproduces_finetuning_dev_predictions(task, base, tmp_path, monke
             # and the probabilities are those of fine-tuning's aggregated window logits
             with torch.inference_mode():
                 enc = adapter.encode(ex, MAX_LEN, OVERLAP, None, False)
-                ref = torch.softmax(adapter.logits(model, enc), -1).tolist()
+                ref = torch.softmax(adapter.logits(model, [enc])[0], -1).tolist()
             assert max(abs(a - b) for a, b in zip(row["probabilities"], ref, strict=True)) < 1e-5
         else:
             assert row["answer"] == dev_preds[ex.id]

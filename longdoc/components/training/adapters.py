@@ -20,7 +20,9 @@ once, before training, and knows how to score them:
   dev predictions generated with the settings the checkpoint keeps.
 
 Windows (training.windows) apply when an input is longer than `max_len`; with `max_windows=1`
-the same code truncates, which is how the 512-token baseline is built.
+the same code truncates, which is how the 512-token baseline is built. `losses` and
+`predictions` take several examples and run their windows in one forward pass (padded to the
+longest window); each example's loss and prediction are what it would get alone.
 """
 
 from __future__ import annotations
@@ -117,8 +119,11 @@ def _windows(encs: list[Encoded]) -> list[Window]:
 
 def _rows(encs: list[Encoded]) -> list[slice]:
     """Each example's rows in a batch of the windows of `encs` (in order)."""
-    ends = torch.tensor([len(e.windows) for e in encs]).cumsum(0).tolist()
-    return [slice(end - len(e.windows), end) for e, end in zip(encs, ends, strict=True)]
+    rows, start = [], 0
+    for enc in encs:
+        rows.append(slice(start, start + len(enc.windows)))
+        start += len(enc.windows)
+    return rows
 
 
 def _batch(encs: list[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
