@@ -320,8 +320,8 @@ class FinetuneParams(_Section):
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 4
     # a step's examples run in forward passes of up to this many tokens (windows x longest
-    # window); an example over it runs alone
-    batch_tokens: PositiveInt = 8192
+    # window); an example over it runs alone. 4096: one window of the default max_len
+    batch_tokens: PositiveInt = 4096
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
     warmup_ratio: Fraction = 0.1
     max_train_samples: PositiveInt | None = None
