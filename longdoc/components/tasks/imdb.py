@@ -109,6 +109,6 @@ TASK = register_module(
     adapter="classification",
     labels=LABELS,
     data_dir="aclImdb",
-    epochs=2,  # params.yaml: imdb trains to ~zero loss well within 2 epochs
+    epochs=4,  # params.yaml: the demo model leaves the 0.69 plateau in epoch 2-4, or never
     sample="longdoc.components.synthetic.imdb_sample:write_imdb",
 )
