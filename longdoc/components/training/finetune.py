@@ -207,13 +207,18 @@ def _build(adapter: TaskAdapter, base: Path, max_len: int, device: torch.device)
     return model.to(device)
 
 
+def _longest(enc) -> int:
+    """The tokens of `enc`'s longest window: the width a pass pads it to."""
+    return max(len(w.ids) for w in enc.windows)
+
+
 def micro_batches(encs: list, batch_tokens: int) -> list[list]:
     """`encs` in order, cut into forward passes of at most `batch_tokens` tokens (windows x
     longest window, padding included); an example over the budget goes alone."""
     groups: list[list] = []
     rows = width = 0
     for enc in encs:
-        n, longest = len(enc.windows), max(len(w.ids) for w in enc.windows)
+        n, longest = len(enc.windows), _longest(enc)
         if groups and (rows + n) * max(width, longest) <= batch_tokens:
             rows, width = rows + n, max(width, longest)
             groups[-1].append(enc)
@@ -257,7 +262,7 @@ def _shares(loop: _Loop, encs: list, batch_tokens: int, keep=None) -> tuple[list
     passes = []
     for r in range(env.dp_world):
         share = [e for e in encs[r :: env.dp_world] if keep is None or keep(e)]
-        share.sort(key=lambda e: max(len(w.ids) for w in e.windows))
+        share.sort(key=_longest)
         passes.append(micro_batches(share, batch_tokens))
     mine = passes[env.dp_rank]
     return mine, max(map(len, passes)) if env.mode == "fsdp" else len(mine)
@@ -276,10 +281,10 @@ def _step(loop: _Loop, batch: list) -> tuple[float, int, int]:
             if loop.filler is not None:
                 (adapter.losses(loop.model, [loop.filler]).sum() * 0.0).backward()
             continue
-        losses = adapter.losses(loop.model, mine[j])
-        (losses.sum() * env.dp_world / len(batch)).backward()
+        loss = adapter.losses(loop.model, mine[j]).sum()
+        (loss * env.dp_world / len(batch)).backward()
         tokens = sum(n_tokens(e) for e in mine[j])
-        stats += torch.tensor([losses.sum().item(), len(mine[j]), tokens], dtype=torch.float64)
+        stats += torch.tensor([loss.item(), len(mine[j]), tokens], dtype=torch.float64)
     batch_loss, used, tokens = env.data_sum(stats).tolist()
     if used:
         parallel.sync_gradients(loop.model, env, wrapped=False)
