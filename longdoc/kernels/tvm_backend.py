@@ -592,10 +592,11 @@ def _band_len(m: int, rows: int, spec: _BandSpec) -> int:
 
 
 def _pack(fns, x: torch.Tensor, hs: slice, out: torch.Tensor, w: int, transposed: bool) -> None:
-    """Heads ``hs`` of ``x (B, m, H, D)`` into the padded buffer ``out``, ``(B, h, D, length)``
-    if ``transposed`` else ``(B, h, length, D)``, by the compiled (parallel) pack kernels: one
-    pass, zeros written only where they belong. Layout: ``w`` zeros, ``x``, zeros."""
-    length = out.shape[-1] if transposed else out.shape[-2]
+    """Heads ``hs`` of ``x (B, m, H, D)`` into the padded buffer ``out``, ``(B, h, length /
+    KEY_TILE, D, KEY_TILE)`` (tiles of positions, each transposed) if ``transposed`` else ``(B,
+    h, length, D)``, by the compiled (parallel) pack kernels: one pass, zeros written only where
+    they belong. Layout: ``w`` zeros, ``x``, zeros."""
+    length = out.shape[2] * out.shape[4] if transposed else out.shape[2]
     fns["pack_t" if transposed else "pack_p"](x, out, hs.start, w, 0, length)
 
 
@@ -629,6 +630,15 @@ def _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec):
     return out, lse
 
 
+def _private_rows(w: int) -> int:
+    """Private dq rows of one backward segment: its ``SEG_KEYS`` keys' queries reach ``w``
+    before and after it, and its query tiles start up to ``KEY_TILE - 1`` positions early
+    (aligned to ``pack_t``'s blocks), plus a tile of slack at the end."""
+    from .tvm_source import KEY_TILE, SEG_KEYS
+
+    return SEG_KEYS + 2 * w + 2 * KEY_TILE
+
+
 def _band_backward(q, k, v, key_ok, g_out, lse_s, delta, fns, spec: _BandSpec):
     """The band's ``dq, dk, dv`` (fresh ``(B, m, H, D)`` tensors) from the compiled backward:
     ``lse_s`` is the log-sum-exp with ``BIG`` on rows that take no part (no usable key, or
@@ -647,7 +657,7 @@ def _band_backward(q, k, v, key_ok, g_out, lse_s, delta, fns, spec: _BandSpec):
     # the query-side packed copies and the private dq rows, allocated once for the widest group
     per_pack, per_dqp = (
         b * widest * d * len_k,
-        b * widest * segs * (SEG_KEYS + 2 * w + KEY_TILE) * d,
+        b * widest * segs * _private_rows(w) * d,
     )
     stores = [torch.empty(per_pack, dtype=torch.float32) for _ in range(4)]
     dqp_store = torch.empty(per_dqp, dtype=torch.float32)
@@ -658,7 +668,7 @@ def _band_backward(q, k, v, key_ok, g_out, lse_s, delta, fns, spec: _BandSpec):
         # ds^T k into private dq rows per segment of SEG_KEYS keys (no write races), which
         # dq_overlap_add then sums. The band's p and ds are computed once, not twice.
         hg = hs.stop - hs.start
-        tshape, pshape = (b, hg, d, len_k), (b, hg, len_k, d)
+        tshape, pshape = (b, hg, len_k // KEY_TILE, d, KEY_TILE), (b, hg, len_k, d)
         qt, dot, qp, dop = (
             _scratch(s, shape)
             for s, shape in zip(stores, (tshape, tshape, pshape, pshape), strict=True)
@@ -667,8 +677,7 @@ def _band_backward(q, k, v, key_ok, g_out, lse_s, delta, fns, spec: _BandSpec):
         _pack(fns, g_out, hs, dot, w, transposed=True)
         _pack(fns, q, hs, qp, w, transposed=False)
         _pack(fns, g_out, hs, dop, w, transposed=False)
-        # private rows of a segment: its keys' queries reach ``w`` before and after it
-        dqp = _scratch(dqp_store, (b, hg, segs, SEG_KEYS + 2 * w + KEY_TILE, d))
+        dqp = _scratch(dqp_store, (b, hg, segs, _private_rows(w), d))
         lsep, deltap = lsep_all[:, hs].contiguous(), deltap_all[:, hs].contiguous()
         fns["dkdv"](
             k, v, okf, qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w, causal, hs.start, blk, nbr

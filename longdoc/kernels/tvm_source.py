@@ -10,12 +10,14 @@ global-key slots runtime arguments). Row-side tensors (the queries of the forwar
 keys of the backward kernel, and every output) are the caller's full ``(B, n, HF, D)`` tensors,
 read and written in place: no copies. The forward kernel reads its keys and values in place
 too. The backward kernel reads its query-side operands packed per head group by ``pack_t`` /
-``pack_p`` (transposed / natural layout): ``w`` zeros, then the sequence, then zeros far enough
-(a multiple of ``KT``) that tile reads never leave the buffers. The last row tile may overhang
-``n``: its reads are clamped to row ``n-1``, its writes skipped.
+``pack_p`` (transposed tile by tile / natural layout): ``w`` zeros, then the sequence, then
+zeros far enough (a multiple of ``KT``) that tile reads never leave the buffers. The last row
+tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skipped.
 
-* ``pack_t(x (B,n,HF,D), xt (B,HG,D,NP), h0, left, start, stop)``, ``pack_p(x, xp (B,HG,NP,D),
-  ...)``: packed positions ``[start, stop)``, ``x[p - left]`` where that is a row, else 0.
+* ``pack_t(x (B,n,HF,D), xt (B,HG,NP/KT,D,KT), h0, left, start, stop)``, ``pack_p(x, xp
+  (B,HG,NP,D), ...)``: packed positions ``[start, stop)`` (multiples of ``KT``), ``x[p -
+  left]`` where that is a row, else 0; ``pack_t`` stores each tile of ``KT`` positions as one
+  contiguous ``D x KT`` block.
 * ``sliding_window_fwd(q, k, v, gk, gv (B,G,HF,D), ok (B,NP), o, lse (B,n,HF), w, causal,
   gp)``: every head; softmax over the ``G`` global keys ``gk, gv`` and the band, online
   (flash-style) across chunks of up to ``CH`` keys with an exact max and sum inside each chunk;
@@ -32,7 +34,8 @@ too. The backward kernel reads its query-side operands packed per head group by 
   (``i - j`` in ``[-w, w]``, or ``[0, w]`` when causal; query-side tensors packed, padded on the
   left by ``w``, ``lse`` finite: ``+BIG`` on rows with no key, so their ``p`` is 0). The same
   ``ds`` gives ``dq``: each parallel task owns ``SEG`` keys and adds ``ds^T k`` into its own
-  private rows ``dqp (B,HG,NS,SP,D)`` (no write races between tasks).
+  private rows ``dqp (B,HG,NS,SP,D)`` (no write races between tasks; packed position ``P`` is
+  row ``P - g * SEG + KT`` of segment ``g``, ``SP = SEG + 2w + 2KT``).
 * ``dq_overlap_add(dqp, dq, w, h0)``: ``dq = scale * sum`` of the private rows that hold each
   query (at most ``2 + 2w/SEG`` segments). The global keys' part of ``dq`` is the caller's.
 
@@ -56,7 +59,12 @@ kernels", tuning figures).
 Backward schedule: one parallel loop over ``(batch, head, segment)``. A tile of ``KR`` keys
 streams the queries in tiles of ``KT`` positions, so each loaded query vector serves all keys of
 the tile: scores are ``KR x KT`` register blocks built by ``D`` broadcast-FMAs over contiguous
-transposed operands (a serial loop over ``D``, which LLVM strength-reduces to pointer increments),
+transposed operands (a serial loop over ``D``, which LLVM strength-reduces to pointer increments).
+The query tiles are aligned to ``KT`` in packed positions (up to ``KT - 1`` masked queries
+more per key tile), so each is one contiguous ``D x KT`` block of ``pack_t``'s output: with the
+transposed buffers ``(D, NP)``, each of the ``D`` steps touched a cache line ``NP`` floats from
+the last, and the backward ran 11% slower (benchmarks/RESULTS.md, "Backward query tiles in
+contiguous blocks"),
 and the ``dk``/``dv`` accumulators are vectorised over ``D`` and filled ``DK_COLS`` columns at a
 time, so that they stay in registers through the tile's queries.
 
@@ -195,9 +203,9 @@ def sliding_window(
         n = T.int32()
         HF = T.int32()
         HG = T.int32()
-        NP = T.int32()
+        NB = T.int32()
         x = T.match_buffer(x_h, (B, n, HF, D), "float32")
-        xt = T.match_buffer(xt_h, (B, HG, D, NP), "float32")
+        xt = T.match_buffer(xt_h, (B, HG, NB, D, KT), "float32")
         nblk = (stop - start) // KT
         for r in T.parallel(B * HG * nblk):
             b = r // (HG * nblk)
@@ -205,7 +213,7 @@ def sliding_window(
             p0 = start + r % nblk * KT
             for d in T.serial(D):
                 for t in T.vectorized(KT):
-                    xt[b, h, d, p0 + t] = T.if_then_else(
+                    xt[b, h, p0 // KT, d, t] = T.if_then_else(
                         p0 + t >= left and p0 + t < left + n,
                         x[b, T.max(T.min(p0 + t - left, n - 1), 0), h0 + h, d],
                         T.float32(0),
@@ -504,13 +512,14 @@ def sliding_window(
         HF = T.int32()
         HG = T.int32()
         NQ = T.int32()
+        NB = T.int32()
         NS = T.int32()
         SP = T.int32()
         k = T.match_buffer(k_h, (B, n, HF, D), "float32")
         v = T.match_buffer(v_h, (B, n, HF, D), "float32")
         okk = T.match_buffer(okk_h, (B, n), "float32")
-        qt = T.match_buffer(qt_h, (B, HG, D, NQ), "float32")
-        dot = T.match_buffer(dot_h, (B, HG, D, NQ), "float32")
+        qt = T.match_buffer(qt_h, (B, HG, NB, D, KT), "float32")
+        dot = T.match_buffer(dot_h, (B, HG, NB, D, KT), "float32")
         qp = T.match_buffer(qp_h, (B, HG, NQ, D), "float32")
         dop = T.match_buffer(dop_h, (B, HG, NQ, D), "float32")
         lsep = T.match_buffer(lsep_h, (B, HG, NQ), "float32")
@@ -538,12 +547,13 @@ def sliding_window(
             for jt in T.serial(SEG // KR):
                 j0 = g * SEG + jt * KR
                 # key a of the tile is seen by queries [kql[a], kqh[a]); the tile streams the
-                # queries [qs, qs + ntiles * KT), packed position base = qs + w
+                # queries [qs, qs + ntiles * KT) from packed position base = qs + w, rounded
+                # down to a whole pack_t block
                 for a in T.serial(KR):
                     kql[a] = _query_lo(j0 + a, w, causal, blk, nbr)
                     kqh[a] = _query_hi(j0 + a, w, blk, nbr)
-                qs = kql[0]
-                base = qs + w
+                base = (kql[0] + w) // KT * KT
+                qs = base - w
                 ntiles = (kqh[KR - 1] - qs + KT - 1) // KT
                 if j0 < n:
                     for a in T.unroll(KR):
@@ -564,11 +574,11 @@ def sliding_window(
                                 for t in T.vectorized(KT):
                                     s[a * KT + t] = (
                                         s[a * KT + t]
-                                        + kr[a * D + d] * qt[b, h, d, base + c * KT + t]
+                                        + kr[a * D + d] * qt[b, h, base // KT + c, d, t]
                                     )
                                     dp[a * KT + t] = (
                                         dp[a * KT + t]
-                                        + vr[a * D + d] * dot[b, h, d, base + c * KT + t]
+                                        + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
                                     )
                         for a in T.unroll(KR):
                             for t in T.vectorized(KT):
@@ -603,8 +613,8 @@ def sliding_window(
                         for t in T.serial(KT):
                             # dq of query (base + c*KT + t): ds^T k over this tile's keys
                             for dd in T.vectorized(D):
-                                dqp[b, h, g, base - g * SEG + c * KT + t, dd] = dqp[
-                                    b, h, g, base - g * SEG + c * KT + t, dd
+                                dqp[b, h, g, base - g * SEG + KT + c * KT + t, dd] = dqp[
+                                    b, h, g, base - g * SEG + KT + c * KT + t, dd
                                 ] + _dot_rows(dp, kr, t, dd)
                     for a in T.unroll(KR):
                         if j0 + a < n:
@@ -628,14 +638,14 @@ def sliding_window(
             b = r // n
             i = r % n
             # segments whose private rows hold query i: row i + w - g * SEG in [0, SP)
-            g_lo = T.max(0, (i + w - SP) // SEG + 1)
-            g_hi = T.min(NS - 1, (i + w) // SEG)
+            g_lo = T.max(0, (i + w + KT - SP) // SEG + 1)
+            g_hi = T.min(NS - 1, (i + w + KT) // SEG)
             for h in T.serial(HG):
                 for dd in T.vectorized(D):
                     acc[dd] = T.float32(0)
                 for u in T.serial(g_hi - g_lo + 1):
                     for dd in T.vectorized(D):
-                        acc[dd] = acc[dd] + dqp[b, h, g_lo + u, i + w - (g_lo + u) * SEG, dd]
+                        acc[dd] = acc[dd] + dqp[b, h, g_lo + u, i + w + KT - (g_lo + u) * SEG, dd]
                 for dd in T.vectorized(D):
                     dq[b, i, h0 + h, dd] = acc[dd] * T.float32(scale)
 
