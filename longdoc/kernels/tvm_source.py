@@ -186,6 +186,13 @@ def sliding_window(
     SEG = seg_keys
     DC = next(x for x in (DK_COLS, 16, 8, 4, 2, 1) if head_dim % x == 0)
 
+    def _min_rows(x):
+        """``min_a x[a]`` over the tile's key rows as one expression."""
+        least = x[0]
+        for a in range(1, KR):
+            least = T.min(least, x[a])
+        return least
+
     def _dot_rows(ds, kr, t, dd):
         """``sum_a ds[a, t] * kr[a, dd]`` over the tile's key rows as one expression: one load
         and one store of the dq accumulator per query, not one per key row."""
@@ -565,6 +572,7 @@ def sliding_window(
                         kok[a] = T.if_then_else(
                             j0 + a < n, okk[b, T.min(j0 + a, n - 1)], T.float32(0)
                         )
+                    kmin = _min_rows(kok)
                     for c in T.serial(ntiles):
                         for x in T.vectorized(KR * KT):
                             s[x] = T.float32(0)
@@ -580,21 +588,38 @@ def sliding_window(
                                         dp[a * KT + t]
                                         + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
                                     )
-                        for a in T.unroll(KR):
-                            for t in T.vectorized(KT):
-                                s[a * KT + t] = T.if_then_else(
-                                    qs + c * KT + t >= kql[a]
-                                    and qs + c * KT + t < kqh[a]
-                                    and kok[a] > T.float32(0),
-                                    _exp(
+                        # p and ds; only the tiles at a band edge or a padding key need the
+                        # per-(key, query) mask
+                        if (
+                            qs + c * KT >= kql[KR - 1]
+                            and qs + c * KT + KT <= kqh[0]
+                            and kmin > T.float32(0)
+                        ):
+                            for a in T.unroll(KR):
+                                for t in T.vectorized(KT):
+                                    s[a * KT + t] = _exp(
                                         s[a * KT + t] * T.float32(scale)
                                         - lsep[b, h, base + c * KT + t]
-                                    ),
-                                    T.float32(0),
-                                )
-                                dp[a * KT + t] = s[a * KT + t] * (
-                                    dp[a * KT + t] - deltap[b, h, base + c * KT + t]
-                                )
+                                    )
+                                    dp[a * KT + t] = s[a * KT + t] * (
+                                        dp[a * KT + t] - deltap[b, h, base + c * KT + t]
+                                    )
+                        else:
+                            for a in T.unroll(KR):
+                                for t in T.vectorized(KT):
+                                    s[a * KT + t] = T.Select(
+                                        qs + c * KT + t >= kql[a]
+                                        and qs + c * KT + t < kqh[a]
+                                        and kok[a] > T.float32(0),
+                                        _exp(
+                                            s[a * KT + t] * T.float32(scale)
+                                            - lsep[b, h, base + c * KT + t]
+                                        ),
+                                        T.float32(0),
+                                    )
+                                    dp[a * KT + t] = s[a * KT + t] * (
+                                        dp[a * KT + t] - deltap[b, h, base + c * KT + t]
+                                    )
                         # dv += p^T do, dk += ds^T q, DC columns at a time (DK_COLS)
                         for part in T.unroll(D // DC):
                             for t in T.serial(KT):
