@@ -46,6 +46,7 @@ atomically (temp file in the same directory + ``os.replace``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import importlib.metadata
@@ -397,6 +398,8 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
             raise ValueError(f"backend 'tvm' can't run CUDA kernels: {why}")
     res = ensure_variant(root, target_name, "float32", head_dim)
     lib = tvm.runtime.load_module(res["path"])
+    if not target_name.startswith("cuda"):
+        _share_torch_threads(res["path"])
     if target_name.startswith("cuda"):
         fns = {"fwd": lib["gpu_fwd"], "dq": lib["gpu_bwd_dq"], "dkdv": lib["gpu_bwd_dkdv"]}
     else:
@@ -415,6 +418,85 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
             )
     _loaded[memo] = fns
     return fns
+
+
+OMP_LAUNCH_SOURCE = Path(__file__).with_name("omp_launch.c")
+_omp_launchers: dict[str, Any] = {}  # launcher key -> its ctypes library, or None if unbuildable
+_tvm_pool_launch: dict[str, int] = {}  # kernel library path -> TVM's own launcher (address)
+
+
+def _openmp_runtime() -> str | None:
+    """Path of the OpenMP runtime loaded in this process (torch's libgomp; LLVM's libomp and
+    Intel's libiomp5 export the same ``GOMP_*`` entry points), from ``/proc/self/maps``; None
+    where there is none or no such file (not Linux)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        name = os.path.basename(fields[5]) if len(fields) == 6 else ""
+        if name.startswith(("libgomp", "libomp", "libiomp5")) and ".so" in name:
+            return fields[5]
+    return None
+
+
+def _omp_launcher(directory: Path):
+    """``omp_launch.c`` compiled against this process's OpenMP runtime (ctypes library), cached
+    as ``omp_launch-<hash>.so`` in ``directory`` (the hash covers the source and the runtime's
+    path); None, with a warning, where it cannot be built (no compiler, no OpenMP runtime)."""
+    runtime = _openmp_runtime()
+    if runtime is None:
+        return None
+    key = hashlib.sha256(OMP_LAUNCH_SOURCE.read_bytes() + runtime.encode()).hexdigest()[:16]
+    if key in _omp_launchers:
+        return _omp_launchers[key]
+    path = directory / f"omp_launch-{key}.so"
+    launcher = None
+    try:
+        if not path.exists():
+            _import_tvm()
+            from tvm.support import cc
+
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".omp_launch.", suffix=".so")
+            os.close(fd)
+            try:  # linked against the runtime torch loaded: the same library, the same threads
+                cc.create_shared(tmp, [str(OMP_LAUNCH_SOURCE), runtime], options=["-O2"])
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        launcher = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning(
+            "tvm kernels keep TVM's own thread pool: the OpenMP launcher did not build (%s)", exc
+        )
+    _omp_launchers[key] = launcher
+    return launcher
+
+
+def _launch_slot(kernel_path: str) -> ctypes.c_void_p:
+    """The kernel library's ``__TVMBackendParallelLaunch``: the function its parallel loops
+    start through, which TVM's runtime sets to its own thread pool when it loads the library
+    (``dlopen`` of the same path returns TVM's handle)."""
+    return ctypes.c_void_p.in_dll(ctypes.CDLL(kernel_path), "__TVMBackendParallelLaunch")
+
+
+def _share_torch_threads(kernel_path: str) -> None:
+    """Run the kernel library's parallel loops on torch's OpenMP threads (``omp_launch.c``):
+    TVM's pool and torch's on the same cores each spun for milliseconds while the other worked,
+    which cost the MLM training step 8-11% (benchmarks/RESULTS.md, "One thread pool").
+    ``LONGDOC_TVM_POOL=tvm`` keeps TVM's pool (its threads: ``TVM_NUM_THREADS``); otherwise the
+    kernels use ``torch.get_num_threads()`` threads, as torch's own operations do."""
+    if os.environ.get("LONGDOC_TVM_POOL", "openmp") == "tvm":
+        return
+    launcher = _omp_launcher(Path(kernel_path).parent)
+    if launcher is None:
+        return
+    slot = _launch_slot(kernel_path)
+    ours = ctypes.cast(launcher.longdoc_omp_parallel_launch, ctypes.c_void_p).value
+    if slot.value != ours:
+        _tvm_pool_launch[kernel_path] = slot.value
+        slot.value = ours
 
 
 @functools.lru_cache(maxsize=8)
