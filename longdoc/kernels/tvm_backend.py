@@ -398,11 +398,10 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
             raise ValueError(f"backend 'tvm' can't run CUDA kernels: {why}")
     res = ensure_variant(root, target_name, "float32", head_dim)
     lib = tvm.runtime.load_module(res["path"])
-    if not target_name.startswith("cuda"):
-        _share_torch_threads(res["path"])
     if target_name.startswith("cuda"):
         fns = {"fwd": lib["gpu_fwd"], "dq": lib["gpu_bwd_dq"], "dkdv": lib["gpu_bwd_dkdv"]}
     else:
+        _share_torch_threads(res["path"])
         fns = {
             "fwd": lib["sliding_window_fwd"],
             "dkdv": lib["sliding_window_bwd_dkdv"],
@@ -484,7 +483,7 @@ def _launch_slot(kernel_path: str) -> ctypes.c_void_p:
 def _share_torch_threads(kernel_path: str) -> None:
     """Run the kernel library's parallel loops on torch's OpenMP threads (``omp_launch.c``):
     TVM's pool and torch's on the same cores each spun for milliseconds while the other worked,
-    which cost the MLM training step 8-11% (benchmarks/RESULTS.md, "One thread pool").
+    which cost the MLM training step 8-11% (benchmarks/RESULTS.md, "Kernels round three").
     ``LONGDOC_TVM_POOL=tvm`` keeps TVM's pool (its threads: ``TVM_NUM_THREADS``); otherwise the
     kernels use ``torch.get_num_threads()`` threads, as torch's own operations do."""
     if os.environ.get("LONGDOC_TVM_POOL", "openmp") == "tvm":
