@@ -46,11 +46,10 @@ __all__ = ["unit_runner", "with_runner"]
 log = logging.getLogger(__name__)
 
 # The environment of each LocalCluster worker (README: set the same on a cluster of your own):
-# one core per unit (Dask itself sets OMP_NUM_THREADS=1 for workers), torch's OpenMP threads
-# sleeping between ops (as every inference path here: flows.stages.inference_threads), and the
-# Rust tokenizer not spreading one unit over every core.
+# one core per unit (Dask itself sets OMP_NUM_THREADS=1 for workers, which the compiled kernels
+# follow; TVM_NUM_THREADS for the case they fall back to TVM's own pool), and the Rust tokenizer
+# not spreading one unit over every core.
 _WORKER_ENV = {
-    "OMP_WAIT_POLICY": "PASSIVE",
     "TVM_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }

@@ -8,8 +8,6 @@ one (a deployment run with no parameters) they read `params.yaml` from the worki
 from __future__ import annotations
 
 import errno
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -134,26 +132,8 @@ def _finetune(params: Params) -> dict:
     return finetune(params.finetune, params.tracking)
 
 
-def inference_threads() -> None:
-    """Every inference path goes through here (`longdoc score`, the score stage of the
-    pipeline, the `score` and `batch-score` deployments): make torch's OpenMP threads sleep
-    instead of spinning after each op, because the compiled TVM kernels run on their own thread
-    pool between torch ops and spinning threads take their cores. libgomp reads the setting
-    when torch loads, so it only applies in a process that has not loaded torch yet (a pipeline
-    that trained in the same process keeps the default); an explicit setting always wins.
-    Training keeps libgomp's default: there, passive threads cost more than they save."""
-    if "torch" in sys.modules:
-        if os.environ.get("OMP_WAIT_POLICY") is None:
-            logging.getLogger(__name__).info(
-                "torch already loaded in this process: OMP_WAIT_POLICY left at its default"
-            )
-        return
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 @task(name="score-documents", **IO_RETRIES)
 def _score(params: Params) -> dict:
-    inference_threads()
     _use_kernels(params)
     from longdoc.components.inference.score import score
 

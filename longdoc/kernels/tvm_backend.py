@@ -442,12 +442,16 @@ def _openmp_runtime() -> str | None:
 
 def _omp_launcher(directory: Path):
     """``omp_launch.c`` compiled against this process's OpenMP runtime (ctypes library), cached
-    as ``omp_launch-<hash>.so`` in ``directory`` (the hash covers the source and the runtime's
-    path); None, with a warning, where it cannot be built (no compiler, no OpenMP runtime)."""
+    as ``omp_launch-<hash>.so`` in ``directory``; None, with a warning, where it cannot be built
+    (no compiler, no OpenMP runtime). The library records the runtime by file name
+    (``libgomp.so.1``), which the loader resolves to the copy torch already loaded, so the hash
+    covers the source and that name, not the path: a kernel cache copied to another
+    environment keeps its launcher."""
     runtime = _openmp_runtime()
     if runtime is None:
         return None
-    key = hashlib.sha256(OMP_LAUNCH_SOURCE.read_bytes() + runtime.encode()).hexdigest()[:16]
+    name = os.path.basename(runtime).encode()
+    key = hashlib.sha256(OMP_LAUNCH_SOURCE.read_bytes() + name).hexdigest()[:16]
     if key in _omp_launchers:
         return _omp_launchers[key]
     path = directory / f"omp_launch-{key}.so"

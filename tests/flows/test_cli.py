@@ -174,27 +174,6 @@ def test_version_help_defaults_and_hidden_aliases():
         )
 
 
-def test_every_inference_path_runs_openmp_passive_unless_told_otherwise(tmp_path):
-    """The score task (behind `longdoc score`, the pipeline's score stage and both score
-    deployments) sets OMP_WAIT_POLICY=PASSIVE before torch loads; an explicit setting wins;
-    nothing else sets it. Fresh interpreters: whether torch is loaded is the point."""
-    code = (
-        "import os, sys; from longdoc.flows import stages;"
-        "assert 'torch' not in sys.modules; stages.inference_threads();"
-        "print(os.environ.get('OMP_WAIT_POLICY'))"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "PASSIVE", out.stderr
-    out = subprocess.run(
-        [sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert out.stdout.strip() == "ACTIVE", out.stderr
-    cli = (REPO / "longdoc/flows/cli.py").read_text() + (REPO / "prefect.yaml").read_text()
-    assert "OMP_WAIT_POLICY" not in cli  # one place
-
-
 def test_score_that_scores_nothing_exits_3(tmp_path, monkeypatch):
     """Every input an error: the summary line, then one error line, and exit code 3."""
     from tests.components.test_score import own_store, register
