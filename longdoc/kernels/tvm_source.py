@@ -63,8 +63,8 @@ transposed operands (a serial loop over ``D``, which LLVM strength-reduces to po
 The query tiles are aligned to ``KT`` in packed positions (up to ``KT - 1`` masked queries
 more per key tile), so each is one contiguous ``D x KT`` block of ``pack_t``'s output: with the
 transposed buffers ``(D, NP)``, each of the ``D`` steps touched a cache line ``NP`` floats from
-the last, and the backward ran 11% slower (benchmarks/RESULTS.md, "Backward query tiles in
-contiguous blocks"),
+the last, and the backward took 1.08-1.20x as long (benchmarks/RESULTS.md, "Kernels round
+three"),
 and the ``dk``/``dv`` accumulators are vectorised over ``D`` and filled ``DK_COLS`` columns at a
 time, so that they stay in registers through the tile's queries.
 
