@@ -182,15 +182,29 @@ def resolve_target(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def cuda_runtime_error() -> str | None:
-    """Why compiled CUDA kernels can't run here (None if they can): they need a TVM built with
-    the CUDA runtime and a visible GPU. The ``apache-tvm`` wheel installed here (0.27) compiles
-    CUDA code but has no CUDA runtime."""
+    """Why compiled CUDA kernels can't run here (None if they can). The ``apache-tvm`` wheel
+    (0.27) ships its CUDA runtime as a sidecar library, ``libtvm_runtime_cuda.so``, which
+    ``import tvm`` loads when it can and skips silently when it cannot: it needs the NVIDIA
+    driver (``libcuda.so.1``) and the CUDA 13 runtime (``libcudart.so.13``). The message names
+    what is missing; without the sidecar, TVM was built without CUDA."""
     tvm = _import_tvm()
     if not tvm.runtime.enabled("cuda"):
+        sidecar = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+        if not sidecar.exists():
+            return (
+                f"the installed TVM ({tvm_version()}) was built without the CUDA runtime, so "
+                "it can compile CUDA kernels (build_kernels(targets=('cuda:sm_XX',))) but not "
+                "run them; use backend='torch' on GPUs, or a TVM built with USE_CUDA=ON"
+            )
+        try:
+            ctypes.CDLL(str(sidecar))
+            why = "it loads now: import longdoc before anything else imports tvm"
+        except OSError as exc:
+            why = str(exc)
         return (
-            f"the installed TVM ({tvm_version()}) was built without the CUDA runtime, so it can "
-            "compile CUDA kernels (build_kernels(targets=('cuda:sm_XX',))) but not run them; "
-            "use backend='torch' on GPUs, or a TVM built with USE_CUDA=ON"
+            f"TVM's CUDA runtime ({sidecar.name}) did not load: {why} (it needs the NVIDIA "
+            "driver, libcuda.so.1, and the CUDA 13 runtime, libcudart.so.13); use "
+            "backend='torch' here"
         )
     if not tvm.cuda(0).exist:
         return "TVM has the CUDA runtime but sees no GPU"
