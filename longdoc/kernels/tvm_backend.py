@@ -705,7 +705,7 @@ _workspace = threading.local()
 def _workspace_store(slot: int, count: int) -> torch.Tensor:
     """Float32 scratch of at least ``count`` elements, kept by this thread from one backward to
     the next (``slot`` names the buffer): a fresh tensor of many MiB costs its page faults on
-    every call, 4-6 ms of a 28 ms backward at 4,096 tokens and 4 heads. Grows, never shrinks;
+    every call (benchmarks/RESULTS.md, "Kernels round three"). Grows, never shrinks;
     ``CHUNK_BYTES`` bounds it (tens of MiB per thread that ran a backward), except where one
     head alone is larger."""
     stores = getattr(_workspace, "stores", None)
