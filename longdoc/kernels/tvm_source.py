@@ -68,9 +68,10 @@ three"),
 and the ``dk``/``dv`` accumulators are vectorised over ``D`` and filled ``DK_COLS`` columns at a
 time, so that they stay in registers through the tile's queries.
 
-The schedule follows the target's vector width (``vector_lanes``): the forward's row tile is two
-vectors of rows; the rest suits both 8 and 16 lanes (``kernels.tvm_backend._vector_lanes``
-decides at build time, from the target's features).
+The schedule follows the target's vector width (``vector_lanes``; ``kernels.tvm_backend.
+_vector_lanes`` decides at build time, from the target's features): the forward's row tile is
+two vectors of rows, and each register block keeps its accumulators to half the vector registers
+(32 with AVX-512, 16 with AVX2), so AVX2 takes half-size blocks (see ``sliding_window``).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ KEY_TILE = 16  # KT: band positions per inner tile of the backward and the pack 
 KEY_ROWS = 4  # dk/dv kernel (rows = keys)
 # dk/dv kernel: head_dim columns per pass of the dk, dv accumulation. All D columns of KR keys'
 # dk and dv (2 x 4 x 64 floats: every zmm register at head_dim 64) spilled; 32 columns keep
-# 16 zmm (or 32 ymm on AVX2, which timed no worse than 16 columns there) live through a tile.
+# 16 zmm live through a tile (AVX2 takes 16 columns: see `sliding_window`).
 DK_COLS = 32
 # dk/dv kernel: keys per parallel task; the task also accumulates the dq of every query its keys
 # see into private rows (SEG + 2w of them), summed afterwards by dq_overlap_add
@@ -177,14 +178,22 @@ def sliding_window(
     16-lane target), so its ``KF x QL`` score block keeps to half the vector registers on either
     (32 rows on AVX2 spilled: 6% slower than 16; 16 rows on AVX-512 were 18% slower than 32)."""
     QL = fwd_rows * vector_lanes // 16
-    KF, CH, RG = fwd_keys, fwd_chunk, row_group
+    # Register blocks: the defaults fill half of AVX-512's 32 vector registers with
+    # accumulators. AVX2 has 16, and its lanes are half as wide, so there the same blocks
+    # spilled (forward 1.3-1.5x and backward 1.4-1.5x slower on an AVX2-only CPU;
+    # benchmarks/RESULTS.md, "Kernels on an AVX2-only CPU"): narrower targets take half as many
+    # keys and value columns per forward block and half the dk/dv columns, and the backward
+    # accumulates s and dp (and dv and dk) in separate loops rather than one (FUSE).
+    wide = vector_lanes >= 16
+    FUSE = wide
+    KF, CH, RG = fwd_keys if wide else fwd_keys // 2, fwd_chunk, row_group
     D = head_dim
-    DB = next(x for x in (pv_cols, 4, 2, 1) if head_dim % x == 0)  # P @ V output columns
+    DB = next(x for x in (pv_cols if wide else pv_cols // 2, 4, 2, 1) if head_dim % x == 0)
     KT = key_tile
     KR = key_rows
     scale = 1.0 / math.sqrt(D)
     SEG = seg_keys
-    DC = next(x for x in (DK_COLS, 16, 8, 4, 2, 1) if head_dim % x == 0)
+    DC = next(x for x in (DK_COLS if wide else DK_COLS // 2, 16, 8, 4, 2, 1) if head_dim % x == 0)
 
     def _min_rows(x):
         """``min_a x[a]`` over the tile's key rows as one expression."""
@@ -577,17 +586,33 @@ def sliding_window(
                         for x in T.vectorized(KR * KT):
                             s[x] = T.float32(0)
                             dp[x] = T.float32(0)
-                        for d in T.serial(D):
-                            for a in T.unroll(KR):
-                                for t in T.vectorized(KT):
-                                    s[a * KT + t] = (
-                                        s[a * KT + t]
-                                        + kr[a * D + d] * qt[b, h, base // KT + c, d, t]
-                                    )
-                                    dp[a * KT + t] = (
-                                        dp[a * KT + t]
-                                        + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
-                                    )
+                        if FUSE:
+                            for d in T.serial(D):
+                                for a in T.unroll(KR):
+                                    for t in T.vectorized(KT):
+                                        s[a * KT + t] = (
+                                            s[a * KT + t]
+                                            + kr[a * D + d] * qt[b, h, base // KT + c, d, t]
+                                        )
+                                        dp[a * KT + t] = (
+                                            dp[a * KT + t]
+                                            + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
+                                        )
+                        else:  # one set of accumulators per loop (see FUSE)
+                            for d in T.serial(D):
+                                for a in T.unroll(KR):
+                                    for t in T.vectorized(KT):
+                                        s[a * KT + t] = (
+                                            s[a * KT + t]
+                                            + kr[a * D + d] * qt[b, h, base // KT + c, d, t]
+                                        )
+                            for d in T.serial(D):
+                                for a in T.unroll(KR):
+                                    for t in T.vectorized(KT):
+                                        dp[a * KT + t] = (
+                                            dp[a * KT + t]
+                                            + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
+                                        )
                         # p and ds; only the tiles at a band edge or a padding key need the
                         # per-(key, query) mask
                         if (
@@ -622,19 +647,37 @@ def sliding_window(
                                     )
                         # dv += p^T do, dk += ds^T q, DC columns at a time (DK_COLS)
                         for part in T.unroll(D // DC):
-                            for t in T.serial(KT):
-                                for a in T.unroll(KR):
-                                    for dd in T.vectorized(DC):
-                                        av[a * D + part * DC + dd] = (
-                                            av[a * D + part * DC + dd]
-                                            + s[a * KT + t]
-                                            * dop[b, h, base + c * KT + t, part * DC + dd]
-                                        )
-                                        ak[a * D + part * DC + dd] = (
-                                            ak[a * D + part * DC + dd]
-                                            + dp[a * KT + t]
-                                            * qp[b, h, base + c * KT + t, part * DC + dd]
-                                        )
+                            if FUSE:
+                                for t in T.serial(KT):
+                                    for a in T.unroll(KR):
+                                        for dd in T.vectorized(DC):
+                                            av[a * D + part * DC + dd] = (
+                                                av[a * D + part * DC + dd]
+                                                + s[a * KT + t]
+                                                * dop[b, h, base + c * KT + t, part * DC + dd]
+                                            )
+                                            ak[a * D + part * DC + dd] = (
+                                                ak[a * D + part * DC + dd]
+                                                + dp[a * KT + t]
+                                                * qp[b, h, base + c * KT + t, part * DC + dd]
+                                            )
+                            else:
+                                for t in T.serial(KT):
+                                    for a in T.unroll(KR):
+                                        for dd in T.vectorized(DC):
+                                            av[a * D + part * DC + dd] = (
+                                                av[a * D + part * DC + dd]
+                                                + s[a * KT + t]
+                                                * dop[b, h, base + c * KT + t, part * DC + dd]
+                                            )
+                                for t in T.serial(KT):
+                                    for a in T.unroll(KR):
+                                        for dd in T.vectorized(DC):
+                                            ak[a * D + part * DC + dd] = (
+                                                ak[a * D + part * DC + dd]
+                                                + dp[a * KT + t]
+                                                * qp[b, h, base + c * KT + t, part * DC + dd]
+                                            )
                         for t in T.serial(KT):
                             # dq of query (base + c*KT + t): ds^T k over this tile's keys
                             for dd in T.vectorized(D):
