@@ -586,33 +586,21 @@ def sliding_window(
                         for x in T.vectorized(KR * KT):
                             s[x] = T.float32(0)
                             dp[x] = T.float32(0)
-                        if FUSE:
+                        # s and dp: in one loop over D, or one loop each (see FUSE)
+                        for pas in T.unroll(1 if FUSE else 2):
                             for d in T.serial(D):
                                 for a in T.unroll(KR):
                                     for t in T.vectorized(KT):
-                                        s[a * KT + t] = (
-                                            s[a * KT + t]
-                                            + kr[a * D + d] * qt[b, h, base // KT + c, d, t]
-                                        )
-                                        dp[a * KT + t] = (
-                                            dp[a * KT + t]
-                                            + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
-                                        )
-                        else:  # one set of accumulators per loop (see FUSE)
-                            for d in T.serial(D):
-                                for a in T.unroll(KR):
-                                    for t in T.vectorized(KT):
-                                        s[a * KT + t] = (
-                                            s[a * KT + t]
-                                            + kr[a * D + d] * qt[b, h, base // KT + c, d, t]
-                                        )
-                            for d in T.serial(D):
-                                for a in T.unroll(KR):
-                                    for t in T.vectorized(KT):
-                                        dp[a * KT + t] = (
-                                            dp[a * KT + t]
-                                            + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
-                                        )
+                                        if FUSE or pas == 0:
+                                            s[a * KT + t] = (
+                                                s[a * KT + t]
+                                                + kr[a * D + d] * qt[b, h, base // KT + c, d, t]
+                                            )
+                                        if FUSE or pas == 1:
+                                            dp[a * KT + t] = (
+                                                dp[a * KT + t]
+                                                + vr[a * D + d] * dot[b, h, base // KT + c, d, t]
+                                            )
                         # p and ds; only the tiles at a band edge or a padding key need the
                         # per-(key, query) mask
                         if (
@@ -647,37 +635,22 @@ def sliding_window(
                                     )
                         # dv += p^T do, dk += ds^T q, DC columns at a time (DK_COLS)
                         for part in T.unroll(D // DC):
-                            if FUSE:
+                            for pas in T.unroll(1 if FUSE else 2):
                                 for t in T.serial(KT):
                                     for a in T.unroll(KR):
                                         for dd in T.vectorized(DC):
-                                            av[a * D + part * DC + dd] = (
-                                                av[a * D + part * DC + dd]
-                                                + s[a * KT + t]
-                                                * dop[b, h, base + c * KT + t, part * DC + dd]
-                                            )
-                                            ak[a * D + part * DC + dd] = (
-                                                ak[a * D + part * DC + dd]
-                                                + dp[a * KT + t]
-                                                * qp[b, h, base + c * KT + t, part * DC + dd]
-                                            )
-                            else:
-                                for t in T.serial(KT):
-                                    for a in T.unroll(KR):
-                                        for dd in T.vectorized(DC):
-                                            av[a * D + part * DC + dd] = (
-                                                av[a * D + part * DC + dd]
-                                                + s[a * KT + t]
-                                                * dop[b, h, base + c * KT + t, part * DC + dd]
-                                            )
-                                for t in T.serial(KT):
-                                    for a in T.unroll(KR):
-                                        for dd in T.vectorized(DC):
-                                            ak[a * D + part * DC + dd] = (
-                                                ak[a * D + part * DC + dd]
-                                                + dp[a * KT + t]
-                                                * qp[b, h, base + c * KT + t, part * DC + dd]
-                                            )
+                                            if FUSE or pas == 0:
+                                                av[a * D + part * DC + dd] = (
+                                                    av[a * D + part * DC + dd]
+                                                    + s[a * KT + t]
+                                                    * dop[b, h, base + c * KT + t, part * DC + dd]
+                                                )
+                                            if FUSE or pas == 1:
+                                                ak[a * D + part * DC + dd] = (
+                                                    ak[a * D + part * DC + dd]
+                                                    + dp[a * KT + t]
+                                                    * qp[b, h, base + c * KT + t, part * DC + dd]
+                                                )
                         for t in T.serial(KT):
                             # dq of query (base + c*KT + t): ds^T k over this tile's keys
                             for dd in T.vectorized(D):
