@@ -120,27 +120,40 @@ def _measure(fwd, fwdbwd) -> dict[str, float | None]:
     }
 
 
-def _flex_worker(n: int) -> dict[str, float | None]:
-    """FlexAttention forward with a sliding-window + global-token BlockMask (see the module
-    docstring); checks that its CPU backward is still missing (fails loudly once it exists, so
-    this benchmark gets its forward+backward columns)."""
+def _sliding_window_with_global(b, h, q_idx, kv_idx):
+    return ((q_idx - kv_idx).abs() <= WINDOW) | (q_idx == 0) | (kv_idx == 0)
+
+
+def flex_forward(q, k, v):
+    """A no-grad FlexAttention forward on ``(B, H, n, D)`` tensors with the sliding-window +
+    global-token (position 0) BlockMask, built on the CPU here; the compile happens on the first
+    call. Also used by ``tvm_vs_torch.py --part forward``."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    def sliding_window_with_global(b, h, q_idx, kv_idx):
-        return ((q_idx - kv_idx).abs() <= WINDOW) | (q_idx == 0) | (kv_idx == 0)
-
-    block_mask = create_block_mask(sliding_window_with_global, None, None, n, n, device="cpu")
+    n = q.shape[2]
+    block_mask = create_block_mask(_sliding_window_with_global, None, None, n, n, device="cpu")
     flex = torch.compile(flex_attention, dynamic=False)
-    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM) for _ in range(3))
 
     def fwd():
         with torch.no_grad():
             flex(q, k, v, block_mask=block_mask)
 
-    res = _measure(fwd, None)
+    return fwd
+
+
+def _flex_worker(n: int) -> dict[str, float | None]:
+    """FlexAttention forward (``flex_forward``; see the module docstring); checks that its CPU
+    backward is still missing (fails loudly once it exists, so this benchmark gets its
+    forward+backward columns)."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM) for _ in range(3))
+    res = _measure(flex_forward(q, k, v), None)
+    flex = torch.compile(flex_attention, dynamic=False)
     probe = torch.randn(1, 1, 128, 16, requires_grad=True)
-    small = create_block_mask(sliding_window_with_global, None, None, 128, 128, device="cpu")
+    small = create_block_mask(_sliding_window_with_global, None, None, 128, 128, device="cpu")
     try:
         flex(probe, probe, probe, block_mask=small).sum().backward()
     except NotImplementedError:

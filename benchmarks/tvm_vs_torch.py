@@ -17,7 +17,11 @@ memory; this one only time.
 * ``attention``: ``kernels.attention(q, k, v, SlidingWindow(256), global_mask=<position 0>)`` on
   ``(1, n, 12, 64)`` float32 tensors (``attention.py``'s shape), then ``backward`` of a fixed
   output gradient.
-* ``forward``: the same call without gradients (inference), in ``--dtype``.
+* ``forward``: the same call without gradients (inference), in ``--dtype``; in float32 also
+  against FlexAttention (``attention.flex_forward``: ``torch.compile``d, sliding-window +
+  global-token BlockMask, on ``(1, 12, n, 64)`` copies of the same numbers), taking turns with
+  the other two: the issue-18 target ``tvm`` >= 2.5x flex in one process, on a host whose speed
+  drifts between the separate processes of ``attention.py``.
 * ``step``: ``train.py``'s model (hidden 256, 4 layers, 4 heads of 64, window 512, FFN 1024,
   vocabulary 8000) with one global token at position 0, one MLM step (forward with 15% labels,
   backward, clipping, AdamW), two copies of the same weights, one per backend.
@@ -79,7 +83,12 @@ def attention_calls(n: int, grad: bool, dtype) -> dict:
 
         return run
 
-    return {"tvm": call("tvm"), "torch": call("torch")}
+    calls = {"tvm": call("tvm"), "torch": call("torch")}
+    if not grad and dtype == torch.float32:
+        from attention import flex_forward
+
+        calls["flex"] = flex_forward(*(x.detach().transpose(1, 2).contiguous() for x in (q, k, v)))
+    return calls
 
 
 def step_calls(n: int) -> dict:
@@ -167,6 +176,13 @@ def main() -> None:
                 f"{lo['torch'] / lo['tvm']:.2f}x / {med['torch'] / med['tvm']:.2f}x |",
                 flush=True,
             )
+            if "flex" in times:
+                print(
+                    f"|  | flex (FlexAttention) | {lo['flex']:.0f} / {med['flex']:.0f} ms | "
+                    f"flex / tvm | {lo['flex'] / lo['tvm']:.2f}x / "
+                    f"{med['flex'] / med['tvm']:.2f}x |",
+                    flush=True,
+                )
     print(f"\nload average (1/5/15 min) at the end: {load_average()}")
 
 
