@@ -19,6 +19,9 @@ and median, the base's time over the working tree's, and the largest difference 
 two sides' outputs (0 when a change is bitwise neutral). Compiled in memory (`tvm.compile`),
 both run on TVM's own thread pool, `--threads` threads (default 1: no thread-pool effects).
 `--mcpu` compiles both for another CPU model (e.g. `haswell`: AVX2 code on an AVX-512 host).
+That checks code generation, not speed on the other kind of CPU: AVX2 code whose register blocks
+spilled timed "no worse" on the Intel AVX-512 host and a third slower on an AVX2-only AMD EPYC
+(benchmarks/RESULTS.md, "Kernels on an AVX2-only CPU"). Time a schedule on the CPU it is for.
 """
 
 from __future__ import annotations
