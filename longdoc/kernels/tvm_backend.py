@@ -726,9 +726,13 @@ def _scratch(store: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return store[:count].view(shape)
 
 
-def _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec):
-    """The forward kernel on contiguous float32 ``(B, m, H, D)`` tensors: ``(out, lse)``."""
-    from .tvm_source import FWD_KEYS
+def _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec, gq=None, rok=None):
+    """The forward kernel on contiguous float32 ``(B, m, H, D)`` tensors: ``(out, lse)``.
+
+    With ``gq (B, G, H, D)`` global queries and ``rok (B, m)`` the keys they may use, the kernel
+    also computes their rows over every usable key while it has them in cache: ``(out, lse,
+    rows (B, G, H, D))``, rows 0 where no key is usable."""
+    from .tvm_source import FWD_KEYS, FWD_ROWS, NEG, ROW_GROUP
 
     b, m, h, d = q.shape
     w = spec.reach
@@ -742,8 +746,32 @@ def _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec):
     out = torch.empty(b, m, h, d, dtype=torch.float32)
     lse = torch.empty(b, m, h, dtype=torch.float32)
     causal, blk, nbr = int(spec.causal), spec.block, spec.neighbors
-    fns["fwd"](q, k, v, gk_, gv_, okp, out, lse, w, causal, gp, blk, nbr)
-    return out, lse
+    if gq is None:
+        gq_, rok_ = q.new_zeros(b, 1, h, d), q.new_zeros(b, 1)
+        gpart, gstat = q.new_empty(b, h, 1, 1, d), q.new_empty(b, h, 1, 1, 2)
+    else:
+        # one partial per parallel task of the kernel: at most this many (its row tiles are
+        # FWD_ROWS / 2 rows or more); the tasks that do not exist leave theirs neutral
+        tasks = -(-m // (ROW_GROUP * FWD_ROWS // 2))
+        gq_, rok_ = gq, rok.to(torch.float32).contiguous()
+        gpart = q.new_zeros(b, h, tasks, gq.shape[1], d)
+        gstat = torch.stack(
+            (q.new_full((b, h, tasks, gq.shape[1]), NEG), q.new_zeros(b, h, tasks, gq.shape[1])),
+            dim=-1,
+        )
+    ngq = 0 if gq is None else gq.shape[1]
+    fns["fwd"](
+        q, k, v, gk_, gv_, okp, out, lse, gq_, rok_, gpart, gstat, w, causal, gp, blk, nbr, ngq
+    )
+    if gq is None:
+        return out, lse
+    # combine the tasks' partial softmaxes: rescale each to the overall max
+    peak = gstat[..., 0].amax(dim=2, keepdim=True)  # (B, H, 1, G)
+    scale = torch.where(gstat[..., 0] > NEG, torch.exp(gstat[..., 0] - peak), 0.0)
+    total = (scale * gstat[..., 1]).sum(dim=2)  # (B, H, G)
+    rows = (scale.unsqueeze(-1) * gpart).sum(dim=2)  # (B, H, G, D)
+    rows = rows / torch.where(total > 0, total, 1.0).unsqueeze(-1)
+    return out, lse, rows.transpose(1, 2)
 
 
 def _private_rows(w: int) -> int:
@@ -1014,10 +1042,16 @@ class _Fused(torch.autograd.Function):
     def forward(ctx, q, k, v, pad, global_mask, fns, spec: _BandSpec, global_rows: bool = True):
         q, k, v = (x.contiguous() for x in (q, k, v))
         gi, key_ok, gk, gv = _split_globals(k, v, pad, global_mask)
-        out, lse = _band_forward(
-            q, k, v, key_ok, gk, gv, None if gi is None else gi.g_ok, fns, spec
-        )
+        g_ok = None if gi is None else gi.g_ok
         probs = og = None
+        if gi is not None and global_rows and not any(ctx.needs_input_grad[:3]):
+            # inference: the kernel computes the global rows too, with no probabilities to keep
+            gq = torch.stack([q[e, gi.order[e]] for e in range(q.shape[0])])
+            out, lse, rows = _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec, gq, ~pad)
+            bi, pi = global_mask.nonzero(as_tuple=True)
+            out[bi, pi] = rows[gi.valid]
+            return out
+        out, lse = _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec)
         if gi is not None:
             bi, pi = global_mask.nonzero(as_tuple=True)
             if global_rows:

@@ -195,6 +195,15 @@ def sliding_window(
     SEG = seg_keys
     DC = next(x for x in (DK_COLS if wide else DK_COLS // 2, 16, 8, 4, 2, 1) if head_dim % x == 0)
 
+    GL = 8 if D % 8 == 0 else 1  # lanes of the global rows' dot products
+
+    def _sum_lanes(x):
+        """``sum_l x[l]`` over the ``GL`` lanes as one expression."""
+        total = x[0]
+        for lane in range(1, GL):
+            total = total + x[lane]
+        return total
+
     def _min_rows(x):
         """``min_a x[a]`` over the tile's key rows as one expression."""
         least = x[0]
@@ -270,11 +279,16 @@ def sliding_window(
         ok_h: T.handle,
         o_h: T.handle,
         lse_h: T.handle,
+        gq_h: T.handle,
+        rok_h: T.handle,
+        gpart_h: T.handle,
+        gstat_h: T.handle,
         w: T.int32,
         causal: T.int32,
         gp: T.int32,
         blk: T.int32,
         nbr: T.int32,
+        ngq: T.int32,
     ):
         T.func_attr({"global_symbol": "sliding_window_fwd", "tirx.noalias": True})
         B = T.int32()
@@ -290,6 +304,13 @@ def sliding_window(
         ok = T.match_buffer(ok_h, (B, NP), "float32")
         o = T.match_buffer(o_h, (B, n, HF, D), "float32")
         lse = T.match_buffer(lse_h, (B, n, HF), "float32")
+        GQ = T.int32()
+        NR = T.int32()
+        NG = T.int32()
+        gq = T.match_buffer(gq_h, (B, GQ, HF, D), "float32")
+        rok = T.match_buffer(rok_h, (B, NR), "float32")
+        gpart = T.match_buffer(gpart_h, (B, HF, NG, GQ, D), "float32")
+        gstat = T.match_buffer(gstat_h, (B, HF, NG, GQ, 2), "float32")
         nchg = (gp + CH - 1) // CH
         nt = (n + QL - 1) // QL
         ngrp = (nt + RG - 1) // RG
@@ -305,6 +326,10 @@ def sliding_window(
             lsum = T.alloc_buffer((QL,), "float32", scope="local")
             rlo = T.alloc_buffer((QL,), "int32", scope="local")
             rhi = T.alloc_buffer((QL,), "int32", scope="local")
+            gs = T.alloc_buffer((RG * QL,), "float32", scope="local")
+            gdot = T.alloc_buffer((GL,), "float32", scope="local")
+            gacc = T.alloc_buffer((D,), "float32", scope="local")
+            gm = T.alloc_buffer((2,), "float32", scope="local")
             b = r // (HF * ngrp)
             h = r // ngrp % HF
             for g in T.serial(T.min(RG, nt - r % ngrp * RG)):
@@ -501,6 +526,39 @@ def sliding_window(
                         lse[b, i0 + a, h] = m[a] + T.log(lsum[a])
                     else:
                         lse[b, i0 + a, h] = T.float32(-math.inf)
+            # the global queries' rows over this task's own rows as keys (each sequence row is
+            # one task's), read while they are in cache: a partial softmax (max, sum, weighted
+            # values) per task, combined by the caller (flash-decoding style)
+            rs = r % ngrp * RG * QL
+            nr = T.max(0, T.min(RG * QL, n - rs))
+            for gi in T.serial(ngq):
+                gm[0] = T.float32(NEG)
+                for j in T.serial(nr):
+                    for x in T.vectorized(GL):
+                        gdot[x] = T.float32(0)
+                    for dc in T.serial(D // GL):
+                        for x in T.vectorized(GL):
+                            gdot[x] = (
+                                gdot[x] + gq[b, gi, h, dc * GL + x] * k[b, rs + j, h, dc * GL + x]
+                            )
+                    gs[j] = T.Select(
+                        rok[b, rs + j] > T.float32(0),
+                        _sum_lanes(gdot) * T.float32(scale),
+                        T.float32(NEG),
+                    )
+                    gm[0] = T.max(gm[0], gs[j])
+                gm[1] = T.float32(0)
+                for x in T.vectorized(D):
+                    gacc[x] = T.float32(0)
+                for j in T.serial(nr):
+                    gs[j] = T.Select(gs[j] > T.float32(NEG), _exp(gs[j] - gm[0]), T.float32(0))
+                    gm[1] = gm[1] + gs[j]
+                    for x in T.vectorized(D):
+                        gacc[x] = gacc[x] + gs[j] * v[b, rs + j, h, x]
+                for x in T.vectorized(D):
+                    gpart[b, h, r % ngrp, gi, x] = gacc[x]
+                gstat[b, h, r % ngrp, gi, 0] = gm[0]
+                gstat[b, h, r % ngrp, gi, 1] = gm[1]
 
     @T.prim_func
     def bwd_dkdv(

@@ -492,6 +492,40 @@ def test_tvm_schedule_for_the_other_vector_width_is_exact(tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
+@pytest.mark.parametrize(
+    "pattern, n",
+    [
+        (SlidingWindow(70), 300),
+        (SlidingWindow(9, causal=True), 77),
+        (BlockLocal(20, neighbors=1), 101),
+        (SlidingWindow(256), 1000),
+    ],
+)
+def test_tvm_inference_computes_global_rows_in_the_kernel(pattern, n, monkeypatch):
+    """Without gradients the forward kernel also computes the global queries' rows (partial
+    softmaxes per task, combined after): exact to the float64 reference with global tokens in
+    several places, padding, and a row whose keys are all padding's but one."""
+    from longdoc.kernels import tvm_backend
+
+    def not_this_path(*args):
+        raise AssertionError("inference took the torch path for the global rows")
+
+    monkeypatch.setattr(tvm_backend, "_global_rows_forward", not_this_path)
+    torch.manual_seed(n)
+    q, k, v = (torch.randn(3, n, 2, 64) for _ in range(3))
+    glob = torch.zeros(3, n, dtype=torch.bool)
+    glob[:, 0] = True
+    glob[1, [5, n // 2]] = True
+    pad = torch.zeros(3, n, dtype=torch.bool)
+    pad[1, n - n // 4 :] = True
+    pad[2, 1:] = True  # only the global token itself is a usable key
+    with torch.no_grad():
+        out = attention(q, k, v, pattern, global_mask=glob, key_padding_mask=pad, backend="tvm")
+    ref = reference_attention(q, k, v, pattern, glob, pad)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.skipif(not HAVE_TVM, reason="apache-tvm not installed")
 def test_tvm_forward_many_global_keys():
     """More global keys than one softmax chunk holds: the forward kernel takes them in several
     chunks before the band (some of them padding, some inside the band too)."""
