@@ -18,8 +18,9 @@ tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skippe
   (B,HG,NP,D), ...)``: packed positions ``[start, stop)`` (multiples of ``KT``), ``x[p -
   left]`` where that is a row, else 0; ``pack_t`` stores each tile of ``KT`` positions as one
   contiguous ``D x KT`` block.
-* ``sliding_window_fwd(q, k, v, gk, gv (B,G,HF,D), ok (B,NP), o, lse (B,n,HF), w, causal,
-  gp)``: every head; softmax over the ``G`` global keys ``gk, gv`` and the band, online
+* ``sliding_window_fwd(q, k, v, gk, gv (B,G,HF,D), ok (B,NP), o, lse (B,n,HF), gq (B,GQ,HF,D),
+  rok (B,n), gpart (B,HF,NG,GQ,D), gstat (B,HF,NG,GQ,2), w, causal, gp, blk, nbr, ngq)``: every
+  head; softmax over the ``G`` global keys ``gk, gv`` and the band, online
   (flash-style) across chunks of up to ``CH`` keys with an exact max and sum inside each chunk;
   ``o`` and its log-sum-exp ``lse`` (``-inf`` where the row has no usable key, whose ``o`` is 0),
   so the caller can differentiate through ``lse``. Keys are numbered in a *packed* order: ``gp``
@@ -27,6 +28,10 @@ tile may overhang ``n``: its reads are clamped to row ``n-1``, its writes skippe
   the sequence, and positions after it; the band of query ``i`` is packed positions
   ``gp + i + u`` for ``u`` in ``[0, nkeys)`` (``nkeys = 2w+1``, or ``w+1`` when causal), and
   ``ok`` says which packed positions are usable keys (0 outside the sequence and past ``G``).
+  With ``ngq > 0`` each parallel task ``t`` also scores the first ``ngq`` global queries ``gq``
+  against its own rows as keys (those ``rok`` allows) and leaves their partial softmax in
+  ``gstat[.., t, g]`` (max, sum) and ``gpart[.., t, g]`` (weighted values), for the caller to
+  combine: the global rows, read while those keys and values are in cache.
 * ``sliding_window_bwd_dkdv(k, v, okk (B,n), qt, dot, qp, dop, lsep, deltap, dk, dv, dqp, w,
   causal, h0)``: FlashAttention-2 style from the keys' side, band keys only: recompute
   ``p = exp(s - lse)`` and ``ds = p * (do.v - delta)`` once per (query, key) pair; key ``j``
