@@ -70,13 +70,7 @@ def _side(name: str, source: str, backend: str, tb, tvm, target: dict, lanes: in
     lib = tvm.compile(
         module.sliding_window(64, vector_lanes=lanes), target=tvm.target.Target(target)
     )
-    fns = {
-        "fwd": lib["sliding_window_fwd"],
-        "dkdv": lib["sliding_window_bwd_dkdv"],
-        "pack_t": lib["pack_t"],
-        "pack_p": lib["pack_p"],
-        "dq_add": lib["dq_overlap_add"],
-    }
+    fns = tb.cpu_kernel_fns(lib)
     namespace = dict(vars(tb))  # constants and helpers the band functions did not change
     for node in ast.parse(backend).body:
         if isinstance(node, ast.FunctionDef) and node.name in BAND_FUNCTIONS:

@@ -416,13 +416,7 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
         fns = {"fwd": lib["gpu_fwd"], "dq": lib["gpu_bwd_dq"], "dkdv": lib["gpu_bwd_dkdv"]}
     else:
         _share_torch_threads(res["path"])
-        fns = {
-            "fwd": lib["sliding_window_fwd"],
-            "dkdv": lib["sliding_window_bwd_dkdv"],
-            "pack_t": lib["pack_t"],
-            "pack_p": lib["pack_p"],
-            "dq_add": lib["dq_overlap_add"],
-        }
+        fns = cpu_kernel_fns(lib)
         if lib.implements_function("amx_bf16_fwd"):
             fns.update(
                 amx_fwd=lib["amx_bf16_fwd"],
@@ -431,6 +425,17 @@ def _kernel(head_dim: int, target_name: str = "llvm") -> dict[str, Any]:
             )
     _loaded[memo] = fns
     return fns
+
+
+def cpu_kernel_fns(lib) -> dict[str, Any]:
+    """The fp32 CPU kernels of a compiled library, by the names the band functions use."""
+    return {
+        "fwd": lib["sliding_window_fwd"],
+        "dkdv": lib["sliding_window_bwd_dkdv"],
+        "pack_t": lib["pack_t"],
+        "pack_p": lib["pack_p"],
+        "dq_add": lib["dq_overlap_add"],
+    }
 
 
 OMP_LAUNCH_SOURCE = Path(__file__).with_name("omp_launch.c")
