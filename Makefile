@@ -10,6 +10,8 @@ LOCK := requirements.lock
 PIP := python -m pip install -q --disable-pip-version-check
 # pytest-xdist workers: the suite waits on servers and subprocesses much of the time, so two
 # workers on CI's two cores halve its wall time (one worker alone kept ~0.9 of a core busy).
+# Each worker's torch gets cores / workers threads (tests/conftest.py), and the tests marked
+# `slow` are handed out first, one test at a time, so no long test runs alone at the end.
 TEST_WORKERS ?= 2
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -40,7 +42,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 1 --durations=15
 
 # The lock is pip's own resolution of pyproject.toml's ranges in a clean venv, frozen: the set a
 # fresh `make install` gets is exactly the set that resolution produced and CI tested.

@@ -5,6 +5,9 @@ every process), side by side in one run, as ratios.
 Rows:
 - `error path`: `longdoc ingest --input <missing>` (ours stops before Prefect starts);
 - `stage command`: `longdoc sample` on a tiny configuration (the work itself is ~0.1 s);
+- `first command`: the same on a fresh `PREFECT_HOME` (a new machine): ours starts the shared
+  server and imports the stage while it boots, the peer starts its temporary server; both
+  create and migrate Prefect's database;
 - `pipeline, all fresh` (with `--pipeline`): `longdoc pipeline` when every stage is up to date
   (a tiny project, trained once first).
 
@@ -108,6 +111,17 @@ def main() -> None:
             ours = [_wall(ours_cmd, work, env, ok) for _ in range(args.rounds)]
             peer = [_wall(peer_cmd, work, env, ok) for _ in range(args.rounds)]
             rows.append((name, statistics.median(ours), statistics.median(peer)))
+        # a fresh PREFECT_HOME each round, as on a new machine: ours starts the shared server,
+        # the peer its temporary one, and both migrate a new database
+        (work / "params.yaml").write_text("sample:\n  out: data/sample\n")
+        cold_ours, cold_peer = [], []
+        for i in range(args.rounds):
+            fresh = {**env, "PREFECT_HOME": str(work / f".prefect-ours{i}")}
+            cold_ours.append(_wall([*longdoc, "sample", *TINY], work, fresh))
+            subprocess.run([*longdoc, "server", "stop"], cwd=work, env=fresh, capture_output=True)
+            fresh = {**env, "PREFECT_HOME": str(work / f".prefect-peer{i}")}
+            cold_peer.append(_wall([sys.executable, "-c", PEER, "sample", *sets], work, fresh))
+        rows.append(("first command", statistics.median(cold_ours), statistics.median(cold_peer)))
         subprocess.run([*longdoc, "server", "stop"], cwd=work, env=env, capture_output=True)
     print(f"\nlongdoc command overhead, median of {args.rounds} ({platform.processor() or '?'}, "
           f"{os.cpu_count()} cores, CPU flags: {cpu_flags()})")  # fmt: skip

@@ -438,16 +438,19 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     _prepare_environment()
     ranks = args.command in ("pretrain", "finetune") and "LOCAL_RANK" in os.environ
-    if not ranks:  # torchrun ranks train without Prefect runs (see flows.pretrain_ranks)
-        from longdoc.flows.server import ServerError, ensure_api
+    from longdoc.flows.server import ServerError, start_api
 
-        try:
-            ensure_api()
-        except ServerError as exc:
-            return _fail(str(exc))
-    # Prefect is imported only now: once the configuration and paths are known good.
-    from longdoc.flows import stages as flows
+    try:
+        # torchrun ranks train without Prefect runs (see flows.pretrain_ranks)
+        api_ready = None if ranks else start_api()
+        # Prefect is imported only now: once the configuration and paths are known good, and
+        # while a server started just now boots
+        from longdoc.flows import stages as flows
 
+        if api_ready is not None:
+            api_ready()
+    except ServerError as exc:
+        return _fail(str(exc))
     try:
         if args.command == "pipeline":
             result = flows.pipeline_flow(params, force=args.force)

@@ -10,12 +10,14 @@ find it there. The daemon stops itself after `IDLE_EXIT_S` without requests
 (a running command pings it, so a long training run keeps it up), and `longdoc server stop`
 stops it at once. Nothing here runs when `PREFECT_API_URL` names a server: that server is used.
 
-This module must stay cheap to import: the CLI calls `ensure_api` before Prefect is imported.
+This module must stay cheap to import: the CLI calls `start_api` before Prefect is imported, and
+the server boots while the command imports the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 IDLE_EXIT_S = 20 * 60  # the daemon exits after this long without a request
@@ -80,28 +83,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(timeout: float) -> dict:
+def _launch() -> tuple[subprocess.Popen, str, Path]:
+    """Start the daemon on a free port; it answers once Prefect's API is imported and its
+    database migrated (seconds: see `start_api`)."""
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    log = open(home / "longdoc-server.log", "ab")  # noqa: SIM115 (handed to the daemon)
-    proc = subprocess.Popen(
-        # -P: the working directory is not put on sys.path, so a `longdoc/` folder there (an
-        # older checkout, say) cannot stand in for the installed package.
-        [sys.executable, "-P", "-m", "longdoc.flows.server", "--port", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # not in the command's process group: Ctrl-C stops the command
-        env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
-    )
-    url = f"http://127.0.0.1:{port}/api"
+    log = home / "longdoc-server.log"
+    with open(log, "ab") as out:  # the daemon keeps its own descriptor
+        proc = subprocess.Popen(
+            # -P: the working directory is not put on sys.path, so a `longdoc/` folder there (an
+            # older checkout, say) cannot stand in for the installed package.
+            [sys.executable, "-P", "-m", "longdoc.flows.server", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # not in the command's process group: Ctrl-C stops the command
+            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        )
+    return proc, f"http://127.0.0.1:{port}/api", log
+
+
+def _await(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
+    """Wait until the daemon answers, then record it for the commands that come after."""
     deadline = time.monotonic() + timeout
     while not _healthy(url):
         if proc.poll() is not None:
-            raise ServerError(
-                f"the local Prefect server exited ({proc.returncode}); see {log.name}"
-            )
+            raise ServerError(f"the local Prefect server exited ({proc.returncode}); see {log}")
         if time.monotonic() > deadline:
             proc.kill()
             raise ServerError(f"the local Prefect server did not start in {timeout:.0f} s")
@@ -110,28 +118,53 @@ def _start(timeout: float) -> dict:
     tmp = _state_path().with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, _state_path())
-    return info
 
 
-def ensure_api() -> str:
+def start_api() -> Callable[[], str]:
     """Point this process at a Prefect API: `PREFECT_API_URL` if set, else the shared local
-    server (started now if none answers). Returns the API URL."""
+    server, started now if none answers. Returns `ready`, which waits until the API answers and
+    returns its URL.
+
+    A server started here boots (imports Prefect's API, migrates its database: about 20 s on a
+    slow 2-core machine) while the caller goes on importing Prefect and its stage, which takes
+    seconds of its own; `PREFECT_API_URL` is set at once, since the port is chosen before the
+    daemon starts. Until `ready` returns, this process holds the lock that makes a command started
+    meanwhile wait for this server instead of starting a second one on the same database."""
     if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
+        url = os.environ["PREFECT_API_URL"]
+        return lambda: url
     import fcntl
 
     info = running_server()
     if info is None:
         prefect_home().mkdir(parents=True, exist_ok=True)
-        # Two commands started at once must not start two servers on one database.
-        with open(prefect_home() / "longdoc-server.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            info = running_server() or _start(
-                float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
-            )
+        lock = open(prefect_home() / "longdoc-server.lock", "w")  # noqa: SIM115 (held by ready)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = running_server()
+        if info is None:
+            proc, url, log = _launch()
+            os.environ["PREFECT_API_URL"] = url
+            timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
+
+            @functools.cache
+            def ready() -> str:
+                try:
+                    _await(proc, url, log, timeout)
+                finally:
+                    lock.close()
+                _keep_alive(url)
+                return url
+
+            return ready
+        lock.close()
     os.environ["PREFECT_API_URL"] = info["url"]
     _keep_alive(info["url"])
-    return info["url"]
+    return lambda: info["url"]
+
+
+def ensure_api() -> str:
+    """`start_api`, waiting for the API: its URL."""
+    return start_api()()
 
 
 def _keep_alive(url: str) -> None:

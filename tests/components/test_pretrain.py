@@ -181,6 +181,7 @@ def test_resume_after_kill_9_gives_the_same_losses(shards, tmp_path, monkeypatch
         assert m.value == pytest.approx(b[m.step], rel=1e-6), m.step
 
 
+@pytest.mark.slow  # two ranks under torchrun and a reference run: ~35 s
 def test_ddp_two_processes_match_one_process(shards, tmp_path):
     """Same global batch of 4 rows: 1 process x 4, 2 processes x 2 (torchrun, gloo), and
     1 process x 1 row x 4 accumulation steps; dropout off so only summation order differs."""

@@ -345,6 +345,7 @@ def _paused_with_a_unit_past_the_checkpoint(tmp_path: Path) -> dict | None:
     return state if paused and len(state["shards"]) == 2 and len(units) == 1 else None
 
 
+@pytest.mark.slow  # two driver processes with a LocalCluster each: ~45 s
 def test_ingest_on_dask_survives_kill_9_of_its_process_and_of_a_worker(tmp_path):
     _ingest_source(tmp_path / "src")
     reference = tmp_path / "reference"  # one uninterrupted run, in this process, unit by unit
@@ -437,6 +438,7 @@ def _tokenize_state_with_all_but_part_1(out: Path, n_parts: int) -> dict | None:
     return state if len(parts) == n_parts - 1 and "part-00001.arrow" not in parts else None
 
 
+@pytest.mark.slow  # two driver processes with a LocalCluster each: ~50 s
 def test_tokenize_on_dask_survives_kill_9_of_its_process_and_of_a_worker(tmp_path):
     """Docs shards finished ahead of an unfinished one are kept through `kill -9` of the flow's
     process and encoded by no rerun; a worker killed mid-unit has its unit run again; the

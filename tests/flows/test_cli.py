@@ -105,6 +105,7 @@ def test_params_yaml_syntax_error_keeps_line_and_column(tmp_path):
     assert res.stderr.startswith("longdoc: config error: params.yaml: not valid YAML: line 3,")
 
 
+@pytest.mark.slow  # two commands, the first starts the Prefect server: ~40 s
 def test_empty_corpus_is_one_line_saying_what_was_found(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -125,6 +126,7 @@ def test_empty_corpus_is_one_line_saying_what_was_found(tmp_path):
     assert _errors(res) == [f"longdoc: error: no documents ingested from {nothing}: no files found"]
 
 
+@pytest.mark.slow  # the Prefect server's start, then 3 commands: ~35 s
 def test_a_command_prints_one_summary_line_and_reuses_the_local_server(tmp_path):
     """No 70 lines of manifest JSON; the second command finds the first one's Prefect server
     instead of starting its own; `longdoc server stop` stops it."""
@@ -174,6 +176,7 @@ def test_version_help_defaults_and_hidden_aliases():
         )
 
 
+@pytest.mark.slow  # a command that starts the Prefect server and loads a model: ~45 s
 def test_score_that_scores_nothing_exits_3(tmp_path, monkeypatch):
     """Every input an error: the summary line, then one error line, and exit code 3."""
     from tests.components.test_score import own_store, register

@@ -9,7 +9,6 @@ parameters is checked without a cluster (`with_runner`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -34,6 +33,13 @@ _DRIVER = textwrap.dedent(
     """
     import json, os, signal, sys, threading, time
     from pathlib import Path
+
+    if __name__ == "__main__":  # not in the Dask workers, which run this file's top level too
+        from longdoc.flows.server import start_api
+
+        # before Prefect is imported, as the CLI does: the shared local server (the one the
+        # `pause` run started serves the `finish` run, as it would serve the next command)
+        api_ready = start_api()
 
     from prefect import flow
     from prefect.context import FlowRunContext
@@ -126,9 +132,7 @@ _DRIVER = textwrap.dedent(
         return {"ingest": ingested, "tokenize": tokenized}
 
     if __name__ == "__main__":
-        from longdoc.flows.server import ensure_api
-
-        ensure_api()
+        api_ready()
         drive()
     """
 )
@@ -217,8 +221,8 @@ def test_score_on_dask_is_the_local_output_and_survives_kill_9_of_flow_and_worke
     _tar(src, members)
     _corpus(tmp_path / "docs")
 
-    # kill -9 of the flow process with units on the cluster: the workers go with it
-    ephemeral: list[int] = []
+    # kill -9 of the flow process with units on the cluster: the workers go with it (the shared
+    # Prefect server is not its child and stays, as after a killed command)
     proc = _driver(tmp_path, "pause", src, champion.uri)
     try:
         _wait_for(lambda: (tmp_path / "paused").exists(), proc, tmp_path, "pause")
@@ -227,19 +231,12 @@ def test_score_on_dask_is_the_local_output_and_survives_kill_9_of_flow_and_worke
         )
         workers = [k for k in _children(proc.pid) if "multiprocessing" in _cmdline(k)]
         assert len(workers) >= 2, _log(tmp_path, "pause")
-        # the driver runs its flow on Prefect's ephemeral API server (not `longdoc`'s shared
-        # server, whose watchdog stops it with its command): a kill -9 orphans it, so the
-        # test stops it itself
-        ephemeral += [k for k in _children(proc.pid) if "prefect.server" in _cmdline(k)]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        for pid in ephemeral:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
     # the state the rerun finds: read after the kill, since units may commit (and the state
     # advance) between the wait above and the kill landing
     state = _all_units_named(tmp_path / "pred/.score-state.json")

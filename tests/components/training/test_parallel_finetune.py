@@ -159,6 +159,7 @@ def _no_env_tracking(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.mark.slow  # three 2-rank runs and a reference: ~45 s on 2 cores
 def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_as_one_process(tmp_path):
     base = tmp_path / "base"
     texts = [FILL * 3, *CUES]
@@ -193,6 +194,7 @@ def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_as_one_process(tmp_path):
         )
 
 
+@pytest.mark.slow  # three 2-rank runs and a reference: ~70 s on 2 cores
 def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_a_summarizer_as_one_process(tmp_path):
     """The LED (a decoder warm-started from the long encoder): its encoder and decoder blocks
     shard like the Longformer's (tp: one head per rank in every attention, the cross-attention

@@ -73,6 +73,7 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, out.decode()[-4000:]
 
 
+@pytest.mark.slow  # three rank groups started in turn, one killed: ~100 s on 2 cores
 def test_a_run_killed_in_one_mode_resumes_in_another_with_the_same_losses(shards, tmp_path):
     """ddp (killed after step 2) -> tp (killed after 4) -> fsdp to the end, and the step-4
     checkpoint also in one plain process to the end: each resumes the previous mode's

@@ -232,6 +232,7 @@ def _launch(tmp: Path, *runs: tuple[PretrainParams, str, float]) -> subprocess.P
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow  # three 2-rank runs and a reference: ~70 s on 2 cores
 def test_ddp_fsdp_and_tp_denoise_as_one_process_and_resume_across_modes(led_and_shards, tmp_path):
     """Global batch 4: 2 processes x 2 rows (ddp, fsdp) or one tp pair x 4 rows (one head per
     rank) give the losses of 1 process x 4 rows (the noise is a function of (seed, row), not of
