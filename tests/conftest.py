@@ -4,14 +4,17 @@ import os
 
 import pytest
 
-# Threads per test worker. pytest-xdist runs `-n N` workers side by side (`make test`: 2 on 2
-# cores); if each one's torch, and every command or rank it starts, also took a thread per core,
-# N workers would run N times too many threads, and OpenMP's spinning waits made that several
-# times slower (tests/components/test_model.py: 35 s with 2 x 2 threads on 2 cores, 4 s with
-# 2 x 1). Before torch is imported, so its OpenMP reads it; inherited by subprocesses. Tests of
-# threading set their thread counts themselves; a value the user set wins.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+# Threads per pytest-xdist worker. `make test` runs 2 workers side by side on 2 cores; if each
+# one's torch, and every command or rank it starts, also took a thread per core, N workers
+# would run N times too many threads, and OpenMP's spinning waits made that several times
+# slower (tests/components/test_model.py: 35 s with 2 x 2 threads on 2 cores, 3 s with 2 x 1).
+# Set here, in each worker before it imports torch (xdist names the worker count before it loads
+# this file; the controlling process, whose environment the workers inherit, sets nothing), and
+# inherited by subprocesses. Tests of threading set their thread counts themselves; a value the
+# user set wins, and a run without workers keeps torch's default.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _workers)))
 
 
 def pytest_collection_modifyitems(items):

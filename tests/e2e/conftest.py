@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -59,13 +58,6 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
             f"{' '.join(cmd)} exited {res.returncode}\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}"
         )
     return res
-
-
-@pytest.fixture
-def tiny_params(tmp_path: Path) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
 
 
 def copy_repo(dest: Path) -> None:
