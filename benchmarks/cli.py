@@ -81,7 +81,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-        env.update(PREFECT_HOME=str(work / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env.update(
+            PREFECT_HOME=str(work / ".prefect"),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            # the peer's temporary server on a new database takes over Prefect's default 20 s
+            # on a slow 2-core machine (ours waits up to 120 s for its server by default)
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        )
         sets = [s for s in TINY if s != "--set"]
         (work / "params.yaml").write_text("sample:\n  out: data/sample\n")
         # a warm shared server, as after any earlier command
