@@ -998,6 +998,11 @@ def _global_keys_backward(q, gk, gv, gi: _GlobalIndex, g_out, lse_s, delta, dq, 
         _rank_update(dq[e], ds * scale, _heads_first(gk[e]))
 
 
+def _at_globals(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``x (B, m, ...)`` at each example's global positions ``order (B, G)``: ``(B, G, ...)``."""
+    return x[torch.arange(x.shape[0]).unsqueeze(1), order]
+
+
 def _split_globals(k, v, pad, global_mask):
     """``(gi, key_ok, gk, gv)``: the global tokens' index (None without any), the keys the band
     may use (a global key enters the softmax once, as a global key) and the global keys and
@@ -1007,7 +1012,7 @@ def _split_globals(k, v, pad, global_mask):
         return None, ~pad, None, None
     order, valid = gidx
     gi = _GlobalIndex(order, valid, valid & ~pad.gather(1, order))
-    gk, gv = (torch.stack([x[e, order[e]] for e in range(x.shape[0])]) for x in (k, v))
+    gk, gv = _at_globals(k, order), _at_globals(v, order)
     return gi, ~pad & ~global_mask, gk, gv
 
 
@@ -1027,7 +1032,7 @@ def _amx_attention(q, k, v, pad, global_mask, fns, spec: _BandSpec, global_rows:
 def _global_rows_sdpa(q, k, v, pad, gi: _GlobalIndex) -> torch.Tensor:
     """``_global_rows_forward``'s rows ``(B, G, H, D)`` without the probabilities (no backward):
     one SDPA call over the heads-first views, 0 where every key is padding."""
-    qg = torch.stack([q[e, gi.order[e]] for e in range(q.shape[0])]).transpose(1, 2)
+    qg = _at_globals(q, gi.order).transpose(1, 2)
     keys_ok = (~pad)[:, None, None, :]
     o = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=keys_ok)
     return o.nan_to_num(0.0).transpose(1, 2)
@@ -1036,8 +1041,9 @@ def _global_rows_sdpa(q, k, v, pad, gi: _GlobalIndex) -> torch.Tensor:
 class _Fused(torch.autograd.Function):
     """The whole attention of an undilated pattern (``SlidingWindow`` with dilation 1,
     ``BlockLocal``) on contiguous float32 ``(B, m, H, D)`` tensors, in one autograd node: the
-    band with the global keys by the compiled kernels, the global rows in torch; the backward
-    writes every contribution into one ``dq, dk, dv`` (see the comment above ``_heads_first``).
+    band with the global keys by the compiled kernels, the global rows in torch (without
+    gradients, in the forward kernel: no probabilities to keep); the backward writes every
+    contribution into one ``dq, dk, dv`` (see the comment above ``_heads_first``).
     ``global_rows=False``: the global queries' rows are zero and take no part in the backward
     (the caller computes them itself: see ``kernels.attention``).
     """
@@ -1051,7 +1057,7 @@ class _Fused(torch.autograd.Function):
         probs = og = None
         if gi is not None and global_rows and not any(ctx.needs_input_grad[:3]):
             # inference: the kernel computes the global rows too, with no probabilities to keep
-            gq = torch.stack([q[e, gi.order[e]] for e in range(q.shape[0])])
+            gq = _at_globals(q, gi.order)
             out, lse, rows = _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec, gq, ~pad)
             bi, pi = global_mask.nonzero(as_tuple=True)
             out[bi, pi] = rows[gi.valid]
