@@ -188,6 +188,34 @@ def pipeline_specs(p: Params) -> list[StageSpec]:
     return out
 
 
+def reads_output_of(b: StageSpec, a: StageSpec) -> bool:
+    """Whether stage `b` reads what stage `a` writes: an input at or under `a`'s output."""
+    out = Path(a.out).resolve()
+    return any(p == out or out in p.parents for p in (Path(i).resolve() for i in b.inputs))
+
+
+def waves(specs: list[StageSpec]) -> list[list[StageSpec]]:
+    """`specs` (in pipeline order) cut into runs of consecutive stages none of which reads
+    another's output: the stages of one wave may run side by side once the earlier waves are
+    done (after pretrain: probe and every fine-tuning task)."""
+    out: list[list[StageSpec]] = []
+    for s in specs:
+        if out and not any(reads_output_of(s, a) for a in out[-1]):
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
+
+
+def input_bytes(s: StageSpec) -> int:
+    """The size on disk of what a stage reads (a missing input counts 0)."""
+    total = 0
+    for path in map(Path, s.inputs):
+        files = path.rglob("*") if path.is_dir() else [path]
+        total += sum(f.stat().st_size for f in files if f.is_file())
+    return total
+
+
 def _code_files(paths: tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for rel in paths:

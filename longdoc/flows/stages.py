@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from longdoc.components.core.config import Params, load_params
-from longdoc.flows import freshness
+from longdoc.flows import freshness, jobs
 from longdoc.flows.runner import unit_runner, with_runner
 
 # Errors no retry can heal: a missing path stays missing, a full disk stays full.
@@ -244,24 +244,58 @@ STAGE_FLOWS = {
 }
 
 
+# Stages that run a model in one process: where they do not depend on each other they run side
+# by side (`pipeline.jobs`). The data stages spread their own work over the cores (`runner:`).
+SIDE_BY_SIDE = {"probe", "finetune"}
+
+
 @flow(name="pipeline")
 def pipeline_flow(params: Params | None = None, force: bool = False) -> dict:
     """Every stage in order (one finetune per task); a stage whose parameters, inputs and code
-    are unchanged is skipped (flows/freshness.py, the rules `dvc.yaml` is generated from)."""
+    are unchanged is skipped (flows/freshness.py, the rules `dvc.yaml` is generated from).
+    Model stages that do not depend on each other (probe and the fine-tuning tasks, after
+    pretrain) run side by side in `pipeline.jobs` processes (flows/jobs.py)."""
     params = params or load_params()
     logger = get_run_logger()
+    workers = jobs.resolve_jobs(params.pipeline.jobs)
+    specs = freshness.pipeline_specs(params)
     results: dict[str, dict | str] = {}
-    for s in freshness.pipeline_specs(params):
-        if not force and freshness.is_fresh(s):
-            logger.info("%s: parameters, inputs and code unchanged, skipped", s.name)
-            results[s.name] = "skipped"
-            continue
-        run_params = params
-        if s.task is not None:
-            run_params = params.model_copy(update={"finetune": params.finetune.for_task(s.task)})
-        results[s.name] = STAGE_FLOWS[s.stage](run_params)
+    for wave in freshness.waves(specs):
+        stale = []
+        for s in wave:
+            if not force and freshness.is_fresh(s):
+                logger.info("%s: parameters, inputs and code unchanged, skipped", s.name)
+                results[s.name] = "skipped"
+            else:
+                stale.append(s)
+        if workers > 1 and len(stale) > 1 and all(s.stage in SIDE_BY_SIDE for s in stale):
+            stale.sort(key=lambda s: _expected_work(params, s), reverse=True)
+            logger.info("side by side, %d at a time: %s", workers, ", ".join(s.name for s in stale))
+            side = [jobs.Job(s.name, run_stage, (s.stage, _stage_params(params, s))) for s in stale]
+            results.update(jobs.run_side_by_side(side, workers))
+        else:
+            results.update({s.name: run_stage(s.stage, _stage_params(params, s)) for s in stale})
     _record_in_dvc(params, ran=any(r != "skipped" for r in results.values()))
-    return results
+    return {s.name: results[s.name] for s in specs}
+
+
+def run_stage(stage: str, params: Params) -> dict:
+    """One stage's flow (by name, so that a worker process can be told which)."""
+    return STAGE_FLOWS[stage](params)
+
+
+def _expected_work(params: Params, s: freshness.StageSpec) -> int:
+    """What a side-by-side stage will cost, to start the longest first (so that no long stage
+    starts last and runs alone): the bytes it reads, times its epochs when it trains."""
+    epochs = _stage_params(params, s).finetune.task_epochs if s.stage == "finetune" else 1
+    return freshness.input_bytes(s) * epochs
+
+
+def _stage_params(params: Params, s: freshness.StageSpec) -> Params:
+    """A finetune stage runs with its task's entry resolved (`finetune.for_task`)."""
+    if s.task is None:
+        return params
+    return params.model_copy(update={"finetune": params.finetune.for_task(s.task)})
 
 
 def _record_in_dvc(params: Params, ran: bool) -> None:

@@ -35,6 +35,8 @@ TINY = {
     # baseline 128: room for WikiHop's query + candidates with the tiny tokenizer
     "finetune": {"epochs": 1, "max_len": 512, "baseline_max_len": 128, "batch_size": 4},
     "score": {"max_len": 512},
+    # probe and the fine-tuning tasks side by side, whatever the cores (tests use 1 thread each)
+    "pipeline": {"jobs": 2},
 }
 
 

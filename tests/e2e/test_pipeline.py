@@ -97,6 +97,7 @@ def test_pipeline_end_to_end_then_skips_and_agrees_with_dvc_through_a_remote(tmp
     params_file = str(repo / "params.yaml")  # named explicitly: the option's path, checked too
     first = run([sys.executable, "-m", "longdoc", "pipeline", "--params", params_file], cwd=repo)
     check_outputs(repo, first.stdout)
+    assert "side by side, 2 at a time: " in first.stdout + first.stderr
     assert (repo / "dvc.lock").exists()
     assert dvc_stale(repo) == set() == our_stale(repo, monkeypatch)
     repro = run([str(BIN / "dvc"), "repro"], cwd=repo)

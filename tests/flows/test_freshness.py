@@ -61,3 +61,36 @@ def test_fingerprint_follows_params_inputs_and_code(tmp_path, monkeypatch):
     (code / "longdoc/components/synthetic/generator.py").write_text("# another generator\n")
     monkeypatch.setattr(freshness, "REPO", code)
     assert not freshness.is_fresh(s)
+
+
+def test_waves_group_the_stages_that_may_run_side_by_side():
+    """After pretrain, probe and every fine-tuning task read only earlier outputs; score reads
+    the IMDB model, and build-kernels reads nothing tokenize writes."""
+    params = load_params(REPO / "params.yaml")
+    waves = [[s.name for s in w] for w in freshness.waves(freshness.pipeline_specs(params))]
+    tasks = [f"finetune_{t}" for t in params.finetune.tasks]
+    assert waves == [
+        ["sample"],
+        ["ingest"],
+        ["tokenize", "build_kernels"],
+        ["pretrain"],
+        ["probe", *tasks],
+        ["score"],
+    ]
+    # a task reading another task's output starts a new wave
+    chained = load_params(
+        REPO / "params.yaml", ["finetune.tasks.imdb.data=data/checkpoints/wikihop/x"]
+    )
+    names = [[s.name for s in w] for w in freshness.waves(freshness.pipeline_specs(chained))]
+    assert names[4] == ["probe", "finetune_wikihop", "finetune_triviaqa", "finetune_hotpotqa"]
+    assert names[5][0] == "finetune_imdb"
+
+
+def test_input_bytes_counts_what_a_stage_reads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a").write_bytes(b"x" * 10)
+    (tmp_path / "d" / "sub" / "b").write_bytes(b"x" * 5)
+    (tmp_path / "f").write_bytes(b"x" * 3)
+    s = freshness.StageSpec("x", "probe", "", Path("o"), {}, (Path("d"), Path("f"), Path("no")), ())
+    assert freshness.input_bytes(s) == 18

@@ -435,6 +435,18 @@ class RunnerParams(_Section):
         return self
 
 
+class PipelineParams(_Section):
+    """How `longdoc pipeline` runs the stages (not what they compute: in no fingerprint).
+
+    `jobs`: stages that run a model (probe, each fine-tuning task) and do not depend on each
+    other run side by side in this many processes, the cores shared out among them. `auto` is
+    1 where a CUDA device is visible (the jobs would share it) and 2 on a CPU with 2 or more
+    cores: a small model gains little from a second thread, and each job's serial parts
+    (Python, evaluation, saving) overlap the other's compute."""
+
+    jobs: PositiveInt | Literal["auto"] = "auto"
+
+
 class ZeroShotLabel(_Section):
     """One label of a zero-shot classifier: what it means, and the words that say it."""
 
@@ -543,6 +555,7 @@ class Params(_Section):
     zeroshot: ZeroShotParams = Field(default_factory=ZeroShotParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     runner: RunnerParams = Field(default_factory=RunnerParams)
+    pipeline: PipelineParams = Field(default_factory=PipelineParams)
 
     @model_validator(mode="after")
     def _zero_shot_known(self) -> Params:
