@@ -271,12 +271,21 @@ def pipeline_flow(params: Params | None = None, force: bool = False) -> dict:
         if workers > 1 and len(stale) > 1 and all(s.stage in SIDE_BY_SIDE for s in stale):
             stale.sort(key=lambda s: _expected_work(params, s), reverse=True)
             logger.info("side by side, %d at a time: %s", workers, ", ".join(s.name for s in stale))
-            side = [jobs.Job(s.name, run_stage, (s.stage, _stage_params(params, s))) for s in stale]
-            results.update(jobs.run_side_by_side(side, workers))
+            results.update(_side_by_side(params, stale, workers))
         else:
             results.update({s.name: run_stage(s.stage, _stage_params(params, s)) for s in stale})
     _record_in_dvc(params, ran=any(r != "skipped" for r in results.values()))
     return {s.name: results[s.name] for s in specs}
+
+
+def _side_by_side(params: Params, stale: list[freshness.StageSpec], workers: int) -> dict:
+    """The stages in worker processes (flows/jobs.py). MLflow's store and experiment are made
+    here first: workers starting together on a new store race to create its tables."""
+    from longdoc.components.core import tracking
+
+    tracking.setup(params.tracking)
+    batch = [jobs.Job(s.name, run_stage, (s.stage, _stage_params(params, s))) for s in stale]
+    return jobs.run_side_by_side(batch, workers)
 
 
 def run_stage(stage: str, params: Params) -> dict:
