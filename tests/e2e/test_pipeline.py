@@ -24,8 +24,12 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
 def dvc_stale(repo) -> set[str]:
-    out = run([str(BIN / "dvc"), "status", "--json"], cwd=repo).stdout
-    return {name.split(":")[-1] for name in json.loads(out or "{}")}
+    """The stages `dvc status` calls stale, through DVC's API (what the command prints with
+    --json): in this process, 0.7 s a call instead of a 2.7 s command start each time."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return {name.split(":")[-1] for name in dvc.status()}
 
 
 def our_stale(repo, monkeypatch) -> set[str]:

@@ -3,15 +3,17 @@ alias `champion`).
 
 Why a SQLite backend by default: the registry needs a database store, and a single file at the
 repo root works on a laptop and in CI with no server. Artifacts go beside it in `mlartifacts/`.
+
+MLflow is imported where it is used, not with this module: it takes 5-6 s to import on a slow
+2-core machine, and every torchrun rank imports the training modules, which import this one,
+though only the main rank tracks (importing `training.pretrain` took 14.9 s with MLflow, 9.8 s
+without, on the 2-core EPYC of benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import mlflow
-from mlflow.tracking import MlflowClient
 
 from longdoc.components.core import config
 from longdoc.components.core.config import TrackingParams
@@ -35,6 +37,8 @@ def set_store(uri: str) -> None:
     """``mlflow.set_tracking_uri``, which also exports MLFLOW_TRACKING_URI (for child
     processes), recording the export as this process's own unless the variable was the user's,
     so that a later stage's `tracking.uri` still counts (``TrackingParams.resolved_uri``)."""
+    import mlflow
+
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     config.note_tracking_export(before, os.environ.get("MLFLOW_TRACKING_URI"))
@@ -42,6 +46,9 @@ def set_store(uri: str) -> None:
 
 def setup(params: TrackingParams) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri(params)
     set_store(uri)
     client = MlflowClient()
@@ -54,16 +61,26 @@ def setup(params: TrackingParams) -> str:
     return exp_id
 
 
+def start_run(**kwargs):
+    """``mlflow.start_run`` (for modules that import MLflow only on the rank that tracks)."""
+    import mlflow
+
+    return mlflow.start_run(**kwargs)
+
+
 def registered_name(task: str) -> str:
     return f"longdoc-{task}"
 
 
 def champion_metric(name: str, metric: str) -> float | None:
     """The `metric` of the run behind `name@champion`, or None when there is no champion."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return None
     if not version.run_id:
         return None
@@ -74,6 +91,8 @@ def resolve_model_version(model_uri: str) -> str:
     """`models:/name@alias` or `models:/name/N` → the concrete version number, as a string."""
     if not model_uri.startswith("models:/"):
         return model_uri
+    from mlflow.tracking import MlflowClient
+
     ref = model_uri.removeprefix("models:/")
     client = MlflowClient()
     if "@" in ref:

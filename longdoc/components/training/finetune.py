@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import torch
-from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
@@ -38,7 +36,6 @@ from longdoc.components.core.io import (
     staging_dir,
     write_manifest,
 )
-from longdoc.components.inference.serving import log_longdoc_model
 from longdoc.components.tasks import LoadResult, get_task
 from longdoc.components.training import parallel
 from longdoc.components.training.adapters import (
@@ -135,6 +132,8 @@ def train_task(
     facts.update(n_dev=len(dev_enc), train_windows=sum(len(e.windows) for e in loop.train))
     with _main_run(env, run_name) as run:
         if env.main:
+            import mlflow  # here, not at the top: only the main rank tracks (core/tracking.py)
+
             mlflow.log_params({**facts, "epochs_run": epochs, "world_size": env.world})
             # the run's own max_len/windows/lr/batch_size are above; `tasks` is every task's entry
             skip = ("max_len", "windows", "tasks", "lr", "batch_size")
@@ -171,7 +170,7 @@ def train_task(
 def _main_run(env: parallel.DistEnv, run_name: str):
     """The nested MLflow run on rank 0; nothing on the other ranks."""
     if env.main:
-        return mlflow.start_run(run_name=run_name, nested=True)
+        return tracking.start_run(run_name=run_name, nested=True)
     return contextlib.nullcontext()
 
 
@@ -249,6 +248,8 @@ def _train_epoch(loop: _Loop, bar) -> None:
         bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
     loop.epoch_losses.append(total / max(1, counted))
     if loop.env.main:
+        import mlflow
+
         loop.metrics.flush()
         mlflow.log_metric("epoch_loss", loop.epoch_losses[-1], step=len(loop.epoch_losses))
 
@@ -323,6 +324,8 @@ def _score_dev(
 ) -> dict:
     """Score the dev predictions with the task's official metric, log, write the predictions
     file in the task's official format (rank 0)."""
+    import mlflow
+
     prediction_file = loop.adapter.prediction_file(predictions)
     dev_metrics = loop.adapter.task.evaluate(dev, prediction_file)
     metrics = {
@@ -339,6 +342,8 @@ def _score_dev(
 
 
 def _log_curve(curve: list[tuple[int, float]], run_name: str) -> None:
+    import mlflow
+
     if curve:
         with tempfile.TemporaryDirectory() as tmp:
             png = plot_curve({run_name: curve}, Path(tmp) / "loss_curve.png", "loss")
@@ -379,7 +384,7 @@ def finetune(params: FinetuneParams, tracking_params: TrackingParams) -> dict:
     try:
         if env.main:
             tracking.setup(tracking_params)
-        parent = mlflow.start_run(run_name=f"finetune-{params.task}") if env.main else None
+        parent = tracking.start_run(run_name=f"finetune-{params.task}") if env.main else None
         with parent or contextlib.nullcontext():
             long_run, base_run = _train_both(params, adapter, train, dev, env)
             registered = _track_result(params, adapter, long_run, base_run) if env.main else None
@@ -424,6 +429,8 @@ def _train_both(params: FinetuneParams, adapter: TaskAdapter, train, dev, env):
 
 def _track_result(params: FinetuneParams, adapter: TaskAdapter, long_run, base_run):
     """Log the primary metrics in the parent run; register the long model when configured."""
+    import mlflow
+
     mlflow.set_tags({"stage": "finetune", "task": params.task})
     primary = adapter.task.primary_metric
     if base_run is not None:
@@ -480,6 +487,11 @@ def _register(
     pyfunc wrapper serves yet, are registered as their HF checkpoint directory (load it with
     the classes in components.modeling.heads).
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from longdoc.components.inference.serving import log_longdoc_model
+
     previous = tracking.champion_metric(name, metric)
     mlflow.log_metric(metric, value)
     if servable:

@@ -57,7 +57,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pyarrow as pa
 import torch
@@ -757,6 +756,8 @@ def _resume(job: _Job, t: _Trainer) -> tuple[LoopState, bool]:
 
 def _log_start(job: _Job, model, objective, state: LoopState) -> None:
     """A fresh run's parameters and step-0 validation loss (rank 0)."""
+    import mlflow  # here, not at the top: the other ranks never track (core/tracking.py)
+
     params = job.params
     mlflow.set_tag("stage", "pretrain")
     mlflow.log_params({f"pretrain.{k}": v for k, v in params_dict(params).items()})
@@ -893,6 +894,8 @@ def _loop(job: _Job, t: _Trainer, state: LoopState) -> None:
 
 
 def _start_run(run_id: str | None):
+    import mlflow
+
     if run_id:
         try:
             return mlflow.start_run(run_id=run_id)
@@ -936,6 +939,8 @@ def tile_piece_positions(model, piece_len: int) -> None:
 
 def _publish(job: _Job, model, curve: dict, loss_name: str) -> None:
     """The HF checkpoint (+ loss log) to `params.out`, via a staging dir; plots to MLflow."""
+    import mlflow
+
     if job.params.objective == "mlm":
         fill_untrained_global_projections(model)
     staging = staging_dir(Path(job.params.out), "pretrain")
@@ -951,6 +956,8 @@ def _publish(job: _Job, model, curve: dict, loss_name: str) -> None:
 
 
 def _finish(job: _Job, model, objective, state: LoopState, run) -> dict:
+    import mlflow
+
     params = job.params
     if job.piece_len is not None:  # before the evaluation: it measures the published model
         tile_piece_positions(model, job.piece_len)
