@@ -4,8 +4,9 @@ train what 1 process trains at the same global batch (same step losses, dev pred
 weights), with MLflow runs, metrics and the checkpoint written by rank 0 only; the fsdp run's
 checkpoint is a full HF checkpoint that transformers' own class loads.
 
-One torchrun launch runs the three modes one after the other (the ranks join the process group
-once): starting Python and torch on each rank costs more than these tiny runs.
+One torchrun launch runs the three modes for both tasks one after the other, then generates from
+the fsdp summarizer (the ranks join the process group once): starting Python, torch and
+transformers on each rank costs more than these tiny runs.
 
 The batch (3 examples) does not split evenly over 2 ranks, and every review is longer than
 max_len, so ranks run different numbers of examples and windows per step. Dropout is off so
@@ -37,16 +38,22 @@ REPO = Path(__file__).resolve().parents[3]
 FILL = "the cat sat on the mat near the old mill. "
 CUES = ("a dreadful awful film.", "a brilliant superb film.")
 
-#: Generation from an fsdp-sharded LED on 2 ranks, rank 0's outputs ending first (it may write
-#: fewer tokens): argv = checkpoint, output directory.
-GENERATE = """
+#: argv: the configs to fine-tune in turn (JSON), then the LED checkpoint to generate from on 2
+#: fsdp ranks, rank 0's outputs ending first (it may write fewer tokens), and where to write them.
+RUNNER = """
 import json, sys
 from pathlib import Path
+import torch.distributed as dist
 from transformers import AutoTokenizer
+from longdoc.components.core.config import FinetuneParams, TrackingParams
 from longdoc.components.modeling.led import LEDForConditionalGeneration
 from longdoc.components.training import parallel
 from longdoc.components.training.adapters import generate_text, seq2seq_encoded
-path, out = sys.argv[1:]
+from longdoc.components.training.finetune import finetune
+*configs, path, out = sys.argv[1:]
+dist.init_process_group("gloo")  # once for every run (finetune then leaves it to us)
+for cfg in map(json.loads, configs):
+    finetune(FinetuneParams.model_validate(cfg["finetune"]), TrackingParams(**cfg["tracking"]))
 env = parallel.DistEnv("fsdp")
 model = LEDForConditionalGeneration.from_pretrained(path).eval()
 tokenizer = AutoTokenizer.from_pretrained(path)
@@ -58,16 +65,6 @@ encoded = [seq2seq_encoded(str(i), tokenizer(t, add_special_tokens=False)["input
 summaries = [generate_text(model, tokenizer, e, tokenizer.pad_token_id) for e in encoded]
 Path(out, f"rank{env.rank}.json").write_text(json.dumps(summaries))
 env.close()
-"""
-
-RUNNER = """
-import json, os, sys
-import torch.distributed as dist
-from longdoc.components.core.config import FinetuneParams, TrackingParams
-from longdoc.components.training.finetune import finetune
-dist.init_process_group("gloo")  # once for every run (finetune then leaves it to us)
-for cfg in map(json.loads, sys.argv[1:]):
-    finetune(FinetuneParams.model_validate(cfg["finetune"]), TrackingParams(**cfg["tracking"]))
 dist.destroy_process_group()
 """
 
@@ -123,15 +120,16 @@ def _result(cfg: dict) -> tuple[list[float], object, dict]:
     return losses, written, weights
 
 
-def _launch(tmp: Path, *configs: dict) -> subprocess.Popen:
-    """One 2-rank torchrun launch running `configs` in turn."""
+def _launch(tmp: Path, *configs: dict, generate_from: Path) -> subprocess.Popen:
+    """One 2-rank torchrun launch fine-tuning `configs` in turn, then generating from the LED
+    at `generate_from` (written by one of them) into `tmp`/rank<r>.json."""
     script = tmp / "runner.py"
     script.write_text(RUNNER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.Popen(
-        [*cmd, str(script), *map(json.dumps, configs)],
+        [*cmd, str(script), *map(json.dumps, configs), str(generate_from), str(tmp)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -159,75 +157,62 @@ def _no_env_tracking(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-@pytest.mark.slow  # three 2-rank runs and a reference: ~45 s on 2 cores
-def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_as_one_process(tmp_path):
-    base = tmp_path / "base"
-    texts = [FILL * 3, *CUES]
+@pytest.mark.slow  # six 2-rank runs and generation in one launch, two references: ~2 min
+def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_a_classifier_and_a_summarizer_as_one_process(
+    tmp_path,
+):
+    """A Longformer classifier, then an LED summarizer (a decoder warm-started from the long
+    encoder), in each mode. The LED's encoder and decoder blocks shard like the Longformer's
+    (tp: one head per rank in every attention, the cross-attention included), the frozen encoder
+    runs outside the model's forward (fsdp gathers the shared embeddings around it too), and
+    beam search on a rank whose share of dev is done keeps stepping while the other rank's is
+    not (fsdp's forwards are collective)."""
+    imdb, arxiv = tmp_path / "imdb", tmp_path / "arxiv"
     # dropout off (the config fields win over the model section's defaults)
-    tiny_checkpoint(base, texts, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    data = tmp_path / "aclImdb"
-    _write_imdb(data)
-    one = _config(tmp_path, base, data, "one")
-    ddp = _config(tmp_path, base, data, "ddp", "ddp")
-    tp = _config(tmp_path, base, data, "tp", "tp")
-    fsdp = _config(tmp_path, base, data, "fsdp", "fsdp")
-    proc = _launch(tmp_path, ddp, tp, fsdp)
-    summary = finetune(  # meanwhile
-        FinetuneParams.model_validate(one["finetune"]), TrackingParams(**one["tracking"])
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    tiny_checkpoint(imdb / "base", [FILL * 3, *CUES], **no_dropout)
+    _write_imdb(imdb / "aclImdb")
+    classify = [
+        _config(imdb, imdb / "base", imdb / "aclImdb", name, mode)
+        for name, mode in (("one", "ddp"), ("ddp", "ddp"), ("tp", "tp"), ("fsdp", "fsdp"))
+    ]
+    texts = [FILL * 3, *CUES, "we find it brilliant . it is dreadful ."]
+    tiny_checkpoint(arxiv / "base", texts, **no_dropout)
+    _write_summaries(arxiv / "data")
+    entry = {"freeze_encoder": True, "generation": {"num_beams": 2, "max_new_tokens": 6}}
+    summarize = [
+        _config(arxiv, arxiv / "base", arxiv / "data", name, mode, task="summarization", **entry)
+        for name, mode in (("one", "ddp"), ("ddp", "ddp"), ("tp", "tp"), ("fsdp", "fsdp"))
+    ]
+    led = Path(summarize[3]["finetune"]["tasks"]["summarization"]["out"])  # fsdp's, gathered
+    proc = _launch(tmp_path, *classify[1:], *summarize[1:], generate_from=led)
+    summary, _ = (  # meanwhile, one process
+        finetune(FinetuneParams.model_validate(c["finetune"]), TrackingParams(**c["tracking"]))
+        for c in (classify[0], summarize[0])
     )
-    out, _ = proc.communicate(timeout=300)
+    out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out.decode()[-4000:]
     assert summary["long"]["train_windows"] > 5  # longer than max_len: several windows each
-    _assert_as_one_process(one, ddp, tp, fsdp, steps=4)  # 2 epochs x 2 steps (batches of 3)
+    _assert_as_one_process(*classify, steps=4)  # 2 epochs x 2 steps (batches of 3)
+    _assert_as_one_process(*summarize, steps=4)
 
     # fsdp's checkpoint is whole (gathered from the shards): transformers' class computes with it
     # what ours computes with the 1-process checkpoint
     ids = torch.randint(5, 40, (2, 40), generator=torch.Generator().manual_seed(0))
     ids[:, 0] = 0
     theirs = transformers.LongformerForSequenceClassification.from_pretrained(
-        fsdp["finetune"]["out"], attn_implementation="eager"
+        classify[3]["finetune"]["out"], attn_implementation="eager"
     ).eval()
-    ours = LongformerForSequenceClassification.from_pretrained(one["finetune"]["out"]).eval()
+    ours = LongformerForSequenceClassification.from_pretrained(classify[0]["finetune"]["out"])
     with torch.no_grad():
         torch.testing.assert_close(
-            theirs(input_ids=ids).logits, ours(input_ids=ids).logits, rtol=1e-3, atol=1e-4
+            theirs(input_ids=ids).logits, ours.eval()(input_ids=ids).logits, rtol=1e-3, atol=1e-4
         )
-
-
-@pytest.mark.slow  # three 2-rank runs and a reference: ~70 s on 2 cores
-def test_two_ranks_in_ddp_tp_and_fsdp_fine_tune_a_summarizer_as_one_process(tmp_path):
-    """The LED (a decoder warm-started from the long encoder): its encoder and decoder blocks
-    shard like the Longformer's (tp: one head per rank in every attention, the cross-attention
-    included), the frozen encoder runs outside the model's forward (fsdp gathers the shared
-    embeddings around it too), and beam search on a rank whose share of dev is done keeps
-    stepping while the other rank's is not (fsdp's forwards are collective)."""
-    base = tmp_path / "base"
-    texts = [FILL * 3, *CUES, "we find it brilliant . it is dreadful ."]
-    tiny_checkpoint(base, texts, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    data = tmp_path / "arxiv"
-    _write_summaries(data)
-    entry = {"freeze_encoder": True, "generation": {"num_beams": 2, "max_new_tokens": 6}}
-    one, ddp, tp, fsdp = (
-        _config(tmp_path, base, data, name, mode, task="summarization", **entry)
-        for name, mode in (("one", "ddp"), ("ddp", "ddp"), ("tp", "tp"), ("fsdp", "fsdp"))
-    )
-    proc = _launch(tmp_path, ddp, tp, fsdp)
-    finetune(FinetuneParams.model_validate(one["finetune"]), TrackingParams(**one["tracking"]))
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out.decode()[-4000:]
-    _assert_as_one_process(one, ddp, tp, fsdp, steps=4)
 
     # generation on fsdp ranks whose outputs end at different steps: each rank's summaries are
     # what the plain model writes with that rank's settings
-    script = tmp_path / "generate.py"
-    script.write_text(GENERATE)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    ckpt = one["finetune"]["tasks"]["summarization"]["out"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([*cmd, str(script), ckpt, str(tmp_path)], env=env, capture_output=True)
-    assert done.returncode == 0, done.stderr.decode()[-4000:]
-    model = LEDForConditionalGeneration.from_pretrained(ckpt).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(ckpt)
+    model = LEDForConditionalGeneration.from_pretrained(led).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(led)
     texts = [f"the cat sat on the mat {n} times ." for n in ("one", "two", "three")]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     for rank in (0, 1):
