@@ -4,6 +4,8 @@ MLFLOW_TRACKING_URI, and that export must not override a later stage's own `trac
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -53,3 +55,15 @@ def test_the_users_environment_variable_wins_over_every_stage(stores, monkeypatc
     _log_one(b)
     assert _runs(c.uri) == [a.uri, b.uri]
     assert not _runs(a.uri) and not _runs(b.uri)
+
+
+def test_the_training_modules_leave_mlflow_to_the_rank_that_tracks():
+    """Every torchrun rank imports the training modules; only the main rank tracks, so MLflow
+    (5-6 s to import on 2 slow cores) must not come with them."""
+    code = (
+        "import sys\n"
+        "import longdoc.components.training.finetune, longdoc.components.training.pretrain\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
