@@ -6,8 +6,8 @@ repo root works on a laptop and in CI with no server. Artifacts go beside it in 
 
 MLflow is imported where it is used, not with this module: it takes 5-6 s to import on a slow
 2-core machine, and every torchrun rank imports the training modules, which import this one,
-though only the main rank tracks (importing `training.pretrain` took 14.9 s with MLflow, 9.8 s
-without, on the 2-core EPYC of benchmarks/RESULTS.md).
+though only the main rank tracks (importing `training.pretrain` is 1.5x faster without it on a
+2-core EPYC: benchmarks/imports.py).
 """
 
 from __future__ import annotations
