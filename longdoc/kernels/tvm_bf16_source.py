@@ -1,14 +1,23 @@
-"""TVM kernel source: bf16 local attention forward on Intel AMX tiles (inference).
+"""TVM kernel source: bf16 local attention forward with bf16 dot products (inference).
 
-Where the CPU has AMX-BF16 (``amx_bf16`` and ``amx_tile`` in its flags), bf16 queries, keys and
-values are multiplied as bf16 with fp32 accumulation by the tile instructions (``tdpbf16ps``:
-a 16 x 16 fp32 tile += a 16 x 32 bf16 tile times a 32 x 16 bf16 tile, pair-interleaved), called
-from TIR through LLVM's register-numbered AMX intrinsics, whose operands are only integers and
-pointers. The AVX512-BF16 dot product (``vdpbf16ps``) is out of reach here: its LLVM intrinsic
-takes ``bfloat`` vectors, which TVM 0.27 never emits (README, "bf16 on `tvm`").
+bf16 queries, keys and values are multiplied as bf16 with fp32 accumulation by one of two
+engines, whichever the target has (``ENGINES``, chosen by ``kernels.tvm_bf16``):
 
-``amx_bf16_fwd(q (B,n,HF,D) bf16 bits as uint16, kp, vp, ok (B,NP) f32, o (B,n,HF,D) bf16 bits,
-cfg (64,) u8, w, causal, gp, padl, blk, nbr)``: every head, the pattern of
+* ``"amx"`` (Intel AMX-BF16, flags ``amx_bf16 amx_tile``): the tile instructions (``tdpbf16ps``:
+  a 16 x 16 fp32 tile += a 16 x 32 bf16 tile times a 32 x 16 bf16 tile, pair-interleaved),
+  called from TIR through LLVM's register-numbered AMX intrinsics, whose operands are only
+  integers and pointers;
+* ``"avx512bf16"`` (flag ``avx512_bf16``: AMD Zen 4 and later, Intel Cooper Lake and later): the
+  vector dot product ``vdpbf16ps`` (16 fp32 lanes += the pairwise products of 32 bf16 lanes).
+  Its LLVM intrinsic takes ``bfloat`` vectors, a type TVM 0.27 never emits (it stores bf16 as
+  ``uint16``), so the kernel imports a three-line LLVM function (``_DPBF16_LL``) that bitcasts
+  ``i32`` pairs to ``bfloat`` and calls it, and calls that through ``call_extern``; LLVM inlines
+  it (``alwaysinline``) into one ``vdpbf16ps`` with the pair broadcast from memory.
+
+Both engines read the same packed keys and values; they differ only in the two products.
+
+``bf16_fwd(q (B,n,HF,D) bf16 bits as uint16, kp, vp, ok (B,NP) f32, o (B,n,HF,D) bf16 bits,
+w, causal, gp, padl, blk, nbr[, cfg (64,) u8 for AMX])``: every head, the pattern of
 ``tvm_source.sliding_window``'s forward (band ``[_row_lo(i), _row_hi(i))`` of a sliding window or
 of block-local attention, plus ``gp`` global-key slots), without the log-sum-exp (no backward).
 Keys and values come packed by the caller in the *packed order* (``gp`` global slots, ``padl``
@@ -22,16 +31,23 @@ of 32), in the layouts the tiles load with one stride of 64 bytes:
 
 ``ok`` says which packed positions are usable keys. ``cfg`` is the 64-byte tile configuration
 (palette 1, eight tiles of 16 rows x 64 bytes). The caller asks Linux for the AMX state first
-(``arch_prctl(ARCH_REQ_XCOMP_PERM)``, see ``tvm_backend._amx_usable``).
+(``arch_prctl(ARCH_REQ_XCOMP_PERM)``, see ``tvm_bf16.amx_usable``).
 
 Schedule: one parallel loop over ``(batch, head, group of RG tiles of 16 queries)``; per tile,
 the keys in chunks of up to ``CH`` (global chunks first, then the band rounded out to 32-key
-blocks). Per chunk: the query tiles (reloaded: ``P`` needs their tile register), the score tile
-``S = Q K^T`` per 16 keys (tiles 5-6 x tile 7 into tile 4), stored; masking, scaling and an
+blocks). Per chunk: the scores ``S = Q K^T`` per 16 keys, stored; masking, scaling and an
 online softmax (exact max per chunk, flash-style rescale across chunks) in fp32 vector code,
-``P`` rounded to bf16 (nearest even); ``P @ V`` into fresh output tiles 0-3, stored and added to
-the running fp32 output. Tile registers: 0-3 output (16 dims each, so ``D <= 64``), 4 scores,
-5-6 queries or ``P``, 7 keys or values.
+``P`` rounded to bf16 (nearest even); then ``P @ V`` added to the running fp32 output.
+
+* AMX: the query tiles are reloaded per chunk (``P`` needs their tile register); the score tile
+  per 16 keys is tiles 5-6 x tile 7 into tile 4; ``P @ V`` goes into fresh output tiles 0-3,
+  stored and added to the running output. Tile registers: 0-3 output (16 dims each, so
+  ``D <= 64``), 4 scores, 5-6 queries or ``P``, 7 keys or values.
+* AVX512-BF16: the tile's 16 query rows are copied once (as dim pairs); per 16 keys, 16
+  accumulators (one a query, the 16 keys in the lanes) take one ``vdpbf16ps`` per dim pair,
+  each broadcasting that query's pair against the 16 keys' pairs (one load of ``kp``). ``P @
+  V`` per 16 output dims: 16 accumulators (one a query, the dims in the lanes), started from the
+  running output times the rescale factor, one ``vdpbf16ps`` per key pair.
 """
 
 from __future__ import annotations
@@ -43,7 +59,8 @@ from tvm.script import tirx as T
 
 from .tvm_source import NEG, _exp, _row_hi, _row_lo
 
-ROWS = 16  # queries per tile (AMX tiles have 16 rows)
+ENGINES = ("amx", "avx512bf16")
+ROWS = 16  # queries per tile (AMX tiles have 16 rows; 16 accumulators for AVX512-BF16)
 CHUNK = 256  # keys per softmax chunk (a multiple of 32): S is 16 x CHUNK fp32 (16 KB)
 ROW_GROUP = 4  # 16-query tiles per parallel task (amortises the tile configuration)
 TILE_CONFIG = bytes([1] + [0] * 15 + [64, 0] * 8 + [0] * 16 + [ROWS] * 8 + [0] * 8)
@@ -75,10 +92,38 @@ def _tile(t: int):
     return T.uint8(t)
 
 
-def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP) -> tvm.IRModule:
+# acc (16 x fp32) += the pairwise products of a and b (32 x bf16 each, as 16 x i32 pairs)
+_DPBF16_LL = r"""
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+define linkonce_odr <16 x float> @longdoc_dpbf16(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b)
+    alwaysinline {
+  %x = bitcast <16 x i32> %a to <32 x bfloat>
+  %y = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x,
+                                                          <32 x bfloat> %y)
+  ret <16 x float> %r
+}
+"""
+
+
+def _dpbf16(acc, a, b):
+    return T.call_extern("float32x16", "longdoc_dpbf16", acc, a, b)
+
+
+def _v16(base):
+    """16 consecutive lanes from ``base`` (a vector index)."""
+    return T.Ramp(base, 1, 16)
+
+
+def attention_fwd(
+    head_dim: int, engine: str, chunk: int = CHUNK, row_group: int = ROW_GROUP
+) -> tvm.IRModule:
     D, CH, RG, R = head_dim, chunk, row_group, ROWS
     if D not in HEAD_DIMS:
-        raise ValueError(f"the AMX kernel takes head_dim in {HEAD_DIMS}, not {D}")
+        raise ValueError(f"the bf16 kernel takes head_dim in {HEAD_DIMS}, not {D}")
+    if engine not in ENGINES:
+        raise ValueError(f"no bf16 engine {engine!r}: one of {ENGINES}")
+    amx = engine == "amx"
     QT = D // 32  # query tiles (32 dims each)
     OT = D // 16  # output tiles (16 dims each)
     scale = 1.0 / math.sqrt(D)
@@ -113,7 +158,7 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
         blk: T.int32,
         nbr: T.int32,
     ):
-        T.func_attr({"global_symbol": "amx_bf16_fwd", "tirx.noalias": True})
+        T.func_attr({"global_symbol": "bf16_fwd", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
         HF = T.int32()
@@ -125,7 +170,7 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
         vp = T.match_buffer(vp_h, (B, HF, NV, OT, 16, 16), "uint32")
         ok = T.match_buffer(ok_h, (B, NP), "float32")
         o = T.match_buffer(o_h, (B, n, HF, D), "uint16")
-        cfg = T.match_buffer(cfg_h, (64,), "uint8")
+        cfg = T.match_buffer(cfg_h, (64,), "uint8")  # the AMX tile configuration (AMX only)
         nt = (n + R - 1) // R
         ngrp = (nt + RG - 1) // RG
         nglob = (gp + CH - 1) // CH
@@ -141,13 +186,18 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
             lane = T.alloc_buffer((16,), "float32", scope="local")
             mx = T.alloc_buffer((1,), "float32", scope="local")
             band = T.alloc_buffer((2,), "int32", scope="local")
+            # the same bytes as pairs (uint32): a query's or P's two consecutive bf16 values
+            qw = T.decl_buffer((R * D // 2,), "uint32", data=qb.data, scope="local")
+            pw = T.decl_buffer((R * CH // 2,), "uint32", data=pb.data, scope="local")
+            vacc = T.alloc_buffer((R * 16,), "float32", scope="local")  # AVX512-BF16 accumulators
             b = r // (HF * ngrp)
             h = r // ngrp % HF
-            _amx("ldtilecfg", T.address_of(cfg[0]))
+            if amx:
+                _amx("ldtilecfg", T.address_of(cfg[0]))
             for g in T.serial(T.min(RG, nt - r % ngrp * RG)):
                 i0 = (r % ngrp * RG + g) * R
                 full = i0 + R <= n
-                if not full:  # the last tile overhangs the sequence: its rows, zero-filled
+                if not amx or not full:  # the tile's rows (zero-filled past the sequence)
                     for a in T.serial(R):
                         for d in T.vectorized(D):
                             qb[a * D + d] = T.Select(
@@ -166,33 +216,50 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
                     cnt = T.Select(
                         glob, T.min(CH, gp - ch * CH), T.min(CH, hi - lo - (ch - nglob) * CH)
                     )
-                    for t in T.unroll(QT):
-                        if full:
-                            _amx(
-                                "tileloadd64",
-                                _tile(5 + t),
-                                T.address_of(q[b, i0, h, t * 32]),
-                                T.int64(HF * D * 2),
-                            )
-                        else:
-                            _amx(
-                                "tileloadd64",
-                                _tile(5 + t),
-                                T.address_of(qb[t * 32]),
-                                T.int64(D * 2),
-                            )
-                    # scores S = Q K^T, 16 keys per tile
-                    for kb in T.serial(cnt // 16):
-                        _amx("tilezero", _tile(4))
+                    # scores S = Q K^T, 16 keys at a time
+                    if amx:
                         for t in T.unroll(QT):
+                            if full:
+                                _amx(
+                                    "tileloadd64",
+                                    _tile(5 + t),
+                                    T.address_of(q[b, i0, h, t * 32]),
+                                    T.int64(HF * D * 2),
+                                )
+                            else:
+                                _amx(
+                                    "tileloadd64",
+                                    _tile(5 + t),
+                                    T.address_of(qb[t * 32]),
+                                    T.int64(D * 2),
+                                )
+                        for kb in T.serial(cnt // 16):
+                            _amx("tilezero", _tile(4))
+                            for t in T.unroll(QT):
+                                _amx(
+                                    "tileloadd64",
+                                    _tile(7),
+                                    T.address_of(kp[b, h, pbase // 16 + kb, t * 16, 0]),
+                                    T.int64(64),
+                                )
+                                _amx("tdpbf16ps", _tile(4), _tile(5 + t), _tile(7))
                             _amx(
-                                "tileloadd64",
-                                _tile(7),
-                                T.address_of(kp[b, h, pbase // 16 + kb, t * 16, 0]),
-                                T.int64(64),
+                                "tilestored64", _tile(4), T.address_of(sb[kb * 16]), T.int64(CH * 4)
                             )
-                            _amx("tdpbf16ps", _tile(4), _tile(5 + t), _tile(7))
-                        _amx("tilestored64", _tile(4), T.address_of(sb[kb * 16]), T.int64(CH * 4))
+                    else:
+                        with T.attr(0, "pragma_import_llvm", _DPBF16_LL):
+                            for kb in T.serial(cnt // 16):
+                                for a in T.unroll(R):
+                                    vacc[_v16(a * 16)] = T.Broadcast(T.float32(0), 16)
+                                for dp in T.serial(D // 2):
+                                    for a in T.unroll(R):
+                                        vacc[_v16(a * 16)] = _dpbf16(
+                                            vacc[_v16(a * 16)],
+                                            T.Broadcast(qw[a * (D // 2) + dp], 16),
+                                            kp[b, h, pbase // 16 + kb, dp, _v16(0)],
+                                        )
+                                for a in T.unroll(R):
+                                    sb[_v16(a * CH + kb * 16)] = vacc[_v16(a * 16)]
                     # mask, scale, online softmax per row; P rounded to bf16 (nearest even)
                     for a in T.serial(R):
                         band[0] = gp + padl + _row_lo(i0 + a, w, blk, nbr)  # packed positions
@@ -227,24 +294,43 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
                         for x in T.serial(16):
                             mx[0] = mx[0] + lane[x]
                         lsum[a] = mx[0]
-                    # P @ V into fresh output tiles, then added to the running output
-                    for t in T.unroll(OT):
-                        _amx("tilezero", _tile(t))
-                    for kb in T.serial(cnt // 32):
-                        _amx("tileloadd64", _tile(5), T.address_of(pb[kb * 32]), T.int64(CH * 2))
+                    # P @ V added to the running output, rescaled by al
+                    if amx:
                         for t in T.unroll(OT):
+                            _amx("tilezero", _tile(t))
+                        for kb in T.serial(cnt // 32):
                             _amx(
-                                "tileloadd64",
-                                _tile(7),
-                                T.address_of(vp[b, h, pbase // 32 + kb, t, 0, 0]),
-                                T.int64(64),
+                                "tileloadd64", _tile(5), T.address_of(pb[kb * 32]), T.int64(CH * 2)
                             )
-                            _amx("tdpbf16ps", _tile(t), _tile(5), _tile(7))
-                    for t in T.unroll(OT):
-                        _amx("tilestored64", _tile(t), T.address_of(ob[t * 16]), T.int64(D * 4))
-                    for a in T.serial(R):
-                        for d in T.vectorized(D):
-                            acc[a * D + d] = acc[a * D + d] * al[a] + ob[a * D + d]
+                            for t in T.unroll(OT):
+                                _amx(
+                                    "tileloadd64",
+                                    _tile(7),
+                                    T.address_of(vp[b, h, pbase // 32 + kb, t, 0, 0]),
+                                    T.int64(64),
+                                )
+                                _amx("tdpbf16ps", _tile(t), _tile(5), _tile(7))
+                        for t in T.unroll(OT):
+                            _amx("tilestored64", _tile(t), T.address_of(ob[t * 16]), T.int64(D * 4))
+                        for a in T.serial(R):
+                            for d in T.vectorized(D):
+                                acc[a * D + d] = acc[a * D + d] * al[a] + ob[a * D + d]
+                    else:
+                        with T.attr(0, "pragma_import_llvm", _DPBF16_LL):
+                            for t in T.serial(OT):
+                                for a in T.unroll(R):
+                                    vacc[_v16(a * 16)] = acc[_v16(a * D + t * 16)] * T.Broadcast(
+                                        al[a], 16
+                                    )
+                                for kr in T.serial(cnt // 2):  # key pairs
+                                    for a in T.unroll(R):
+                                        vacc[_v16(a * 16)] = _dpbf16(
+                                            vacc[_v16(a * 16)],
+                                            T.Broadcast(pw[a * (CH // 2) + kr], 16),
+                                            vp[b, h, pbase // 32 + kr // 16, t, kr % 16, _v16(0)],
+                                        )
+                                for a in T.unroll(R):
+                                    acc[_v16(a * D + t * 16)] = vacc[_v16(a * 16)]
                 for a in T.serial(R):
                     if i0 + a < n:
                         mx[0] = T.Select(
@@ -254,7 +340,8 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
                             o[b, i0 + a, h, d] = T.Cast(
                                 "uint16", _bf16_bits(acc[a * D + d] * mx[0])
                             )
-            _amx("tilerelease")
+            if amx:
+                _amx("tilerelease")
 
     def _packed_row(x, gx, b, p, h, d, n, gp, padl, G):
         """Packed position ``p`` of one head of ``x``'s rows: a global slot (``gx``), a
@@ -270,7 +357,7 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
         k_h: T.handle, gk_h: T.handle, kp_h: T.handle, G: T.int32, gp: T.int32, padl: T.int32
     ):
         """``kp[b, h, blk, r, t]`` (uint32: dims 2r, 2r+1) = packed position ``16 blk + t``."""
-        T.func_attr({"global_symbol": "amx_pack_k", "tirx.noalias": True})
+        T.func_attr({"global_symbol": "bf16_pack_k", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
         HF = T.int32()
@@ -286,13 +373,20 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
                         k, gk, r // (HF * NK), r % NK * 16 + t, r // NK % HF, d, n, gp, padl, G
                     )
 
+    def _pair(x, gx, b, p, h, d, n, gp, padl, G):
+        """Packed positions ``p`` and ``p + 1`` of one head's dim ``d`` as one uint32, ``p`` in
+        the low half (``vp``'s pair)."""
+        lo = T.Cast("uint32", _packed_row(x, gx, b, p, h, d, n, gp, padl, G))
+        hi = T.Cast("uint32", _packed_row(x, gx, b, p + 1, h, d, n, gp, padl, G))
+        return lo | (hi << T.uint32(16))
+
     @T.prim_func
     def pack_v(
         v_h: T.handle, gv_h: T.handle, vp_h: T.handle, G: T.int32, gp: T.int32, padl: T.int32
     ):
         """``vp[b, h, blk, c, r, t]`` (uint32: packed positions ``32 blk + 2r`` and ``+1`` of
         dim ``16 c + t``, low half first)."""
-        T.func_attr({"global_symbol": "amx_pack_v", "tirx.noalias": True})
+        T.func_attr({"global_symbol": "bf16_pack_v", "tirx.noalias": True})
         B = T.int32()
         n = T.int32()
         HF = T.int32()
@@ -302,40 +396,23 @@ def attention_fwd(head_dim: int, chunk: int = CHUNK, row_group: int = ROW_GROUP)
         gv = T.match_buffer(gv_h, (B, GS, HF, D), "uint16")
         vp = T.match_buffer(vp_h, (B, HF, NV, OT, 16, 16), "uint32")
         for r in T.parallel(B * HF * NV):
-            for c in T.serial(OT):
-                for kr in T.serial(16):
-                    for t in T.vectorized(16):
-                        vp[r // (HF * NV), r // NV % HF, r % NV, c, kr, t] = T.Cast(
-                            "uint32",
-                            _packed_row(
-                                v,
-                                gv,
-                                r // (HF * NV),
-                                r % NV * 32 + 2 * kr,
-                                r // NV % HF,
-                                c * 16 + t,
-                                n,
-                                gp,
-                                padl,
-                                G,
-                            ),
-                        ) | (
-                            T.Cast(
-                                "uint32",
-                                _packed_row(
-                                    v,
-                                    gv,
-                                    r // (HF * NV),
-                                    r % NV * 32 + 2 * kr + 1,
-                                    r // NV % HF,
-                                    c * 16 + t,
-                                    n,
-                                    gp,
-                                    padl,
-                                    G,
-                                ),
+            b = r // (HF * NV)
+            h = r // NV % HF
+            for kr in T.serial(16):
+                # the pair's first key as a sequence row: both in the sequence (nearly every
+                # pair) takes two plain loads per 16 dims; the rest, the per-slot selects
+                j = r % NV * 32 + 2 * kr - gp - padl
+                if T.And(j >= 0, j + 1 < n):
+                    for c in T.serial(OT):
+                        for t in T.vectorized(16):
+                            vp[b, h, r % NV, c, kr, t] = T.Cast(
+                                "uint32", v[b, j, h, c * 16 + t]
+                            ) | (T.Cast("uint32", v[b, j + 1, h, c * 16 + t]) << T.uint32(16))
+                else:
+                    for c in T.serial(OT):
+                        for t in T.vectorized(16):
+                            vp[b, h, r % NV, c, kr, t] = _pair(
+                                v, gv, b, j + gp + padl, h, c * 16 + t, n, gp, padl, G
                             )
-                            << T.uint32(16)
-                        )
 
-    return tvm.IRModule({"amx_bf16_fwd": fwd, "amx_pack_k": pack_k, "amx_pack_v": pack_v})
+    return tvm.IRModule({"bf16_fwd": fwd, "bf16_pack_k": pack_k, "bf16_pack_v": pack_v})

@@ -1,6 +1,7 @@
-"""Host side of the bf16 AMX attention kernel (``kernels.tvm_amx_source``): whether this CPU
-and OS can run it, the target features it is compiled with, and the band forward on bf16
-tensors (packing the keys and values into the tile layouts with the compiled pack kernels).
+"""Host side of the bf16 attention kernel (``kernels.tvm_bf16_source``): which of its engines
+this CPU and OS can run (AMX tiles, else AVX512-BF16 vectors), the target features it is
+compiled with, and the band forward on bf16 tensors (packing the keys and values into the
+layouts both engines read, with the compiled pack kernels).
 
 Imports TVM only through the kernel functions it is handed (loaded by ``tvm_backend``)."""
 
@@ -16,7 +17,7 @@ import torch
 _ARCH_REQ_XCOMP_PERM = 0x1023  # arch_prctl: ask for an extended state component
 _XFEATURE_XTILEDATA = 18  # the AMX tile data
 _SYS_ARCH_PRCTL = 158  # x86-64 syscall number
-#: ``tvm_amx_source.HEAD_DIMS`` (kept here so that deciding needs no TVM import)
+#: ``tvm_bf16_source.HEAD_DIMS`` (kept here so that deciding needs no TVM import)
 HEAD_DIMS = (32, 64)
 
 
@@ -37,11 +38,16 @@ def cpu_has_amx_bf16() -> bool:
     return platform.machine() == "x86_64" and {"amx_bf16", "amx_tile"} <= cpu_flags()
 
 
+def cpu_has_avx512_bf16() -> bool:
+    return platform.machine() == "x86_64" and {"avx512f", "avx512_bf16"} <= cpu_flags()
+
+
 def target_features() -> list[str]:
     """LLVM features to add to the host target. LLVM can name a virtualised CPU after an older
     model than the one it is (a Sapphire Rapids guest as ``rocketlake``), whose feature set
-    lacks AMX: the flags the kernel is known to have decide."""
-    return ["+amx-tile", "+amx-bf16"] if cpu_has_amx_bf16() else []
+    lacks AMX and AVX512-BF16: the flags the kernel is known to have decide."""
+    features = ["+amx-tile", "+amx-bf16"] if cpu_has_amx_bf16() else []
+    return features + (["+avx512bf16"] if cpu_has_avx512_bf16() else [])
 
 
 @functools.cache
@@ -55,15 +61,19 @@ def amx_usable() -> bool:
 
 
 def applies(q: torch.Tensor, fns: dict) -> bool:
-    """Whether a bf16 call that needs no gradient can take the AMX kernel."""
+    """Whether a bf16 call that needs no gradient can take the bf16 kernel: the library has one
+    (``fns["bf16_engine"]``, what its target could run) and this process can run it."""
+    engine = fns.get("bf16_engine")
     return (
-        q.dtype == torch.bfloat16 and q.shape[-1] in HEAD_DIMS and "amx_fwd" in fns and amx_usable()
+        q.dtype == torch.bfloat16
+        and q.shape[-1] in HEAD_DIMS
+        and (engine == "avx512bf16" or (engine == "amx" and amx_usable()))
     )
 
 
 @functools.cache
 def _tile_config() -> torch.Tensor:
-    from .tvm_amx_source import TILE_CONFIG
+    from .tvm_bf16_source import TILE_CONFIG
 
     return torch.frombuffer(bytearray(TILE_CONFIG), dtype=torch.uint8)
 
@@ -73,10 +83,10 @@ def _up(x: int, multiple: int) -> int:
 
 
 def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
-    """The band and the global keys of contiguous bf16 ``(B, m, H, D)`` tensors by the AMX
+    """The band and the global keys of contiguous bf16 ``(B, m, H, D)`` tensors by the bf16
     kernel: a bf16 ``(B, m, H, D)`` output (rounded to nearest even from the fp32
     accumulators). ``spec`` is ``tvm_backend._BandSpec``."""
-    if not amx_usable():  # without the grant the first tile instruction is a SIGILL
+    if fns["bf16_engine"] == "amx" and not amx_usable():  # else a SIGILL at the first tile op
         raise RuntimeError("the AMX kernel needs a CPU with AMX-BF16 and Linux's AMX grant")
     b, m, h, d = q.shape
     g = 0 if gk is None else gk.shape[1]
@@ -88,8 +98,8 @@ def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
         gk = gv = q.new_zeros(b, 1, h, d)
     kp = torch.empty(b, h, length // 16, d // 2, 16, dtype=torch.int32).view(torch.uint32)
     vp = torch.empty(b, h, length // 32, d // 16, 16, 16, dtype=torch.int32).view(torch.uint32)
-    fns["amx_pack_k"](k.view(torch.uint32), gk.contiguous().view(torch.uint32), kp, g, gp, padl)
-    fns["amx_pack_v"](v.view(torch.uint16), gv.contiguous().view(torch.uint16), vp, g, gp, padl)
+    fns["bf16_pack_k"](k.view(torch.uint32), gk.contiguous().view(torch.uint32), kp, g, gp, padl)
+    fns["bf16_pack_v"](v.view(torch.uint16), gv.contiguous().view(torch.uint16), vp, g, gp, padl)
     ok = torch.zeros(b, length, dtype=torch.float32)
     if g:
         ok[:, :g] = g_ok
@@ -97,7 +107,7 @@ def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
     out = torch.empty(b, m, h, d, dtype=torch.bfloat16)
     causal, blk, nbr = int(spec.causal), spec.block, spec.neighbors
     bits = out.view(torch.uint16)
-    fns["amx_fwd"](
+    fns["bf16_fwd"](
         q.view(torch.uint16), kp, vp, ok, bits, _tile_config(), spec.window, causal, gp, padl,
         blk, nbr,
     )  # fmt: skip

@@ -1,9 +1,11 @@
-"""bf16 attention on AMX tiles (``kernels.tvm_amx_source``): where the CPU has AMX-BF16, a bf16
-call to the ``tvm`` backend that needs no gradient runs the AMX kernel, exact to the float64
-reference within bf16's rounding (the softmax weights are rounded to bf16 before ``P @ V``),
-with global tokens, padding, odd lengths, causal windows and block-local patterns; calls that
-need a gradient keep the float32 kernels. Skipped on CPUs without AMX (their bf16 inputs take
-the float32 kernels, tested in test_attention.py)."""
+"""bf16 attention with bf16 dot products (``kernels.tvm_bf16_source``): where the CPU has AMX-BF16
+or AVX512-BF16, a bf16 call to the ``tvm`` backend that needs no gradient runs the bf16 kernel
+on the engine this CPU has, exact to the float64 reference within bf16's rounding (the softmax
+weights are rounded to bf16 before ``P @ V``), with global tokens, padding, odd lengths, causal
+windows and block-local patterns; calls that need a gradient keep the float32 kernels. Skipped
+on CPUs with neither (their bf16 inputs take the float32 kernels, tested in
+test_attention.py); the engine of each test run is in the test ids of
+``test_the_library_holds_the_engines_instructions``."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import pytest
 import torch
 
 from longdoc import kernels
-from longdoc.kernels import BlockLocal, SlidingWindow, attention, tvm_amx
+from longdoc.kernels import BlockLocal, SlidingWindow, attention, tvm_bf16
 from tests.kernels.reference import reference_attention, rel_err
 from tests.kernels.test_attention import make_inputs
 
 pytestmark = pytest.mark.skipif(
-    "tvm" not in kernels.available_backends() or not tvm_amx.amx_usable(),
-    reason="needs apache-tvm and a CPU with AMX-BF16 (flags amx_bf16, amx_tile)",
+    "tvm" not in kernels.available_backends()
+    or not (tvm_bf16.amx_usable() or tvm_bf16.cpu_has_avx512_bf16()),
+    reason="needs apache-tvm and a CPU with AMX-BF16 (amx_bf16, amx_tile) or avx512_bf16",
 )
 
 PATTERNS = [
@@ -45,25 +48,25 @@ def tvm_cache(tmp_path_factory):
 
 
 @pytest.fixture
-def amx_calls(monkeypatch):
+def bf16_calls(monkeypatch):
     calls = []
-    band_forward = tvm_amx.band_forward
+    band_forward = tvm_bf16.band_forward
 
     def counted(*args, **kwargs):
         calls.append(args[1].shape)
         return band_forward(*args, **kwargs)
 
-    monkeypatch.setattr(tvm_amx, "band_forward", counted)
+    monkeypatch.setattr(tvm_bf16, "band_forward", counted)
     return calls
 
 
 @pytest.mark.parametrize("pattern", PATTERNS, ids=str)
 @pytest.mark.parametrize("n,d", [(37, 64), (130, 32)])
-def test_bf16_inference_runs_on_amx_tiles_exact_to_the_reference(pattern, n, d, amx_calls):
+def test_bf16_inference_runs_the_bf16_kernel_exact_to_the_reference(pattern, n, d, bf16_calls):
     q, k, v, gmask, pmask = make_inputs(2, n, 3, d, torch.bfloat16, seed=n + d)
     with torch.no_grad():
         out = attention(q, k, v, pattern, global_mask=gmask, key_padding_mask=pmask, backend="tvm")
-    assert out.dtype == torch.bfloat16 and len(amx_calls) == 1
+    assert out.dtype == torch.bfloat16 and len(bf16_calls) == 1
     ref = reference_attention(q, k, v, pattern, gmask, pmask)
     assert rel_err(out, ref) < 2e-2
     # and as close to the float32 kernels on the same (bf16) numbers as bf16 rounding allows
@@ -75,24 +78,30 @@ def test_bf16_inference_runs_on_amx_tiles_exact_to_the_reference(pattern, n, d, 
     assert rel_err(out, fp32) < 2e-2
 
 
-def test_a_call_that_needs_gradients_keeps_the_float32_kernels(amx_calls):
+def test_a_call_that_needs_gradients_keeps_the_float32_kernels(bf16_calls):
     q, k, v, gmask, pmask = make_inputs(1, 50, 2, 64, torch.bfloat16, seed=3)
     q.requires_grad_(True)
     out = attention(
         q, k, v, SlidingWindow(8), global_mask=gmask, key_padding_mask=pmask, backend="tvm"
     )
     out.float().sum().backward()
-    assert not amx_calls and q.grad is not None
+    assert not bf16_calls and q.grad is not None
 
 
-def test_the_library_holds_the_tile_instructions(tvm_cache):
-    """The compiled kernel uses AMX (not fp32 code that happens to be right)."""
+def test_the_library_holds_the_engines_instructions(tvm_cache):
+    """The compiled kernel multiplies in bf16 (not fp32 code that happens to be right): AMX
+    where the process may use it, else AVX512-BF16."""
     from longdoc.kernels import tvm_backend
 
     fns = tvm_backend._kernel(64)
-    assert {"amx_fwd", "amx_pack_k", "amx_pack_v"} <= fns.keys()
+    assert {"bf16_fwd", "bf16_pack_k", "bf16_pack_v"} <= fns.keys()
+    expected = "amx" if tvm_bf16.cpu_has_amx_bf16() else "avx512bf16"
+    assert fns["bf16_engine"] == expected
     if shutil.which("objdump") is None:
         pytest.skip("no objdump to disassemble the library with")
     lib_path = next(tvm_cache.rglob("*_d64.so"))
     asm = subprocess.run(["objdump", "-d", str(lib_path)], capture_output=True, text=True).stdout
-    assert "tdpbf16ps" in asm and "ldtilecfg" in asm
+    if expected == "amx":
+        assert "tdpbf16ps" in asm and "ldtilecfg" in asm
+    else:
+        assert "vdpbf16ps" in asm and "tdpbf16ps" not in asm
