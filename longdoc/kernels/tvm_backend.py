@@ -783,13 +783,21 @@ def _band_forward(q, k, v, key_ok, gk, gv, g_ok, fns, spec: _BandSpec, gq=None, 
     )
     if gq is None:
         return out, lse
-    # combine the tasks' partial softmaxes: rescale each to the overall max
+    return out, lse, _combine_partials(gpart, gstat)
+
+
+def _combine_partials(gpart, gstat) -> torch.Tensor:
+    """The global rows ``(B, G, H, D)`` from the forward kernel's partial softmaxes, one per
+    parallel task (``gpart (B, H, tasks, G, D)``, ``gstat (.., 2)`` max and sum): each rescaled
+    to the overall max; 0 where no key was usable."""
+    from .tvm_source import NEG
+
     peak = gstat[..., 0].amax(dim=2, keepdim=True)  # (B, H, 1, G)
     scale = torch.where(gstat[..., 0] > NEG, torch.exp(gstat[..., 0] - peak), 0.0)
     total = (scale * gstat[..., 1]).sum(dim=2)  # (B, H, G)
     rows = (scale.unsqueeze(-1) * gpart).sum(dim=2)  # (B, H, G, D)
     rows = rows / torch.where(total > 0, total, 1.0).unsqueeze(-1)
-    return out, lse, rows.transpose(1, 2)
+    return rows.transpose(1, 2)
 
 
 def _private_rows(w: int) -> int:
@@ -1030,28 +1038,22 @@ def _split_globals(k, v, pad, global_mask):
 
 
 def _bf16_attention(q, k, v, pad, global_mask, fns, spec: _BandSpec, global_rows: bool):
-    """Inference on bf16 ``(B, m, H, D)`` tensors with the bf16 kernel (``tvm_bf16``): the band and
-    the global keys in bf16 with fp32 accumulation; the global rows in float32 from the bf16
-    numbers; bf16 out."""
+    """Inference on bf16 ``(B, m, H, D)`` tensors with the bf16 kernel (``tvm_bf16``): the band
+    and the global keys in bf16 with fp32 accumulation, the global rows in the same call, in
+    fp32 from the bf16 numbers; bf16 out."""
     q, k, v = (x.contiguous() for x in (q, k, v))
     gi, key_ok, gk, gv = _split_globals(k, v, pad, global_mask)
-    out = tvm_bf16.band_forward(fns, q, k, v, key_ok, gk, gv, None if gi is None else gi.g_ok, spec)
-    if gi is not None:
-        bi, pi = global_mask.nonzero(as_tuple=True)
-        out[bi, pi] = (
-            _global_rows_fp32(q, k, v, pad, gi)[gi.valid].to(out.dtype) if global_rows else 0.0
-        )
+    if gi is None:
+        return tvm_bf16.band_forward(fns, q, k, v, key_ok, None, None, None, spec)
+    gq = _at_globals(q, gi.order) if global_rows else None
+    res = tvm_bf16.band_forward(fns, q, k, v, key_ok, gk, gv, gi.g_ok, spec, gq, ~pad)
+    bi, pi = global_mask.nonzero(as_tuple=True)
+    if not global_rows:
+        res[bi, pi] = 0.0
+        return res
+    out, gpart, gstat = res
+    out[bi, pi] = _combine_partials(gpart, gstat)[gi.valid].to(out.dtype)
     return out
-
-
-def _global_rows_fp32(q, k, v, pad, gi: _GlobalIndex) -> torch.Tensor:
-    """``_global_rows_forward``'s rows ``(B, G, H, D)`` without the probabilities (no backward),
-    in float32 whatever the inputs' dtype (bf16 SDPA took 6 ms at 4096 tokens on the Zen 5
-    host, float32 products 0.9 ms), 0 where every key is padding."""
-    qg = _at_globals(q, gi.order).float()
-    s = torch.einsum("bghd,bnhd->bhgn", qg, k.float()) * q.shape[-1] ** -0.5
-    p = s.masked_fill(pad[:, None, None, :], float("-inf")).softmax(dim=-1)
-    return torch.einsum("bhgn,bnhd->bghd", p, v.float()).nan_to_num(0.0)
 
 
 class _Fused(torch.autograd.Function):

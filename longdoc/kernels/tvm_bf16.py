@@ -82,10 +82,17 @@ def _up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
+def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec, gq=None, rok=None):
     """The band and the global keys of contiguous bf16 ``(B, m, H, D)`` tensors by the bf16
     kernel: a bf16 ``(B, m, H, D)`` output (rounded to nearest even from the fp32
-    accumulators). ``spec`` is ``tvm_backend._BandSpec``."""
+    accumulators). ``spec`` is ``tvm_backend._BandSpec``.
+
+    With ``gq (B, G, H, D)`` global queries and ``rok (B, m)`` the keys they may use, the kernel
+    also scores them against every usable key while it has them in cache: ``(out, gpart,
+    gstat)``, one partial softmax per parallel task for ``tvm_backend._combine_partials``."""
+    from .tvm_bf16_source import ROW_GROUP, ROWS
+    from .tvm_source import NEG
+
     if fns["bf16_engine"] == "amx" and not amx_usable():  # else a SIGILL at the first tile op
         raise RuntimeError("the AMX kernel needs a CPU with AMX-BF16 and Linux's AMX grant")
     b, m, h, d = q.shape
@@ -105,10 +112,16 @@ def band_forward(fns, q, k, v, key_ok, gk, gv, g_ok, spec) -> torch.Tensor:
         ok[:, :g] = g_ok
     ok[:, gp + padl : gp + padl + m] = key_ok
     out = torch.empty(b, m, h, d, dtype=torch.bfloat16)
+    ngq = 0 if gq is None else gq.shape[1]
+    tasks = -(-_up(m, ROWS) // (ROWS * ROW_GROUP))  # the kernel's parallel tasks
+    if gq is None:
+        gq, rok = q.new_zeros(b, 1, h, d), torch.zeros(b, 1)
+    gpart = torch.zeros(b, h, tasks, max(ngq, 1), d)
+    gstat = torch.stack((torch.full(gpart.shape[:-1], NEG), torch.zeros(gpart.shape[:-1])), dim=-1)
     causal, blk, nbr = int(spec.causal), spec.block, spec.neighbors
-    bits = out.view(torch.uint16)
     fns["bf16_fwd"](
-        q.view(torch.uint16), kp, vp, ok, bits, _tile_config(), spec.window, causal, gp, padl,
-        blk, nbr,
+        q.view(torch.uint16), kp, vp, ok, out.view(torch.uint16),
+        gq.contiguous().view(torch.uint32), rok.to(torch.float32).contiguous(), gpart, gstat,
+        _tile_config(), spec.window, causal, gp, padl, blk, nbr, ngq,
     )  # fmt: skip
-    return out
+    return (out, gpart, gstat) if ngq else out

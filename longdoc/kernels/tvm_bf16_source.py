@@ -84,6 +84,16 @@ def _bf16_bits(x):
     return (bits + T.uint32(0x7FFF) + ((bits >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16)
 
 
+def _lo(pair):
+    """The bf16 in the low half of a uint32 pair, as float32."""
+    return T.reinterpret("float32", pair << T.uint32(16))
+
+
+def _hi(pair):
+    """The bf16 in the high half of a uint32 pair, as float32."""
+    return T.reinterpret("float32", pair & T.uint32(0xFFFF0000))
+
+
 def _amx(name: str, *args):
     return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
 
@@ -150,6 +160,10 @@ def attention_fwd(
         vp_h: T.handle,
         ok_h: T.handle,
         o_h: T.handle,
+        gq_h: T.handle,
+        rok_h: T.handle,
+        gpart_h: T.handle,
+        gstat_h: T.handle,
         cfg_h: T.handle,
         w: T.int32,
         causal: T.int32,
@@ -157,6 +171,7 @@ def attention_fwd(
         padl: T.int32,
         blk: T.int32,
         nbr: T.int32,
+        ngq: T.int32,
     ):
         T.func_attr({"global_symbol": "bf16_fwd", "tirx.noalias": True})
         B = T.int32()
@@ -165,11 +180,18 @@ def attention_fwd(
         NK = T.int32()
         NV = T.int32()
         NP = T.int32()
+        GQ = T.int32()
+        NR = T.int32()
+        NG = T.int32()
         q = T.match_buffer(q_h, (B, n, HF, D), "uint16")
         kp = T.match_buffer(kp_h, (B, HF, NK, D // 2, 16), "uint32")
         vp = T.match_buffer(vp_h, (B, HF, NV, OT, 16, 16), "uint32")
         ok = T.match_buffer(ok_h, (B, NP), "float32")
         o = T.match_buffer(o_h, (B, n, HF, D), "uint16")
+        gq = T.match_buffer(gq_h, (B, GQ, HF, D // 2), "uint32")
+        rok = T.match_buffer(rok_h, (B, NR), "float32")
+        gpart = T.match_buffer(gpart_h, (B, HF, NG, GQ, D), "float32")
+        gstat = T.match_buffer(gstat_h, (B, HF, NG, GQ, 2), "float32")
         cfg = T.match_buffer(cfg_h, (64,), "uint8")  # the AMX tile configuration (AMX only)
         nt = (n + R - 1) // R
         ngrp = (nt + RG - 1) // RG
@@ -190,6 +212,8 @@ def attention_fwd(
             qw = T.decl_buffer((R * D // 2,), "uint32", data=qb.data, scope="local")
             pw = T.decl_buffer((R * CH // 2,), "uint32", data=pb.data, scope="local")
             vacc = T.alloc_buffer((R * 16,), "float32", scope="local")  # AVX512-BF16 accumulators
+            gs = T.alloc_buffer((RG * R,), "float32", scope="local")  # a global query's scores
+            gacc = T.alloc_buffer((D,), "float32", scope="local")
             b = r // (HF * ngrp)
             h = r // ngrp % HF
             if amx:
@@ -340,6 +364,62 @@ def attention_fwd(
                             o[b, i0 + a, h, d] = T.Cast(
                                 "uint16", _bf16_bits(acc[a * D + d] * mx[0])
                             )
+            # the global queries' rows over this task's own rows as keys, read from the packed
+            # keys and values while they are in cache, in fp32 (either engine): a partial
+            # softmax (max, sum, weighted values) per task, combined by the caller
+            rs = r % ngrp * RG * R
+            nr = T.max(0, T.min(RG * R, n - rs))
+            kb0 = (gp + padl + rs) // 16  # the rows' first 16-key block (all offsets are x16)
+            for gi in T.serial(ngq):
+                for x in T.vectorized(16):
+                    lane[x] = T.float32(NEG)
+                for jb in T.serial((nr + 15) // 16):
+                    for x in T.vectorized(16):
+                        gs[jb * 16 + x] = T.float32(0)
+                    for dp in T.serial(D // 2):
+                        for x in T.vectorized(16):
+                            gs[jb * 16 + x] = (
+                                gs[jb * 16 + x]
+                                + _lo(kp[b, h, kb0 + jb, dp, x]) * _lo(gq[b, gi, h, dp])
+                                + _hi(kp[b, h, kb0 + jb, dp, x]) * _hi(gq[b, gi, h, dp])
+                            )
+                    for x in T.vectorized(16):
+                        gs[jb * 16 + x] = T.Select(
+                            T.And(jb * 16 + x < nr, rok[b, T.min(rs + jb * 16 + x, n - 1)] > 0),
+                            gs[jb * 16 + x] * T.float32(scale),
+                            T.float32(NEG),
+                        )
+                        lane[x] = T.max(lane[x], gs[jb * 16 + x])
+                mx[0] = T.float32(NEG)
+                for x in T.serial(16):
+                    mx[0] = T.max(mx[0], lane[x])
+                for x in T.vectorized(16):
+                    lane[x] = T.float32(0)
+                for jb in T.serial((nr + 15) // 16):
+                    for x in T.vectorized(16):
+                        gs[jb * 16 + x] = T.Select(
+                            gs[jb * 16 + x] > T.float32(NEG / 2),
+                            _exp(gs[jb * 16 + x] - mx[0]),
+                            T.float32(0),
+                        )
+                        lane[x] = lane[x] + gs[jb * 16 + x]
+                for x in T.vectorized(D):
+                    gacc[x] = T.float32(0)
+                for kr in T.serial((nr + 15) // 16 * 8):  # key pairs (the pads' weights are 0)
+                    for c in T.serial(OT):
+                        for x in T.vectorized(16):
+                            gacc[c * 16 + x] = (
+                                gacc[c * 16 + x]
+                                + gs[2 * kr] * _lo(vp[b, h, kb0 // 2 + kr // 16, c, kr % 16, x])
+                                + gs[2 * kr + 1] * _hi(vp[b, h, kb0 // 2 + kr // 16, c, kr % 16, x])
+                            )
+                for x in T.vectorized(D):
+                    gpart[b, h, r % ngrp, gi, x] = gacc[x]
+                gstat[b, h, r % ngrp, gi, 0] = mx[0]
+                mx[0] = T.float32(0)
+                for x in T.serial(16):
+                    mx[0] = mx[0] + lane[x]
+                gstat[b, h, r % ngrp, gi, 1] = mx[0]
             if amx:
                 _amx("tilerelease")
 

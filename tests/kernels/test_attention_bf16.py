@@ -78,6 +78,20 @@ def test_bf16_inference_runs_the_bf16_kernel_exact_to_the_reference(pattern, n, 
     assert rel_err(out, fp32) < 2e-2
 
 
+@pytest.mark.parametrize("pattern", [SlidingWindow(3), BlockLocal(16, neighbors=1)], ids=str)
+def test_the_global_rows_come_from_the_kernel_in_float32(pattern, bf16_calls):
+    """The global queries' rows over every key are computed by the kernel's parallel tasks
+    (partial softmaxes over their own rows, combined) from the bf16 numbers in fp32: each
+    element is the float64 reference's rounded to bf16 (within one bf16 step), over several
+    tasks, two batch entries, padding and adjacent global tokens."""
+    q, k, v, gmask, pmask = make_inputs(2, 300, 3, 64, torch.bfloat16, seed=7)
+    with torch.no_grad():
+        out = attention(q, k, v, pattern, global_mask=gmask, key_padding_mask=pmask, backend="tvm")
+    assert len(bf16_calls) == 1
+    ref = reference_attention(q, k, v, pattern, gmask, pmask)[gmask]
+    assert ((out[gmask].double() - ref).abs() <= 2**-8 * ref.abs() + 1e-6).all()
+
+
 def test_a_call_that_needs_gradients_keeps_the_float32_kernels(bf16_calls):
     q, k, v, gmask, pmask = make_inputs(1, 50, 2, 64, torch.bfloat16, seed=3)
     q.requires_grad_(True)
