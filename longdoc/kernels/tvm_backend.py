@@ -17,8 +17,9 @@ What it supports:
   band + global keys.
 * dtypes: float32 kernels. bfloat16 inputs are computed by the float32 kernel (upcast on the
   way in, rounded on the way out), exactly like the ``torch`` backend computes them, except
-  inference on a CPU with AMX-BF16: there the same library holds a bf16 kernel on AMX tiles
-  (``kernels.tvm_bf16_source``, host side ``kernels.tvm_bf16``).
+  inference on a CPU with AMX-BF16 or AVX512-BF16: there the same library holds a bf16 kernel
+  on AMX tiles or ``vdpbf16ps`` vectors (``kernels.tvm_bf16_source``, host side
+  ``kernels.tvm_bf16``).
 * Devices: CPU through LLVM (``kernels.tvm_source``: forward reading q, k, v in place with the
   rows in the vector lanes; backward on packed query-side operands; vectorised register tiles,
   parallel over batch x heads x row tiles). CUDA: ``kernels.tvm_gpu_source``
@@ -380,7 +381,8 @@ def build_kernels(
     """Compile (or confirm cached) every dtype x head_dim x target variant into ``out_dir``.
 
     ``bfloat16`` is accepted and maps to the float32 variant: the backend upcasts bf16 inputs,
-    except for inference on AMX-BF16 CPUs, whose library also holds the AMX kernel. Returns a
+    except for inference on CPUs with AMX-BF16 or AVX512-BF16, whose library also holds the
+    bf16 kernel (``kernels.tvm_bf16_source``). Returns a
     summary for the pipeline's own manifest: ``{"tvm_version", "source_hash", "out_dir",
     "variants": {"<target-key>/<variant>": {"path", "status", "seconds", "dtype", "head_dim",
     "target"}}}``.
