@@ -382,10 +382,9 @@ def build_kernels(
 
     ``bfloat16`` is accepted and maps to the float32 variant: the backend upcasts bf16 inputs,
     except for inference on CPUs with AMX-BF16 or AVX512-BF16, whose library also holds the
-    bf16 kernel (``kernels.tvm_bf16_source``). Returns a
-    summary for the pipeline's own manifest: ``{"tvm_version", "source_hash", "out_dir",
-    "variants": {"<target-key>/<variant>": {"path", "status", "seconds", "dtype", "head_dim",
-    "target"}}}``.
+    bf16 kernel (``kernels.tvm_bf16_source``). Returns a summary for the pipeline's own
+    manifest: ``{"tvm_version", "source_hash", "out_dir", "variants": {"<target-key>/<variant>":
+    {"path", "status", "seconds", "dtype", "head_dim", "target"}}}``.
     """
     summary: dict[str, Any] = {
         "tvm_version": tvm_version(),

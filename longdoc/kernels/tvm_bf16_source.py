@@ -12,12 +12,13 @@ engines, whichever the target has (``ENGINES``, chosen by ``kernels.tvm_bf16``):
   Its LLVM intrinsic takes ``bfloat`` vectors, a type TVM 0.27 never emits (it stores bf16 as
   ``uint16``), so the kernel imports a three-line LLVM function (``_DPBF16_LL``) that bitcasts
   ``i32`` pairs to ``bfloat`` and calls it, and calls that through ``call_extern``; LLVM inlines
-  it (``alwaysinline``) into one ``vdpbf16ps`` with the pair broadcast from memory.
+  it (``alwaysinline``) into one ``vdpbf16ps``.
 
 Both engines read the same packed keys and values; they differ only in the two products.
 
 ``bf16_fwd(q (B,n,HF,D) bf16 bits as uint16, kp, vp, ok (B,NP) f32, o (B,n,HF,D) bf16 bits,
-w, causal, gp, padl, blk, nbr[, cfg (64,) u8 for AMX])``: every head, the pattern of
+gq (B,GQ,HF,D/2) bf16 pairs as uint32, rok (B,n) f32, gpart (B,HF,NG,GQ,D) f32, gstat
+(B,HF,NG,GQ,2) f32, cfg (64,) u8, w, causal, gp, padl, blk, nbr, ngq)``: every head, the pattern of
 ``tvm_source.sliding_window``'s forward (band ``[_row_lo(i), _row_hi(i))`` of a sliding window or
 of block-local attention, plus ``gp`` global-key slots), without the log-sum-exp (no backward).
 Keys and values come packed by the caller in the *packed order* (``gp`` global slots, ``padl``
@@ -29,9 +30,14 @@ of 32), in the layouts the tiles load with one stride of 64 bytes:
 * ``vp (B, HF, NP/32, D/16, 16, 16, 2)``: per block of 32 keys and 16 output dims, row ``r``
   holds keys ``2r, 2r+1`` of each dim: the right operand of ``P @ V``.
 
-``ok`` says which packed positions are usable keys. ``cfg`` is the 64-byte tile configuration
-(palette 1, eight tiles of 16 rows x 64 bytes). The caller asks Linux for the AMX state first
-(``arch_prctl(ARCH_REQ_XCOMP_PERM)``, see ``tvm_bf16.amx_usable``).
+``ok`` says which packed positions are usable keys. With ``ngq > 0`` each parallel task ``t``
+also scores the first ``ngq`` global queries ``gq`` against its own rows as keys (those ``rok``
+allows), in fp32 from the packed keys and values, and leaves their partial softmax in
+``gstat[.., t, g]`` (max, sum) and ``gpart[.., t, g]`` (weighted values), as
+``tvm_source.sliding_window``'s forward does. ``cfg`` is the 64-byte AMX tile configuration
+(palette 1, eight tiles of 16 rows x 64 bytes; the AVX512-BF16 engine ignores it). The caller
+asks Linux for the AMX state first (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, see
+``tvm_bf16.amx_usable``).
 
 Schedule: one parallel loop over ``(batch, head, group of RG tiles of 16 queries)``; per tile,
 the keys in chunks of up to ``CH`` (global chunks first, then the band rounded out to 32-key
