@@ -146,14 +146,18 @@ def attention_fwd(
 
     # Expressions used inside vectorised loops are built here, in Python: a name assigned in a
     # TVMScript loop body becomes a scalar local variable, which defeats the vectoriser.
-    def _masked(sb, ok, b, a, c, glob, pbase, band):
-        """Score ``c`` of row ``a`` of the chunk, scaled, or ``NEG`` where that key is not one of
-        the row's (a global slot not in use, padding, outside the row's band: keys
-        ``[band[0], band[1])``, computed once per row)."""
-        j = pbase + c
-        in_band = T.And(j >= band[0], j < band[1])
-        usable = T.And(ok[b, j] > T.float32(0), T.Or(glob, in_band))
-        return T.Select(usable, sb[a * CH + c] * T.float32(scale), T.float32(NEG))
+    def _usable(key_ok, j, glob, bands, a):
+        """Whether packed position ``j`` (its ``ok`` value ``key_ok``) is one of row ``a``'s
+        keys: not a global slot out of use, not padding, inside the row's band ``[bands[2a],
+        bands[2a + 1])`` (in packed positions, computed once per tile)."""
+        in_band = T.And(j >= bands[2 * a], j < bands[2 * a + 1])
+        return T.And(key_ok > T.float32(0), T.Or(glob, in_band))
+
+    def _masked(score, key_ok, j, glob, bands, a):
+        """A score scaled, or ``NEG`` where its key is not one of the row's."""
+        return T.Select(
+            _usable(key_ok, j, glob, bands, a), score * T.float32(scale), T.float32(NEG)
+        )
 
     def _p_bits(s, row_max):
         """``exp(s - row_max)`` (0 for masked scores) as bf16 bits in a uint32."""
@@ -213,11 +217,13 @@ def attention_fwd(
             al = T.alloc_buffer((R,), "float32", scope="local")
             lane = T.alloc_buffer((16,), "float32", scope="local")
             mx = T.alloc_buffer((1,), "float32", scope="local")
-            band = T.alloc_buffer((2,), "int32", scope="local")
             # the same bytes as pairs (uint32): a query's or P's two consecutive bf16 values
             qw = T.decl_buffer((R * D // 2,), "uint32", data=qb.data, scope="local")
             pw = T.decl_buffer((R * CH // 2,), "uint32", data=pb.data, scope="local")
             vacc = T.alloc_buffer((R * 16,), "float32", scope="local")  # AVX512-BF16 accumulators
+            rmax = T.alloc_buffer((R * 16,), "float32", scope="local")  # per row and lane
+            okv = T.alloc_buffer((16,), "float32", scope="local")
+            bands = T.alloc_buffer((2 * R,), "int32", scope="local")  # each row's band
             gs = T.alloc_buffer((RG * R,), "float32", scope="local")  # a global query's scores
             gacc = T.alloc_buffer((D,), "float32", scope="local")
             b = r // (HF * ngrp)
@@ -240,6 +246,8 @@ def attention_fwd(
                 for a in T.serial(R):
                     m[a] = T.float32(NEG)
                     lsum[a] = T.float32(0)
+                    bands[2 * a] = gp + padl + _row_lo(i0 + a, w, blk, nbr)  # packed positions
+                    bands[2 * a + 1] = gp + padl + _row_hi(i0 + a, w, causal, blk, nbr)
                 for ch in T.serial(nglob + (hi - lo + CH - 1) // CH):
                     glob = ch < nglob
                     pbase = T.Select(glob, ch * CH, gp + padl + lo + (ch - nglob) * CH)
@@ -277,6 +285,8 @@ def attention_fwd(
                                 "tilestored64", _tile(4), T.address_of(sb[kb * 16]), T.int64(CH * 4)
                             )
                     else:
+                        for x in T.vectorized(R * 16):
+                            rmax[x] = T.float32(NEG)
                         with T.attr(0, "pragma_import_llvm", _DPBF16_LL):
                             for kb in T.serial(cnt // 16):
                                 for a in T.unroll(R):
@@ -288,25 +298,55 @@ def attention_fwd(
                                             T.Broadcast(qw[a * (D // 2) + dp], 16),
                                             kp[b, h, pbase // 16 + kb, dp, _v16(0)],
                                         )
+                                # masked and scaled from the registers, each row's
+                                # running maximum per lane (the keys' ok read once)
+                                for x in T.vectorized(16):
+                                    okv[x] = ok[b, pbase + kb * 16 + x]
                                 for a in T.unroll(R):
-                                    sb[_v16(a * CH + kb * 16)] = vacc[_v16(a * 16)]
-                    # mask, scale, online softmax per row; P rounded to bf16 (nearest even)
+                                    for x in T.vectorized(16):
+                                        sb[a * CH + kb * 16 + x] = _masked(
+                                            vacc[a * 16 + x],
+                                            okv[x],
+                                            pbase + kb * 16 + x,
+                                            glob,
+                                            bands,
+                                            a,
+                                        )
+                                        rmax[a * 16 + x] = T.max(
+                                            rmax[a * 16 + x], sb[a * CH + kb * 16 + x]
+                                        )
+                    # (AMX: mask and scale now) online softmax per row; P rounded to bf16
                     for a in T.serial(R):
-                        band[0] = gp + padl + _row_lo(i0 + a, w, blk, nbr)  # packed positions
-                        band[1] = gp + padl + _row_hi(i0 + a, w, causal, blk, nbr)
-                        for x in T.vectorized(16):
-                            lane[x] = T.float32(NEG)
-                        for kb in T.serial(cnt // 16):
-                            for x in T.vectorized(16):
-                                lane[x] = T.max(
-                                    lane[x], _masked(sb, ok, b, a, kb * 16 + x, glob, pbase, band)
-                                )
-                                sb[a * CH + kb * 16 + x] = _masked(
-                                    sb, ok, b, a, kb * 16 + x, glob, pbase, band
-                                )
                         mx[0] = m[a]
-                        for x in T.serial(16):
-                            mx[0] = T.max(mx[0], lane[x])
+                        if amx:
+                            for x in T.vectorized(16):
+                                lane[x] = T.float32(NEG)
+                            for kb in T.serial(cnt // 16):
+                                for x in T.vectorized(16):
+                                    lane[x] = T.max(
+                                        lane[x],
+                                        _masked(
+                                            sb[a * CH + kb * 16 + x],
+                                            ok[b, pbase + kb * 16 + x],
+                                            pbase + kb * 16 + x,
+                                            glob,
+                                            bands,
+                                            a,
+                                        ),
+                                    )
+                                    sb[a * CH + kb * 16 + x] = _masked(
+                                        sb[a * CH + kb * 16 + x],
+                                        ok[b, pbase + kb * 16 + x],
+                                        pbase + kb * 16 + x,
+                                        glob,
+                                        bands,
+                                        a,
+                                    )
+                            for x in T.serial(16):
+                                mx[0] = T.max(mx[0], lane[x])
+                        else:
+                            for x in T.serial(16):
+                                mx[0] = T.max(mx[0], rmax[a * 16 + x])
                         al[a] = _exp(m[a] - mx[0])
                         m[a] = mx[0]
                         for x in T.vectorized(16):
