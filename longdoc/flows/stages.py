@@ -279,11 +279,8 @@ def pipeline_flow(params: Params | None = None, force: bool = False) -> dict:
 
 
 def _side_by_side(params: Params, stale: list[freshness.StageSpec], workers: int) -> dict:
-    """The stages in worker processes (flows/jobs.py). MLflow's store and experiment are made
-    here first: workers starting together on a new store race to create its tables."""
-    from longdoc.components.core import tracking
-
-    tracking.setup(params.tracking)
+    """The stages in worker processes (flows/jobs.py); they take turns setting up MLflow's
+    store (``tracking.setup``)."""
     batch = [jobs.Job(s.name, run_stage, (s.stage, _stage_params(params, s))) for s in stale]
     return jobs.run_side_by_side(batch, workers)
 

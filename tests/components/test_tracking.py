@@ -67,3 +67,34 @@ def test_the_training_modules_leave_mlflow_to_the_rank_that_tracks():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def _set_up_together(uri: str, barrier, results) -> None:
+    """One of several processes that set up the same store at the same moment."""
+    import mlflow  # noqa: F401  (imported before the barrier: the race is in the setup)
+
+    barrier.wait()
+    try:
+        results.put(("ok", tracking.setup(TrackingParams(uri=uri))))
+    except Exception as exc:  # reported to the test, which names it
+        results.put(("failed", repr(exc)))
+
+
+def test_processes_setting_up_one_new_store_at_once_take_turns(tmp_path, monkeypatch):
+    """Side-by-side stages (or two commands) starting on a new SQLite store: without turns, each
+    runs MLflow's table migrations over the others' ("table runs already exists", alembic's
+    "expected to match one row"), three of three tries with three processes."""
+    import multiprocessing
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [ctx.Process(target=_set_up_together, args=(uri, barrier, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+    assert [o for o, _ in outcomes] == ["ok"] * 3, outcomes
+    assert len({exp_id for _, exp_id in outcomes}) == 1  # one experiment, made once

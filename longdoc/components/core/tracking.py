@@ -12,6 +12,8 @@ though only the main rank tracks (importing `training.pretrain` is 1.5x faster w
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -51,14 +53,37 @@ def setup(params: TrackingParams) -> str:
 
     uri = tracking_uri(params)
     set_store(uri)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(params.experiment)
-    if exp is None:
-        exp_id = client.create_experiment(params.experiment, artifact_location=_artifact_root(uri))
-    else:
-        exp_id = exp.experiment_id
+    with _store_lock(uri):
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(params.experiment)
+        if exp is None:
+            exp_id = client.create_experiment(
+                params.experiment, artifact_location=_artifact_root(uri)
+            )
+        else:
+            exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Processes setting up one SQLite store take turns (an exclusive ``flock`` on the database's
+    directory, released when the holder exits, even by kill -9). Started together on a new store
+    (side-by-side stages, two commands), each would run MLflow's table migrations over the
+    others': "table runs already exists", "duplicate column name", alembic's "expected to match
+    one row", and two creating the experiment."""
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    directory = None if db is None else db.resolve().parent
+    if directory is None or not directory.is_dir():
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def start_run(**kwargs):
