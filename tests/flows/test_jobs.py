@@ -119,28 +119,3 @@ def _alive(pid: int) -> bool:
     # a killed child of an exited parent is reaped by init; a zombie still answers kill(0)
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" not in status.read_text()
-
-
-def test_the_pipeline_makes_the_mlflow_store_before_its_workers_start(tmp_path, monkeypatch):
-    """Workers starting together on a new SQLite store raced to create its tables (`table
-    latest_metrics already exists`): the pipeline creates the store and experiment first."""
-    from mlflow.tracking import MlflowClient
-
-    from longdoc.components.core.config import load_params
-    from longdoc.flows import freshness, stages
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    params = load_params(None)
-    specs = [s for s in freshness.pipeline_specs(params) if s.stage == "finetune"][:2]
-    seen = {}
-
-    def fake_run_side_by_side(batch, workers):
-        experiment = MlflowClient(uri).get_experiment_by_name(params.tracking.experiment)
-        seen.update(experiment=experiment, names=[j.name for j in batch], workers=workers)
-        return {}
-
-    monkeypatch.setattr(jobs, "run_side_by_side", fake_run_side_by_side)
-    stages._side_by_side(params, specs, 2)
-    assert seen["experiment"] is not None
-    assert seen["names"] == [s.name for s in specs] and seen["workers"] == 2
