@@ -525,9 +525,11 @@ def attention_fwd(
             b = r // (HF * NV)
             h = r // NV % HF
             for kr in T.serial(16):
-                # the pair's first key as a sequence row: both in the sequence (nearly every
-                # pair) takes two plain loads per 16 dims; the rest, the per-slot selects
-                j = r % NV * 32 + 2 * kr - gp - padl
+                # the pair's first key, as a packed position and as a sequence row: both keys
+                # in the sequence (nearly every pair) take two plain loads per 16 dims; the
+                # rest, the per-slot selects
+                p = r % NV * 32 + 2 * kr
+                j = p - gp - padl
                 if T.And(j >= 0, j + 1 < n):
                     for c in T.serial(OT):
                         for t in T.vectorized(16):
@@ -538,7 +540,7 @@ def attention_fwd(
                     for c in T.serial(OT):
                         for t in T.vectorized(16):
                             vp[b, h, r % NV, c, kr, t] = _pair(
-                                v, gv, b, j + gp + padl, h, c * 16 + t, n, gp, padl, G
+                                v, gv, b, p, h, c * 16 + t, n, gp, padl, G
                             )
 
     return tvm.IRModule({"bf16_fwd": fwd, "bf16_pack_k": pack_k, "bf16_pack_v": pack_v})
